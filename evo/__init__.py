@@ -1,0 +1,34 @@
+"""evo: evolutionary prompt search.
+
+>>> import evo
+>>> task = evo.datasets.load("trec")                                    # doctest: +SKIP
+>>> program = evo.Program(signature=task.signature, labels=task.labels) # doctest: +SKIP
+>>> result = evo.optimize(program, task.train, task.val, lm=evo.lm.local(),
+...                       optimizer=evo.Evolution(budget=evo.Budget(metric_calls=300)))  # doctest: +SKIP
+>>> print(result.report(task.test))                                     # doctest: +SKIP
+"""
+
+from evo import lm
+from evo.api import Report, Result, evaluate, optimize
+from evo.data import DataError, Dataset, Example, Task
+from evo.engine import Evolution
+from evo.evaluate import Budget, ScoreMatrix
+from evo.metrics import Score, exact_match
+from evo.program import Prediction, Program, Signature
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # evo.datasets imports the registry fetchers; load it only when asked for.
+    if name == "datasets":
+        import importlib
+        module = importlib.import_module("evo.datasets")
+        globals()["datasets"] = module
+        return module
+    raise AttributeError(f"module 'evo' has no attribute {name!r}")
+
+
+__all__ = ["Budget", "DataError", "Dataset", "Evolution", "Example", "Prediction", "Program",
+           "Report", "Result", "Score", "ScoreMatrix", "Signature", "Task", "datasets",
+           "evaluate", "exact_match", "lm", "optimize"]

@@ -1,0 +1,196 @@
+"""The ``evo`` command: ``evo run``, ``evo eval``, ``evo predict``, ``evo datasets``, ``evo models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from evo.data import DataError, Task
+
+
+def make_lm(spec: str, *, api_base: str | None = None, api_key: str | None = None):
+    """A backend from a command-line spec: an embedded model name, a ``.gguf`` path, or a hosted
+    ``provider/model`` string (through dspy / litellm)."""
+    from evo import lm as lms
+    from evo.lm.models import MODELS
+
+    if spec in MODELS or spec.endswith(".gguf"):
+        return lms.local(spec)
+    if "/" in spec:
+        kwargs = {k: v for k, v in (("api_base", api_base), ("api_key", api_key)) if v}
+        return lms.hosted(spec, **kwargs)
+    raise SystemExit(f"evo: unknown model {spec!r}: use one of {', '.join(MODELS)}, a path to a "
+                     ".gguf file, or a hosted model such as openai/gpt-4o-mini")
+
+
+def load_task(args: argparse.Namespace) -> Task:
+    from evo import datasets
+
+    source = args.task or args.data
+    if not source:
+        raise SystemExit("evo: name a task (--task trec) or a file (--data my.jsonl)")
+    kwargs = {}
+    if args.data:
+        if not args.inputs or not args.outputs:
+            raise SystemExit("evo: --data needs --inputs and --outputs (comma-separated fields)")
+        kwargs = {"inputs": args.inputs.split(","), "outputs": args.outputs.split(",")}
+        if args.labels:
+            kwargs["labels"] = args.labels.split(",")
+    return datasets.load(source, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
+                         n_test=args.n_test, **kwargs)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="public dataset name (see `evo datasets`)")
+    p.add_argument("--data", help="your own JSONL or CSV file")
+    p.add_argument("--inputs", help="input fields of --data, comma-separated")
+    p.add_argument("--outputs", help="output fields of --data, comma-separated")
+    p.add_argument("--labels", help="allowed labels of the output, comma-separated")
+    p.add_argument("--n-train", type=int, help="training (demo pool) examples")
+    p.add_argument("--n-val", type=int, help="validation examples (decide the winner)")
+    p.add_argument("--n-test", type=int, help="held-out test examples (reported)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the search")
+
+
+def _add_lm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="qwen2.5-coder-0.5b",
+                   help="embedded model name, .gguf path, or hosted provider/model")
+    p.add_argument("--api-base", help="endpoint of a hosted model")
+    p.add_argument("--api-key", help="key of a hosted model (else the provider's env variable)")
+    p.add_argument("--cache", help="response cache file (default: the user cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+
+
+def _cache(args: argparse.Namespace):
+    return False if args.no_cache else (args.cache or True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import evo
+
+    task = load_task(args)
+    program = evo.Program(signature=task.signature, labels=task.labels)
+    lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
+    reflection = make_lm(args.reflection_model) if args.reflection_model else None
+    optimizer = evo.Evolution(budget=evo.Budget(metric_calls=args.budget),
+                              max_demos=args.max_demos, population_size=args.population,
+                              reflection_style=args.reflection_style)
+    out = Path(args.out or f"runs/{task.name}-s{args.seed}")
+    print(f"evo: {task.name}: train {len(task.train)}, val {len(task.val)}, "
+          f"test {len(task.test)}; model {args.model}; budget {args.budget} metric calls",
+          file=sys.stderr)
+    started = time.perf_counter()
+    result = evo.optimize(program, task.train, task.val, lm=lm, optimizer=optimizer,
+                          reflection_lm=reflection, seed=args.seed, cache=_cache(args),
+                          description=task.description, run_dir=out, progress=not args.quiet)
+    report = result.report(task.test, progress=not args.quiet)
+    (out / "report.json").write_text(json.dumps(
+        {**report.to_dict(), "task": task.name, "model": args.model,
+         "wall_seconds": time.perf_counter() - started}, indent=1, default=str))
+    print(f"\n{task.name} | {args.model} | seed {args.seed}\n{report}")
+    print(f"\nbest instruction:\n{result.best.instruction}\n"
+          f"demos: {len(result.best.demos)}\n\nsaved: {out / 'best.json'} "
+          f"(run it again: evo eval {out / 'best.json'} --task {args.task or args.data})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import evo
+
+    program = evo.Program.load(args.program)
+    task = load_task(args)
+    data = {"train": task.train, "val": task.val, "test": task.test}[args.split]
+    lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
+    accuracy = evo.evaluate(program, data, lm=lm, cache=_cache(args))
+    print(f"{args.program}: {task.name} {args.split} ({len(data)} examples) "
+          f"accuracy {accuracy:.3f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import evo
+    from evo.api import session_for
+    from evo.lm.base import LMRequest
+
+    program = evo.Program.load(args.program)
+    inputs = dict(pair.split("=", 1) for pair in args.input)
+    example = evo.Example(inputs=inputs, outputs={f.name: "?" for f in program.signature.outputs})
+    program.check_example(example)
+    session = session_for(make_lm(args.model, api_base=args.api_base, api_key=args.api_key),
+                          _cache(args))
+    reply = session.complete(LMRequest(program.messages(example), max_tokens=48)).text
+    prediction = program.parse(reply)
+    print(json.dumps(prediction.outputs) if prediction.ok else f"unparseable: {prediction.error}")
+    return 0 if prediction.ok else 1
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from evo import datasets
+
+    for name in datasets.names():
+        print(name)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from evo.lm.models import MODELS
+
+    for name, spec in MODELS.items():
+        print(f"{name}\t{getattr(spec, 'size', '')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evo", description="Evolutionary prompt search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="search for a better prompt, then report on held-out data")
+    _add_data_args(run)
+    _add_lm_args(run)
+    run.add_argument("--budget", type=int, default=300, help="metric calls for the search")
+    run.add_argument("--reflection-model", help="a stronger LM for reflection (default: --model)")
+    run.add_argument("--reflection-style", choices=["rules", "rewrite"], default="rules")
+    run.add_argument("--max-demos", type=int, default=4)
+    run.add_argument("--population", type=int, default=8)
+    run.add_argument("--out", help="run directory (default runs/TASK-sSEED)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="score a saved program on a split")
+    ev.add_argument("program", help="program JSON written by `evo run`")
+    _add_data_args(ev)
+    _add_lm_args(ev)
+    ev.add_argument("--split", choices=["train", "val", "test"], default="test")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="run a saved program on one input")
+    pr.add_argument("program")
+    pr.add_argument("--input", action="append", default=[], metavar="FIELD=TEXT", required=True)
+    _add_lm_args(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    sub.add_parser("datasets", help="list public datasets").set_defaults(func=cmd_datasets)
+    sub.add_parser("models", help="list embedded local models").set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from evo.lm.base import LMUnavailableError
+
+    try:
+        return args.func(args)
+    except (DataError, LMUnavailableError) as exc:
+        print(f"evo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evo: interrupted; paid LM calls are in the cache, rerun to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

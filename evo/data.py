@@ -1,0 +1,190 @@
+"""Examples and datasets: validated rows, stable ids, seeded stratified splits.
+
+An :class:`Example` is one row of a task: named input texts and named gold outputs. A
+:class:`Dataset` is a list of examples that share the same fields (and, for classification, a
+label set). Bad input is rejected where it enters with a :class:`DataError` naming the source,
+the row and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the source (file or dataset), the row and the field."""
+
+    def __init__(self, message: str, *, source: str | None = None, row: int | None = None,
+                 field: str | None = None) -> None:
+        where = ", ".join(
+            part for part in (
+                source,
+                f"row {row}" if row is not None else None,
+                f"field {field!r}" if field is not None else None,
+            ) if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+        self.source, self.row, self.field = source, row, field
+
+
+class Example(BaseModel):
+    """One task row: ``inputs`` (field -> text) and gold ``outputs`` (field -> text).
+
+    ``id`` is stable across runs (content hash unless given), so caches and score matrices can key
+    on it.
+
+    >>> ex = Example(inputs={"question": "Who wrote Hamlet?"}, outputs={"label": "human"})
+    >>> ex.id == Example(inputs={"question": "Who wrote Hamlet?"}, outputs={"label": "human"}).id
+    True
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    id: str = ""
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _non_empty_texts(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("must name at least one field")
+        for name, text in value.items():
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"field {name!r} is empty")
+        return value
+
+    def model_post_init(self, __context: object) -> None:
+        if not self.id:
+            digest = hashlib.sha256(
+                json.dumps([self.inputs, self.outputs], sort_keys=True).encode()
+            ).hexdigest()[:16]
+            object.__setattr__(self, "id", digest)
+
+    @property
+    def label(self) -> str:
+        """The gold text of the single output field (classification tasks)."""
+        if len(self.outputs) != 1:
+            raise ValueError(f"example {self.id} has {len(self.outputs)} outputs, not one")
+        return next(iter(self.outputs.values()))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Examples sharing one schema. ``labels`` is the allowed set for a single class output."""
+
+    name: str
+    examples: tuple[Example, ...]
+    input_fields: tuple[str, ...]
+    output_fields: tuple[str, ...]
+    labels: tuple[str, ...] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for row, ex in enumerate(self.examples):
+            for field in self.input_fields:
+                if field not in ex.inputs:
+                    raise DataError("missing input field", source=self.name, row=row, field=field)
+            for field in self.output_fields:
+                if field not in ex.outputs:
+                    raise DataError("missing output field", source=self.name, row=row, field=field)
+            if self.labels is not None:
+                gold = ex.outputs[self.output_fields[0]]
+                if gold not in self.labels:
+                    raise DataError(f"label {gold!r} is not one of {list(self.labels)}",
+                                    source=self.name, row=row, field=self.output_fields[0])
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self):
+        return iter(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+    @property
+    def signature(self) -> str:
+        """The task signature, e.g. ``"question -> label"``."""
+        return f"{', '.join(self.input_fields)} -> {', '.join(self.output_fields)}"
+
+    def with_examples(self, examples: Iterable[Example], name: str | None = None) -> Dataset:
+        return Dataset(name or self.name, tuple(examples), self.input_fields, self.output_fields,
+                       self.labels, self.description)
+
+    def split(self, sizes: Sequence[int], *, seed: int = 0, stratify: bool = True
+              ) -> list[Dataset]:
+        """Seeded, disjoint splits of the given sizes (stratified by label when there are labels).
+
+        Stratification keeps each label's share in every split as close as the sizes allow.
+        """
+        total = sum(sizes)
+        if total > len(self.examples):
+            raise DataError(f"splits of {list(sizes)} need {total} examples, dataset has "
+                            f"{len(self.examples)}", source=self.name)
+        rng = random.Random(seed)
+        if not (stratify and self.labels):
+            order = list(self.examples)
+            rng.shuffle(order)
+            parts, start = [], 0
+            for size in sizes:
+                parts.append(order[start:start + size])
+                start += size
+        else:
+            parts = _stratified(self.examples, self.output_fields[0], sizes, rng)
+        suffixes = ["train", "val", "test"] + [f"part{i}" for i in range(3, len(sizes))]
+        return [self.with_examples(p, f"{self.name}:{suffixes[i]}") for i, p in enumerate(parts)]
+
+
+def _stratified(examples: Sequence[Example], field: str, sizes: Sequence[int],
+                rng: random.Random) -> list[list[Example]]:
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_label[ex.outputs[field]].append(ex)
+    for group in by_label.values():
+        rng.shuffle(group)
+    # Interleave labels proportionally, then cut the interleaved stream into consecutive splits:
+    # each prefix of the stream then has (almost) the dataset's label shares.
+    keyed = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        n = len(group)
+        keyed += [((i + rng.random()) / n, ex) for i, ex in enumerate(group)]
+    keyed.sort(key=lambda pair: pair[0])
+    stream = [ex for _, ex in keyed]
+    parts, start = [], 0
+    for size in sizes:
+        part = stream[start:start + size]
+        rng.shuffle(part)
+        parts.append(part)
+        start += size
+    return parts
+
+
+@dataclass(frozen=True)
+class Task:
+    """A ready task: train / val / test splits of one dataset plus what a program needs to know."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.train.labels
+
+    @property
+    def signature(self) -> str:
+        return self.train.signature
+
+    @property
+    def description(self) -> str:
+        return self.train.description

@@ -1,0 +1,261 @@
+"""The evolutionary engine: one loop, reading one score matrix, spending one budget.
+
+Each iteration:
+
+1. **select** a parent from the population (DEAP tournament on validation accuracy);
+2. **vary** it: a fresh random demo set while the population fills, else reflective mutation (the
+   reflection LM reads the parent's failures), crossover with another member, or a cheap demo /
+   instruction mutation;
+3. **minibatch acceptance**: the child is scored on a few validation examples (half of them the
+   parent's failures); the parent's scores there are already in the matrix, so they cost nothing.
+   A child that is not strictly better is dropped;
+4. **full validation**: an accepted child is scored on the rest of the validation set (its
+   minibatch cells are reused) and joins the population, which keeps the best ``population_size``.
+
+The budget counts (candidate, example) evaluations. A proposal is only started while the budget
+can still validate it fully, so no candidate is left half-judged and the spend never exceeds it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from deap import base, tools
+from pydantic import BaseModel, ConfigDict, Field
+
+from evo import genome as G
+from evo.data import Example
+from evo.evaluate import Budget, BudgetExhausted, Evaluator, ScoreMatrix
+from evo.genome import Archive, Genome
+from evo.lm.session import LMSession
+from evo.program import Program
+from evo.reflection import ReflectionStyle, propose
+
+
+class Evolution(BaseModel):
+    """The default optimizer: genomes of (instruction, demos) evolved with DEAP operators and
+    GEPA-style reflective mutation, minibatch acceptance, then full validation.
+
+    >>> Evolution(budget=Budget(metric_calls=300)).population_size
+    8
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    budget: Budget = Field(default_factory=Budget)
+    population_size: int = Field(8, ge=1, description="fully validated candidates kept")
+    max_demos: int = Field(4, ge=0, description="demo slots in a genome (0: instruction only)")
+    minibatch_size: int = Field(6, ge=1, description="validation examples for acceptance")
+    reflection_rate: float = Field(0.35, ge=0, le=1, description="share of reflective mutations")
+    crossover_rate: float = Field(0.25, ge=0, le=1)
+    reflection_style: ReflectionStyle = "rules"
+    reflection_minibatch: int = Field(3, ge=1, description="failures shown to the reflector")
+    tournament_size: int = Field(3, ge=1)
+    max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
+
+    name: Literal["evolution"] = "evolution"
+
+
+@dataclass
+class Candidate:
+    """A genome the engine generated: its row in the score matrix and where it came from."""
+
+    id: int
+    genome: Genome
+    program: Program
+    parents: tuple[int, ...]
+    op: str
+    iteration: int
+    accepted: bool = False
+    val_score: float = float("nan")  # mean over the full validation set, once validated
+    note: str = ""
+
+
+class _Fitness(base.Fitness):
+    weights = (1.0, -1e-6)  # accuracy first; among equals, the shorter prompt
+
+
+class _Individual(list):
+    def __init__(self, genome: Genome, cid: int, fitness: tuple[float, float]) -> None:
+        super().__init__(genome)
+        self.cid = cid
+        self.fitness = _Fitness(fitness)
+
+
+@dataclass
+class SearchState:
+    """Everything the loop knows; the result is read from it."""
+
+    archive: Archive
+    matrix: ScoreMatrix
+    candidates: list[Candidate] = field(default_factory=list)
+    by_key: dict[G.GenomeKey, int] = field(default_factory=dict)
+    population: list[int] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    evaluator: Evaluator | None = None
+    iteration: int = 0
+    stop_reason: str = ""
+
+    @property
+    def best(self) -> Candidate:
+        validated = [self.candidates[i] for i in self.population]
+        return max(validated, key=lambda c: (c.val_score, -c.program.prompt_chars(), -c.id))
+
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[Example], *,
+           task_session: LMSession, reflection_session: LMSession, metric: Callable,
+           config: Evolution, seed: int = 0, description: str = "",
+           on_event: Callback | None = None,
+           on_cell: Callable[[int, Any], None] | None = None) -> SearchState:
+    """Run the evolutionary search and return its final state (see module docstring)."""
+    rng = random.Random(seed)
+    archive = Archive(base_program, tuple(trainset), max_demos=min(config.max_demos, len(trainset)))
+    state = SearchState(archive, ScoreMatrix(valset))
+    evaluator = Evaluator(task_session, metric, config.budget, max_tokens=config.max_tokens,
+                          on_cell=on_cell)
+    state.evaluator = evaluator
+    all_cols = list(range(len(valset)))
+
+    def emit(kind: str, **data: Any) -> None:
+        event = {"event": kind, "t": time.time(), "iteration": state.iteration,
+                 "metric_calls": evaluator.metric_calls, **data}
+        state.events.append(event)
+        if on_event is not None:
+            on_event(event)
+
+    def add_candidate(genome: Genome, parents: tuple[int, ...], op: str, note: str = ""
+                      ) -> Candidate | None:
+        k = G.key(genome)
+        if k in state.by_key:
+            return None  # this prompt was already generated: never pay for it twice
+        row = state.matrix.add_row()
+        cand = Candidate(row, list(genome), archive.program(genome), parents, op,
+                         state.iteration, note=note)
+        state.candidates.append(cand)
+        state.by_key[k] = row
+        emit("candidate_generated", candidate=row, parents=list(parents), op=op,
+             instruction_id=genome[G.INSTRUCTION], demos=list(k[1]), note=note)
+        return cand
+
+    def validate(cand: Candidate) -> None:
+        evaluator.evaluate(cand.program, state.matrix, cand.id, all_cols)
+        cand.val_score = state.matrix.row_mean(cand.id)
+        cand.accepted = True
+        best_before = state.best.val_score if state.population else float("-inf")
+        state.population.append(cand.id)
+        state.population.sort(key=lambda i: (-state.candidates[i].val_score,
+                                             state.candidates[i].program.prompt_chars(), i))
+        del state.population[config.population_size:]
+        emit("candidate_evaluated", candidate=cand.id, val_score=cand.val_score, accepted=True)
+        if cand.val_score > best_before:
+            emit("new_best", candidate=cand.id, val_score=cand.val_score)
+
+    emit("start", seed=seed, budget=config.budget.metric_calls, val_size=len(valset),
+         train_size=len(trainset), config=config.model_dump(mode="json", exclude={"budget"}))
+    seed_cand = add_candidate(archive.seed_genome(), (), "seed")
+    assert seed_cand is not None
+    try:
+        validate(seed_cand)
+    except BudgetExhausted:
+        raise ValueError(f"budget of {config.budget.metric_calls} metric calls cannot validate "
+                         f"the seed program on {len(valset)} validation examples") from None
+
+    n_init = config.population_size - 1 if archive.max_demos else 0
+    stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
+    while evaluator.remaining() >= len(valset) and stale < 50:
+        state.iteration += 1
+        parent = _select(state, config, rng)
+        child_genome, op, note = _vary(parent, state, config, rng, reflection_session,
+                                       description, n_init)
+        if child_genome is None:
+            stale += 1
+            continue
+        child = add_candidate(child_genome, (parent.id,), op, note)
+        if child is None:
+            stale += 1
+            continue
+        stale = 0
+        batch = _minibatch(state, parent, config.minibatch_size, rng)
+        try:
+            child_scores = evaluator.evaluate(child.program, state.matrix, child.id, batch)
+        except BudgetExhausted:
+            break
+        parent_scores = state.matrix.scores[parent.id, batch]  # already paid at validation
+        accepted = float(child_scores.sum()) > float(parent_scores.sum())
+        emit("candidate_evaluated", candidate=child.id, minibatch=[int(c) for c in batch],
+             minibatch_score=float(child_scores.mean()),
+             parent_minibatch_score=float(parent_scores.mean()), accepted=accepted)
+        if accepted:
+            validate(child)
+    state.stop_reason = ("budget exhausted" if evaluator.remaining() < len(valset)
+                         else "no new candidates")
+    emit("budget_exhausted" if state.stop_reason == "budget exhausted" else "converged",
+         remaining=evaluator.remaining())
+    return state
+
+
+def _select(state: SearchState, config: Evolution, rng: random.Random) -> Candidate:
+    population = [
+        _Individual(state.candidates[i].genome, i,
+                    (state.candidates[i].val_score, state.candidates[i].program.prompt_chars()))
+        for i in state.population
+    ]
+    with G._deap_random(rng):
+        chosen = tools.selTournament(population, 1, min(config.tournament_size, len(population)))
+    return state.candidates[chosen[0].cid]
+
+
+def _vary(parent: Candidate, state: SearchState, config: Evolution, rng: random.Random,
+          reflection_session: LMSession, description: str, n_init: int
+          ) -> tuple[Genome | None, str, str]:
+    archive, genome = state.archive, list(parent.genome)
+    initialising = len(state.candidates) <= n_init
+    if initialising:
+        # A fresh random demo set: the first generation explores demo sets broadly, as
+        # BootstrapFewShotWithRandomSearch does, before evolution refines them.
+        demos = archive.random_demos(rng, archive.max_demos)
+        return [parent.genome[G.INSTRUCTION], len(demos)] + demos + \
+            [0] * (archive.max_demos - len(demos)), "random_demos", ""
+    roll = rng.random()
+    if roll < config.reflection_rate:
+        failures = [(state.matrix.examples[col], cell)
+                    for (row, col), cell in state.matrix.cells.items()
+                    if row == parent.id and cell.score < 1.0]
+        if failures:
+            shown = rng.sample(failures, min(config.reflection_minibatch, len(failures)))
+            proposal = propose(reflection_session, parent.program, shown,
+                               style=config.reflection_style, description=description,
+                               seed=rng.randrange(2**31))
+            if proposal.instruction is None:
+                state.events.append({"event": "proposal_rejected", "iteration": state.iteration,
+                                     "reason": proposal.reason, "raw": proposal.raw[:500]})
+                return None, "reflection", proposal.reason
+            genome[G.INSTRUCTION] = archive.add_instruction(
+                proposal.instruction, {"op": "reflection", "parent": parent.id,
+                                       "iteration": state.iteration})
+            return genome, "reflection", ""
+    if roll < config.reflection_rate + config.crossover_rate and len(state.population) > 1:
+        mate = state.candidates[rng.choice([i for i in state.population if i != parent.id])]
+        return G.crossover(genome, mate.genome, archive, rng), "crossover", f"mate={mate.id}"
+    if archive.max_demos and (len(archive.instructions) == 1 or rng.random() < 0.8):
+        return G.mutate_demos(genome, archive, rng), "mutate_demos", ""
+    return G.mutate_instruction(genome, archive, rng), "mutate_instruction", ""
+
+
+def _minibatch(state: SearchState, parent: Candidate, size: int, rng: random.Random) -> list[int]:
+    """Half the parent's failures (where a child can show it is better), half random."""
+    n = len(state.matrix.examples)
+    size = min(size, n)
+    row = state.matrix.scores[parent.id]
+    failures = [c for c in range(n) if row[c] < 1.0]
+    batch = rng.sample(failures, min(len(failures), size // 2 or 1)) if failures else []
+    rest = [c for c in range(n) if c not in batch]
+    batch += rng.sample(rest, size - len(batch))
+    return sorted(batch)

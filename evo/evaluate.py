@@ -1,0 +1,170 @@
+"""Evaluation: the score matrix, the metric-call budget and the evaluator.
+
+The score matrix (candidates x examples, NaN = not evaluated) is the engine's one table of truth:
+every selection and acceptance decision reads it, and a (candidate, example) cell is filled at
+most once, so no pair is ever paid for twice. The evaluator runs one candidate's missing cells
+back to back (same prompt prefix, so a local backend reuses its KV cache).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evo.data import Example
+from evo.lm.base import LMError, LMRequest, LMUnavailableError
+from evo.lm.session import LMSession
+from evo.metrics import Metric, Score, as_score
+from evo.program import Prediction, Program
+
+
+class BudgetExhausted(Exception):
+    """The metric-call budget cannot cover the requested evaluations."""
+
+
+@dataclass
+class Budget:
+    """Limits of a search. ``metric_calls`` counts (candidate, example) evaluations, as GEPA and
+    DSPy do; ``lm_calls`` (optional) caps every LM request, reflection included. Both count logical
+    requests (a cache hit counts), so a resumed run makes the same decisions as the original."""
+
+    metric_calls: int = 300
+    lm_calls: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric_calls <= 0:
+            raise ValueError(f"Budget.metric_calls must be positive, got {self.metric_calls}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What one evaluation produced: the parsed reply and the metric's feedback."""
+
+    score: float
+    prediction: Prediction
+    feedback: str
+    error: str | None = None  # LM or metric failure, if any
+
+
+class ScoreMatrix:
+    """Scores of candidates (rows) on a fixed list of examples (columns); NaN = not evaluated."""
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = tuple(examples)
+        self.column = {ex.id: j for j, ex in enumerate(self.examples)}
+        if len(self.column) != len(self.examples):
+            raise ValueError("score matrix examples must have distinct ids")
+        self._scores = np.full((8, len(self.examples)), np.nan)
+        self.n_rows = 0
+        self.cells: dict[tuple[int, int], Cell] = {}
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self._scores[: self.n_rows]
+
+    def add_row(self) -> int:
+        if self.n_rows == len(self._scores):
+            grown = np.full((2 * len(self._scores), len(self.examples)), np.nan)
+            grown[: self.n_rows] = self._scores[: self.n_rows]
+            self._scores = grown
+        self.n_rows += 1
+        return self.n_rows - 1
+
+    def set(self, row: int, col: int, cell: Cell) -> None:
+        self._scores[row, col] = cell.score
+        self.cells[(row, col)] = cell
+
+    def missing(self, row: int, cols: Sequence[int]) -> list[int]:
+        return [c for c in cols if np.isnan(self._scores[row, c])]
+
+    def row_mean(self, row: int, cols: Sequence[int] | None = None) -> float:
+        values = self._scores[row] if cols is None else self._scores[row, list(cols)]
+        return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
+
+    def coverage(self, row: int) -> float:
+        return float(np.mean(~np.isnan(self._scores[row])))
+
+
+@dataclass
+class Evaluator:
+    """Fills score-matrix cells through one LM session, under one budget.
+
+    An LM error (after the session's retries) or a metric exception is recorded in the cell and
+    scored 0: a run never dies on one bad cell. Only an unreachable LM stops it.
+    """
+
+    session: LMSession
+    metric: Metric
+    budget: Budget
+    max_tokens: int = 64
+    metric_calls: int = 0
+    lm_seconds: float = 0.0
+    on_cell: Callable[[int, Cell], None] | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def remaining(self) -> int:
+        left = self.budget.metric_calls - self.metric_calls
+        if self.budget.lm_calls is not None:
+            left = min(left, self.budget.lm_calls - self.session.usage.requests)
+        return max(0, left)
+
+    def evaluate(self, program: Program, matrix: ScoreMatrix, row: int, cols: Sequence[int],
+                 *, charge: bool = True) -> np.ndarray:
+        """Fill the missing cells of ``row`` at ``cols`` and return the row's scores there.
+
+        With ``charge`` the cells count against the budget; if they do not all fit, nothing is
+        evaluated and :class:`BudgetExhausted` is raised, so a candidate is never half-judged.
+        """
+        todo = matrix.missing(row, cols)
+        if charge and len(todo) > self.remaining():
+            raise BudgetExhausted(f"{len(todo)} evaluations needed, {self.remaining()} left")
+        for col in todo:
+            cell = self.run_one(program, matrix.examples[col])
+            matrix.set(row, col, cell)
+            if charge:
+                self.metric_calls += 1
+            if self.on_cell is not None:
+                self.on_cell(row, cell)
+        return matrix.scores[row, list(cols)]
+
+    def run_one(self, program: Program, example: Example) -> Cell:
+        request = LMRequest(program.messages(example), max_tokens=self.max_tokens, purpose="task")
+        started = time.perf_counter()
+        try:
+            response = self.session.complete(request)
+        except LMUnavailableError:
+            raise
+        except LMError as exc:
+            message = f"LM error: {exc}"
+            self.errors.append(f"{example.id}: {message}")
+            return Cell(0.0, Prediction("", None, message), message, error=message)
+        finally:
+            self.lm_seconds += time.perf_counter() - started
+        prediction = program.parse(response.text)
+        try:
+            score = as_score(self.metric(example, prediction))
+        except Exception as exc:  # a user metric's bug is recorded, not fatal
+            message = f"metric raised {type(exc).__name__}: {exc}"
+            self.errors.append(f"{example.id}: {message}")
+            return Cell(0.0, prediction, message, error=message)
+        return Cell(score.value, prediction, score.feedback)
+
+
+def evaluate_program(program: Program, examples: Sequence[Example], session: LMSession,
+                     metric: Metric, *, max_tokens: int = 64,
+                     progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[Cell]]:
+    """Score one program on examples outside any search budget (held-out test, baselines)."""
+    matrix = ScoreMatrix(examples)
+    row = matrix.add_row()
+    evaluator = Evaluator(session, metric, Budget(metric_calls=max(1, len(examples))),
+                          max_tokens=max_tokens,
+                          on_cell=(lambda _r, _c: progress(1)) if progress else None)
+    scores = evaluator.evaluate(program, matrix, row, range(len(examples)), charge=False)
+    return scores, [matrix.cells[(row, j)] for j in range(len(examples))]
+
+
+__all__ = ["Budget", "BudgetExhausted", "Cell", "Evaluator", "Score", "ScoreMatrix",
+           "evaluate_program"]

@@ -1,0 +1,164 @@
+"""Genomes: integer vectors indexing an archive of instruction texts and a pool of demos.
+
+Layout of a genome with room for ``K`` demos::
+
+    [instruction_id, n_demos, demo_0, ..., demo_{K-1}]
+
+Only the first ``n_demos`` demo genes are expressed (in order: demo order is part of the prompt).
+Cheap variation (DEAP's integer operators) works on these vectors; LM operators add texts to the
+archive and point a gene at them. Two genomes that express the same prompt share one
+:func:`key`, so the engine never evaluates the same prompt twice.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from deap import tools
+
+from evo.data import Example
+from evo.program import Program
+
+INSTRUCTION, N_DEMOS, DEMOS = 0, 1, 2
+
+Genome = list[int]
+GenomeKey = tuple[int, tuple[int, ...]]
+
+
+def key(genome: Genome) -> GenomeKey:
+    """The expressed prompt: instruction id and the ordered demo ids actually used."""
+    n = genome[N_DEMOS]
+    return genome[INSTRUCTION], tuple(genome[DEMOS:DEMOS + n])
+
+
+@dataclass
+class Archive:
+    """Instruction texts (id = index) with their origin, and the demo pool (training examples)."""
+
+    base: Program
+    pool: tuple[Example, ...]
+    max_demos: int = 4
+    instructions: list[str] = field(default_factory=list)
+    origins: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.instructions:
+            self.add_instruction(self.base.instruction, {"op": "seed"})
+        if self.max_demos and not self.pool:
+            raise ValueError("demos need a non-empty training pool")
+        self._labels = [ex.label if len(ex.outputs) == 1 else "" for ex in self.pool]
+
+    def add_instruction(self, text: str, origin: dict) -> int:
+        """Add a text (or find it, if already there) and return its id."""
+        text = text.strip()
+        if text in self.instructions:
+            return self.instructions.index(text)
+        self.instructions.append(text)
+        self.origins.append(origin)
+        return len(self.instructions) - 1
+
+    def seed_genome(self) -> Genome:
+        """The user's program as given: instruction 0 and its demos, if they are in the pool."""
+        ids = {ex.id: i for i, ex in enumerate(self.pool)}
+        demos = [ids[d.id] for d in self.base.demos if d.id in ids][: self.max_demos]
+        return [0, len(demos)] + demos + [0] * (self.max_demos - len(demos))
+
+    def program(self, genome: Genome) -> Program:
+        instruction, demos = key(genome)
+        return self.base.model_copy(update={
+            "instruction": self.instructions[instruction],
+            "demos": tuple(self.pool[d] for d in demos),
+        })
+
+    def random_demos(self, rng: random.Random, n: int) -> list[int]:
+        """``n`` distinct pool ids; with labels, covering as many distinct labels as it can
+        (a demo set of one class teaches a small model to answer that class)."""
+        by_label: dict[str, list[int]] = {}
+        for i, label in enumerate(self._labels):
+            by_label.setdefault(label, []).append(i)
+        groups = [rng.sample(ids, len(ids)) for _, ids in sorted(by_label.items())]
+        rng.shuffle(groups)
+        chosen: list[int] = []
+        while len(chosen) < min(n, len(self.pool)):
+            for group in groups:
+                if group and len(chosen) < n:
+                    chosen.append(group.pop())
+        rng.shuffle(chosen)
+        return chosen
+
+
+# ---- cheap variation operators (plain functions, DEAP-style: in place, return the genome) ----
+
+def repair(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
+    """Clamp genes into range and make expressed demo ids distinct."""
+    k, pool = archive.max_demos, len(archive.pool)
+    genome[INSTRUCTION] = min(max(genome[INSTRUCTION], 0), len(archive.instructions) - 1)
+    genome[N_DEMOS] = min(max(genome[N_DEMOS], 0), min(k, pool))
+    seen: set[int] = set()
+    for slot in range(DEMOS, DEMOS + k):
+        value = min(max(genome[slot], 0), pool - 1) if pool else 0
+        if slot < DEMOS + genome[N_DEMOS]:
+            while value in seen:
+                value = rng.randrange(pool)
+            seen.add(value)
+        genome[slot] = value
+    return genome
+
+
+def mutate_demos(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
+    """One small edit of the demo genes: replace a demo, add or drop one, or reorder two."""
+    n, k, pool = genome[N_DEMOS], archive.max_demos, len(archive.pool)
+    moves = ["replace"] * (n > 0) + ["add"] * (n < min(k, pool)) + ["drop"] * (n > 0) + \
+        ["swap"] * (n > 1)
+    if not moves:
+        return genome
+    move = rng.choice(moves)
+    if move == "replace":
+        # DEAP's uniform integer mutation, on one expressed slot.
+        slot = DEMOS + rng.randrange(n)
+        with _deap_random(rng):
+            genome[slot:slot + 1] = tools.mutUniformInt(genome[slot:slot + 1], 0, pool - 1, 1.0)[0]
+    elif move == "add":
+        genome[DEMOS + n] = rng.randrange(pool)
+        genome[N_DEMOS] = n + 1
+    elif move == "drop":
+        slot = DEMOS + rng.randrange(n)
+        demos = genome[DEMOS:DEMOS + k]
+        del demos[slot - DEMOS]
+        genome[DEMOS:DEMOS + k] = demos + [0]
+        genome[N_DEMOS] = n - 1
+    else:
+        i, j = rng.sample(range(n), 2)
+        genome[DEMOS + i], genome[DEMOS + j] = genome[DEMOS + j], genome[DEMOS + i]
+    return repair(genome, archive, rng)
+
+
+def mutate_instruction(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
+    """Point the instruction gene at another archived text."""
+    if len(archive.instructions) > 1:
+        choices = [i for i in range(len(archive.instructions)) if i != genome[INSTRUCTION]]
+        genome[INSTRUCTION] = rng.choice(choices)
+    return genome
+
+
+def crossover(a: Genome, b: Genome, archive: Archive, rng: random.Random) -> Genome:
+    """A child of two genomes: DEAP's uniform crossover on every gene, then repair."""
+    child, other = list(a), list(b)
+    with _deap_random(rng):
+        tools.cxUniform(child, other, 0.5)
+    return repair(child, archive, rng)
+
+
+@contextmanager
+def _deap_random(rng: random.Random) -> Iterator[None]:
+    """DEAP's operators draw from the global ``random``: seed it from the run's own stream for the
+    call, so runs stay reproducible, and give the caller's global state back afterwards."""
+    state = random.getstate()
+    random.seed(rng.random())
+    try:
+        yield
+    finally:
+        random.setstate(state)

@@ -1,0 +1,79 @@
+"""The LM protocol: one request type, one response type, one method.
+
+Every backend (local GGUF, hosted via dspy/litellm, scripted for tests) implements
+:class:`LM`. Nothing else in evo talks to a model directly: calls go through
+:class:`evo.lm.session.LMSession`, which adds the persistent cache, retries and the usage ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class LMRequest:
+    """A chat completion request. Frozen and hashable: its :meth:`key` is the cache key."""
+
+    messages: tuple[Message, ...]
+    max_tokens: int = 64
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    # What the call is for ("task", "reflection", "preflight", ...): kept in the ledger, not the key.
+    purpose: str = field(default="task", compare=False)
+
+    def key(self, model_id: str) -> str:
+        payload = {
+            "model": model_id,
+            "messages": [[m.role, m.content] for m in self.messages],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stop": list(self.stop),
+            # Greedy decoding does not depend on the seed: same key, so one cached answer serves all.
+            "seed": self.seed if self.temperature > 0 else 0,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LMResponse:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0  # LM time of the paid call (0 for a cache hit)
+    cached: bool = False
+    # Tokens of the prompt that the backend reused from its KV cache (prefix reuse), when it knows.
+    reused_prompt_tokens: int = 0
+
+
+class LMError(RuntimeError):
+    """A failed LM call (after retries). Recorded per cell by the evaluator; never ends a run alone."""
+
+
+class LMUnavailableError(LMError):
+    """The LM cannot be reached or loaded at all (bad key, host down, missing model file).
+
+    Raised once, with what was tried, instead of recording the same failure on every cell.
+    """
+
+
+@runtime_checkable
+class LM(Protocol):
+    """A language model backend. ``model_id`` names the exact model (it is part of the cache key)."""
+
+    model_id: str
+
+    def complete(self, request: LMRequest) -> LMResponse:
+        """Run one chat completion. Raise :class:`LMError` (or any exception) on failure."""
+        ...

@@ -1,0 +1,260 @@
+"""A prompt program: a signature, an instruction and few-shot demos.
+
+The program renders an example to chat messages whose prefix (instruction, output format, demos)
+is the same for every example, so a local backend reuses its KV cache across one candidate's
+examples; the example under test always comes last. Replies are parsed leniently; an unparseable
+reply is a :class:`Prediction` with an ``error`` (scored as a failure with feedback), never an
+exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from evo.data import Example
+from evo.lm.base import Message
+
+FieldType = Literal["str", "int", "float", "bool"]
+_FIELD = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?::\s*(str|int|float|bool))?\s*$")
+
+
+class FieldSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    type: FieldType = "str"
+
+
+class Signature(BaseModel):
+    """Typed input and output fields, parsed from ``"question -> label"`` or
+    ``"question: str, context: str -> answer: int"``."""
+
+    model_config = ConfigDict(frozen=True)
+    inputs: tuple[FieldSpec, ...]
+    outputs: tuple[FieldSpec, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Signature:
+        if text.count("->") != 1:
+            raise ValueError(f"signature {text!r} must have the form 'inputs -> outputs'")
+        sides = [side.split(",") for side in text.split("->")]
+        fields: list[list[FieldSpec]] = [[], []]
+        for k, side in enumerate(sides):
+            for part in side:
+                m = _FIELD.match(part)
+                if not m:
+                    raise ValueError(f"signature {text!r}: bad field {part.strip()!r} "
+                                     "(expected 'name' or 'name: str|int|float|bool')")
+                fields[k].append(FieldSpec(name=m.group(1), type=m.group(2) or "str"))
+        names = [f.name for f in fields[0] + fields[1]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"signature {text!r} repeats a field name")
+        return cls(inputs=tuple(fields[0]), outputs=tuple(fields[1]))
+
+    def __str__(self) -> str:
+        def side(fs: Sequence[FieldSpec]) -> str:
+            return ", ".join(f.name if f.type == "str" else f"{f.name}: {f.type}" for f in fs)
+        return f"{side(self.inputs)} -> {side(self.outputs)}"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A parsed reply. ``outputs`` is None when the reply could not be parsed (see ``error``)."""
+
+    text: str
+    outputs: dict[str, str] | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outputs is not None
+
+
+def default_instruction(signature: Signature) -> str:
+    ins = ", ".join(f"`{f.name}`" for f in signature.inputs)
+    outs = ", ".join(f"`{f.name}`" for f in signature.outputs)
+    return f"Given the fields {ins}, produce the fields {outs}."
+
+
+class Program(BaseModel):
+    """Instruction + demos for one signature. JSON round-trips with :meth:`save` / :meth:`load`.
+
+    >>> p = Program(signature="question -> label", labels=["yes", "no"])
+    >>> p.parse("label: Yes").outputs
+    {'label': 'yes'}
+    """
+
+    signature: Signature
+    instruction: str = ""
+    demos: tuple[Example, ...] = ()
+    labels: tuple[str, ...] | None = Field(
+        default=None, description="allowed values of the single output field, if it is a class")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _coerce(cls, data: object) -> object:
+        if isinstance(data, dict):
+            data = dict(data)
+            if isinstance(data.get("signature"), str):
+                data["signature"] = Signature.parse(data["signature"])
+            if not data.get("instruction"):
+                data["instruction"] = default_instruction(data["signature"])
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Program:
+        if self.labels is not None:
+            if len(self.signature.outputs) != 1:
+                raise ValueError("labels need a signature with exactly one output field")
+            if len(set(self.labels)) != len(self.labels) or not self.labels:
+                raise ValueError(f"labels must be distinct and non-empty: {self.labels}")
+        return self
+
+    # ---- rendering -------------------------------------------------------------------------
+    def format_spec(self) -> str:
+        """The output-format line(s) appended to the instruction. Fixed by code, not evolved, so
+        no mutation can break the reply format."""
+        lines = []
+        for f in self.signature.outputs:
+            if self.labels is not None:
+                hint = "one of: " + ", ".join(self.labels)
+            else:
+                hint = {"str": "text", "int": "an integer", "float": "a number",
+                        "bool": "yes or no"}[f.type]
+            lines.append(f"{f.name}: <{hint}>")
+        word = "line" if len(lines) == 1 else f"{len(lines)} lines"
+        return f"Reply with exactly {word}, nothing else:\n" + "\n".join(lines)
+
+    def render_inputs(self, example: Example) -> str:
+        return "\n".join(f"{f.name}: {example.inputs[f.name]}" for f in self.signature.inputs)
+
+    def render_outputs(self, example: Example) -> str:
+        return "\n".join(f"{f.name}: {example.outputs[f.name]}" for f in self.signature.outputs)
+
+    def prefix(self) -> tuple[Message, ...]:
+        """The part of every prompt that does not depend on the example: system message
+        (instruction + format), then the demos as user/assistant turns."""
+        out = [Message("system", f"{self.instruction.strip()}\n\n{self.format_spec()}")]
+        for demo in self.demos:
+            out += [Message("user", self.render_inputs(demo)),
+                    Message("assistant", self.render_outputs(demo))]
+        return tuple(out)
+
+    def messages(self, example: Example) -> tuple[Message, ...]:
+        """The prompt for one example: the shared :meth:`prefix`, then the example last."""
+        return self.prefix() + (Message("user", self.render_inputs(example)),)
+
+    def check_example(self, example: Example) -> None:
+        missing = [f.name for f in self.signature.inputs if f.name not in example.inputs]
+        if missing:
+            raise ValueError(f"example {example.id} lacks input field(s) {missing} "
+                             f"required by signature '{self.signature}'")
+
+    # ---- parsing ---------------------------------------------------------------------------
+    def parse(self, text: str) -> Prediction:
+        outputs: dict[str, str] = {}
+        for f in self.signature.outputs:
+            raw = _field_value(text, f.name, single=len(self.signature.outputs) == 1)
+            if raw is None:
+                return Prediction(text, None, f"no '{f.name}:' line in the reply")
+            value, error = _coerce_value(raw, f.type, self.labels)
+            if error:
+                return Prediction(text, None, error)
+            outputs[f.name] = value
+        return Prediction(text, outputs)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def to_json(self) -> dict:
+        data = self.model_dump(mode="json")
+        data["signature"] = str(self.signature)
+        return data
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps({"evo_program": 1, **self.to_json()}, indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Program:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or "evo_program" not in data:
+            raise ValueError(f"{path}: not an evo program file (no 'evo_program' key)")
+        data.pop("evo_program")
+        return cls.model_validate(data)
+
+    def prompt_chars(self) -> int:
+        """Length of the shared prefix in characters (a cheap proxy for prompt tokens)."""
+        return sum(len(m.content) for m in self.prefix())
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def _field_value(text: str, name: str, *, single: bool) -> str | None:
+    # "label: x", "**Label**: x", "Label = x"; the last such line wins (models restate the format
+    # first and answer after it).
+    pattern = re.compile(rf"^[\s>*_`#-]*{re.escape(name)}[\s*_`]*[:=]\s*(.*)$",
+                         re.IGNORECASE | re.MULTILINE)
+    hits = [m.group(1).strip() for m in pattern.finditer(text) if m.group(1).strip()]
+    hits = [h for h in hits if not h.startswith("<")]  # a copied format hint is no answer
+    if hits:
+        return hits[-1]
+    if single:
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        return lines[0] if lines else None
+    return None
+
+
+def _coerce_value(raw: str, type_: FieldType, labels: tuple[str, ...] | None
+                  ) -> tuple[str, str | None]:
+    value = raw.strip().strip("`*\"'").strip()
+    if labels is not None:
+        return _match_label(value, labels)
+    if type_ == "str":
+        return (value, None) if value else ("", "empty answer")
+    if type_ == "bool":
+        word = _norm(value).split(" ")[0] if _norm(value) else ""
+        if word in {"yes", "true"}:
+            return "yes", None
+        if word in {"no", "false"}:
+            return "no", None
+        return "", f"'{value[:60]}' is not yes or no"
+    number = re.search(r"-?\d[\d,]*(?:\.\d+)?", value)
+    if not number:
+        return "", f"'{value[:60]}' contains no number"
+    text = number.group(0).replace(",", "")
+    if type_ == "int":
+        as_float = float(text)
+        if as_float != int(as_float):
+            return "", f"'{text}' is not an integer"
+        return str(int(as_float)), None
+    return str(float(text)), None
+
+
+def _match_label(value: str, labels: tuple[str, ...]) -> tuple[str, str | None]:
+    norm = _norm(value)
+    by_norm = {_norm(label): label for label in labels}
+    if norm in by_norm:
+        return by_norm[norm], None
+    # Labels named as whole words inside the answer ("The label is Human."); a label contained in
+    # another found label ("positive" in "not positive") does not count on its own.
+    padded = f" {norm} "
+    named = [n for n in by_norm if n and f" {n} " in padded]
+    named = [n for n in named if not any(n != m and f" {n} " in f" {m} " for m in named)]
+    found = [(padded.find(f" {n} "), by_norm[n]) for n in named]
+    if len(found) == 1:
+        return found[0][1], None
+    if len(found) > 1:
+        return "", (f"the reply '{value[:60]}' names several labels "
+                    f"({', '.join(label for _, label in sorted(found))})")
+    return "", f"the reply '{value[:60]}' is not one of: {', '.join(labels)}"
