@@ -88,18 +88,18 @@ class Dataset:
     description: str = ""
 
     def __post_init__(self) -> None:
-        for row, ex in enumerate(self.examples):
+        for row, ex in enumerate(self.examples):  # rows reported 1-based, like the file loaders
             for field in self.input_fields:
                 if field not in ex.inputs:
-                    raise DataError("missing input field", source=self.name, row=row, field=field)
+                    raise DataError("missing input field", source=self.name, row=row + 1, field=field)
             for field in self.output_fields:
                 if field not in ex.outputs:
-                    raise DataError("missing output field", source=self.name, row=row, field=field)
+                    raise DataError("missing output field", source=self.name, row=row + 1, field=field)
             if self.labels is not None:
                 gold = ex.outputs[self.output_fields[0]]
                 if gold not in self.labels:
                     raise DataError(f"label {gold!r} is not one of {list(self.labels)}",
-                                    source=self.name, row=row, field=self.output_fields[0])
+                                    source=self.name, row=row + 1, field=self.output_fields[0])
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -145,26 +145,68 @@ class Dataset:
 
 def _stratified(examples: Sequence[Example], field: str, sizes: Sequence[int],
                 rng: random.Random) -> list[list[Example]]:
+    """Every split holds, per label, the floor or ceil of its proportional share."""
     by_label: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
         by_label[ex.outputs[field]].append(ex)
-    for group in by_label.values():
-        rng.shuffle(group)
-    # Interleave labels proportionally, then cut the interleaved stream into consecutive splits:
-    # each prefix of the stream then has (almost) the dataset's label shares.
-    keyed = []
-    for label in sorted(by_label):
-        group = by_label[label]
-        n = len(group)
-        keyed += [((i + rng.random()) / n, ex) for i, ex in enumerate(group)]
-    keyed.sort(key=lambda pair: pair[0])
-    stream = [ex for _, ex in keyed]
-    parts, start = [], 0
-    for size in sizes:
-        part = stream[start:start + size]
+    labels = sorted(by_label)
+    for label in labels:
+        rng.shuffle(by_label[label])
+    n = len(examples)
+    rows = [*sizes, n - sum(sizes)]  # a leftover row: row and column sums are then exact
+    totals = [len(by_label[label]) for label in labels]
+    # Controlled rounding of the quota matrix rows[j] * totals[l] / n: start from the floors and
+    # hand out the missing units on fractional cells by augmenting paths (a bipartite
+    # b-matching between splits and labels, which always exists for such a matrix).
+    counts = [[r * t // n for t in totals] for r in rows]
+    open_cell = [[(r * t) % n != 0 for t in totals] for r in rows]
+    row_need = [r - sum(c) for r, c in zip(rows, counts)]
+    col_need = [t - sum(c[l] for c in counts) for l, t in enumerate(totals)]
+    raised = [[False] * len(totals) for _ in rows]
+    order = list(range(len(totals)))
+    while any(row_need):
+        start = next(j for j, need in enumerate(row_need) if need)
+        rng.shuffle(order)  # random tie-breaking: no label is favoured for the extra unit
+        parent: dict[tuple[str, int], tuple[str, int] | None] = {("r", start): None}
+        frontier, end = [("r", start)], None
+        while frontier and end is None:
+            nxt = []
+            for kind, i in frontier:
+                if kind == "r":
+                    steps = [("c", l) for l in order if open_cell[i][l] and not raised[i][l]]
+                else:
+                    steps = [("r", j) for j in range(len(rows)) if raised[j][i]]
+                for node in steps:
+                    if node not in parent:
+                        parent[node] = (kind, i)
+                        if node[0] == "c" and col_need[node[1]]:
+                            end = node
+                            break
+                        nxt.append(node)
+                if end:
+                    break
+            frontier = nxt
+        if end is None:
+            raise AssertionError("no rounding found (cannot happen for a consistent matrix)")
+        col_need[end[1]] -= 1
+        row_need[start] -= 1
+        node = end
+        while parent[node] is not None:
+            prev = parent[node]
+            if node[0] == "c":  # row prev[1] -> column node[1]: raise that cell
+                raised[prev[1]][node[1]] = True
+            else:  # column prev[1] -> row node[1]: lower that cell back
+                raised[node[1]][prev[1]] = False
+            node = prev
+    parts, taken = [], [0] * len(labels)
+    for j, size in enumerate(sizes):
+        part = []
+        for l, label in enumerate(labels):
+            k = counts[j][l] + raised[j][l]
+            part += by_label[label][taken[l]:taken[l] + k]
+            taken[l] += k
         rng.shuffle(part)
         parts.append(part)
-        start += size
     return parts
 
 

