@@ -3,9 +3,9 @@
 Each iteration:
 
 1. **select** a parent from the population (DEAP tournament on validation accuracy);
-2. **vary** it: a fresh random demo set while the population fills, else reflective mutation (the
-   reflection LM reads the parent's failures), crossover with another member, or a cheap demo /
-   instruction mutation;
+2. **vary** it: a few fresh random demo sets first (each must beat the best so far), then
+   reflective mutation (the reflection LM reads the parent's failures), crossover with another
+   member, or a cheap demo / instruction mutation;
 3. **minibatch acceptance**: the child is scored on a few validation examples (half of them the
    parent's failures); the parent's scores there are already in the matrix, so they cost nothing.
    A child that is not strictly better is dropped;
@@ -48,6 +48,7 @@ class Evolution(BaseModel):
 
     budget: Budget = Field(default_factory=Budget)
     population_size: int = Field(8, ge=1, description="fully validated candidates kept")
+    initial_demo_sets: int = Field(3, ge=0, description="random demo sets tried first")
     max_demos: int = Field(4, ge=0, description="demo slots in a genome (0: instruction only)")
     minibatch_size: int = Field(6, ge=1, description="validation examples for acceptance")
     reflection_rate: float = Field(0.35, ge=0, le=1, description="share of reflective mutations")
@@ -167,13 +168,16 @@ def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[
         raise ValueError(f"budget of {config.budget.metric_calls} metric calls cannot validate "
                          f"the seed program on {len(valset)} validation examples") from None
 
-    n_init = config.population_size - 1 if archive.max_demos else 0
+    n_init = config.initial_demo_sets if archive.max_demos else 0
     stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
     while evaluator.remaining() >= len(valset) and stale < 50:
         state.iteration += 1
-        parent = _select(state, config, rng)
+        # While the first random demo sets are tried, each must beat the best so far (not just
+        # the zero-shot seed), or every one of them would be paid a full validation.
+        initialising = len(state.candidates) <= n_init
+        parent = state.best if initialising else _select(state, config, rng)
         child_genome, op, note = _vary(parent, state, config, rng, reflection_session,
-                                       description, n_init)
+                                       description, initialising)
         if child_genome is None:
             stale += 1
             continue
@@ -213,10 +217,9 @@ def _select(state: SearchState, config: Evolution, rng: random.Random) -> Candid
 
 
 def _vary(parent: Candidate, state: SearchState, config: Evolution, rng: random.Random,
-          reflection_session: LMSession, description: str, n_init: int
+          reflection_session: LMSession, description: str, initialising: bool
           ) -> tuple[Genome | None, str, str]:
     archive, genome = state.archive, list(parent.genome)
-    initialising = len(state.candidates) <= n_init
     if initialising:
         # A fresh random demo set: the first generation explores demo sets broadly, as
         # BootstrapFewShotWithRandomSearch does, before evolution refines them.
