@@ -174,7 +174,10 @@ def _bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="call", file=sys.stderr, dynamic_ncols=True)
+    # In a log file (CI, nohup) a bar redrawn 10 times a second floods it: redraw every 10 s.
+    quiet_log = not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="call", file=sys.stderr, dynamic_ncols=True,
+                mininterval=10 if quiet_log else 0.1)
 
 
 def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,

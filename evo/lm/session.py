@@ -1,0 +1,229 @@
+"""The one door to a model: cache, retries, fail-fast and the usage ledger around an :class:`LM`.
+
+Every LM call in evo (task calls, reflection, proposals, re-asks, the preflight) goes through
+:meth:`LMSession.complete`, so :attr:`LMSession.usage` is a complete account of what a run cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from evo.lm.base import LM, LMError, LMRequest, LMResponse, LMUnavailableError, Message
+from evo.lm.cache import ResponseCache
+
+
+@dataclass
+class Usage:
+    """What a session (or a slice of it, via subtraction) spent.
+
+    ``calls`` counts paid backend calls that succeeded; failed attempts are in ``retries`` (each
+    re-attempt) and ``errors`` (each request that failed for good). ``by_purpose`` counts paid
+    calls per :attr:`LMRequest.purpose`.
+    """
+
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    lm_seconds: float = 0.0
+    errors: int = 0
+    retries: int = 0
+    reused_prompt_tokens: int = 0
+    by_purpose: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        """Answered requests: paid calls plus cache hits."""
+        return self.calls + self.cache_hits
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self.copy())  # copy first: dict(...) is atomic, asdict is not
+        d["requests"] = self.requests
+        return d
+
+    def copy(self) -> Usage:
+        return dataclasses.replace(self, by_purpose=dict(self.by_purpose))
+
+    def _combine(self, other: Usage, sign: int) -> Usage:
+        purposes = {k: self.by_purpose.get(k, 0) + sign * other.by_purpose.get(k, 0)
+                    for k in self.by_purpose.keys() | other.by_purpose.keys()}
+        values = {f.name: getattr(self, f.name) + sign * getattr(other, f.name)
+                  for f in dataclasses.fields(self) if f.name != "by_purpose"}
+        return Usage(**values, by_purpose={k: v for k, v in sorted(purposes.items()) if v})
+
+    def __sub__(self, other: Usage) -> Usage:
+        """The delta ``self - other`` (e.g. what one generation spent)."""
+        return self._combine(other, -1)
+
+    def __add__(self, other: Usage) -> Usage:
+        return self._combine(other, +1)
+
+
+PREFLIGHT_REQUEST = LMRequest(
+    messages=(Message("user", "Reply with the single word: OK"),), max_tokens=4,
+    purpose="preflight")
+
+
+def root_message(exc: BaseException) -> str:
+    """The most specific message in an exception chain (the innermost non-empty cause)."""
+    best = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if str(cur).strip():
+            best = str(cur).strip()
+        cur = cur.__cause__ or cur.__context__
+    return best
+
+
+class LMSession:
+    """Wraps an :class:`LM` with the response cache, retries and a thread-safe usage ledger.
+
+    Thread-safe: many evaluator threads may call :meth:`complete` at once. Identical concurrent
+    requests are paid once (later ones wait for the first and read its cached answer). Backends
+    that cannot run calls in parallel (the local model) serialise themselves.
+    """
+
+    def __init__(self, lm: LM, *, cache: ResponseCache | None = None, retries: int = 2,
+                 backoff_s: float = 0.5, fail_fast_after: int = 8) -> None:
+        self.lm = lm
+        self.cache = cache
+        self.retries = max(0, retries)
+        self.backoff_s = backoff_s
+        self.fail_fast_after = fail_fast_after
+        self.usage = Usage()
+        self._lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}
+        self._consecutive_failures = 0
+        self._ever_succeeded = False
+        self._unavailable: LMUnavailableError | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.lm.model_id
+
+    def snapshot(self) -> Usage:
+        """A consistent copy of :attr:`usage` (taken under the lock, safe while calls run)."""
+        with self._lock:
+            return self.usage.copy()
+
+    @property
+    def endpoint(self) -> str | None:
+        """Where the backend lives (URL or model file), when it says."""
+        ep = getattr(self.lm, "endpoint", None)
+        return str(ep) if ep else None
+
+    def _cached(self, key: str) -> LMResponse | None:
+        # Caller holds self._lock.
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is not None:
+            self.usage.cache_hits += 1
+        return hit
+
+    def complete(self, request: LMRequest) -> LMResponse:
+        """Answer ``request`` from the cache or the backend (with retries); see the class doc."""
+        key = request.key(self.model_id)
+        while True:
+            with self._lock:
+                if self._unavailable is not None:
+                    raise self._unavailable
+                hit = self._cached(key)
+                if hit is not None:
+                    return hit
+                waiting = self._inflight.get(key)
+                if waiting is None:
+                    done = self._inflight[key] = threading.Event()
+                    break
+            waiting.wait()  # same request already being paid for: reuse its answer (or retry)
+        try:
+            return self._call(request, key)
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            done.set()
+
+    def _call(self, request: LMRequest, key: str) -> LMResponse:
+        last: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                with self._lock:
+                    self.usage.retries += 1
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            t0 = time.perf_counter()
+            try:
+                resp = self.lm.complete(request)
+            except LMUnavailableError as exc:
+                self._failed(exc, sticky=True)
+                raise
+            except Exception as exc:  # any backend failure is retried
+                last = exc
+                continue
+            if not resp.seconds:
+                resp = dataclasses.replace(resp, seconds=time.perf_counter() - t0)
+            with self._lock:
+                self._consecutive_failures = 0
+                self._ever_succeeded = True
+                u = self.usage
+                u.calls += 1
+                u.prompt_tokens += resp.prompt_tokens
+                u.completion_tokens += resp.completion_tokens
+                u.reused_prompt_tokens += resp.reused_prompt_tokens
+                u.lm_seconds += resp.seconds
+                u.by_purpose[request.purpose] = u.by_purpose.get(request.purpose, 0) + 1
+                if self.cache is not None:
+                    try:
+                        self.cache.put(key, resp, model_id=self.model_id, request=request)
+                    except Exception as exc:  # a paid answer is still an answer: keep going
+                        warnings.warn(f"evo: could not write the LM cache {self.cache}: {exc}",
+                                      RuntimeWarning, stacklevel=2)
+            return resp
+        assert last is not None
+        err = LMError(f"{self.model_id}: call failed after {self.retries + 1} attempt(s): "
+                      f"{type(last).__name__}: {last}")
+        err.__cause__ = last
+        self._failed(err, sticky=False)
+        raise err
+
+    def _failed(self, exc: LMError, *, sticky: bool) -> None:
+        """Book a failed request; turn a run of failures without any success into unavailability."""
+        with self._lock:
+            self.usage.errors += 1
+            self._consecutive_failures += 1
+            if sticky:
+                self._unavailable = exc if isinstance(exc, LMUnavailableError) else None
+            elif not self._ever_succeeded and self._consecutive_failures >= self.fail_fast_after:
+                where = f" at {self.endpoint}" if self.endpoint else ""
+                un = LMUnavailableError(
+                    f"{self.model_id}{where} looks unavailable: {self._consecutive_failures} "
+                    f"consecutive calls failed and none has ever succeeded; last error: "
+                    f"{root_message(exc)}")
+                un.__cause__ = exc
+                self._unavailable = un
+        if self._unavailable is not None and self._unavailable is not exc:
+            raise self._unavailable
+
+    def preflight(self) -> None:
+        """Send one tiny request (through the cache) and fail early, clearly, if the LM is unusable.
+
+        Raises :class:`LMUnavailableError` naming the model, its endpoint and the underlying error.
+        """
+        try:
+            self.complete(PREFLIGHT_REQUEST)
+        except Exception as exc:  # every failure here means "cannot use the LM"
+            where = f" at {self.endpoint}" if self.endpoint else ""
+            if isinstance(exc, LMUnavailableError):
+                # The backend's own diagnosis (e.g. an install hint) beats the innermost cause;
+                # backends prefix it with "MODEL at ENDPOINT: ", which we are about to say.
+                detail = str(exc).removeprefix(f"{self.model_id}{where}: ")
+            else:
+                detail = root_message(exc)
+            raise LMUnavailableError(f"could not reach {self.model_id}{where}: {detail}") from exc
+
+    def __repr__(self) -> str:
+        return f"LMSession({self.model_id!r}, cache={self.cache!r})"
