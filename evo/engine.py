@@ -178,7 +178,8 @@ def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[
         parent = state.best if initialising else _select(state, config, rng)
         child_genome, op, note = _vary(parent, state, config, rng, reflection_session,
                                        description, initialising)
-        if child_genome is None:
+        if child_genome is None:  # the reflection proposal failed the sanity filter
+            emit("proposal_rejected", candidate=parent.id, op=op, reason=note)
             stale += 1
             continue
         child = add_candidate(child_genome, (parent.id,), op, note)
@@ -211,7 +212,7 @@ def _select(state: SearchState, config: Evolution, rng: random.Random) -> Candid
                     (state.candidates[i].val_score, state.candidates[i].program.prompt_chars()))
         for i in state.population
     ]
-    with G._deap_random(rng):
+    with G.deap_random(rng):
         chosen = tools.selTournament(population, 1, min(config.tournament_size, len(population)))
     return state.candidates[chosen[0].cid]
 
@@ -237,9 +238,7 @@ def _vary(parent: Candidate, state: SearchState, config: Evolution, rng: random.
                                style=config.reflection_style, description=description,
                                seed=rng.randrange(2**31))
             if proposal.instruction is None:
-                state.events.append({"event": "proposal_rejected", "iteration": state.iteration,
-                                     "reason": proposal.reason, "raw": proposal.raw[:500]})
-                return None, "reflection", proposal.reason
+                return None, "reflection", f"{proposal.reason}; reply: {proposal.raw[:300]!r}"
             genome[G.INSTRUCTION] = archive.add_instruction(
                 proposal.instruction, {"op": "reflection", "parent": parent.id,
                                        "iteration": state.iteration})

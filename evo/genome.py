@@ -119,7 +119,7 @@ def mutate_demos(genome: Genome, archive: Archive, rng: random.Random) -> Genome
     if move == "replace":
         # DEAP's uniform integer mutation, on one expressed slot.
         slot = DEMOS + rng.randrange(n)
-        with _deap_random(rng):
+        with deap_random(rng):
             genome[slot:slot + 1] = tools.mutUniformInt(genome[slot:slot + 1], 0, pool - 1, 1.0)[0]
     elif move == "add":
         genome[DEMOS + n] = rng.randrange(pool)
@@ -147,13 +147,13 @@ def mutate_instruction(genome: Genome, archive: Archive, rng: random.Random) -> 
 def crossover(a: Genome, b: Genome, archive: Archive, rng: random.Random) -> Genome:
     """A child of two genomes: DEAP's uniform crossover on every gene, then repair."""
     child, other = list(a), list(b)
-    with _deap_random(rng):
+    with deap_random(rng):
         tools.cxUniform(child, other, 0.5)
     return repair(child, archive, rng)
 
 
 @contextmanager
-def _deap_random(rng: random.Random) -> Iterator[None]:
+def deap_random(rng: random.Random) -> Iterator[None]:
     """DEAP's operators draw from the global ``random``: seed it from the run's own stream for the
     call, so runs stay reproducible, and give the caller's global state back afterwards."""
     state = random.getstate()
