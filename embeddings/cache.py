@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from evo.paths import cache_root
+
 _CHUNK = 500  # keys per SELECT ... IN (...) (SQLite's variable limit is >= 999)
 
 
-def cache_root() -> Path:
-    """``$EVO_CACHE_DIR`` if set, else ``~/.cache/evo`` (read at call time, not import time)."""
-    env = os.environ.get("EVO_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "evo"
 
 
 def default_cache_path() -> Path:

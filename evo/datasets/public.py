@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evo.paths import cache_root
 from evo.data import DataError, Dataset, Example
 from evo.datasets.files import Row, dedupe
 
@@ -307,8 +308,7 @@ def spec(name: str) -> Spec:
 
 def cache_dir() -> Path:
     """``$EVO_CACHE_DIR/datasets``, default ``~/.cache/evo/datasets``."""
-    root = os.environ.get("EVO_CACHE_DIR") or Path.home() / ".cache" / "evo"
-    return Path(root) / "datasets"
+    return cache_root() / "datasets"
 
 
 def _paths(name: str) -> tuple[Path, Path]:

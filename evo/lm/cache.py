@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from evo.paths import cache_root
 from evo.lm.base import LMRequest, LMResponse
 
 _SCHEMA = """
@@ -36,9 +37,7 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
-def evo_cache_dir() -> Path:
-    """``$EVO_CACHE_DIR`` or ``~/.cache/evo``: where evo keeps its cache and models."""
-    return Path(os.environ.get("EVO_CACHE_DIR") or Path.home() / ".cache" / "evo").expanduser()
+evo_cache_dir = cache_root  # the name the LM modules use
 
 
 def default_cache_path() -> Path:
