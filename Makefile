@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Flags for `evo run` in the demo; override e.g. `make demo DEMO_ARGS="--task trec --budget 100"`.
-DEMO_ARGS ?= --task trec --budget 300 --n-val 50 --n-test 300
+DEMO_ARGS ?= --task trec --budget 300
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not slow'"`.
 PYTEST_ARGS ?=
 

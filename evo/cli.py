@@ -39,7 +39,12 @@ def load_task(args: argparse.Namespace) -> Task:
         kwargs = {"inputs": args.inputs.split(","), "outputs": args.outputs.split(",")}
         if args.labels:
             kwargs["labels"] = args.labels.split(",")
-    return datasets.load(source, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
+    n_val = args.n_val
+    if n_val is None and getattr(args, "budget", None):
+        # Each accepted candidate costs a full validation: size the default validation split so
+        # the budget can validate about six candidates (50 examples for a budget of 300).
+        n_val = min(100, max(20, args.budget // 6))
+    return datasets.load(source, seed=args.seed, n_train=args.n_train, n_val=n_val,
                          n_test=args.n_test, **kwargs)
 
 
@@ -50,7 +55,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outputs", help="output fields of --data, comma-separated")
     p.add_argument("--labels", help="allowed labels of the output, comma-separated")
     p.add_argument("--n-train", type=int, help="training (demo pool) examples")
-    p.add_argument("--n-val", type=int, help="validation examples (decide the winner)")
+    p.add_argument("--n-val", type=int, help="validation examples, which decide the winner "
+                   "(evo run default: budget / 6, between 20 and 100)")
     p.add_argument("--n-test", type=int, help="held-out test examples (reported)")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the search")
 
@@ -87,13 +93,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                           reflection_lm=reflection, seed=args.seed, cache=_cache(args),
                           description=task.description, run_dir=out, progress=not args.quiet)
     report = result.report(task.test, progress=not args.quiet)
-    (out / "report.json").write_text(json.dumps(
-        {**report.to_dict(), "task": task.name, "model": args.model,
-         "wall_seconds": time.perf_counter() - started}, indent=1, default=str))
     print(f"\n{task.name} | {args.model} | seed {args.seed}\n{report}")
-    print(f"\nbest instruction:\n{result.best.instruction}\n"
-          f"demos: {len(result.best.demos)}\n\nsaved: {out / 'best.json'} "
-          f"(run it again: evo eval {out / 'best.json'} --task {args.task or args.data})")
+    source = f"--task {args.task}" if args.task else (
+        f"--data {args.data} --inputs {args.inputs} --outputs {args.outputs}"
+        + (f" --labels {args.labels}" if args.labels else ""))
+    # The same split arguments, or `evo eval` would cut a different test split.
+    again = (f"evo eval {out / 'best.json'} {source} --seed {args.seed} --n-train "
+             f"{len(task.train)} --n-val {len(task.val)} --n-test {len(task.test)}")
+    print(f"\nbest instruction:\n{result.best.instruction}\ndemos: {len(result.best.demos)}\n\n"
+          f"saved: {out / 'best.json'}\nrun it again: {again}")
+    (out / "report.json").write_text(json.dumps(
+        {**report.to_dict(), "task": task.name, "model": args.model, "seed": args.seed,
+         "splits": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},
+         "eval_command": again, "wall_seconds": time.perf_counter() - started},
+        indent=1, default=str))
     return 0
 
 

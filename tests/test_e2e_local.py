@@ -5,6 +5,7 @@ program. Runs in CI (model and data are fetched from the package registry once, 
 """
 
 import json
+import shlex
 
 import pytest
 
@@ -40,10 +41,12 @@ def test_run_writes_program_report_and_events(run_dir):
 def test_saved_program_reloads_and_runs(run_dir, capsys):
     cache = str(run_dir.parent / "cache.sqlite")
     report = json.loads((run_dir / "report.json").read_text())
-    assert main(["eval", str(run_dir / "best.json"), "--task", "trec", "--n-train", "30",
-                 "--n-val", "8", "--n-test", "12", "--cache", cache]) == 0
+    command = shlex.split(report["eval_command"])  # the line `evo run` printed
+    assert command[:2] == ["evo", "eval"]
+    assert main(command[1:] + ["--cache", cache]) == 0
     out = capsys.readouterr().out
-    assert f"accuracy {report['optimized']:.3f}" in out  # same prompts, same cached answers
+    # the same test split, the same prompts, the same cached answers
+    assert f"(12 examples) accuracy {report['optimized']:.3f}" in out
     code = main(["predict", str(run_dir / "best.json"), "--input",
                  "question=How many miles is it from London to Paris ?", "--cache", cache])
     out = capsys.readouterr().out
