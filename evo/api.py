@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from evo.data import Dataset, Example
-from evo.engine import Candidate, Evolution, search
+from evo.engine import Candidate, Evolution, Optimizer
 from evo.evaluate import ScoreMatrix, evaluate_program
 from evo.lm.base import LM
 from evo.lm.cache import ResponseCache, default_cache_path
@@ -181,7 +181,7 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
-             optimizer: Evolution | None = None, metric: Metric | None = None,
+             optimizer: Optimizer | None = None, metric: Metric | None = None,
              reflection_lm: LM | LMSession | None = None, seed: int = 0,
              cache: ResponseCache | str | Path | bool | None = True,
              description: str | None = None, run_dir: str | Path | None = None,
@@ -227,10 +227,10 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
             on_event(event)
 
     try:
-        state = search(program, train, val, task_session=task_session,
-                       reflection_session=reflection_session, metric=metric, config=optimizer,
-                       seed=seed, description=description, on_event=sink,
-                       on_cell=(lambda _r, _c: bar.update(1)) if bar else None)
+        state = optimizer.search(program, train, val, task_session=task_session,
+                                 reflection_session=reflection_session, metric=metric, seed=seed,
+                                 description=description, on_event=sink,
+                                 on_cell=(lambda _r, _c: bar.update(1)) if bar else None)
     finally:
         if bar is not None:
             bar.close()

@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from deap import base, tools
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +59,23 @@ class Evolution(BaseModel):
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
 
     name: Literal["evolution"] = "evolution"
+
+    def search(self, program: Program, trainset: Sequence[Example], valset: Sequence[Example],
+               **kwargs: Any) -> SearchState:
+        return search(program, trainset, valset, config=self, **kwargs)
+
+
+class Optimizer(Protocol):
+    """What :func:`evo.optimize` needs from an optimizer: a budget, a reply cap, and a search that
+    returns its final :class:`SearchState` (candidates, score matrix, population)."""
+
+    budget: Budget
+    max_tokens: int
+
+    def search(self, program: Program, trainset: Sequence[Example], valset: Sequence[Example], *,
+               task_session: LMSession, reflection_session: LMSession, metric: Callable,
+               seed: int, description: str, on_event: Callback | None,
+               on_cell: Callable[[int, Any], None] | None) -> SearchState: ...
 
 
 @dataclass
