@@ -72,6 +72,9 @@ class Report:
              f"{s['usage']['calls']} / {s['usage']['cache_hits']}"),
             ("search tokens (prompt / completion)",
              f"{s['usage']['prompt_tokens']} / {s['usage']['completion_tokens']}"),
+            ("prompt tokens reused from the KV cache",
+             f"{s['usage']['reused_prompt_tokens']} "
+             f"({s['usage']['reused_prompt_tokens'] / max(1, s['usage']['prompt_tokens']):.0%})"),
             ("search wall time", f"{s['seconds']:.0f} s"),
             ("test LM calls (paid / cache hits)",
              f"{self.test_usage['calls']} / {self.test_usage['cache_hits']}"),
