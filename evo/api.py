@@ -123,6 +123,8 @@ class Result:
                 "usage": self.usage.to_dict(), "seconds": self.seconds,
                 "candidates": len(self.candidates),
                 "accepted": sum(c.accepted for c in self.candidates),
+                # cells scored 0 because the LM call or the metric failed (see result.json)
+                "cell_errors": sum(cell.error is not None for cell in self.matrix.cells.values()),
                 "stop_reason": self.stop_reason, "seed": self.seed}
 
     def report(self, testset: Data, *, progress: bool = False) -> Report:
@@ -157,6 +159,10 @@ class Result:
                             "val_score": None if np.isnan(c.val_score) else c.val_score,
                             "note": c.note} for c in self.candidates],
             "val_example_ids": [ex.id for ex in self.matrix.examples],
+            "cell_errors": [{"candidate": row, "example": self.matrix.examples[col].id,
+                             "error": cell.error}
+                            for (row, col), cell in sorted(self.matrix.cells.items())
+                            if cell.error is not None],
             "scores": [[None if np.isnan(v) else v for v in row]
                        for row in self.matrix.scores.tolist()],
         }

@@ -8,9 +8,8 @@ back to back (same prompt prefix, so a local backend reuses its KV cache).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -101,9 +100,7 @@ class Evaluator:
     budget: Budget
     max_tokens: int = 64
     metric_calls: int = 0
-    lm_seconds: float = 0.0
     on_cell: Callable[[int, Cell], None] | None = None
-    errors: list[str] = field(default_factory=list)
 
     def remaining(self) -> int:
         left = self.budget.metric_calls - self.metric_calls
@@ -132,23 +129,18 @@ class Evaluator:
 
     def run_one(self, program: Program, example: Example) -> Cell:
         request = LMRequest(program.messages(example), max_tokens=self.max_tokens, purpose="task")
-        started = time.perf_counter()
         try:
             response = self.session.complete(request)
         except LMUnavailableError:
             raise
         except LMError as exc:
             message = f"LM error: {exc}"
-            self.errors.append(f"{example.id}: {message}")
             return Cell(0.0, Prediction("", None, message), message, error=message)
-        finally:
-            self.lm_seconds += time.perf_counter() - started
         prediction = program.parse(response.text)
         try:
             score = as_score(self.metric(example, prediction))
         except Exception as exc:  # a user metric's bug is recorded, not fatal
             message = f"metric raised {type(exc).__name__}: {exc}"
-            self.errors.append(f"{example.id}: {message}")
             return Cell(0.0, prediction, message, error=message)
         return Cell(score.value, prediction, score.feedback)
 

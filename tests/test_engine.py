@@ -123,6 +123,11 @@ def test_lm_errors_and_metric_errors_are_recorded_not_fatal():
     cell = result.matrix.cells[(0, col[make(107).id])]
     assert cell.score == 0 and "ZeroDivisionError" in cell.error
     assert result.best_val > result.baseline_val
+    n_candidates_on_105 = sum(not np.isnan(result.matrix.scores[r, col[make(105).id]])
+                              for r in range(result.matrix.n_rows))
+    assert result.search_summary()["cell_errors"] == (
+        n_candidates_on_105 + sum(not np.isnan(result.matrix.scores[r, col[make(107).id]])
+                                  for r in range(result.matrix.n_rows)))
 
 
 def test_unreachable_lm_is_one_clear_error():
