@@ -8,7 +8,7 @@
 >>> print(result.report(task.test))                                     # doctest: +SKIP
 """
 
-from evo import lm
+from evo import datasets, lm
 from evo.api import Report, Result, evaluate, optimize
 from evo.data import DataError, Dataset, Example, Task
 from evo.engine import Evolution
@@ -16,17 +16,6 @@ from evo.evaluate import Budget, ScoreMatrix
 from evo.metrics import Score, exact_match
 from evo.program import Prediction, Program, Signature
 
-__version__ = "0.1.0"
-
-
-def __getattr__(name: str):
-    # evo.datasets imports the registry fetchers; load it only when asked for.
-    if name == "datasets":
-        import importlib
-        module = importlib.import_module("evo.datasets")
-        globals()["datasets"] = module
-        return module
-    raise AttributeError(f"module 'evo' has no attribute {name!r}")
 
 
 __all__ = ["Budget", "DataError", "Dataset", "Evolution", "Example", "Prediction", "Program",
