@@ -16,7 +16,7 @@ from evo.evaluate import Budget, ScoreMatrix
 from evo.metrics import Score, exact_match
 from evo.program import Prediction, Program, Signature
 
-
+__version__ = "0.1.0"
 
 __all__ = ["Budget", "DataError", "Dataset", "Evolution", "Example", "Prediction", "Program",
            "Report", "Result", "Score", "ScoreMatrix", "Signature", "Task", "datasets",
