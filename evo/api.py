@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from evo.data import Dataset, Example
+from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
 from evo.evaluate import ScoreMatrix, evaluate_program
 from evo.lm.base import LM
@@ -208,8 +208,12 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     if not val:
         raise ValueError("valset is empty: the search needs validation examples to compare "
                          "candidates")
-    for ex in train + val:
-        program.check_example(ex)
+    for name, examples in (("trainset", train), ("valset", val)):
+        for row, ex in enumerate(examples, 1):
+            try:
+                program.check_example(ex, outputs=True)
+            except ValueError as exc:
+                raise DataError(str(exc), source=name, row=row) from None
     metric = metric or exact_match
     task_session = session_for(lm, cache)
     reflection_session = task_session if reflection_lm is None else session_for(reflection_lm,

@@ -39,13 +39,15 @@ def load_task(args: argparse.Namespace) -> Task:
         kwargs = {"inputs": args.inputs.split(","), "outputs": args.outputs.split(",")}
         if args.labels:
             kwargs["labels"] = args.labels.split(",")
-    n_val = args.n_val
-    if n_val is None and getattr(args, "budget", None):
-        # Each accepted candidate costs a full validation: size the default validation split so
-        # the budget can validate about six candidates (50 examples for a budget of 300).
-        n_val = min(100, max(20, args.budget // 6))
-    return datasets.load(source, seed=args.seed, n_train=args.n_train, n_val=n_val,
+    task = datasets.load(source, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
                          n_test=args.n_test, **kwargs)
+    budget = getattr(args, "budget", None)
+    if args.n_val is None and budget and len(task.val) > max(20, budget // 6):
+        # Each accepted candidate costs a full validation: shrink the default validation split
+        # so the budget can validate about six candidates (50 examples for a budget of 300).
+        task = datasets.load(source, seed=args.seed, n_train=args.n_train,
+                             n_val=max(20, budget // 6), n_test=args.n_test, **kwargs)
+    return task
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -80,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     task = load_task(args)
     program = evo.Program(signature=task.signature, labels=task.labels)
     lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
-    reflection = make_lm(args.reflection_model) if args.reflection_model else None
+    reflection = (make_lm(args.reflection_model, api_base=args.api_base, api_key=args.api_key)
+                  if args.reflection_model else None)
     optimizer = evo.Evolution(budget=evo.Budget(metric_calls=args.budget),
                               max_demos=args.max_demos, population_size=args.population,
                               reflection_style=args.reflection_style)
@@ -99,7 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         + (f" --labels {args.labels}" if args.labels else ""))
     # The same split arguments, or `evo eval` would cut a different test split.
     again = (f"evo eval {out / 'best.json'} {source} --seed {args.seed} --n-train "
-             f"{len(task.train)} --n-val {len(task.val)} --n-test {len(task.test)}")
+             f"{len(task.train)} --n-val {len(task.val)} --n-test {len(task.test)} "
+             f"--model {args.model}" + (f" --cache {args.cache}" if args.cache else "")
+             + (" --no-cache" if args.no_cache else ""))
     print(f"\nbest instruction:\n{result.best.instruction}\ndemos: {len(result.best.demos)}\n\n"
           f"saved: {out / 'best.json'}\nrun it again: {again}")
     (out / "report.json").write_text(json.dumps(
@@ -128,6 +133,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from evo.api import session_for
     from evo.lm.base import LMRequest
 
+    bad = [pair for pair in args.input if "=" not in pair]
+    if bad:
+        raise ValueError(f"--input {bad[0]!r}: write FIELD=TEXT, e.g. --input question='Who ...?'")
     program = evo.Program.load(args.program)
     inputs = dict(pair.split("=", 1) for pair in args.input)
     example = evo.Example(inputs=inputs, outputs={f.name: "?" for f in program.signature.outputs})
@@ -196,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DataError, LMUnavailableError) as exc:
+    except (DataError, LMUnavailableError, ValueError, OSError) as exc:
+        # Bad input (data, flags, files) and unusable LMs: one line, no traceback. pydantic's
+        # ValidationError is a ValueError.
         print(f"evo: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

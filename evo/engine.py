@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evo import genome as G
 from evo.data import Example
-from evo.evaluate import Budget, BudgetExhausted, Evaluator, ScoreMatrix
+from evo.evaluate import Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix
+from evo.metrics import Metric
 from evo.genome import Archive, Genome
 from evo.lm.session import LMSession
 from evo.program import Program
@@ -73,9 +74,9 @@ class Optimizer(Protocol):
     max_tokens: int
 
     def search(self, program: Program, trainset: Sequence[Example], valset: Sequence[Example], *,
-               task_session: LMSession, reflection_session: LMSession, metric: Callable,
+               task_session: LMSession, reflection_session: LMSession, metric: Metric,
                seed: int, description: str, on_event: Callback | None,
-               on_cell: Callable[[int, Any], None] | None) -> SearchState: ...
+               on_cell: Callable[[int, Cell], None] | None) -> SearchState: ...
 
 
 @dataclass
@@ -128,16 +129,16 @@ Callback = Callable[[dict[str, Any]], None]
 
 
 def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[Example], *,
-           task_session: LMSession, reflection_session: LMSession, metric: Callable,
+           task_session: LMSession, reflection_session: LMSession, metric: Metric,
            config: Evolution, seed: int = 0, description: str = "",
            on_event: Callback | None = None,
-           on_cell: Callable[[int, Any], None] | None = None) -> SearchState:
+           on_cell: Callable[[int, Cell], None] | None = None) -> SearchState:
     """Run the evolutionary search and return its final state (see module docstring)."""
     rng = random.Random(seed)
-    archive = Archive(base_program, tuple(trainset), max_demos=min(config.max_demos, len(trainset)))
+    archive = Archive(base_program, tuple(trainset), max_demos=config.max_demos)
     state = SearchState(archive, ScoreMatrix(valset))
     evaluator = Evaluator(task_session, metric, config.budget, max_tokens=config.max_tokens,
-                          on_cell=on_cell)
+                          on_cell=on_cell, lm_sessions=(task_session, reflection_session))
     state.evaluator = evaluator
     all_cols = list(range(len(valset)))
 
@@ -215,7 +216,10 @@ def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[
              minibatch_score=float(child_scores.mean()),
              parent_minibatch_score=float(parent_scores.mean()), accepted=accepted)
         if accepted:
-            validate(child)
+            try:
+                validate(child)
+            except BudgetExhausted:  # an lm_calls cap hit by the reflection call just made
+                break
     state.stop_reason = ("budget exhausted" if evaluator.remaining() < len(valset)
                          else "no new candidates")
     emit("budget_exhausted" if state.stop_reason == "budget exhausted" else "converged",

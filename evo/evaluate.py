@@ -36,6 +36,8 @@ class Budget:
     def __post_init__(self) -> None:
         if self.metric_calls <= 0:
             raise ValueError(f"Budget.metric_calls must be positive, got {self.metric_calls}")
+        if self.lm_calls is not None and self.lm_calls <= 0:
+            raise ValueError(f"Budget.lm_calls must be positive, got {self.lm_calls}")
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,25 @@ class Evaluator:
     max_tokens: int = 64
     metric_calls: int = 0
     on_cell: Callable[[int, Cell], None] | None = None
+    # Every session whose requests count against ``budget.lm_calls`` (task and reflection).
+    lm_sessions: tuple[LMSession, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.lm_sessions = tuple(dict.fromkeys(self.lm_sessions or (self.session,)))
+        self._lm_start = self.lm_requests_total()
+
+    def lm_requests_total(self) -> int:
+        return sum(s.usage.requests for s in self.lm_sessions)
+
+    @property
+    def lm_requests(self) -> int:
+        """LM requests (cache hits included) made since this evaluator was created."""
+        return self.lm_requests_total() - self._lm_start
 
     def remaining(self) -> int:
         left = self.budget.metric_calls - self.metric_calls
         if self.budget.lm_calls is not None:
-            left = min(left, self.budget.lm_calls - self.session.usage.requests)
+            left = min(left, self.budget.lm_calls - self.lm_requests)
         return max(0, left)
 
     def evaluate(self, program: Program, matrix: ScoreMatrix, row: int, cols: Sequence[int],
@@ -136,10 +152,15 @@ class Evaluator:
         except LMError as exc:
             message = f"LM error: {exc}"
             return Cell(0.0, Prediction("", None, message), message, error=message)
-        prediction = program.parse(response.text)
+        try:
+            prediction = program.parse(response.text or "")
+        except Exception as exc:  # a parser bug must not end a run: record it on the cell
+            message = f"parse failed: {type(exc).__name__}: {exc}"
+            return Cell(0.0, Prediction(response.text or "", None, message), message,
+                        error=message)
         try:
             score = as_score(self.metric(example, prediction))
-        except Exception as exc:  # a user metric's bug is recorded, not fatal
+        except Exception as exc:  # a user metric's bug (or bad return value) is recorded
             message = f"metric raised {type(exc).__name__}: {exc}"
             return Cell(0.0, prediction, message, error=message)
         return Cell(score.value, prediction, score.feedback)

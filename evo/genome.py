@@ -45,10 +45,15 @@ class Archive:
     origins: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # The user's own demos join the pool, so the seed genome is exactly the user's program.
+        known = {ex.id for ex in self.pool}
+        self.pool = self.pool + tuple(d for d in self.base.demos if d.id not in known)
+        self.max_demos = max(self.max_demos, len(self.base.demos))
         if not self.instructions:
             self.add_instruction(self.base.instruction, {"op": "seed"})
         if self.max_demos and not self.pool:
-            raise ValueError("demos need a non-empty training pool")
+            raise ValueError("the trainset (the demo pool) is empty: give training examples, or "
+                             "search instructions only with max_demos=0")
         self._labels = [ex.label if len(ex.outputs) == 1 else "" for ex in self.pool]
 
     def add_instruction(self, text: str, origin: dict) -> int:
@@ -61,9 +66,9 @@ class Archive:
         return len(self.instructions) - 1
 
     def seed_genome(self) -> Genome:
-        """The user's program as given: instruction 0 and its demos, if they are in the pool."""
+        """The user's program as given: instruction 0 and its demos."""
         ids = {ex.id: i for i, ex in enumerate(self.pool)}
-        demos = [ids[d.id] for d in self.base.demos if d.id in ids][: self.max_demos]
+        demos = [ids[d.id] for d in self.base.demos]
         return [0, len(demos)] + demos + [0] * (self.max_demos - len(demos))
 
     def program(self, genome: Genome) -> Program:

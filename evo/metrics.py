@@ -6,6 +6,8 @@ words ("expected X, got Y"), not only a number.
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,9 @@ from evo.program import Prediction
 
 @dataclass(frozen=True)
 class Score:
+    """A metric's verdict on one example: ``value`` (1.0 = fully right; the engine treats a cell
+    below 1.0 as a failure worth reflecting on) and ``feedback`` text for the reflection LM."""
+
     value: float
     feedback: str = ""
 
@@ -24,14 +29,21 @@ Metric = Callable[[Example, Prediction], "float | tuple[float, str] | Score"]
 
 
 def as_score(result: object) -> Score:
-    """Normalize what a user metric returned. Raises TypeError naming the bad value."""
+    """Normalize what a user metric returned: a finite real number (Python or numpy), a
+    ``(number, feedback)`` pair or a :class:`Score`. Raises TypeError / ValueError naming the bad
+    value (the evaluator records it as a metric error on that cell)."""
     if isinstance(result, Score):
-        return result
-    if isinstance(result, bool | int | float):
-        return Score(float(result))
-    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
-        return Score(float(result[0]), result[1])
-    raise TypeError(f"a metric must return a float, (float, feedback) or Score, got {result!r}")
+        value, feedback = result.value, result.feedback
+    elif isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
+        value, feedback = result
+    else:
+        value, feedback = result, ""
+    if isinstance(value, numbers.Real):  # bool, int, float and numpy scalars
+        value = float(value)
+        if math.isfinite(value):
+            return Score(value, feedback)
+        raise ValueError(f"a metric returned {value}: scores must be finite")
+    raise TypeError(f"a metric must return a number, (number, feedback) or Score, got {result!r}")
 
 
 def _norm(text: str) -> str:

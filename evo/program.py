@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal, InvalidOperation
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,7 @@ class Program(BaseModel):
                 hint = {"str": "text", "int": "an integer", "float": "a number",
                         "bool": "yes or no"}[f.type]
             lines.append(f"{f.name}: <{hint}>")
-        word = "line" if len(lines) == 1 else f"{len(lines)} lines"
+        word = "one line" if len(lines) == 1 else f"{len(lines)} lines"
         return f"Reply with exactly {word}, nothing else:\n" + "\n".join(lines)
 
     def render_inputs(self, example: Example) -> str:
@@ -150,11 +151,20 @@ class Program(BaseModel):
         """The prompt for one example: the shared :meth:`prefix`, then the example last."""
         return self.prefix() + (Message("user", self.render_inputs(example)),)
 
-    def check_example(self, example: Example) -> None:
-        missing = [f.name for f in self.signature.inputs if f.name not in example.inputs]
+    def check_example(self, example: Example, *, outputs: bool = False) -> None:
+        """Raise ValueError if ``example`` lacks a field this program reads (its inputs, and with
+        ``outputs`` its gold outputs, which must be one of ``labels`` when there are labels)."""
+        fields = list(self.signature.inputs) + (list(self.signature.outputs) if outputs else [])
+        have = {**example.inputs, **(example.outputs if outputs else {})}
+        missing = [f.name for f in fields if f.name not in have]
         if missing:
-            raise ValueError(f"example {example.id} lacks input field(s) {missing} "
-                             f"required by signature '{self.signature}'")
+            raise ValueError(f"example {example.id} lacks field(s) {missing} required by "
+                             f"signature '{self.signature}'")
+        if outputs and self.labels is not None:
+            gold = example.outputs[self.signature.outputs[0].name]
+            if gold not in self.labels:
+                raise ValueError(f"example {example.id}: gold label {gold!r} is not one of "
+                                 f"{list(self.labels)}")
 
     # ---- parsing ---------------------------------------------------------------------------
     def parse(self, text: str) -> Prediction:
@@ -229,27 +239,42 @@ def _coerce_value(raw: str, type_: FieldType, labels: tuple[str, ...] | None
         if word in {"no", "false"}:
             return "no", None
         return "", f"'{value[:60]}' is not yes or no"
-    number = re.search(r"-?\d[\d,]*(?:\.\d+)?", value)
+    number = _NUMBER.search(value)
     if not number:
         return "", f"'{value[:60]}' contains no number"
-    text = number.group(0).replace(",", "")
+    try:
+        parsed = Decimal(number.group(0).replace(",", ""))
+    except InvalidOperation:
+        return "", f"'{number.group(0)[:60]}' is not a number"
     if type_ == "int":
-        as_float = float(text)
-        if as_float != int(as_float):
-            return "", f"'{text}' is not an integer"
-        return str(int(as_float)), None
-    return str(float(text)), None
+        if parsed != parsed.to_integral_value():
+            return "", f"'{number.group(0)[:60]}' is not an integer"
+        return str(int(parsed)), None
+    return str(float(parsed)), None
+
+
+# 1,024 / -3 / .5 / 2.75 / 1e-3 (thousands commas only between groups of three digits)
+_NUMBER = re.compile(r"[-+]?(?=\.?\d)(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 def _match_label(value: str, labels: tuple[str, ...]) -> tuple[str, str | None]:
-    norm = _norm(value)
-    by_norm = {_norm(label): label for label in labels}
-    if norm in by_norm:
-        return by_norm[norm], None
+    """Exact, then case-folded, then normalized match; then a label named inside the reply.
+
+    Looser tiers only use labels whose loose form is unique, so "-1" / "1" or "A" / "a" stay
+    apart (the stricter tiers tell them apart)."""
+    bare = value.strip().rstrip(".!,;:").strip()
+    for fold in (str, str.casefold, _norm):
+        forms: dict[str, list[str]] = {}
+        for label in labels:
+            forms.setdefault(fold(label), []).append(label)
+        hit = forms.get(fold(bare))
+        if hit is not None and len(hit) == 1:
+            return hit[0], None
+    by_norm = {n: group[0] for n, group in forms.items() if n and len(group) == 1}
     # Labels named as whole words inside the answer ("The label is Human."); a label contained in
     # another found label ("positive" in "not positive") does not count on its own.
-    padded = f" {norm} "
-    named = [n for n in by_norm if n and f" {n} " in padded]
+    padded = f" {_norm(value)} "
+    named = [n for n in by_norm if f" {n} " in padded]
     named = [n for n in named if not any(n != m and f" {n} " in f" {m} " for m in named)]
     found = [(padded.find(f" {n} "), by_norm[n]) for n in named]
     if len(found) == 1:

@@ -39,12 +39,14 @@ class Proposal:
 
 
 def split_rules(instruction: str) -> tuple[str, list[str]]:
-    """An instruction's core text and its rules list (what follows a ``Rules:`` line)."""
+    """An instruction's core text and its rules list, when the rules section is one that
+    :func:`join_rules` wrote (a ``Rules:`` line followed only by ``- `` bullets); any other text
+    is all core, so a user's own instruction is never cut."""
     head, sep, tail = instruction.partition(f"\n{RULES_HEADER}\n")
-    if not sep:
+    lines = tail.splitlines()
+    if not sep or not lines or not all(line.startswith("- ") for line in lines):
         return instruction.strip(), []
-    rules = [line[2:].strip() for line in tail.splitlines() if line.startswith("- ")]
-    return head.strip(), rules
+    return head.strip(), [line[2:].strip() for line in lines]
 
 
 def join_rules(core: str, rules: Sequence[str]) -> str:
@@ -95,11 +97,9 @@ def _show_failures(program: Program, failures: Sequence[tuple[Example, Cell]]) -
 
 def rules_request(program: Program, failures: Sequence[tuple[Example, Cell]], *,
                   description: str, n_rules: int, seed: int, temperature: float) -> LMRequest:
-    core, rules = split_rules(program.instruction)
-    current = core + ("\nRules:\n" + "\n".join(f"- {r}" for r in rules) if rules else "")
     prompt = (
         f"An assistant does this task:\n{describe_task(program, description)}\n\n"
-        f"Its current instruction is:\n\"\"\"\n{current}\n\"\"\"\n\n"
+        f"Its current instruction is:\n\"\"\"\n{program.instruction.strip()}\n\"\"\"\n\n"
         f"It got these examples wrong:\n\n{_show_failures(program, failures)}\n\n"
         f"Write {n_rules} new rules for the assistant that would have prevented these mistakes. "
         "Each rule is one sentence and general: it must help with many other inputs, so do not "

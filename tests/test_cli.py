@@ -51,3 +51,13 @@ def test_unknown_model_names_the_choices():
 def test_parser_defaults():
     args = build_parser().parse_args(["run", "--task", "trec"])
     assert args.budget == 300 and args.model == "qwen2.5-coder-0.5b" and args.seed == 0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["predict", "nope.json", "--input", "question"], "FIELD=TEXT"),  # checked before the file
+    (["eval", "/nonexistent/p.json", "--task", "trec"], "No such file"),
+])
+def test_user_mistakes_are_one_line_errors(argv, says, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err

@@ -166,3 +166,68 @@ def test_reflection_adds_rules_and_rejects_answers():
     for reply in ["neg", "- neg", "- item 1 is bad stuff, so the label is neg"]:
         bad = propose(LMSession(ScriptedLM(lambda r, reply=reply: reply)), p, failures)
         assert bad.instruction is None, reply
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "abc", None])
+def test_bad_metric_values_are_recorded_once_not_fatal(bad):
+    def metric(example, prediction):
+        if "item 104 " in example.inputs["text"]:
+            return evo.Score(bad) if bad is None else bad
+        return evo.exact_match(example, prediction)
+
+    lm = ScriptedLM(respond)
+    result = run(lm, cache=False, metric=metric)
+    col = {ex.id: j for j, ex in enumerate(VAL)}[make(104).id]
+    assert not np.isnan(result.matrix.scores[:, col]).all()
+    cell = result.matrix.cells[(0, col)]
+    assert cell.score == 0 and cell.error.startswith("metric raised")
+    asked = [c for c in lm.calls if c.purpose == "task" and "item 104 " in c.messages[-1].content]
+    assert len(asked) == len({c.key("m") for c in asked})  # never paid twice
+
+
+def test_numpy_scores_are_accepted():
+    def metric(example, prediction):
+        return np.float32(evo.exact_match(example, prediction).value)
+
+    assert run(ScriptedLM(respond), cache=False, metric=metric).best_val == 1.0
+
+
+def test_lm_call_cap_counts_reflection_and_never_crashes():
+    lm = ScriptedLM(respond)
+    session = LMSession(lm)
+    session.preflight()
+    session.complete(LMRequest((evo.lm.Message("user", "warm-up"),)))  # before the search
+    optimizer = evo.Evolution(budget=evo.Budget(metric_calls=1000, lm_calls=90),
+                              reflection_rate=1.0, initial_demo_sets=0)
+    result = evo.optimize(program(), TRAIN, VAL, lm=session, optimizer=optimizer, cache=False)
+    assert result.usage.requests <= 90  # calls before the search do not count against it
+    assert result.usage.by_purpose.get("reflection", 0) >= 1
+
+
+def test_user_demos_stay_in_the_baseline_even_outside_the_pool():
+    demos = (make(900), make(901))
+    p = program().model_copy(update={"demos": demos})
+    result = evo.optimize(p, TRAIN, VAL, lm=ScriptedLM(respond), cache=False,
+                          optimizer=evo.Evolution(budget=evo.Budget(metric_calls=60),
+                                                  max_demos=0))
+    assert result.baseline.demos == demos
+
+
+def test_missing_outputs_and_unknown_labels_are_data_errors():
+    bad = list(VAL)
+    bad[3] = evo.Example(inputs={"text": "x y z"}, outputs={"label": "maybe"})
+    with pytest.raises(evo.DataError, match="valset, row 4.*'maybe'"):
+        evo.optimize(program(), TRAIN, bad, lm=ScriptedLM(respond), cache=False)
+    bad = list(TRAIN)
+    bad[2] = evo.Example(inputs={"text": "x y z"}, outputs={"other": "pos"})
+    with pytest.raises(evo.DataError, match="trainset, row 3.*label"):
+        evo.optimize(program(), bad, VAL, lm=ScriptedLM(respond), cache=False)
+
+
+def test_split_rules_never_cuts_a_users_instruction():
+    from evo.reflection import join_rules, split_rules
+
+    mine = "Classify.\nRules:\n1. be brief\nAlways answer in lowercase."
+    assert split_rules(mine) == (mine, [])
+    assert split_rules(join_rules("Core.", ["A rule.", "B rule."])) == ("Core.", ["A rule.",
+                                                                             "B rule."])

@@ -102,3 +102,29 @@ def test_load_rejects_foreign_json(tmp_path):
 def test_labels_need_one_output():
     with pytest.raises(ValueError, match="exactly one output"):
         Program(signature="q -> a, b", labels=["x"])
+
+
+def test_labels_that_fold_alike_stay_apart():
+    p = Program(signature="q -> label", labels=["-1", "0", "1"])
+    assert p.parse("label: -1").outputs == {"label": "-1"}
+    assert p.parse("label: -1.").outputs == {"label": "-1"}
+    assert p.parse("label: 1").outputs == {"label": "1"}
+    q = Program(signature="q -> label", labels=["A", "a"])
+    assert q.parse("label: A").outputs == {"label": "A"}
+    assert q.parse("label: a").outputs == {"label": "a"}
+
+
+def test_format_line_reads_well():
+    assert "Reply with exactly one line, nothing else:" in program().format_spec()
+    assert "exactly 2 lines" in Program(signature="q -> a, b").format_spec()
+
+
+@pytest.mark.parametrize("reply, value", [
+    ("n: .5", "0.5"), ("n: 1e-3", "0.001"), ("n: -2,500.25", "-2500.25"), ("n: 7", "7.0")])
+def test_float_forms(reply, value):
+    assert Program(signature="q -> n: float").parse(reply).outputs == {"n": value}
+
+
+def test_huge_integer_reply_is_parsed_not_raised():
+    pred = Program(signature="q -> n: int").parse("n: " + "9" * 400)
+    assert pred.ok and pred.outputs["n"] == "9" * 400

@@ -213,7 +213,9 @@ def _bigbench_parser(task: str, subtask: str | None, input_field: str, output_fi
         if not examples:
             raise DataError("task has no examples", source=source)
         scored = any("target_scores" in ex for ex in examples)
-        choice_sets = {tuple(ex["target_scores"]) for ex in examples if "target_scores" in ex}
+        # dict, not set: insertion order, so the label order is the file's on every machine
+        choice_sets = dict.fromkeys(tuple(ex["target_scores"]) for ex in examples
+                                    if "target_scores" in ex)
         fixed = (scored and len({frozenset(c) for c in choice_sets}) == 1
                  and len(next(iter(choice_sets))) <= MAX_LABELS)
         with_options = scored and not fixed
