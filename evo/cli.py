@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -205,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (DataError, LMUnavailableError, ValueError, OSError) as exc:
-        # Bad input (data, flags, files) and unusable LMs: one line, no traceback. pydantic's
-        # ValidationError is a ValueError.
+        # Bad input (data, flags, files) and unusable LMs: one line, no traceback (pydantic's
+        # ValidationError is a ValueError). EVO_DEBUG=1 shows the traceback instead.
+        if os.environ.get("EVO_DEBUG"):
+            raise
         print(f"evo: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
