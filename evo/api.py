@@ -112,6 +112,7 @@ class Result:
     stop_reason: str
     events: list[dict[str, Any]]
     instructions: list[str]
+    instruction_origins: list[dict[str, Any]]  # how each archived text came to be (op, parent)
     seed: int
     session: LMSession = field(repr=False)
     metric: Metric = field(repr=False)
@@ -153,7 +154,8 @@ class Result:
         self.baseline.save(run_dir / "baseline.json")
         payload = {
             "summary": self.search_summary(),
-            "instructions": self.instructions,
+            "instructions": [{"text": text, "origin": origin} for text, origin
+                             in zip(self.instructions, self.instruction_origins, strict=True)],
             "candidates": [{"id": c.id, "genome": c.genome, "parents": list(c.parents),
                             "op": c.op, "iteration": c.iteration, "accepted": c.accepted,
                             "val_score": None if np.isnan(c.val_score) else c.val_score,
@@ -258,7 +260,8 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
         usage=usage, metric_calls=state.evaluator.metric_calls,
         budget=optimizer.budget.metric_calls, seconds=time.perf_counter() - started,
         stop_reason=state.stop_reason, events=state.events,
-        instructions=list(state.archive.instructions), seed=seed, session=task_session,
+        instructions=list(state.archive.instructions),
+        instruction_origins=list(state.archive.origins), seed=seed, session=task_session,
         metric=metric, max_tokens=optimizer.max_tokens)
     if run_dir is not None:
         result.save(run_dir)

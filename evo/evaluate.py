@@ -108,15 +108,15 @@ class Evaluator:
 
     def __post_init__(self) -> None:
         self.lm_sessions = tuple(dict.fromkeys(self.lm_sessions or (self.session,)))
-        self._lm_start = self.lm_requests_total()
+        self._lm_start = self._lm_requests_total()
 
-    def lm_requests_total(self) -> int:
+    def _lm_requests_total(self) -> int:
         return sum(s.usage.requests for s in self.lm_sessions)
 
     @property
     def lm_requests(self) -> int:
         """LM requests (cache hits included) made since this evaluator was created."""
-        return self.lm_requests_total() - self._lm_start
+        return self._lm_requests_total() - self._lm_start
 
     def remaining(self) -> int:
         left = self.budget.metric_calls - self.metric_calls

@@ -1,6 +1,8 @@
 """The engine on a scripted LM: it improves, respects the budget, never pays twice, survives bad
 cells, and a rerun with the same seed and cache replays without paid calls."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -151,6 +153,9 @@ def test_events_and_run_dir(tmp_path):
     assert kinds[-1] in {"budget_exhausted", "converged"}
     assert evo.Program.load(tmp_path / "run" / "best.json") == result.best
     assert (tmp_path / "run" / "events.jsonl").read_text().count("\n") == len(result.events)
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())["instructions"]
+    assert saved[0] == {"text": result.baseline.instruction, "origin": {"op": "seed"}}
+    assert all(i["origin"]["op"] == "reflection" and "parent" in i["origin"] for i in saved[1:])
 
 
 def test_reflection_adds_rules_and_rejects_answers():
