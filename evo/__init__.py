@@ -13,11 +13,13 @@ from evo.api import Report, Result, evaluate, optimize
 from evo.data import DataError, Dataset, Example, Task
 from evo.engine import Evolution
 from evo.evaluate import Budget, ScoreMatrix
-from evo.metrics import Score, exact_match
+from evo.metrics import (Score, TokenMetric, contains, exact_match, f1, normalized_exact_match,
+                         numeric_match)
 from evo.program import Prediction, Program, Signature
 
 __version__ = "0.1.0"
 
 __all__ = ["Budget", "DataError", "Dataset", "Evolution", "Example", "Prediction", "Program",
-           "Report", "Result", "Score", "ScoreMatrix", "Signature", "Task", "datasets",
-           "evaluate", "exact_match", "lm", "optimize"]
+           "Report", "Result", "Score", "ScoreMatrix", "Signature", "Task", "TokenMetric",
+           "contains", "datasets", "evaluate", "exact_match", "f1", "lm", "normalized_exact_match",
+           "numeric_match", "optimize"]
