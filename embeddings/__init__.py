@@ -5,12 +5,21 @@
     vecs = enc.encode(["a question", ...])  # float32 (n, 384), L2-normalized
     index = VectorIndex(enc.dim); index.add(vecs, ids)
     scores, ids = index.search(enc.encode(["query"]), k=5)
+    scores, ids = index.neighbors(ids_of_members, k=5)   # nearest *other* members, one call
 
+``HashingEncoder()`` is the dependency-free lexical alternative (no torch, ~0.3 ms a text).
 Importing this package is cheap: torch/sentence-transformers load on the first MiniLM encode.
 """
 
 from embeddings.cache import EmbeddingCache, cache_root, default_cache, default_cache_path, text_key
-from embeddings.encoder import CachedEncoder, Encoder, MiniLMEncoder, default_encoder, l2_normalize
+from embeddings.encoder import (
+    CachedEncoder,
+    Encoder,
+    HashingEncoder,
+    MiniLMEncoder,
+    default_encoder,
+    l2_normalize,
+)
 from embeddings.index import HNSW_THRESHOLD, VectorIndex
 
 __all__ = [
@@ -18,6 +27,7 @@ __all__ = [
     "CachedEncoder",
     "EmbeddingCache",
     "Encoder",
+    "HashingEncoder",
     "MiniLMEncoder",
     "VectorIndex",
     "cache_root",

@@ -1,4 +1,5 @@
-"""Text encoders: the :class:`Encoder` protocol, the bundled MiniLM, and a caching wrapper.
+"""Text encoders: the :class:`Encoder` protocol, the bundled MiniLM, a dependency-free lexical
+:class:`HashingEncoder`, and a caching wrapper.
 
 Every encoder returns float32 arrays of shape ``(n, dim)`` with L2-normalized rows, so the inner
 product of two rows is their cosine similarity (what :class:`embeddings.index.VectorIndex` ranks by).
@@ -7,7 +8,10 @@ product of two rows is their cosine similarity (what :class:`embeddings.index.Ve
 from __future__ import annotations
 
 import os
+import re
 import threading
+import unicodedata
+import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -36,6 +40,9 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected a 2-D array, got shape {v.shape}")
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     return np.ascontiguousarray(v / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+_WORD = re.compile(r"\w+")
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -98,6 +105,73 @@ class MiniLMEncoder:
         vecs = model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                             normalize_embeddings=True, show_progress_bar=False)
         return l2_normalize(vecs)
+
+
+class HashingEncoder:
+    """Lexical features hashed into ``dim`` signed buckets: fast, deterministic, no model, no torch.
+
+    Features of the NFKC-normalized, lowercased text: character n-grams (``ngram_range``, default
+    3-5) of each whitespace-separated token padded with one space on each side (so n-grams mark
+    word starts and ends, as scikit-learn's ``char_wb``), plus word unigrams (runs of word
+    characters). Each feature is hashed with ``zlib.crc32`` (stable across processes and
+    platforms, unlike Python's salted ``hash``): the low 31 bits pick the bucket, bit 31 the sign,
+    so collisions cancel on average instead of piling up. Rows are count vectors, L2-normalized; a
+    text with no features (empty or whitespace only) maps to the zero vector.
+
+    Similar wording gets a high cosine, paraphrases with different words do not: use it when torch
+    is unavailable, for fast tests, or as a lexical complement to MiniLM.
+
+    >>> enc = HashingEncoder()
+    >>> v = enc.encode(["Who wrote Hamlet?", "who wrote hamlet", "stock prices fell"])
+    >>> bool(v[0] @ v[1] > 0.8 > 0.2 > v[0] @ v[2])
+    True
+    """
+
+    def __init__(self, dim: int = 512, *, ngram_range: tuple[int, int] = (3, 5),
+                 word_unigrams: bool = True) -> None:
+        lo, hi = ngram_range
+        if dim <= 0:
+            raise ValueError(f"HashingEncoder: dim must be positive, got {dim}")
+        if not 1 <= lo <= hi:
+            raise ValueError(f"HashingEncoder: ngram_range must satisfy 1 <= lo <= hi, "
+                             f"got {ngram_range}")
+        self.dim = int(dim)
+        self.ngram_range = (int(lo), int(hi))
+        self.word_unigrams = bool(word_unigrams)
+        # Part of every cache key: bump the version whenever the features or the hash change.
+        self.model_id = (f"evo/hashing-v1:dim={self.dim},char_wb={lo}-{hi},"
+                         f"words={int(self.word_unigrams)},crc32")
+
+    def features(self, text: str) -> list[str]:
+        """The feature strings of one text (n-grams and ``"w:"``-prefixed words), with repeats."""
+        text = unicodedata.normalize("NFKC", text).lower()
+        lo, hi = self.ngram_range
+        feats: list[str] = []
+        for token in text.split():
+            padded = f" {token} "
+            size = len(padded)
+            for n in range(lo, hi + 1):
+                if size <= n:  # short token: the padded token itself, once
+                    feats.append(padded)
+                    break
+                feats.extend(padded[i:i + n] for i in range(size - n + 1))
+        if self.word_unigrams:
+            feats.extend("w:" + w for w in _WORD.findall(text))
+        return feats
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        crc32 = zlib.crc32
+        for row, text in enumerate(texts):
+            feats = self.features(text)
+            if not feats:
+                continue
+            h = np.fromiter((crc32(f.encode("utf-8")) for f in feats), dtype=np.uint32,
+                            count=len(feats))
+            signs = 1.0 - 2.0 * (h >> 31).astype(np.float64)
+            out[row] = np.bincount((h & 0x7FFFFFFF) % self.dim, weights=signs, minlength=self.dim)
+        return l2_normalize(out)
 
 
 class CachedEncoder:
