@@ -19,8 +19,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Kernel benchmarks: one table of ratios against the references (gepa, DEAP, dspy, Python loops).
+# BENCH_ARGS="--quick" for a short smoke run.
+BENCH_ARGS ?=
 bench: setup
-	$(PY) -m pytest benchmarks/ --benchmark-only -q $(PYTEST_ARGS)
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # Build artefacts and test caches; keeps .venv and ~/.cache/evo (models, data, wheels).
 clean:

@@ -15,6 +15,8 @@ import numpy as np
 from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
 from evo.evaluate import ScoreMatrix, evaluate_program
+from evo.kernels.moo import nondominated_ranks
+from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
 from evo.lm.base import LM
 from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.session import LMSession, Usage
@@ -47,6 +49,7 @@ class Report:
     optimized: float
     ci_low: float
     ci_high: float
+    p_value: float  # paired permutation test of the difference (two-sided)
     search: dict[str, Any]
     test_usage: dict[str, Any]
     test_seconds: float
@@ -66,6 +69,8 @@ class Report:
             ("optimized accuracy", f"{self.optimized:.3f}"),
             ("difference (95% paired bootstrap CI)",
              f"{self.delta:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"),
+            ("paired permutation test (two-sided)",
+             "p < 0.0001" if self.p_value <= 1 / 10_001 else f"p = {self.p_value:.4f}"),
             ("validation: baseline -> best", f"{s['baseline_val']:.3f} -> {s['best_val']:.3f}"),
             ("search metric calls / budget", f"{s['metric_calls']} / {s['budget']}"),
             ("search LM calls (paid / cache hits)",
@@ -82,17 +87,6 @@ class Report:
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 10_000,
-                        level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile CI of mean(b - a) resampling examples (pairs stay together)."""
-    diff = np.asarray(b, float) - np.asarray(a, float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(n_resamples, len(diff)))
-    means = diff[idx].mean(axis=1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 @dataclass
@@ -118,6 +112,18 @@ class Result:
     metric: Metric = field(repr=False)
     max_tokens: int = 48
 
+    def tradeoff(self) -> list[Candidate]:
+        """The validated candidates no other beats on both validation accuracy and prompt length
+        (non-dominated sort, :mod:`evo.kernels.moo`), shortest prompt first: the candidates to
+        choose from when prompt tokens cost time or money."""
+        validated = [c for c in self.candidates if c.accepted]
+        if not validated:
+            return []
+        objectives = np.array([[c.val_score, c.program.prompt_chars()] for c in validated])
+        ranks = nondominated_ranks(objectives, np.array([1.0, -1.0]))
+        front = [c for c, r in zip(validated, ranks, strict=True) if r == 0]
+        return sorted(front, key=lambda c: (c.program.prompt_chars(), c.id))
+
     def search_summary(self) -> dict[str, Any]:
         return {"baseline_val": self.baseline_val, "best_val": self.best_val,
                 "metric_calls": self.metric_calls, "budget": self.budget,
@@ -141,7 +147,8 @@ class Result:
         if bar:
             bar.close()
         low, high = paired_bootstrap_ci(base, best, seed=self.seed)
-        return Report(len(examples), float(base.mean()), float(best.mean()), low, high,
+        p_value = paired_permutation_test(base, best, seed=self.seed)
+        return Report(len(examples), float(base.mean()), float(best.mean()), low, high, p_value,
                       self.search_summary(), (self.session.usage - before).to_dict(),
                       time.perf_counter() - started)
 
@@ -160,6 +167,8 @@ class Result:
                             "op": c.op, "iteration": c.iteration, "accepted": c.accepted,
                             "val_score": None if np.isnan(c.val_score) else c.val_score,
                             "note": c.note} for c in self.candidates],
+            "tradeoff": [{"candidate": c.id, "val_score": c.val_score,
+                          "prompt_chars": c.program.prompt_chars()} for c in self.tradeoff()],
             "val_example_ids": [ex.id for ex in self.matrix.examples],
             "cell_errors": [{"candidate": row, "example": self.matrix.examples[col].id,
                              "error": cell.error}

@@ -87,7 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   if args.reflection_model else None)
     optimizer = evo.Evolution(budget=evo.Budget(metric_calls=args.budget),
                               max_demos=args.max_demos, population_size=args.population,
-                              reflection_style=args.reflection_style)
+                              reflection_style=args.reflection_style, selection=args.selection,
+                              knn=not args.no_knn, encoder=args.encoder)
     out = Path(args.out or f"runs/{task.name}-s{args.seed}")
     print(f"evo: {task.name}: train {len(task.train)}, val {len(task.val)}, "
           f"test {len(task.test)}; model {args.model}; budget {args.budget} metric calls",
@@ -106,7 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
              f"{len(task.train)} --n-val {len(task.val)} --n-test {len(task.test)} "
              f"--model {args.model}" + (f" --cache {args.cache}" if args.cache else "")
              + (" --no-cache" if args.no_cache else ""))
-    print(f"\nbest instruction:\n{result.best.instruction}\ndemos: {len(result.best.demos)}\n\n"
+    knn = f" + {result.best.knn.k} nearest per input" if result.best.knn else ""
+    print(f"\nbest instruction:\n{result.best.instruction}\n"
+          f"demos: {len(result.best.demos)}{knn}\n\n"
           f"saved: {out / 'best.json'}\nrun it again: {again}")
     (out / "report.json").write_text(json.dumps(
         {**report.to_dict(), "task": task.name, "model": args.model, "seed": args.seed,
@@ -177,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reflection-style", choices=["rules", "rewrite"], default="rules")
     run.add_argument("--max-demos", type=int, default=4)
     run.add_argument("--population", type=int, default=8)
+    run.add_argument("--selection", choices=["pareto", "tournament"], default="pareto",
+                     help="parent selection (GEPA's instance-level Pareto front, or tournament)")
+    run.add_argument("--no-knn", action="store_true",
+                     help="no per-input nearest-neighbour demos")
+    run.add_argument("--encoder", default="minilm", choices=["minilm", "hashing"],
+                     help="embeddings for KNN demos and instruction dedupe")
     run.add_argument("--out", help="run directory (default runs/TASK-sSEED)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)

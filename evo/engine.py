@@ -2,10 +2,14 @@
 
 Each iteration:
 
-1. **select** a parent from the population (DEAP tournament on validation accuracy);
-2. **vary** it: a few fresh random demo sets first (each must beat the best so far), then
-   reflective mutation (the reflection LM reads the parent's failures), crossover with another
-   member, or a cheap demo / instruction mutation;
+1. **select** a parent: by default GEPA's instance-level Pareto sampling over every fully
+   validated candidate (a candidate is likely to be picked in proportion to the validation
+   examples on which it is among the best, after set-cover pruning; :mod:`evo.kernels.pareto`),
+   or a DEAP tournament on validation accuracy;
+2. **vary** it: first a KNN-demo candidate (each input gets its nearest training examples) and
+   a few fresh random demo sets (each must beat the best so far), then reflective mutation (the
+   reflection LM reads the parent's failures; a near-duplicate of an archived instruction is
+   not paid for), crossover with another member, or a cheap demo / instruction mutation;
 3. **minibatch acceptance**: the child is scored on a few validation examples (half of them the
    parent's failures); the parent's scores there are already in the matrix, so they cost nothing.
    A child that is not strictly better is dropped;
@@ -32,6 +36,8 @@ from evo.data import Example
 from evo.evaluate import Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix
 from evo.metrics import Metric
 from evo.genome import Archive, Genome
+from evo.kernels.matrix import row_stats
+from evo.kernels.pareto import select_from_pareto_front
 from evo.lm.session import LMSession
 from evo.program import Program
 from evo.reflection import ReflectionStyle, propose
@@ -57,6 +63,15 @@ class Evolution(BaseModel):
     reflection_style: ReflectionStyle = "rules"
     reflection_minibatch: int = Field(3, ge=1, description="failures shown to the reflector")
     tournament_size: int = Field(3, ge=1)
+    selection: Literal["pareto", "tournament"] = Field(
+        "pareto", description="parent selection: GEPA's instance-level Pareto front over all "
+                              "validated candidates, or a tournament within the population")
+    knn: bool = Field(True, description="let genomes use per-input nearest-neighbour demos")
+    encoder: str = Field("minilm", description="embeddings for KNN demos and instruction dedupe "
+                                               "('minilm', 'hashing' or a registered name)")
+    dedupe_threshold: float | None = Field(
+        0.97, gt=0, le=1, description="cosine above which a proposed instruction counts as a "
+                                      "copy of an archived one (None: exact copies only)")
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
 
     name: Literal["evolution"] = "evolution"
@@ -114,6 +129,7 @@ class SearchState:
     candidates: list[Candidate] = field(default_factory=list)
     by_key: dict[G.GenomeKey, int] = field(default_factory=dict)
     population: list[int] = field(default_factory=list)
+    validated: list[int] = field(default_factory=list)  # every fully validated candidate
     events: list[dict[str, Any]] = field(default_factory=list)
     evaluator: Evaluator | None = None
     iteration: int = 0
@@ -135,7 +151,10 @@ def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[
            on_cell: Callable[[int, Cell], None] | None = None) -> SearchState:
     """Run the evolutionary search and return its final state (see module docstring)."""
     rng = random.Random(seed)
-    archive = Archive(base_program, tuple(trainset), max_demos=config.max_demos)
+    archive = Archive(base_program, tuple(trainset), max_demos=config.max_demos,
+                      knn_encoder=config.encoder if config.knn else None,
+                      dedupe=(G.InstructionDedupe(config.encoder, config.dedupe_threshold)
+                              if config.dedupe_threshold is not None else None))
     state = SearchState(archive, ScoreMatrix(valset))
     evaluator = Evaluator(task_session, metric, config.budget, max_tokens=config.max_tokens,
                           on_cell=on_cell, lm_sessions=(task_session, reflection_session))
@@ -160,13 +179,14 @@ def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[
         state.candidates.append(cand)
         state.by_key[k] = row
         emit("candidate_generated", candidate=row, parents=list(parents), op=op,
-             instruction_id=genome[G.INSTRUCTION], demos=list(k[1]), note=note)
+             instruction_id=genome[G.INSTRUCTION], demos=list(k[1]), knn_k=k[2], note=note)
         return cand
 
     def validate(cand: Candidate) -> None:
         evaluator.evaluate(cand.program, state.matrix, cand.id, all_cols)
         cand.val_score = state.matrix.row_mean(cand.id)
         cand.accepted = True
+        state.validated.append(cand.id)
         best_before = state.best.val_score if state.population else float("-inf")
         state.population.append(cand.id)
         state.population.sort(key=lambda i: (-state.candidates[i].val_score,
@@ -186,7 +206,7 @@ def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[
         raise ValueError(f"budget of {config.budget.metric_calls} metric calls cannot validate "
                          f"the seed program on {len(valset)} validation examples") from None
 
-    n_init = config.initial_demo_sets if archive.max_demos else 0
+    n_init = (config.initial_demo_sets + archive.knn) if archive.max_demos else 0
     stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
     while evaluator.remaining() >= len(valset) and stale < 50:
         state.iteration += 1
@@ -196,6 +216,9 @@ def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[
         parent = state.best if initialising else _select(state, config, rng)
         child_genome, op, note = _vary(parent, state, config, rng, reflection_session,
                                        description, initialising)
+        if child_genome is not None and op == "reflection" and note and \
+                G.key(child_genome) in state.by_key:
+            child_genome = None  # a (reworded) copy of a known prompt: not paid for twice
         if child_genome is None:  # the reflection proposal failed the sanity filter
             emit("proposal_rejected", candidate=parent.id, op=op, reason=note)
             stale += 1
@@ -228,6 +251,11 @@ def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[
 
 
 def _select(state: SearchState, config: Evolution, rng: random.Random) -> Candidate:
+    if config.selection == "pareto":
+        rows = state.validated
+        scores = state.matrix.scores[rows]
+        pick = select_from_pareto_front(scores, row_stats(scores).mean, rng)
+        return state.candidates[rows[pick]]
     population = [
         _Individual(state.candidates[i].genome, i,
                     (state.candidates[i].val_score, state.candidates[i].program.prompt_chars()))
@@ -243,10 +271,15 @@ def _vary(parent: Candidate, state: SearchState, config: Evolution, rng: random.
           ) -> tuple[Genome | None, str, str]:
     archive, genome = state.archive, list(parent.genome)
     if initialising:
+        if archive.knn and len(state.candidates) == 1:
+            # Each input's nearest training examples as its demos: the strongest demo policy
+            # for a small model on most tasks, and no LM call to build.
+            k = min(archive.max_demos, len(archive.pool))
+            return [parent.genome[G.INSTRUCTION], 0, k] + [0] * archive.max_demos, "knn_demos", ""
         # A fresh random demo set: the first generation explores demo sets broadly, as
         # BootstrapFewShotWithRandomSearch does, before evolution refines them.
         demos = archive.random_demos(rng, archive.max_demos)
-        return [parent.genome[G.INSTRUCTION], len(demos)] + demos + \
+        return [parent.genome[G.INSTRUCTION], len(demos), 0] + demos + \
             [0] * (archive.max_demos - len(demos)), "random_demos", ""
     roll = rng.random()
     if roll < config.reflection_rate:
@@ -260,10 +293,10 @@ def _vary(parent: Candidate, state: SearchState, config: Evolution, rng: random.
                                seed=rng.randrange(2**31))
             if proposal.instruction is None:
                 return None, "reflection", f"{proposal.reason}; reply: {proposal.raw[:300]!r}"
-            genome[G.INSTRUCTION] = archive.add_instruction(
+            genome[G.INSTRUCTION], dup = archive.add_instruction(
                 proposal.instruction, {"op": "reflection", "parent": parent.id,
                                        "iteration": state.iteration})
-            return genome, "reflection", ""
+            return genome, "reflection", dup
     if roll < config.reflection_rate + config.crossover_rate and len(state.population) > 1:
         mate = state.candidates[rng.choice([i for i in state.population if i != parent.id])]
         return G.crossover(genome, mate.genome, archive, rng), "crossover", f"mate={mate.id}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evo.data import Example
+from evo.kernels.matrix import row_stats
 from evo.lm.base import LMError, LMRequest, LMUnavailableError
 from evo.lm.session import LMSession
 from evo.metrics import Metric, Score, as_score
@@ -82,11 +83,12 @@ class ScoreMatrix:
         return [c for c in cols if np.isnan(self._scores[row, c])]
 
     def row_mean(self, row: int, cols: Sequence[int] | None = None) -> float:
-        values = self._scores[row] if cols is None else self._scores[row, list(cols)]
-        return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
+        """Mean of the row's observed cells (at ``cols``); NaN when none is observed."""
+        index = None if cols is None else np.asarray(list(cols), dtype=np.int64)
+        return float(row_stats(self._scores[row:row + 1], index).mean[0])
 
     def coverage(self, row: int) -> float:
-        return float(np.mean(~np.isnan(self._scores[row])))
+        return float(row_stats(self._scores[row:row + 1]).coverage[0])
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Evaluator:
     on_cell: Callable[[int, Cell], None] | None = None
     # Every session whose requests count against ``budget.lm_calls`` (task and reflection).
     lm_sessions: tuple[LMSession, ...] = ()
+    score_chunk: int = 8  # replies scored together (batch metrics; progress granularity)
 
     def __post_init__(self) -> None:
         self.lm_sessions = tuple(dict.fromkeys(self.lm_sessions or (self.session,)))
@@ -130,20 +133,32 @@ class Evaluator:
 
         With ``charge`` the cells count against the budget; if they do not all fit, nothing is
         evaluated and :class:`BudgetExhausted` is raised, so a candidate is never half-judged.
+        Replies are scored in chunks through the metric's ``batch`` method when it has one
+        (the vectorized kernels of :mod:`evo.kernels.text`), else one by one.
         """
         todo = matrix.missing(row, cols)
         if charge and len(todo) > self.remaining():
             raise BudgetExhausted(f"{len(todo)} evaluations needed, {self.remaining()} left")
-        for col in todo:
-            cell = self.run_one(program, matrix.examples[col])
-            matrix.set(row, col, cell)
-            if charge:
-                self.metric_calls += 1
-            if self.on_cell is not None:
-                self.on_cell(row, cell)
+        program.prepare([matrix.examples[c] for c in todo])  # KNN demos: one batched search
+        for start in range(0, len(todo), self.score_chunk):
+            chunk = todo[start:start + self.score_chunk]
+            examples = [matrix.examples[c] for c in chunk]
+            replies = [self._predict(program, ex) for ex in examples]
+            for col, cell in zip(chunk, self._score(examples, replies), strict=True):
+                matrix.set(row, col, cell)
+                if charge:
+                    self.metric_calls += 1
+                if self.on_cell is not None:
+                    self.on_cell(row, cell)
         return matrix.scores[row, list(cols)]
 
     def run_one(self, program: Program, example: Example) -> Cell:
+        """Evaluate one example (LM call, parse, metric) into a cell."""
+        program.prepare([example])
+        return self._score([example], [self._predict(program, example)])[0]
+
+    def _predict(self, program: Program, example: Example) -> Prediction | Cell:
+        """The parsed reply, or the failed cell when the LM or the parser failed."""
         request = LMRequest(program.messages(example), max_tokens=self.max_tokens, purpose="task")
         try:
             response = self.session.complete(request)
@@ -153,17 +168,38 @@ class Evaluator:
             message = f"LM error: {exc}"
             return Cell(0.0, Prediction("", None, message), message, error=message)
         try:
-            prediction = program.parse(response.text or "")
+            return program.parse(response.text or "")
         except Exception as exc:  # a parser bug must not end a run: record it on the cell
             message = f"parse failed: {type(exc).__name__}: {exc}"
             return Cell(0.0, Prediction(response.text or "", None, message), message,
                         error=message)
-        try:
-            score = as_score(self.metric(example, prediction))
-        except Exception as exc:  # a user metric's bug (or bad return value) is recorded
-            message = f"metric raised {type(exc).__name__}: {exc}"
-            return Cell(0.0, prediction, message, error=message)
-        return Cell(score.value, prediction, score.feedback)
+
+    def _score(self, examples: list[Example], replies: list[Prediction | Cell]) -> list[Cell]:
+        cells: list[Cell | None] = [r if isinstance(r, Cell) else None for r in replies]
+        todo = [i for i, c in enumerate(cells) if c is None]
+        batch = getattr(self.metric, "batch", None)
+        if batch is not None and len(todo) > 1:
+            try:
+                scores = list(batch([examples[i] for i in todo], [replies[i] for i in todo]))
+                if len(scores) != len(todo):
+                    raise ValueError(f"batch returned {len(scores)} scores for {len(todo)} "
+                                     "predictions")
+                for i, result in zip(todo, scores, strict=True):
+                    score = as_score(result)
+                    cells[i] = Cell(score.value, replies[i], score.feedback)
+                todo = []
+            except Exception:  # noqa: BLE001 - fall back to the per-cell path, which records it
+                pass
+        for i in todo:
+            prediction = replies[i]
+            try:
+                score = as_score(self.metric(examples[i], prediction))
+            except Exception as exc:  # a user metric's bug (or bad return value) is recorded
+                message = f"metric raised {type(exc).__name__}: {exc}"
+                cells[i] = Cell(0.0, prediction, message, error=message)
+                continue
+            cells[i] = Cell(score.value, prediction, score.feedback)
+        return cells  # type: ignore[return-value]
 
 
 def evaluate_program(program: Program, examples: Sequence[Example], session: LMSession,

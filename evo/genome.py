@@ -2,9 +2,11 @@
 
 Layout of a genome with room for ``K`` demos::
 
-    [instruction_id, n_demos, demo_0, ..., demo_{K-1}]
+    [instruction_id, n_demos, knn_k, demo_0, ..., demo_{K-1}]
 
 Only the first ``n_demos`` demo genes are expressed (in order: demo order is part of the prompt).
+``knn_k > 0`` adds, per input, its ``knn_k`` nearest pool examples as further demos (see
+:mod:`evo.knn`); ``n_demos + knn_k <= K``.
 Cheap variation (DEAP's integer operators) works on these vectors; LM operators add texts to the
 archive and point a gene at them. Two genomes that express the same prompt share one
 :func:`key`, so the engine never evaluates the same prompt twice.
@@ -17,21 +19,44 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 from deap import tools
 
 from evo.data import Example
+from evo.knn import MAX_K, KNNDemos, encoder_for
 from evo.program import Program
 
-INSTRUCTION, N_DEMOS, DEMOS = 0, 1, 2
+INSTRUCTION, N_DEMOS, KNN, DEMOS = 0, 1, 2, 3
 
 Genome = list[int]
-GenomeKey = tuple[int, tuple[int, ...]]
+GenomeKey = tuple[int, tuple[int, ...], int]
 
 
 def key(genome: Genome) -> GenomeKey:
-    """The expressed prompt: instruction id and the ordered demo ids actually used."""
+    """The expressed prompt: instruction id, the ordered fixed demo ids, the KNN demo count."""
     n = genome[N_DEMOS]
-    return genome[INSTRUCTION], tuple(genome[DEMOS:DEMOS + n])
+    return genome[INSTRUCTION], tuple(genome[DEMOS:DEMOS + n]), genome[KNN]
+
+
+@dataclass
+class InstructionDedupe:
+    """Finds an archived instruction whose embedding is within ``threshold`` cosine of a new
+    text (a reworded copy that would cost a full evaluation to learn nothing)."""
+
+    encoder: str = "minilm"
+    threshold: float = 0.97
+    _vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def nearest(self, text: str, archived: list[str]) -> tuple[int | None, float]:
+        if not archived:
+            return None, -1.0
+        missing = [t for t in dict.fromkeys([text, *archived]) if t not in self._vectors]
+        if missing:
+            vectors = encoder_for(self.encoder).encode(missing)
+            self._vectors.update(zip(missing, vectors, strict=True))
+        sims = np.stack([self._vectors[t] for t in archived]) @ self._vectors[text]
+        best = int(np.argmax(sims))
+        return best, float(sims[best])
 
 
 @dataclass
@@ -43,6 +68,8 @@ class Archive:
     max_demos: int = 4
     instructions: list[str] = field(default_factory=list)
     origins: list[dict] = field(default_factory=list)
+    knn_encoder: str | None = None  # None: no KNN demos in this search
+    dedupe: InstructionDedupe | None = None
 
     def __post_init__(self) -> None:
         # The user's own demos join the pool, so the seed genome is exactly the user's program.
@@ -55,27 +82,47 @@ class Archive:
             raise ValueError("the trainset (the demo pool) is empty: give training examples, or "
                              "search instructions only with max_demos=0")
         self._labels = [ex.label if len(ex.outputs) == 1 else "" for ex in self.pool]
+        if self.knn_encoder is not None and self.max_demos > MAX_K:
+            raise ValueError(f"KNN demos support at most {MAX_K} demo slots, got "
+                             f"max_demos={self.max_demos}")
 
-    def add_instruction(self, text: str, origin: dict) -> int:
-        """Add a text (or find it, if already there) and return its id."""
+    @property
+    def knn(self) -> bool:
+        return self.knn_encoder is not None and self.max_demos > 0
+
+    def add_instruction(self, text: str, origin: dict) -> tuple[int, str]:
+        """Add a text and return ``(id, note)``. A text already archived, or (with ``dedupe``) a
+        near-duplicate of one, returns that text's id and a note saying so: the engine then
+        finds the genome already known and does not pay for it twice."""
         text = text.strip()
         if text in self.instructions:
-            return self.instructions.index(text)
+            return self.instructions.index(text), "identical to an archived instruction"
+        if self.dedupe is not None:
+            near, cosine = self.dedupe.nearest(text, self.instructions)
+            if near is not None and cosine >= self.dedupe.threshold:
+                return near, (f"near-duplicate of instruction {near} (cosine {cosine:.3f} >= "
+                              f"{self.dedupe.threshold})")
         self.instructions.append(text)
         self.origins.append(origin)
-        return len(self.instructions) - 1
+        return len(self.instructions) - 1, ""
 
     def seed_genome(self) -> Genome:
         """The user's program as given: instruction 0 and its demos."""
         ids = {ex.id: i for i, ex in enumerate(self.pool)}
         demos = [ids[d.id] for d in self.base.demos]
-        return [0, len(demos)] + demos + [0] * (self.max_demos - len(demos))
+        return [0, len(demos), 0] + demos + [0] * (self.max_demos - len(demos))
 
     def program(self, genome: Genome) -> Program:
-        instruction, demos = key(genome)
+        instruction, demos, knn_k = key(genome)
+        knn = None
+        if knn_k:
+            assert self.knn_encoder is not None
+            knn = KNNDemos(k=knn_k, pool=self.pool, encoder=self.knn_encoder,
+                           fields=tuple(f.name for f in self.base.signature.inputs))
         return self.base.model_copy(update={
             "instruction": self.instructions[instruction],
             "demos": tuple(self.pool[d] for d in demos),
+            "knn": knn,
         })
 
     def random_demos(self, rng: random.Random, n: int) -> list[int]:
@@ -102,6 +149,8 @@ def repair(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
     k, pool = archive.max_demos, len(archive.pool)
     genome[INSTRUCTION] = min(max(genome[INSTRUCTION], 0), len(archive.instructions) - 1)
     genome[N_DEMOS] = min(max(genome[N_DEMOS], 0), min(k, pool))
+    knn_room = min(k - genome[N_DEMOS], pool - genome[N_DEMOS]) if archive.knn else 0
+    genome[KNN] = min(max(genome[KNN], 0), max(knn_room, 0))
     seen: set[int] = set()
     for slot in range(DEMOS, DEMOS + k):
         value = min(max(genome[slot], 0), pool - 1) if pool else 0
@@ -114,14 +163,21 @@ def repair(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
 
 
 def mutate_demos(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
-    """One small edit of the demo genes: replace a demo, add or drop one, or reorder two."""
+    """One small edit of the demo genes: replace a demo, add or drop one, reorder two, or (with
+    KNN) change how many nearest-neighbour demos each input gets."""
     n, k, pool = genome[N_DEMOS], archive.max_demos, len(archive.pool)
-    moves = ["replace"] * (n > 0) + ["add"] * (n < min(k, pool)) + ["drop"] * (n > 0) + \
-        ["swap"] * (n > 1)
+    room = n + genome[KNN] < min(k, pool)
+    moves = ["replace"] * (n > 0) + ["add"] * room + ["drop"] * (n > 0) + \
+        ["swap"] * (n > 1) + ["knn"] * archive.knn
     if not moves:
         return genome
     move = rng.choice(moves)
-    if move == "replace":
+    if move == "knn":
+        # More or fewer nearest neighbours (0 switches KNN demos off).
+        options = [v for v in range(0, min(k, pool) - n + 1) if v != genome[KNN]]
+        if options:
+            genome[KNN] = rng.choice(options)
+    elif move == "replace":
         # DEAP's uniform integer mutation, on one expressed slot.
         slot = DEMOS + rng.randrange(n)
         with deap_random(rng):

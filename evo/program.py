@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evo.data import Example
+from evo.knn import KNNDemos
 from evo.lm.base import Message
 
 FieldType = Literal["str", "int", "float", "bool"]
@@ -96,6 +97,9 @@ class Program(BaseModel):
     demos: tuple[Example, ...] = ()
     labels: tuple[str, ...] | None = Field(
         default=None, description="allowed values of the single output field, if it is a class")
+    knn: KNNDemos | None = Field(
+        default=None, description="per-input demos: the k nearest training examples, placed "
+                                  "after the fixed demos")
 
     @model_validator(mode="before")
     @classmethod
@@ -148,8 +152,28 @@ class Program(BaseModel):
         return tuple(out)
 
     def messages(self, example: Example) -> tuple[Message, ...]:
-        """The prompt for one example: the shared :meth:`prefix`, then the example last."""
-        return self.prefix() + (Message("user", self.render_inputs(example)),)
+        """The prompt for one example: the shared :meth:`prefix`, then its KNN demos (if any),
+        then the example last."""
+        out = self.prefix()
+        for demo in self.knn_demos(example):
+            out += (Message("user", self.render_inputs(demo)),
+                    Message("assistant", self.render_outputs(demo)))
+        return out + (Message("user", self.render_inputs(example)),)
+
+    def knn_demos(self, example: Example) -> tuple[Example, ...]:
+        """The example's nearest pool examples not already fixed demos, the nearest placed last
+        (next to the question, where a small model attends most)."""
+        if self.knn is None:
+            return ()
+        fixed = {d.id for d in self.demos}
+        near = self.knn.retrieve([example], self.knn.k + len(fixed))[0]
+        near = [d for d in near if d.id not in fixed]
+        return tuple(reversed(near[: self.knn.k]))
+
+    def prepare(self, examples: Sequence[Example]) -> None:
+        """Retrieve the KNN demos of ``examples`` in one batched search (no-op without KNN)."""
+        if self.knn is not None and examples:
+            self.knn.retrieve(examples)
 
     def check_example(self, example: Example, *, outputs: bool = False) -> None:
         """Raise ValueError if ``example`` lacks a field this program reads (its inputs, and with
@@ -202,8 +226,10 @@ class Program(BaseModel):
         return cls.model_validate(data)
 
     def prompt_chars(self) -> int:
-        """Length of the shared prefix in characters (a cheap proxy for prompt tokens)."""
-        return sum(len(m.content) for m in self.prefix())
+        """Length of the prompt before the example, in characters (a cheap proxy for prompt
+        tokens); KNN demos count at the pool's average length."""
+        fixed = sum(len(m.content) for m in self.prefix())
+        return fixed + (round(self.knn.k * self.knn.mean_demo_chars()) if self.knn else 0)
 
 
 def _norm(text: str) -> str:

@@ -40,9 +40,13 @@ def program() -> evo.Program:
     return evo.Program(signature="text -> label", labels=LABELS)
 
 
-def run(lm, budget=200, seed=0, **kw):
+def run(lm, budget=200, seed=0, config=None, **kw):
+    # KNN demos off by default here: with them this scripted task is solved by the first
+    # candidate, and these tests are about the evolutionary loop (KNN has its own tests below).
+    config = {"knn": False, "encoder": "hashing", **(config or {})}
     return evo.optimize(program(), TRAIN, VAL, lm=lm, seed=seed,
-                        optimizer=evo.Evolution(budget=evo.Budget(metric_calls=budget)), **kw)
+                        optimizer=evo.Evolution(budget=evo.Budget(metric_calls=budget), **config),
+                        **kw)
 
 
 def test_search_improves_on_held_out_data():
@@ -203,7 +207,7 @@ def test_lm_call_cap_counts_reflection_and_never_crashes():
     session.preflight()
     session.complete(LMRequest((evo.lm.Message("user", "warm-up"),)))  # before the search
     optimizer = evo.Evolution(budget=evo.Budget(metric_calls=1000, lm_calls=90),
-                              reflection_rate=1.0, initial_demo_sets=0)
+                              reflection_rate=1.0, initial_demo_sets=0, knn=False)
     result = evo.optimize(program(), TRAIN, VAL, lm=session, optimizer=optimizer, cache=False)
     assert result.usage.requests <= 90  # calls before the search do not count against it
     assert result.usage.by_purpose.get("reflection", 0) >= 1
@@ -236,3 +240,69 @@ def test_split_rules_never_cuts_a_users_instruction():
     assert split_rules(mine) == (mine, [])
     assert split_rules(join_rules("Core.", ["A rule.", "B rule."])) == ("Core.", ["A rule.",
                                                                              "B rule."])
+
+
+def test_knn_demos_candidate_comes_first_and_is_saved_with_its_pool(tmp_path):
+    lm = ScriptedLM(respond)
+    result = run(lm, cache=False, config={"knn": True}, run_dir=tmp_path / "run")
+    knn = [c for c in result.candidates if c.op == "knn_demos"]
+    assert [c.id for c in knn] == [1] and knn[0].accepted and knn[0].val_score == 1.0
+    assert result.best.knn is not None and result.best.knn.encoder == "hashing"
+    loaded = evo.Program.load(tmp_path / "run" / "best.json")
+    assert loaded == result.best
+    # a reloaded program builds the same prompts (same neighbours, nearest last)
+    ex = TEST[0]
+    assert loaded.messages(ex) == result.best.messages(ex)
+    demos = loaded.knn_demos(ex)
+    assert len(demos) == loaded.knn.k and all(d in TRAIN for d in demos)
+    assert evo.evaluate(loaded, TEST, lm=ScriptedLM(respond), cache=False) == 1.0
+
+
+@pytest.mark.parametrize("selection", ["pareto", "tournament"])
+def test_both_parent_selections_search_and_replay(selection):
+    a = run(ScriptedLM(respond), seed=1, cache=False, config={"selection": selection})
+    b = run(ScriptedLM(respond), seed=1, cache=False, config={"selection": selection})
+    assert a.best_val == 1.0 and a.best == b.best
+    assert [c.genome for c in a.candidates] == [c.genome for c in b.candidates]
+
+
+def test_pareto_selection_picks_parents_from_the_front():
+    """Every non-initial parent is a candidate on the (pruned) instance-level Pareto front of
+    the candidates validated before it was picked."""
+    from evo.kernels.pareto import pareto_frequencies
+
+    result = run(ScriptedLM(respond), seed=2, cache=False, config={"selection": "pareto"})
+    validated_at: dict[int, int] = {}
+    for e in result.events:
+        if e["event"] == "candidate_evaluated" and e.get("accepted") and "val_score" in e:
+            validated_at[e["candidate"]] = len(validated_at)
+    n_init = 1 + evo.Evolution().initial_demo_sets
+    for cand in result.candidates[n_init + 1:]:
+        parent = cand.parents[0]
+        before = [r for r, order in sorted(validated_at.items(), key=lambda kv: kv[1])
+                  if r < cand.id]
+        scores = result.matrix.scores[before]
+        freq = pareto_frequencies(scores, np.nanmean(scores, axis=1))
+        assert freq[before.index(parent)] > 0
+
+
+def test_near_duplicate_reflections_are_not_paid_for():
+    # rules that do not help (so failures remain and reflection keeps being asked), reworded
+    replies = iter(["- Read the whole text with care.", "- Read the whole text with care!",
+                    "- read the whole text with care"] * 100)
+
+    def respond_dup(req):
+        return next(replies) if req.purpose == "reflection" else respond(req)
+
+    events = []
+    lm = ScriptedLM(respond_dup)
+    result = run(lm, cache=False, on_event=events.append,
+                 config={"reflection_rate": 1.0, "initial_demo_sets": 0, "max_demos": 0,
+                         "dedupe_threshold": 0.9})
+    assert len(result.instructions) == 2  # the seed and the first rule; the copies were refused
+    assert result.usage.by_purpose["reflection"] >= 3
+    rejected = [e for e in events if e["event"] == "proposal_rejected"]
+    assert rejected and all("near-duplicate" in e["reason"] or "identical" in e["reason"]
+                            for e in rejected)
+    task_calls = [c for c in lm.calls if c.purpose == "task"]
+    assert len(task_calls) == result.metric_calls  # nothing paid for the copies
