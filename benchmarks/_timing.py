@@ -56,3 +56,18 @@ def _fmt(seconds: float) -> str:
 
 HEADER = ("| benchmark | size | evo | reference | ratio | note |\n"
           "|---|---|---|---|---|---|")
+
+
+def main(run: Callable[..., list[Row]], description: str) -> None:
+    """The command line of one benchmark script: ``python bench_x.py [--quick]``."""
+    import argparse
+
+    from evo.kernels import backend
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    args = parser.parse_args()
+    print(f"kernels on {backend()}")
+    print(HEADER)
+    for row in run(quick=args.quick):
+        print(row.markdown(), flush=True)

@@ -156,8 +156,8 @@ def run(quick: bool = False, *, k: int = 10, n_queries: int = 200) -> list[Row]:
         wait_quiet(timeout_s=30)
         single_s = _time_per_query_single(index, queries, k)
         kind = index.kind if index.kind == "flat" else (
-            f"{index.kind} ef={index.ef_search} (calibrated: recall {index.calibrated_recall:.3f} "
-            f"on members)")
+            f"{index.kind} ef={index.ef_search} (calibrated at the build: recall "
+            f"{index.calibrated_recall:.3f} on held-out pool vectors)")
         note = (f"k={k}, d={D}, {n_queries} queries; {kind}; recall@{k} {recall:.3f} vs exact; "
                 f"build {build_s:.2f} s; dspy's vectorizer lookup {lookup_s * 1e6:.0f} µs of it")
         size = f"{n // 1000}k pool"

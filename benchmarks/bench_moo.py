@@ -12,17 +12,14 @@ our O(N log N) sweep; three the O(M·N²) sort.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 from deap import base, tools
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_moo
-    from _timing import HEADER, Row, best_time
+    from _timing import Row, best_time, main
 except ImportError:  # pragma: no cover
-    from benchmarks._timing import HEADER, Row, best_time
+    from benchmarks._timing import Row, best_time, main
 
-from evo.kernels import backend
 from evo.kernels.moo import crowding_distance, nondominated_ranks, sort_nondominated
 
 SIZES = (200, 1000, 5000)
@@ -82,15 +79,5 @@ def run(quick: bool = False) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    print(f"kernel backend: {backend()}")
-    print(HEADER)
-    for row in run(quick=args.quick):
-        print(row.markdown(), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    main(run, __doc__.splitlines()[0])

@@ -11,18 +11,16 @@ has accuracy a_i ~ U(0.3, 0.9) and each cell is Bernoulli(a_i), seeded; aggregat
 
 from __future__ import annotations
 
-import argparse
 import random
 
 import numpy as np
 from gepa.gepa_utils import remove_dominated_programs, select_program_candidate_from_pareto_front
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_pareto
-    from _timing import HEADER, Row, best_time
+    from _timing import Row, best_time, main
 except ImportError:  # pragma: no cover
-    from benchmarks._timing import HEADER, Row, best_time
+    from benchmarks._timing import Row, best_time, main
 
-from evo.kernels import backend
 from evo.kernels.pareto import instance_fronts_reference, pareto_frequencies, select_from_pareto_front
 
 SIZES = ((50, 300), (200, 500), (400, 1000))
@@ -62,15 +60,5 @@ def run(quick: bool = False) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    print(f"kernel backend: {backend()}")
-    print(HEADER)
-    for row in run(quick=args.quick):
-        print(row.markdown(), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    main(run, __doc__.splitlines()[0])

@@ -13,14 +13,12 @@ cache loaded) before anything is timed.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_stats
-    from _timing import HEADER, Row, best_time
+    from _timing import Row, best_time, main
 except ImportError:  # pragma: no cover
-    from benchmarks._timing import HEADER, Row, best_time
+    from benchmarks._timing import Row, best_time, main
 
 from evo.kernels import backend
 from evo.kernels.matrix import (column_best, column_best_reference, row_stats,
@@ -113,9 +111,4 @@ def run(quick: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = parser.parse_args()
-    print(HEADER)
-    for row in run(quick=args.quick):
-        print(row.markdown(), flush=True)
+    main(run, __doc__.splitlines()[0])

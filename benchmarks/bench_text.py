@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import HEADER, Row, best_time  # noqa: E402
+from _timing import Row, best_time, main  # noqa: E402
 
 from evo.kernels.text import (  # noqa: E402
     Vocabulary,
@@ -116,6 +116,4 @@ def run(quick: bool = False) -> list[Row]:
 
 
 if __name__ == "__main__":
-    print(HEADER)
-    for row in run(quick="--quick" in sys.argv):
-        print(row.markdown())
+    main(run, __doc__.splitlines()[0])
