@@ -87,6 +87,10 @@ class MiniLMEncoder:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                # A "Loading weights" bar on every run is noise in a CLI's output and logs.
+                hf_logging.disable_progress_bar()
 
                 model = SentenceTransformer(self.model_path, device=self.device)
                 get_dim = getattr(model, "get_embedding_dimension", None) \

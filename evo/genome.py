@@ -84,7 +84,7 @@ class Archive:
         self._labels = [ex.label if len(ex.outputs) == 1 else "" for ex in self.pool]
         if self.knn_encoder is not None and self.max_demos > MAX_K:
             raise ValueError(f"KNN demos support at most {MAX_K} demo slots, got "
-                             f"max_demos={self.max_demos}")
+                             f"max_demos={self.max_demos} (lower it, or search with knn=False)")
 
     @property
     def knn(self) -> bool:
