@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
 from deap import base, tools
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +37,6 @@ from evo.data import Example
 from evo.evaluate import Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix
 from evo.metrics import Metric
 from evo.genome import Archive, Genome
-from evo.kernels.matrix import row_stats
 from evo.kernels.pareto import select_from_pareto_front
 from evo.lm.session import LMSession
 from evo.program import Program
@@ -253,8 +253,8 @@ def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[
 def _select(state: SearchState, config: Evolution, rng: random.Random) -> Candidate:
     if config.selection == "pareto":
         rows = state.validated
-        scores = state.matrix.scores[rows]
-        pick = select_from_pareto_front(scores, row_stats(scores).mean, rng)
+        agg = np.array([state.candidates[r].val_score for r in rows])  # their full-val means
+        pick = select_from_pareto_front(state.matrix.scores[rows], agg, rng)
         return state.candidates[rows[pick]]
     population = [
         _Individual(state.candidates[i].genome, i,

@@ -152,11 +152,6 @@ class Evaluator:
                     self.on_cell(row, cell)
         return matrix.scores[row, list(cols)]
 
-    def run_one(self, program: Program, example: Example) -> Cell:
-        """Evaluate one example (LM call, parse, metric) into a cell."""
-        program.prepare([example])
-        return self._score([example], [self._predict(program, example)])[0]
-
     def _predict(self, program: Program, example: Example) -> Prediction | Cell:
         """The parsed reply, or the failed cell when the LM or the parser failed."""
         request = LMRequest(program.messages(example), max_tokens=self.max_tokens, purpose="task")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -106,9 +107,13 @@ class KNNDemos(BaseModel):
     fields: tuple[str, ...]
     encoder: str = "minilm"
 
-    def retriever(self) -> DemoRetriever:
+    @cached_property
+    def _key(self) -> tuple[str, tuple[str, ...], str]:
         digest = hashlib.sha1("\n".join(ex.id for ex in self.pool).encode()).hexdigest()
-        key = (self.encoder, self.fields, digest)
+        return self.encoder, self.fields, digest
+
+    def retriever(self) -> DemoRetriever:
+        key = self._key  # computed once per spec: retrieve() runs for every prompt built
         with _lock:
             found = _retrievers.get(key)
         if found is None:
@@ -125,6 +130,7 @@ class KNNDemos(BaseModel):
         return [tuple(retriever.pool[i] for i in row)
                 for row in retriever.neighbors(examples, self.k if k is None else k)]
 
+    @cached_property
     def mean_demo_chars(self) -> float:
         """Average rendered length of a pool example (for prompt-length estimates)."""
         lengths = [sum(len(str(v)) for v in ex.inputs.values()) +

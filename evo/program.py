@@ -229,7 +229,7 @@ class Program(BaseModel):
         """Length of the prompt before the example, in characters (a cheap proxy for prompt
         tokens); KNN demos count at the pool's average length."""
         fixed = sum(len(m.content) for m in self.prefix())
-        return fixed + (round(self.knn.k * self.knn.mean_demo_chars()) if self.knn else 0)
+        return fixed + (round(self.knn.k * self.knn.mean_demo_chars) if self.knn else 0)
 
 
 def _norm(text: str) -> str:
