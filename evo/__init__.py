@@ -8,18 +8,25 @@
 >>> print(result.report(task.test))                                     # doctest: +SKIP
 """
 
-from evo import datasets, lm
+from evo import datasets, lm, optimizers
 from evo.api import Report, Result, evaluate, optimize
 from evo.data import DataError, Dataset, Example, Task
-from evo.engine import Evolution
+from evo.engine import Evolution, Search, SearchConfig
+from evo.ensemble import EnsembleProgram, load_program
 from evo.evaluate import Budget, ScoreMatrix
 from evo.metrics import (Score, TokenMetric, contains, exact_match, f1, normalized_exact_match,
                          numeric_match)
+from evo.optimizers import (COPRO, DE, GA, GEPA, BootstrapFewShot,
+                            BootstrapFewShotWithRandomSearch, Ensemble, EvoPrompt, KNNFewShot,
+                            LabeledFewShot, MIPROv2, register_operator, register_optimizer)
 from evo.program import Prediction, Program, Signature
 
 __version__ = "0.1.0"
 
-__all__ = ["Budget", "DataError", "Dataset", "Evolution", "Example", "Prediction", "Program",
-           "Report", "Result", "Score", "ScoreMatrix", "Signature", "Task", "TokenMetric",
-           "contains", "datasets", "evaluate", "exact_match", "f1", "lm", "normalized_exact_match",
-           "numeric_match", "optimize"]
+__all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
+           "Budget", "DataError", "Dataset", "Ensemble", "EnsembleProgram", "EvoPrompt",
+           "Evolution", "Example", "KNNFewShot", "LabeledFewShot", "MIPROv2", "Prediction",
+           "Program", "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig",
+           "Signature", "Task", "TokenMetric", "contains", "datasets", "evaluate", "exact_match",
+           "f1", "lm", "load_program", "normalized_exact_match", "numeric_match", "optimize",
+           "optimizers", "register_operator", "register_optimizer"]

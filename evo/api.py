@@ -14,6 +14,7 @@ import numpy as np
 
 from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
+from evo.ensemble import EnsembleProgram
 from evo.evaluate import ScoreMatrix, evaluate_program
 from evo.kernels.moo import nondominated_ranks
 from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
@@ -93,7 +94,7 @@ class Report:
 class Result:
     """What a search returns: the best program, the baseline, every candidate and the matrix."""
 
-    best: Program
+    best: Program | EnsembleProgram
     baseline: Program
     best_val: float
     baseline_val: float
@@ -111,6 +112,7 @@ class Result:
     session: LMSession = field(repr=False)
     metric: Metric = field(repr=False)
     max_tokens: int = 48
+    optimizer: str = ""
 
     def tradeoff(self) -> list[Candidate]:
         """The validated candidates no other beats on both validation accuracy and prompt length
@@ -124,6 +126,11 @@ class Result:
         front = [c for c, r in zip(validated, ranks, strict=True) if r == 0]
         return sorted(front, key=lambda c: (c.program.prompt_chars(), c.id))
 
+    def pareto_front(self) -> list[Candidate]:
+        """The multi-objective result: the (validation accuracy, prompt length) Pareto set
+        (:meth:`tradeoff`), shortest prompt first."""
+        return self.tradeoff()
+
     def search_summary(self) -> dict[str, Any]:
         return {"baseline_val": self.baseline_val, "best_val": self.best_val,
                 "metric_calls": self.metric_calls, "budget": self.budget,
@@ -132,14 +139,15 @@ class Result:
                 "accepted": sum(c.accepted for c in self.candidates),
                 # cells scored 0 because the LM call or the metric failed (see result.json)
                 "cell_errors": sum(cell.error is not None for cell in self.matrix.cells.values()),
-                "stop_reason": self.stop_reason, "seed": self.seed}
+                "stop_reason": self.stop_reason, "seed": self.seed, "optimizer": self.optimizer}
 
     def report(self, testset: Data, *, progress: bool = False) -> Report:
         """Score baseline and best on held-out examples (outside the search budget)."""
         examples = list(testset)
         before = self.session.usage.copy()
         started = time.perf_counter()
-        bar = _bar(2 * len(examples), "test", progress)
+        members = len(self.best.members) if isinstance(self.best, EnsembleProgram) else 1
+        bar = _bar((1 + members) * len(examples), "test", progress)
         base, _ = evaluate_program(self.baseline, examples, self.session, self.metric,
                                    max_tokens=self.max_tokens, progress=bar.update if bar else None)
         best, _ = evaluate_program(self.best, examples, self.session, self.metric,
@@ -201,7 +209,7 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
-             optimizer: Optimizer | None = None, metric: Metric | None = None,
+             optimizer: Optimizer | str | None = None, metric: Metric | None = None,
              reflection_lm: LM | LMSession | None = None, seed: int = 0,
              cache: ResponseCache | str | Path | bool | None = True,
              description: str | None = None, run_dir: str | Path | None = None,
@@ -214,6 +222,9 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
 
     >>> # result = evo.optimize(program, task.train, task.val, lm=evo.lm.local())
     """
+    if isinstance(optimizer, str):
+        from evo.optimizers import get
+        optimizer = get(optimizer)
     optimizer = optimizer or Evolution()
     train, val = list(trainset), list(valset)
     if not val:
@@ -271,13 +282,14 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
         stop_reason=state.stop_reason, events=state.events,
         instructions=list(state.archive.instructions),
         instruction_origins=list(state.archive.origins), seed=seed, session=task_session,
-        metric=metric, max_tokens=optimizer.max_tokens)
+        metric=metric, max_tokens=optimizer.max_tokens,
+        optimizer=getattr(optimizer, "name", "") or type(optimizer).__name__)
     if run_dir is not None:
         result.save(run_dir)
     return result
 
 
-def evaluate(program: Program, dataset: Data, *, lm: LM | LMSession,
+def evaluate(program: Program | EnsembleProgram, dataset: Data, *, lm: LM | LMSession,
              metric: Metric | None = None, cache: ResponseCache | str | Path | bool | None = True,
              max_tokens: int = 48) -> float:
     """Accuracy (mean metric) of ``program`` on ``dataset``."""

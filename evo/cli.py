@@ -1,4 +1,5 @@
-"""The ``evo`` command: ``evo run``, ``evo eval``, ``evo predict``, ``evo datasets``, ``evo models``."""
+"""The ``evo`` command: ``evo run``, ``evo eval``, ``evo predict``, ``evo optimizers``,
+``evo datasets``, ``evo models``."""
 
 from __future__ import annotations
 
@@ -77,6 +78,67 @@ def _cache(args: argparse.Namespace):
     return False if args.no_cache else (args.cache or True)
 
 
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare word: a string
+
+
+def build_optimizer(args: argparse.Namespace):
+    """The optimizer named by ``--optimizer`` with the flags it has and every ``--set K=V``."""
+    import evo
+
+    cls = evo.optimizers.optimizer_class(args.optimizer)
+    params = {"budget": evo.Budget(metric_calls=args.budget)}
+    flags = {"max_demos": args.max_demos, "population_size": args.population,
+             "reflection_style": args.reflection_style, "selection": args.selection,
+             "knn": False if args.no_knn else None, "encoder": args.encoder}
+    for name, value in flags.items():
+        if value is not None:
+            if name not in cls.model_fields:
+                raise ValueError(f"optimizer {cls.name!r} has no parameter {name!r} "
+                                 f"(see `evo optimizers`)")
+            params[name] = value
+    for pair in args.set:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in cls.model_fields or key in ("budget", "members", "fitness"):
+            raise ValueError(f"--set {pair!r}: write NAME=VALUE with a parameter of "
+                             f"{cls.name!r}: {', '.join(_params(cls))}")
+        params[key] = _value(text)
+    return cls(**params)
+
+
+def _params(cls) -> list[str]:
+    return [k for k in cls.model_fields if k not in ("budget", "members", "fitness")]
+
+
+def cmd_optimizers(args: argparse.Namespace) -> int:
+    import evo
+
+    def default(cls, key):
+        f = cls.model_fields[key]
+        return f.default_factory() if f.default_factory else f.default
+
+    def show(cls, key):
+        f = cls.model_fields[key]
+        return f"    {key} = {default(cls, key)!r}" + (f"  # {f.description}"
+                                                      if f.description else "")
+
+    shared = evo.SearchConfig
+    print("every optimizer (--set NAME=VALUE; budget is --budget):")
+    for key in _params(shared):
+        print(show(shared, key))
+    for name in evo.optimizers.names():
+        cls = evo.optimizers.optimizer_class(name)
+        doc = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        print(f"\n{name} ({cls.__name__}): {doc}.")
+        for key in _params(cls):
+            if key not in shared.model_fields or default(cls, key) != default(shared, key):
+                print(show(cls, key))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import evo
 
@@ -85,13 +147,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
     reflection = (make_lm(args.reflection_model, api_base=args.api_base, api_key=args.api_key)
                   if args.reflection_model else None)
-    optimizer = evo.Evolution(budget=evo.Budget(metric_calls=args.budget),
-                              max_demos=args.max_demos, population_size=args.population,
-                              reflection_style=args.reflection_style, selection=args.selection,
-                              knn=not args.no_knn, encoder=args.encoder)
+    optimizer = build_optimizer(args)
     out = Path(args.out or f"runs/{task.name}-s{args.seed}")
     print(f"evo: {task.name}: train {len(task.train)}, val {len(task.val)}, "
-          f"test {len(task.test)}; model {args.model}; budget {args.budget} metric calls",
+          f"test {len(task.test)}; model {args.model}; optimizer {optimizer.name}; "
+          f"budget {args.budget} metric calls",
           file=sys.stderr)
     started = time.perf_counter()
     result = evo.optimize(program, task.train, task.val, lm=lm, optimizer=optimizer,
@@ -107,10 +167,13 @@ def cmd_run(args: argparse.Namespace) -> int:
              f"{len(task.train)} --n-val {len(task.val)} --n-test {len(task.test)} "
              f"--model {args.model}" + (f" --cache {args.cache}" if args.cache else "")
              + (" --no-cache" if args.no_cache else ""))
-    knn = f" + {result.best.knn.k} nearest per input" if result.best.knn else ""
-    print(f"\nbest instruction:\n{result.best.instruction}\n"
-          f"demos: {len(result.best.demos)}{knn}\n\n"
-          f"saved: {out / 'best.json'}\nrun it again: {again}")
+    best = result.best
+    if isinstance(best, evo.EnsembleProgram):
+        shown = f"a {best.vote} vote of {len(best.members)} programs"
+    else:
+        knn = f" + {best.knn.k} nearest per input" if best.knn else ""
+        shown = f"instruction:\n{best.instruction}\ndemos: {len(best.demos)}{knn}"
+    print(f"\nbest {shown}\n\nsaved: {out / 'best.json'}\nrun it again: {again}")
     (out / "report.json").write_text(json.dumps(
         {**report.to_dict(), "task": task.name, "model": args.model, "seed": args.seed,
          "splits": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},
@@ -122,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import evo
 
-    program = evo.Program.load(args.program)
+    program = evo.load_program(args.program)
     task = load_task(args)
     data = {"train": task.train, "val": task.val, "test": task.test}[args.split]
     lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
@@ -140,14 +203,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bad = [pair for pair in args.input if "=" not in pair]
     if bad:
         raise ValueError(f"--input {bad[0]!r}: write FIELD=TEXT, e.g. --input question='Who ...?'")
-    program = evo.Program.load(args.program)
+    program = evo.load_program(args.program)
     inputs = dict(pair.split("=", 1) for pair in args.input)
     example = evo.Example(inputs=inputs, outputs={f.name: "?" for f in program.signature.outputs})
     program.check_example(example)
     session = session_for(make_lm(args.model, api_base=args.api_base, api_key=args.api_key),
                           _cache(args))
-    reply = session.complete(LMRequest(program.messages(example), max_tokens=48)).text
-    prediction = program.parse(reply)
+    members = program.members if isinstance(program, evo.EnsembleProgram) else (program,)
+    predictions = [m.parse(session.complete(LMRequest(m.messages(example), max_tokens=48)).text)
+                   for m in members]
+    prediction = (program.vote_on(predictions) if isinstance(program, evo.EnsembleProgram)
+                  else predictions[0])
     print(json.dumps(prediction.outputs) if prediction.ok else f"unparseable: {prediction.error}")
     return 0 if prediction.ok else 1
 
@@ -177,15 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lm_args(run)
     run.add_argument("--budget", type=int, default=300, help="metric calls for the search")
     run.add_argument("--reflection-model", help="a stronger LM for reflection (default: --model)")
-    run.add_argument("--reflection-style", choices=["rules", "rewrite"], default="rules")
-    run.add_argument("--max-demos", type=int, default=4)
-    run.add_argument("--population", type=int, default=8)
-    run.add_argument("--selection", choices=["pareto", "tournament"], default="pareto",
+    run.add_argument("--optimizer", default="evolution",
+                     help="evolution (default), gepa, miprov2, copro, labeled_fewshot, "
+                          "bootstrap_fewshot, bootstrap_random_search, knn_fewshot, ensemble, "
+                          "ga, de, or a registered name (see `evo optimizers`)")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="an optimizer parameter, e.g. --set auto=medium --set breadth=4 "
+                          "(VALUE is JSON, or a bare word)")
+    run.add_argument("--reflection-style", choices=["rules", "rewrite"])
+    run.add_argument("--max-demos", type=int, help="demo slots (optimizer default: 4)")
+    run.add_argument("--population", type=int, help="validated candidates kept")
+    run.add_argument("--selection", choices=["pareto", "tournament"],
                      help="parent selection (GEPA's instance-level Pareto front, or tournament)")
     run.add_argument("--no-knn", action="store_true",
                      help="no per-input nearest-neighbour demos")
-    run.add_argument("--encoder", default="minilm", choices=["minilm", "hashing"],
-                     help="embeddings for KNN demos and instruction dedupe")
+    run.add_argument("--encoder", choices=["minilm", "hashing"],
+                     help="embeddings for KNN demos and instruction dedupe (default minilm)")
     run.add_argument("--out", help="run directory (default runs/TASK-sSEED)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
@@ -203,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lm_args(pr)
     pr.set_defaults(func=cmd_predict)
 
+    sub.add_parser("optimizers", help="list optimizers and their parameters").set_defaults(
+        func=cmd_optimizers)
     sub.add_parser("datasets", help="list public datasets").set_defaults(func=cmd_datasets)
     sub.add_parser("models", help="list embedded local models").set_defaults(func=cmd_models)
     return parser

@@ -1,6 +1,16 @@
-"""The evolutionary engine: one loop, reading one score matrix, spending one budget.
+"""The engine: one search context (score matrix, budget, archive, events) that every optimizer
+drives, and the default optimizer's loop.
 
-Each iteration:
+:class:`Search` is what an optimizer works through. It owns the instruction archive and demo
+pool, the validation :class:`ScoreMatrix` (and a training one for bootstrapping and GEPA's
+reflective minibatches), the :class:`Evaluator` with its one budget, and the event stream. An
+optimizer (:class:`SearchConfig` subclass, see :mod:`evo.optimizers`) is its ``run(search)``
+method: a short composition of the context's steps (``add`` a genome, ``evaluate`` it on a
+minibatch, ``validate`` it in full, ``select_parent``) and the operators of :mod:`evo.genome`
+and :mod:`evo.proposers`. Every optimizer therefore shares the response cache, the budget, the
+kernels, the "never pay for a (prompt, example) pair twice" rule and the events.
+
+The default optimizer, :class:`Evolution`, iterates:
 
 1. **select** a parent: by default GEPA's instance-level Pareto sampling over every fully
    validated candidate (a candidate is likely to be picked in proportion to the validation
@@ -14,71 +24,96 @@ Each iteration:
    parent's failures); the parent's scores there are already in the matrix, so they cost nothing.
    A child that is not strictly better is dropped;
 4. **full validation**: an accepted child is scored on the rest of the validation set (its
-   minibatch cells are reused) and joins the population, which keeps the best ``population_size``.
+   minibatch cells are reused) and joins the population, which keeps the best ``population_size``
+   (with two objectives, NSGA-II's survivors: :mod:`evo.kernels.moo`).
 
-The budget counts (candidate, example) evaluations. A proposal is only started while the budget
-can still validate it fully, so no candidate is left half-judged and the spend never exceeds it.
+The budget counts (candidate, example) evaluations, validation and training cells alike. A
+proposal is only started while the budget can still validate it fully, so no candidate is left
+half-judged and the spend never exceeds it.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from deap import base, tools
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evo import genome as G
 from evo.data import Example
+from evo.ensemble import EnsembleProgram
 from evo.evaluate import Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix
-from evo.metrics import Metric
 from evo.genome import Archive, Genome
+from evo.kernels.moo import crowding_distance, nondominated_ranks, select_nsga2
 from evo.kernels.pareto import select_from_pareto_front
 from evo.lm.session import LMSession
+from evo.metrics import Metric
 from evo.program import Program
 from evo.reflection import ReflectionStyle, propose
 
+Objective = Literal["accuracy", "prompt_chars"]
+# A program-level fitness: the candidate's validation score row (one score per example, all
+# observed) and its program (a Program, or an EnsembleProgram for a vote) -> the number the
+# search maximizes instead of the mean.
+Fitness = Callable[[np.ndarray, Any], float]
+Callback = Callable[[dict[str, Any]], None]
 
-class Evolution(BaseModel):
-    """The default optimizer: genomes of (instruction, demos) evolved with DEAP operators and
-    GEPA-style reflective mutation, minibatch acceptance, then full validation.
 
-    >>> Evolution(budget=Budget(metric_calls=300)).population_size
-    8
+class SearchConfig(BaseModel):
+    """What every optimizer shares: the budget, the genome layout and the objectives.
+
+    Subclasses add their own parameters and implement :meth:`run`; :meth:`search` wraps it in a
+    :class:`Search` context (seed program validated first, the stop recorded last).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     budget: Budget = Field(default_factory=Budget)
-    population_size: int = Field(8, ge=1, description="fully validated candidates kept")
-    initial_demo_sets: int = Field(3, ge=0, description="random demo sets tried first")
     max_demos: int = Field(4, ge=0, description="demo slots in a genome (0: instruction only)")
-    minibatch_size: int = Field(6, ge=1, description="validation examples for acceptance")
-    reflection_rate: float = Field(0.35, ge=0, le=1, description="share of reflective mutations")
-    crossover_rate: float = Field(0.25, ge=0, le=1)
-    reflection_style: ReflectionStyle = "rules"
-    reflection_minibatch: int = Field(3, ge=1, description="failures shown to the reflector")
-    tournament_size: int = Field(3, ge=1)
-    selection: Literal["pareto", "tournament"] = Field(
-        "pareto", description="parent selection: GEPA's instance-level Pareto front over all "
-                              "validated candidates, or a tournament within the population")
     knn: bool = Field(True, description="let genomes use per-input nearest-neighbour demos")
     encoder: str = Field("minilm", description="embeddings for KNN demos and instruction dedupe "
                                                "('minilm', 'hashing' or a registered name)")
     dedupe_threshold: float | None = Field(
         0.97, gt=0, le=1, description="cosine above which a proposed instruction counts as a "
                                       "copy of an archived one (None: exact copies only)")
+    population_size: int = Field(8, ge=1, description="fully validated candidates kept")
+    objectives: tuple[Objective, ...] = Field(
+        ("accuracy",), description="('accuracy',) or ('accuracy', 'prompt_chars'): with two, "
+                                   "the population is NSGA-II's survivors and parents are drawn "
+                                   "by crowded tournament; Result.pareto_front() is the set")
+    fitness: Fitness | None = Field(
+        None, description="program-level fitness over the validation score row (default: mean)")
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
 
-    name: Literal["evolution"] = "evolution"
+    name: ClassVar[str] = ""
+
+    @field_validator("objectives")
+    @classmethod
+    def _check_objectives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if value not in (("accuracy",), ("accuracy", "prompt_chars")):
+            raise ValueError(f"objectives must be ('accuracy',) or ('accuracy', 'prompt_chars'), "
+                             f"got {value}")
+        return value
 
     def search(self, program: Program, trainset: Sequence[Example], valset: Sequence[Example],
                **kwargs: Any) -> SearchState:
-        return search(program, trainset, valset, config=self, **kwargs)
+        ctx = Search(program, trainset, valset, config=self, **kwargs)
+        ctx.start()
+        try:
+            self.run(ctx)
+        except BudgetExhausted:  # e.g. an lm_calls cap hit by a proposal call
+            pass
+        ctx.finish()
+        return ctx.state
+
+    def run(self, search: Search) -> None:
+        raise NotImplementedError
 
 
 class Optimizer(Protocol):
@@ -96,16 +131,16 @@ class Optimizer(Protocol):
 
 @dataclass
 class Candidate:
-    """A genome the engine generated: its row in the score matrix and where it came from."""
+    """A prompt the engine generated: its row in the score matrix and where it came from."""
 
     id: int
-    genome: Genome
-    program: Program
+    genome: Genome  # [] for a candidate that is no single prompt (a voting ensemble)
+    program: Program | EnsembleProgram
     parents: tuple[int, ...]
     op: str
     iteration: int
-    accepted: bool = False
-    val_score: float = float("nan")  # mean over the full validation set, once validated
+    accepted: bool = False  # fully validated
+    val_score: float = float("nan")  # fitness over the full validation set, once validated
     note: str = ""
 
 
@@ -122,12 +157,12 @@ class _Individual(list):
 
 @dataclass
 class SearchState:
-    """Everything the loop knows; the result is read from it."""
+    """Everything the search knows; the result is read from it."""
 
     archive: Archive
     matrix: ScoreMatrix
     candidates: list[Candidate] = field(default_factory=list)
-    by_key: dict[G.GenomeKey, int] = field(default_factory=dict)
+    by_key: dict[Hashable, int] = field(default_factory=dict)
     population: list[int] = field(default_factory=list)
     validated: list[int] = field(default_factory=list)  # every fully validated candidate
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -137,150 +172,409 @@ class SearchState:
 
     @property
     def best(self) -> Candidate:
-        validated = [self.candidates[i] for i in self.population]
+        validated = [self.candidates[i] for i in self.validated]
         return max(validated, key=lambda c: (c.val_score, -c.program.prompt_chars(), -c.id))
 
 
-Callback = Callable[[dict[str, Any]], None]
+class Search:
+    """One search: the context every optimizer's ``run`` drives (see the module docstring)."""
 
+    def __init__(self, base_program: Program, trainset: Sequence[Example],
+                 valset: Sequence[Example], *, config: SearchConfig, task_session: LMSession,
+                 reflection_session: LMSession, metric: Metric, seed: int = 0,
+                 description: str = "", on_event: Callback | None = None,
+                 on_cell: Callable[[int, Cell], None] | None = None) -> None:
+        self.config = config
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.trainset, self.valset = tuple(trainset), tuple(valset)
+        self.task_session, self.reflection_session = task_session, reflection_session
+        self.metric, self.description = metric, description
+        self.on_event = on_event
+        archive = Archive(base_program, self.trainset, max_demos=config.max_demos,
+                          knn_encoder=config.encoder if config.knn else None,
+                          dedupe=(G.InstructionDedupe(config.encoder, config.dedupe_threshold)
+                                  if config.dedupe_threshold is not None else None))
+        self.state = SearchState(archive, ScoreMatrix(valset))
+        self.evaluator = Evaluator(task_session, metric, config.budget,
+                                   max_tokens=config.max_tokens, on_cell=on_cell,
+                                   lm_sessions=(task_session, reflection_session))
+        self.state.evaluator = self.evaluator
+        self.all_cols = list(range(len(valset)))
+        self._train: ScoreMatrix | None = None
+        self._train_rows: dict[int, int] = {}
+        self._cap: int | None = None  # a metric-call ceiling for one part of the search
 
-def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[Example], *,
-           task_session: LMSession, reflection_session: LMSession, metric: Metric,
-           config: Evolution, seed: int = 0, description: str = "",
-           on_event: Callback | None = None,
-           on_cell: Callable[[int, Cell], None] | None = None) -> SearchState:
-    """Run the evolutionary search and return its final state (see module docstring)."""
-    rng = random.Random(seed)
-    archive = Archive(base_program, tuple(trainset), max_demos=config.max_demos,
-                      knn_encoder=config.encoder if config.knn else None,
-                      dedupe=(G.InstructionDedupe(config.encoder, config.dedupe_threshold)
-                              if config.dedupe_threshold is not None else None))
-    state = SearchState(archive, ScoreMatrix(valset))
-    evaluator = Evaluator(task_session, metric, config.budget, max_tokens=config.max_tokens,
-                          on_cell=on_cell, lm_sessions=(task_session, reflection_session))
-    state.evaluator = evaluator
-    all_cols = list(range(len(valset)))
+    # ---- views ----------------------------------------------------------------------------
+    @property
+    def archive(self) -> Archive:
+        return self.state.archive
 
-    def emit(kind: str, **data: Any) -> None:
-        event = {"event": kind, "t": time.time(), "iteration": state.iteration,
-                 "metric_calls": evaluator.metric_calls, **data}
-        state.events.append(event)
-        if on_event is not None:
-            on_event(event)
+    @property
+    def matrix(self) -> ScoreMatrix:
+        return self.state.matrix
 
-    def add_candidate(genome: Genome, parents: tuple[int, ...], op: str, note: str = ""
-                      ) -> Candidate | None:
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self.state.candidates
+
+    @property
+    def best(self) -> Candidate:
+        return self.state.best
+
+    @property
+    def seed_candidate(self) -> Candidate:
+        return self.state.candidates[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.config.objectives) > 1
+
+    def emit(self, kind: str, **data: Any) -> None:
+        event = {"event": kind, "t": time.time(), "iteration": self.state.iteration,
+                 "metric_calls": self.evaluator.metric_calls, **data}
+        self.state.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    # ---- budget ---------------------------------------------------------------------------
+    def remaining(self) -> int:
+        left = self.evaluator.remaining()
+        if self._cap is not None:
+            left = min(left, max(0, self._cap - self.evaluator.metric_calls))
+        return left
+
+    def can_validate(self, cand: Candidate | None = None) -> bool:
+        """Whether the budget can still validate ``cand`` (a new candidate if None) in full."""
+        need = len(self.valset) if cand is None else len(self.matrix.missing(cand.id,
+                                                                             self.all_cols))
+        return self.remaining() >= need
+
+    @contextmanager
+    def limit(self, metric_calls: int) -> Iterator[None]:
+        """Cap the metric calls spent inside the block (an ensemble member's share)."""
+        outer = self._cap
+        self._cap = self.evaluator.metric_calls + metric_calls
+        if outer is not None:
+            self._cap = min(self._cap, outer)
+        try:
+            yield
+        finally:
+            self._cap = outer
+
+    # ---- candidates -----------------------------------------------------------------------
+    def add(self, genome: Genome, parents: tuple[int, ...], op: str, note: str = ""
+            ) -> Candidate | None:
+        """Register a genome as a candidate; None when its prompt was generated before (it is
+        never paid for twice)."""
         k = G.key(genome)
-        if k in state.by_key:
-            return None  # this prompt was already generated: never pay for it twice
-        row = state.matrix.add_row()
-        cand = Candidate(row, list(genome), archive.program(genome), parents, op,
-                         state.iteration, note=note)
-        state.candidates.append(cand)
-        state.by_key[k] = row
-        emit("candidate_generated", candidate=row, parents=list(parents), op=op,
-             instruction_id=genome[G.INSTRUCTION], demos=list(k[1]), knn_k=k[2], note=note)
+        if k in self.state.by_key:
+            return None
+        return self._register(list(genome), self.archive.program(genome), k, parents, op, note,
+                              instruction_id=genome[G.INSTRUCTION], demos=list(k[1]),
+                              knn_k=k[2])
+
+    def add_program(self, program: Program | EnsembleProgram, key: Hashable,
+                    parents: tuple[int, ...], op: str, note: str = "") -> Candidate | None:
+        """Register a candidate that is not a genome (a voting ensemble), under ``key``."""
+        if key in self.state.by_key:
+            return None
+        return self._register([], program, key, parents, op, note)
+
+    def _register(self, genome: Genome, program: Program | EnsembleProgram, key: Hashable,
+                  parents: tuple[int, ...], op: str, note: str, **data: Any) -> Candidate:
+        row = self.matrix.add_row()
+        cand = Candidate(row, genome, program, parents, op, self.state.iteration, note=note)
+        self.state.candidates.append(cand)
+        self.state.by_key[key] = row
+        self.emit("candidate_generated", candidate=row, parents=list(parents), op=op,
+                  note=note, **data)
         return cand
 
-    def validate(cand: Candidate) -> None:
-        evaluator.evaluate(cand.program, state.matrix, cand.id, all_cols)
-        cand.val_score = state.matrix.row_mean(cand.id)
+    def known(self, genome: Genome) -> bool:
+        return G.key(genome) in self.state.by_key
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def evaluate(self, cand: Candidate, cols: Sequence[int]) -> np.ndarray:
+        """Scores of ``cand`` on validation columns ``cols``, paying only for missing cells.
+        Raises :class:`BudgetExhausted` (evaluating nothing) when they do not fit."""
+        cols = list(dict.fromkeys(cols))  # a repeated column is one cell, paid once
+        self._check_fits(len(self.matrix.missing(cand.id, cols)))
+        return self.evaluator.evaluate(cand.program, self.matrix, cand.id, cols)
+
+    def validate(self, cand: Candidate) -> float:
+        """Score ``cand`` on the whole validation set, set its fitness and let it join the
+        population. Raises :class:`BudgetExhausted` (evaluating nothing) when it does not fit."""
+        self.evaluate(cand, self.all_cols)
+        return self.accept(cand)
+
+    def accept(self, cand: Candidate) -> float:
+        """Book a candidate whose validation row is complete (see :meth:`validate`)."""
+        cand.val_score = self.fitness(self.matrix.scores[cand.id], cand.program)
         cand.accepted = True
-        state.validated.append(cand.id)
-        best_before = state.best.val_score if state.population else float("-inf")
-        state.population.append(cand.id)
-        state.population.sort(key=lambda i: (-state.candidates[i].val_score,
-                                             state.candidates[i].program.prompt_chars(), i))
-        del state.population[config.population_size:]
-        emit("candidate_evaluated", candidate=cand.id, val_score=cand.val_score, accepted=True)
+        best_before = self.best.val_score if self.state.validated else float("-inf")
+        self.state.validated.append(cand.id)
+        if cand.genome:  # a voting ensemble is a result, not a parent
+            self.state.population.append(cand.id)
+            self._truncate_population()
+        self.emit("candidate_evaluated", candidate=cand.id, val_score=cand.val_score,
+                  accepted=True)
         if cand.val_score > best_before:
-            emit("new_best", candidate=cand.id, val_score=cand.val_score)
+            self.emit("new_best", candidate=cand.id, val_score=cand.val_score)
+        return cand.val_score
 
-    emit("start", seed=seed, budget=config.budget.metric_calls, val_size=len(valset),
-         train_size=len(trainset), config=config.model_dump(mode="json", exclude={"budget"}))
-    seed_cand = add_candidate(archive.seed_genome(), (), "seed")
-    assert seed_cand is not None
-    try:
-        validate(seed_cand)
-    except BudgetExhausted:
-        raise ValueError(f"budget of {config.budget.metric_calls} metric calls cannot validate "
-                         f"the seed program on {len(valset)} validation examples") from None
+    def fitness(self, row: np.ndarray, program: Program | EnsembleProgram) -> float:
+        """The search's fitness of a full validation score row: the user's ``fitness`` (which
+        may receive an :class:`EnsembleProgram`), else the mean."""
+        if self.config.fitness is not None:
+            return float(self.config.fitness(np.array(row, dtype=np.float64), program))
+        return float(np.mean(row))
 
+    def _objectives(self, ids: Sequence[int]) -> np.ndarray:
+        return np.array([[self.candidates[i].val_score, self.candidates[i].program.prompt_chars()]
+                         for i in ids], dtype=np.float64)
+
+    def _truncate_population(self) -> None:
+        pop = self.state.population
+        k = self.config.population_size
+        if self.multi_objective and len(pop) > k:
+            keep = select_nsga2(self._objectives(pop), [1.0, -1.0], k)
+            self.state.population = sorted(pop[i] for i in keep)
+            return
+        pop.sort(key=lambda i: (-self.candidates[i].val_score,
+                                self.candidates[i].program.prompt_chars(), i))
+        del pop[k:]
+
+    def _check_fits(self, n: int) -> None:
+        if n > self.remaining():
+            raise BudgetExhausted(f"{n} evaluations needed, {self.remaining()} left")
+
+    def train_scores(self, cand: Candidate, cols: Sequence[int]) -> np.ndarray:
+        """Scores of ``cand`` on training examples ``cols`` (bootstrapping, GEPA's reflective
+        minibatches), paid once per cell like validation cells."""
+        if self._train is None:
+            self._train = ScoreMatrix(self.trainset)
+        if cand.id not in self._train_rows:
+            self._train_rows[cand.id] = self._train.add_row()
+        row = self._train_rows[cand.id]
+        cols = list(dict.fromkeys(cols))
+        self._check_fits(len(self._train.missing(row, cols)))
+        return self.evaluator.evaluate(cand.program, self._train, row, cols)
+
+    def train_known(self, cand: Candidate, col: int) -> bool:
+        """Whether ``cand`` was already scored on training example ``col`` (free to read)."""
+        return self._train is not None and cand.id in self._train_rows and \
+            (self._train_rows[cand.id], col) in self._train.cells
+
+    def train_cell(self, cand: Candidate, col: int) -> Cell:
+        """The cell of a training example ``cand`` was scored on (see :meth:`train_scores`)."""
+        assert self._train is not None
+        return self._train.cells[(self._train_rows[cand.id], col)]
+
+    def val_cells(self, cand: Candidate, cols: Sequence[int]) -> list[tuple[Example, Cell]]:
+        return [(self.valset[c], self.matrix.cells[(cand.id, c)]) for c in cols
+                if (cand.id, c) in self.matrix.cells]
+
+    # ---- selection ------------------------------------------------------------------------
+    def select_parent(self, how: Literal["pareto", "tournament", "best"] = "pareto", *,
+                      tournament_size: int = 3) -> Candidate:
+        """A parent among validated candidates: GEPA's instance-level Pareto sampling, a DEAP
+        tournament within the population, or the best. With two objectives, a crowded binary
+        tournament (NSGA-II) within the population, whatever ``how`` says."""
+        if self.multi_objective:
+            return self._crowded_tournament()
+        if how == "best":
+            return max((self.candidates[i] for i in self.state.population),
+                       key=lambda c: (c.val_score, -c.program.prompt_chars(), -c.id))
+        if how == "pareto":
+            rows = [r for r in self.state.validated if self.candidates[r].genome]
+            agg = np.array([self.candidates[r].val_score for r in rows])
+            pick = select_from_pareto_front(self.matrix.scores[rows], agg, self.rng)
+            return self.candidates[rows[pick]]
+        population = [
+            _Individual(self.candidates[i].genome, i,
+                        (self.candidates[i].val_score, self.candidates[i].program.prompt_chars()))
+            for i in self.state.population
+        ]
+        with G.deap_random(self.rng):
+            chosen = tools.selTournament(population, 1, min(tournament_size, len(population)))
+        return self.candidates[chosen[0].cid]
+
+    def _crowded_tournament(self) -> Candidate:
+        pop = self.state.population
+        if len(pop) == 1:
+            return self.candidates[pop[0]]
+        obj = self._objectives(pop)
+        ranks = nondominated_ranks(obj, [1.0, -1.0])
+        crowd = crowding_distance(obj, ranks)
+        a, b = self.rng.sample(range(len(pop)), 2)
+        # DEAP's selTournamentDCD: the lower front wins, then the larger crowding distance.
+        win = a if (ranks[a], -crowd[a]) <= (ranks[b], -crowd[b]) else b
+        return self.candidates[pop[win]]
+
+    def minibatch(self, parent: Candidate, size: int) -> list[int]:
+        """Validation columns for an acceptance test: half the parent's failures (where a child
+        can show it is better), half random."""
+        n = len(self.valset)
+        size = min(size, n)
+        row = self.matrix.scores[parent.id]
+        failures = [c for c in range(n) if row[c] < 1.0]
+        batch = self.rng.sample(failures, min(len(failures), size // 2 or 1)) if failures else []
+        rest = [c for c in range(n) if c not in batch]
+        batch += self.rng.sample(rest, size - len(batch))
+        return sorted(batch)
+
+    # ---- start / finish -------------------------------------------------------------------
+    def start(self, seed_cells: dict[int, Cell] | None = None) -> None:
+        """Emit ``start`` and validate the seed program (the baseline every result is read
+        against). ``seed_cells`` (column -> cell) are the seed's cells another search already
+        paid for: they are filled in free."""
+        self.emit("start", seed=self.seed, budget=self.config.budget.metric_calls,
+                  val_size=len(self.valset), train_size=len(self.trainset),
+                  config=_jsonable(self.config))
+        seed_cand = self.add(self.archive.seed_genome(), (), "seed")
+        assert seed_cand is not None
+        for col, cell in (seed_cells or {}).items():
+            self.matrix.set(seed_cand.id, col, cell)
+        try:
+            self.validate(seed_cand)
+        except BudgetExhausted:
+            raise ValueError(f"budget of {self.config.budget.metric_calls} metric calls cannot "
+                             f"validate the seed program on {len(self.valset)} validation "
+                             "examples") from None
+
+    def finish(self, reason: str | None = None) -> None:
+        """Record why the search stopped: ``reason``, else one an optimizer set in
+        ``state.stop_reason``, else whether the budget can still validate a candidate."""
+        exhausted = self.evaluator.remaining() < len(self.valset)
+        self.state.stop_reason = reason or self.state.stop_reason or (
+            "budget exhausted" if exhausted else "converged")
+        exhausted = self.state.stop_reason == "budget exhausted"
+        self.emit("budget_exhausted" if exhausted else "converged",
+                  remaining=self.evaluator.remaining(), reason=self.state.stop_reason)
+
+
+def _jsonable(config: BaseModel) -> dict[str, Any]:
+    """A config as JSON data for the ``start`` event: callables by name, nested configs as dicts."""
+    def conv(value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return {"optimizer": getattr(value, "name", type(value).__name__),
+                    **{k: conv(getattr(value, k)) for k in type(value).model_fields
+                       if k != "budget"}}
+        if isinstance(value, list | tuple):
+            return [conv(v) for v in value]
+        if callable(value):
+            return getattr(value, "__name__", repr(value))
+        if isinstance(value, Budget):
+            return value.__dict__
+        return value
+    return conv(config)
+
+
+# ---- the default optimizer -----------------------------------------------------------------
+
+class Evolution(SearchConfig):
+    """evo's own optimizer: genomes of (instruction, demos) evolved with DEAP operators and
+    GEPA-style reflective mutation, minibatch acceptance, then full validation.
+
+    ``operators`` adds registered variation operators (:func:`evo.optimizers.register_operator`)
+    by name, each tried with its probability before the built-in mix.
+
+    >>> Evolution(budget=Budget(metric_calls=300)).population_size
+    8
+    """
+
+    initial_demo_sets: int = Field(3, ge=0, description="random demo sets tried first")
+    minibatch_size: int = Field(6, ge=1, description="validation examples for acceptance")
+    reflection_rate: float = Field(0.35, ge=0, le=1, description="share of reflective mutations")
+    crossover_rate: float = Field(0.25, ge=0, le=1)
+    reflection_style: ReflectionStyle = "rules"
+    reflection_minibatch: int = Field(3, ge=1, description="failures shown to the reflector")
+    tournament_size: int = Field(3, ge=1)
+    selection: Literal["pareto", "tournament"] = Field(
+        "pareto", description="parent selection: GEPA's instance-level Pareto front over all "
+                              "validated candidates, or a tournament within the population")
+    operators: dict[str, float] = Field(
+        default_factory=dict, description="registered operator name -> probability of use")
+
+    name: ClassVar[str] = "evolution"
+
+    def run(self, search: Search) -> None:
+        evolve(search, self)
+
+
+def evolve(search: Search, config: Evolution, *, stale_limit: int = 50) -> None:
+    """The evolutionary loop of :class:`Evolution` (module docstring, steps 1-4)."""
+    from evo.optimizers.registry import operator
+
+    archive, state = search.archive, search.state
+    extra = {name: operator(name) for name in config.operators}  # unknown names fail here
+    extra_rng = random.Random(search.seed + 1)  # user operators do not shift the default stream
     n_init = (config.initial_demo_sets + archive.knn) if archive.max_demos else 0
+    tries = 0  # first-phase proposals made (a duplicate counts: the phase always ends)
     stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
-    while evaluator.remaining() >= len(valset) and stale < 50:
+    while search.can_validate() and stale < stale_limit:
         state.iteration += 1
         # While the first random demo sets are tried, each must beat the best so far (not just
         # the zero-shot seed), or every one of them would be paid a full validation.
-        initialising = len(state.candidates) <= n_init
-        parent = state.best if initialising else _select(state, config, rng)
-        child_genome, op, note = _vary(parent, state, config, rng, reflection_session,
-                                       description, initialising)
+        initialising = tries < n_init
+        tries += initialising
+        parent = search.select_parent("best") if initialising else search.select_parent(
+            config.selection, tournament_size=config.tournament_size)
+        child_genome, op, note = None, "", ""
+        for name, p in config.operators.items():
+            if extra_rng.random() < p:
+                child_genome, op, note = extra[name](parent, search), name, ""
+                break
+        if not op:
+            child_genome, op, note = _vary(parent, search, config, initialising,
+                                           first=tries == 1)
         if child_genome is not None and op == "reflection" and note and \
-                G.key(child_genome) in state.by_key:
+                search.known(child_genome):
             child_genome = None  # a (reworded) copy of a known prompt: not paid for twice
-        if child_genome is None:  # the reflection proposal failed the sanity filter
-            emit("proposal_rejected", candidate=parent.id, op=op, reason=note)
+        if child_genome is None:  # the proposal failed the sanity filter
+            search.emit("proposal_rejected", candidate=parent.id, op=op, reason=note)
             stale += 1
             continue
-        child = add_candidate(child_genome, (parent.id,), op, note)
+        child = search.add(child_genome, (parent.id,), op, note)
         if child is None:
             stale += 1
             continue
         stale = 0
-        batch = _minibatch(state, parent, config.minibatch_size, rng)
-        try:
-            child_scores = evaluator.evaluate(child.program, state.matrix, child.id, batch)
-        except BudgetExhausted:
-            break
-        parent_scores = state.matrix.scores[parent.id, batch]  # already paid at validation
-        accepted = float(child_scores.sum()) > float(parent_scores.sum())
-        emit("candidate_evaluated", candidate=child.id, minibatch=[int(c) for c in batch],
-             minibatch_score=float(child_scores.mean()),
-             parent_minibatch_score=float(parent_scores.mean()), accepted=accepted)
-        if accepted:
-            try:
-                validate(child)
-            except BudgetExhausted:  # an lm_calls cap hit by the reflection call just made
-                break
-    state.stop_reason = ("budget exhausted" if evaluator.remaining() < len(valset)
-                         else "no new candidates")
-    emit("budget_exhausted" if state.stop_reason == "budget exhausted" else "converged",
-         remaining=evaluator.remaining())
-    return state
+        if not screen(search, child, parent, search.minibatch(parent, config.minibatch_size)):
+            continue
 
 
-def _select(state: SearchState, config: Evolution, rng: random.Random) -> Candidate:
-    if config.selection == "pareto":
-        rows = state.validated
-        agg = np.array([state.candidates[r].val_score for r in rows])  # their full-val means
-        pick = select_from_pareto_front(state.matrix.scores[rows], agg, rng)
-        return state.candidates[rows[pick]]
-    population = [
-        _Individual(state.candidates[i].genome, i,
-                    (state.candidates[i].val_score, state.candidates[i].program.prompt_chars()))
-        for i in state.population
-    ]
-    with G.deap_random(rng):
-        chosen = tools.selTournament(population, 1, min(config.tournament_size, len(population)))
-    return state.candidates[chosen[0].cid]
+def screen(search: Search, child: Candidate, parent: Candidate, batch: list[int]) -> bool:
+    """Minibatch acceptance: score ``child`` on ``batch`` (the parent's cells there are already
+    paid) and validate it in full when it is strictly better. Returns whether it was accepted.
+    Raises :class:`BudgetExhausted` when the budget cannot pay for it."""
+    child_scores = search.evaluate(child, batch)
+    parent_scores = search.matrix.scores[parent.id, batch]
+    accepted = float(child_scores.sum()) > float(parent_scores.sum())
+    search.emit("candidate_evaluated", candidate=child.id, minibatch=[int(c) for c in batch],
+                minibatch_score=float(child_scores.mean()),
+                parent_minibatch_score=float(parent_scores.mean()), accepted=accepted)
+    if accepted:
+        search.validate(child)
+    return accepted
 
 
-def _vary(parent: Candidate, state: SearchState, config: Evolution, rng: random.Random,
-          reflection_session: LMSession, description: str, initialising: bool
-          ) -> tuple[Genome | None, str, str]:
-    archive, genome = state.archive, list(parent.genome)
+def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bool,
+          first: bool) -> tuple[Genome | None, str, str]:
+    archive, state, rng = search.archive, search.state, search.rng
+    genome = list(parent.genome)
     if initialising:
-        if archive.knn and len(state.candidates) == 1:
+        k = min(archive.max_demos, len(archive.pool))
+        knn_genome = archive.genome(parent.genome[G.INSTRUCTION], [], k)
+        if archive.knn and first and not search.known(knn_genome):
             # Each input's nearest training examples as its demos: the strongest demo policy
             # for a small model on most tasks, and no LM call to build.
-            k = min(archive.max_demos, len(archive.pool))
-            return [parent.genome[G.INSTRUCTION], 0, k] + [0] * archive.max_demos, "knn_demos", ""
+            return knn_genome, "knn_demos", ""
         # A fresh random demo set: the first generation explores demo sets broadly, as
         # BootstrapFewShotWithRandomSearch does, before evolution refines them.
         demos = archive.random_demos(rng, archive.max_demos)
-        return [parent.genome[G.INSTRUCTION], len(demos), 0] + demos + \
-            [0] * (archive.max_demos - len(demos)), "random_demos", ""
+        return archive.genome(parent.genome[G.INSTRUCTION], demos), "random_demos", ""
     roll = rng.random()
     if roll < config.reflection_rate:
         failures = [(state.matrix.examples[col], cell)
@@ -288,15 +582,7 @@ def _vary(parent: Candidate, state: SearchState, config: Evolution, rng: random.
                     if row == parent.id and cell.score < 1.0]
         if failures:
             shown = rng.sample(failures, min(config.reflection_minibatch, len(failures)))
-            proposal = propose(reflection_session, parent.program, shown,
-                               style=config.reflection_style, description=description,
-                               seed=rng.randrange(2**31))
-            if proposal.instruction is None:
-                return None, "reflection", f"{proposal.reason}; reply: {proposal.raw[:300]!r}"
-            genome[G.INSTRUCTION], dup = archive.add_instruction(
-                proposal.instruction, {"op": "reflection", "parent": parent.id,
-                                       "iteration": state.iteration})
-            return genome, "reflection", dup
+            return reflect(search, parent, shown, config.reflection_style)
     if roll < config.reflection_rate + config.crossover_rate and len(state.population) > 1:
         mate = state.candidates[rng.choice([i for i in state.population if i != parent.id])]
         return G.crossover(genome, mate.genome, archive, rng), "crossover", f"mate={mate.id}"
@@ -305,13 +591,24 @@ def _vary(parent: Candidate, state: SearchState, config: Evolution, rng: random.
     return G.mutate_instruction(genome, archive, rng), "mutate_instruction", ""
 
 
-def _minibatch(state: SearchState, parent: Candidate, size: int, rng: random.Random) -> list[int]:
-    """Half the parent's failures (where a child can show it is better), half random."""
-    n = len(state.matrix.examples)
-    size = min(size, n)
-    row = state.matrix.scores[parent.id]
-    failures = [c for c in range(n) if row[c] < 1.0]
-    batch = rng.sample(failures, min(len(failures), size // 2 or 1)) if failures else []
-    rest = [c for c in range(n) if c not in batch]
-    batch += rng.sample(rest, size - len(batch))
-    return sorted(batch)
+def reflect(search: Search, parent: Candidate, shown: Sequence[tuple[Example, Cell]],
+            style: ReflectionStyle) -> tuple[Genome | None, str, str]:
+    """GEPA's reflective mutation of ``parent``'s instruction from ``shown`` (example, cell)
+    pairs: the child genome (None if the proposal failed the sanity filter), "reflection", and
+    a note (why it failed, or that it repeats an archived text)."""
+    assert isinstance(parent.program, Program)
+    proposal = propose(search.reflection_session, parent.program, shown, style=style,
+                       description=search.description, seed=search.rng.randrange(2**31))
+    if proposal.instruction is None:
+        return None, "reflection", f"{proposal.reason}; reply: {proposal.raw[:300]!r}"
+    genome = list(parent.genome)
+    genome[G.INSTRUCTION], dup = search.archive.add_instruction(
+        proposal.instruction, {"op": "reflection", "parent": parent.id,
+                               "iteration": search.state.iteration})
+    return genome, "reflection", dup
+
+
+def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[Example], *,
+           config: SearchConfig, **kwargs: Any) -> SearchState:
+    """Run ``config``'s search and return its final state (see module docstring)."""
+    return config.search(base_program, trainset, valset, **kwargs)

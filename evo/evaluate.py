@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evo.data import Example
+from evo.ensemble import EnsembleProgram
 from evo.kernels.matrix import row_stats
 from evo.lm.base import LMError, LMRequest, LMUnavailableError
 from evo.lm.session import LMSession
@@ -144,7 +145,7 @@ class Evaluator:
             chunk = todo[start:start + self.score_chunk]
             examples = [matrix.examples[c] for c in chunk]
             replies = [self._predict(program, ex) for ex in examples]
-            for col, cell in zip(chunk, self._score(examples, replies), strict=True):
+            for col, cell in zip(chunk, self.score(examples, replies), strict=True):
                 matrix.set(row, col, cell)
                 if charge:
                     self.metric_calls += 1
@@ -169,7 +170,10 @@ class Evaluator:
             return Cell(0.0, Prediction(response.text or "", None, message), message,
                         error=message)
 
-    def _score(self, examples: list[Example], replies: list[Prediction | Cell]) -> list[Cell]:
+    def score(self, examples: Sequence[Example], replies: Sequence[Prediction | Cell]
+              ) -> list[Cell]:
+        """Cells for parsed replies (a failed :class:`Cell` passes through): the metric's
+        ``batch`` when it has one, else one by one; a metric exception is recorded, scored 0."""
         cells: list[Cell | None] = [r if isinstance(r, Cell) else None for r in replies]
         todo = [i for i, c in enumerate(cells) if c is None]
         batch = getattr(self.metric, "batch", None)
@@ -197,10 +201,18 @@ class Evaluator:
         return cells  # type: ignore[return-value]
 
 
-def evaluate_program(program: Program, examples: Sequence[Example], session: LMSession,
-                     metric: Metric, *, max_tokens: int = 64,
+def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Example],
+                     session: LMSession, metric: Metric, *, max_tokens: int = 64,
                      progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[Cell]]:
-    """Score one program on examples outside any search budget (held-out test, baselines)."""
+    """Score one program (or a voting ensemble: each member, then the vote) on examples outside
+    any search budget (held-out test, baselines)."""
+    if isinstance(program, EnsembleProgram):
+        runs = [evaluate_program(m, examples, session, metric, max_tokens=max_tokens,
+                                 progress=progress)[1] for m in program.members]
+        evaluator = Evaluator(session, metric, Budget(metric_calls=1))
+        cells = evaluator.score(examples, [
+            program.vote_on([run[j].prediction for run in runs]) for j in range(len(examples))])
+        return np.array([c.score for c in cells], dtype=np.float64), cells
     matrix = ScoreMatrix(examples)
     row = matrix.add_row()
     evaluator = Evaluator(session, metric, Budget(metric_calls=max(1, len(examples))),

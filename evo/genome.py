@@ -70,6 +70,9 @@ class Archive:
     origins: list[dict] = field(default_factory=list)
     knn_encoder: str | None = None  # None: no KNN demos in this search
     dedupe: InstructionDedupe | None = None
+    # Bootstrapped demos whose outputs differ from the gold ones (a teacher's passing trace on a
+    # free-text task): demo ids len(pool), len(pool) + 1, ... Never retrieved as KNN demos.
+    traces: list[Example] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # The user's own demos join the pool, so the seed genome is exactly the user's program.
@@ -90,14 +93,15 @@ class Archive:
     def knn(self) -> bool:
         return self.knn_encoder is not None and self.max_demos > 0
 
-    def add_instruction(self, text: str, origin: dict) -> tuple[int, str]:
+    def add_instruction(self, text: str, origin: dict, *, dedupe: bool = True
+                        ) -> tuple[int, str]:
         """Add a text and return ``(id, note)``. A text already archived, or (with ``dedupe``) a
         near-duplicate of one, returns that text's id and a note saying so: the engine then
         finds the genome already known and does not pay for it twice."""
         text = text.strip()
         if text in self.instructions:
             return self.instructions.index(text), "identical to an archived instruction"
-        if self.dedupe is not None:
+        if self.dedupe is not None and dedupe:
             near, cosine = self.dedupe.nearest(text, self.instructions)
             if near is not None and cosine >= self.dedupe.threshold:
                 return near, (f"near-duplicate of instruction {near} (cosine {cosine:.3f} >= "
@@ -105,6 +109,46 @@ class Archive:
         self.instructions.append(text)
         self.origins.append(origin)
         return len(self.instructions) - 1, ""
+
+    @property
+    def n_demo_ids(self) -> int:
+        """How many demo ids exist: the pool, then the traces."""
+        return len(self.pool) + len(self.traces)
+
+    def demo(self, i: int) -> Example:
+        return self.pool[i] if i < len(self.pool) else self.traces[i - len(self.pool)]
+
+    def demo_id(self, example: Example, outputs: dict[str, str] | None = None) -> int:
+        """The demo id of ``example`` shown with ``outputs`` (default: its gold outputs): its pool
+        id when the outputs are the gold ones, else a trace (added once)."""
+        if outputs is None or outputs == example.outputs:
+            for i, ex in enumerate(self.pool):
+                if ex.id == example.id:
+                    return i
+            outputs = dict(example.outputs)
+        trace = Example(inputs=example.inputs, outputs=outputs, id=f"{example.id}:trace")
+        for i, ex in enumerate(self.traces):
+            if ex.id == trace.id and ex.outputs == trace.outputs:
+                return len(self.pool) + i
+        self.traces.append(trace)
+        return len(self.pool) + len(self.traces) - 1
+
+    def demo_index(self, demo: Example) -> int:
+        """The id of a demo taken from another archive over the same pool (a pool example or a
+        trace), adding the trace if it is new here."""
+        if demo.id.endswith(":trace"):
+            source = next(ex for ex in self.pool if ex.id == demo.id.removesuffix(":trace"))
+            return self.demo_id(source, dict(demo.outputs))
+        return self.demo_id(demo)
+
+    def genome(self, instruction: int, demos: list[int], knn_k: int = 0) -> Genome:
+        """The genome expressing ``instruction`` with these fixed demos (in order) and ``knn_k``
+        nearest-neighbour demos per input."""
+        if len(demos) + knn_k > self.max_demos:
+            raise ValueError(f"{len(demos)} demos + {knn_k} KNN demos exceed max_demos="
+                             f"{self.max_demos}")
+        return [instruction, len(demos), knn_k] + list(demos) + \
+            [0] * (self.max_demos - len(demos))
 
     def seed_genome(self) -> Genome:
         """The user's program as given: instruction 0 and its demos."""
@@ -121,7 +165,7 @@ class Archive:
                            fields=tuple(f.name for f in self.base.signature.inputs))
         return self.base.model_copy(update={
             "instruction": self.instructions[instruction],
-            "demos": tuple(self.pool[d] for d in demos),
+            "demos": tuple(self.demo(d) for d in demos),
             "knn": knn,
         })
 
@@ -146,7 +190,7 @@ class Archive:
 
 def repair(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
     """Clamp genes into range and make expressed demo ids distinct."""
-    k, pool = archive.max_demos, len(archive.pool)
+    k, pool = archive.max_demos, archive.n_demo_ids
     genome[INSTRUCTION] = min(max(genome[INSTRUCTION], 0), len(archive.instructions) - 1)
     genome[N_DEMOS] = min(max(genome[N_DEMOS], 0), min(k, pool))
     knn_room = min(k - genome[N_DEMOS], pool - genome[N_DEMOS]) if archive.knn else 0

@@ -70,7 +70,10 @@ class LMUnavailableError(LMError):
 
 @runtime_checkable
 class LM(Protocol):
-    """A language model backend. ``model_id`` names the exact model (it is part of the cache key)."""
+    """A language model backend. ``model_id`` names the exact model (it is part of the cache key).
+
+    A backend may set ``concurrent = True`` when it serves calls in parallel (a hosted API):
+    then ``Ensemble(parallel=True)`` runs its member optimizers in threads."""
 
     model_id: str
 

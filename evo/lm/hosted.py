@@ -44,6 +44,8 @@ class DSPyLM:
     the first success, raise :class:`LMUnavailableError` naming the model and its ``api_base``.
     """
 
+    concurrent = True  # a hosted API serves calls in parallel
+
     def __init__(self, dspy_lm: Any, *, model_id: str | None = None) -> None:
         self.dspy_lm = dspy_lm
         self.model_id = model_id or str(dspy_lm.model)

@@ -75,6 +75,8 @@ def _common_prefix(a: Any, b: Any) -> int:
 class LocalLM:
     """A GGUF model file run by llama-cpp-python. Greedy decoding when ``temperature == 0``."""
 
+    concurrent = False  # one llama.cpp context: calls are serialised
+
     def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 4096,
                  n_threads: int | None = None, model_id: str | None = None,
                  verbose: bool = False, extra_buffers: bool | None = None) -> None:

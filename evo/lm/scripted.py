@@ -23,6 +23,8 @@ class ScriptedLM:
     failed or not, is recorded in :attr:`calls`. Token counts are whitespace tokens.
     """
 
+    concurrent = True  # thread-safe; with ``delay_s`` it simulates a parallel API
+
     def __init__(self, respond: Callable[[LMRequest], str] | Mapping[str, str], *,
                  model_id: str = "scripted", fail_every: int = 0,
                  errors: Callable[[LMRequest], BaseException | None] | None = None,

@@ -1,0 +1,39 @@
+"""The optimizer family, each a short ``run(search)`` on the shared engine (:mod:`evo.engine`).
+
+======================================  ============================================================
+name (``evo run --optimizer``)          what it searches
+======================================  ============================================================
+``evolution`` (:class:`Evolution`)      evo's default: KNN + random demo sets, reflective mutation,
+                                        DEAP crossover/mutation, Pareto selection, minibatch gate
+``gepa`` (:class:`GEPA`)                reflective instruction evolution, Pareto front, merge
+``miprov2`` (:class:`MIPROv2`)          bootstrapped demo sets x grounded instruction proposals
+``copro`` (:class:`COPRO`)              instruction breadth x depth, attempts fed back by score
+``labeled_fewshot``                     k random labeled demos
+``bootstrap_fewshot``                   the teacher's passing traces as demos
+``bootstrap_random_search``             many bootstrapped demo sets, the best on validation
+``knn_fewshot`` (:class:`KNNFewShot`)   each input's nearest training examples as demos
+``ensemble`` (:class:`Ensemble`)        several optimizers on one search; best or a vote
+``ga`` / ``de`` (:class:`EvoPrompt`)    EvoPrompt: LM crossover/mutation of instructions
+======================================  ============================================================
+
+``evo.optimizers.get(name, **params)`` builds one by name; :func:`register_optimizer` and
+:func:`register_operator` add a user's own.
+"""
+
+from evo.engine import Evolution, Search, SearchConfig
+from evo.optimizers.copro import COPRO
+from evo.optimizers.ensemble import Ensemble, vote_ensemble
+from evo.optimizers.evoprompt import DE, GA, EvoPrompt
+from evo.optimizers.fewshot import (BootstrapFewShot, BootstrapFewShotWithRandomSearch,
+                                    KNNFewShot, LabeledFewShot)
+from evo.optimizers.gepa import GEPA
+from evo.optimizers.mipro import MIPROv2
+from evo.optimizers.registry import (get, names, optimizer_class, register_operator,
+                                     register_optimizer)
+
+register_optimizer(Evolution)
+
+__all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
+           "Ensemble", "EvoPrompt", "Evolution", "KNNFewShot", "LabeledFewShot", "MIPROv2",
+           "Search", "SearchConfig", "get", "names", "optimizer_class", "register_operator",
+           "register_optimizer", "vote_ensemble"]

@@ -1,0 +1,62 @@
+"""COPRO (DSPy's coordinate-ascent prompt optimizer) on the shared engine.
+
+Breadth x depth: the prompt LM first writes ``breadth - 1`` instructions from the task alone
+(with the seed, ``breadth`` candidates); each is validated in full. Then, ``depth`` times, it is
+shown the instructions tried so far with their scores, in increasing order (best last), and
+writes ``breadth`` more. Every candidate keeps the seed program's demos. With a budget of B
+metric calls and V validation examples, COPRO can judge about B / V instructions in all.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from evo.engine import Search, SearchConfig
+from evo.optimizers.registry import register_optimizer
+from evo.proposers import copro_instruction
+
+
+@register_optimizer
+class COPRO(SearchConfig):
+    """Instruction search, breadth x depth, attempts fed back sorted by score."""
+
+    breadth: int = Field(10, ge=2)
+    depth: int = Field(3, ge=1)
+    init_temperature: float = Field(1.4, ge=0)
+    max_demos: int = Field(0, ge=0, description="demo slots (0: the seed program's demos)")
+    knn: bool = False
+
+    name: ClassVar[str] = "copro"
+
+    def run(self, search: Search) -> None:
+        seed = search.seed_candidate
+        base = search.archive.program(seed.genome)
+        for depth in range(self.depth + 1):
+            search.state.iteration += 1
+            attempts = sorted(((search.archive.instructions[c.genome[0]], c.val_score)
+                               for c in search.candidates if c.accepted and c.genome),
+                              key=lambda a: a[1])[-self.breadth:]
+            for _ in range(self.breadth - 1 if depth == 0 else self.breadth):
+                if not search.can_validate():
+                    return
+                proposal = copro_instruction(
+                    search.reflection_session, base, attempts=attempts if depth else (),
+                    description=search.description, seed=search.rng.randrange(2**31),
+                    temperature=self.init_temperature)
+                if proposal.instruction is None:
+                    search.emit("proposal_rejected", candidate=seed.id, op="copro",
+                                reason=f"{proposal.reason}; reply: {proposal.raw[:300]!r}")
+                    continue
+                iid, dup = search.archive.add_instruction(
+                    proposal.instruction, {"op": "copro", "depth": depth})
+                genome = list(seed.genome)
+                genome[0] = iid
+                cand = None if search.known(genome) else search.add(genome, (seed.id,), "copro",
+                                                                    f"depth {depth}")
+                if cand is None:
+                    search.emit("proposal_rejected", candidate=seed.id, op="copro",
+                                reason=dup or "instruction already tried")
+                    continue
+                search.validate(cand)

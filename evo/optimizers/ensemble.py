@@ -1,0 +1,203 @@
+"""Ensembles of optimizers and of programs.
+
+:class:`Ensemble` runs several optimizers one after another on **one** search: the same score
+matrix, cache and budget (each member gets an equal share of what is left when its turn comes,
+so a member that stops early leaves its rest to the next), and a prompt one member already
+judged is never paid for again by another. The result is then either the best candidate any
+member found (``combine="best"``) or a voting :class:`~evo.ensemble.EnsembleProgram` of up to
+``size`` validated candidates, chosen by greedy forward selection (Caruana et al., 2004) on the
+validation predictions already in the matrix, no LM call needed; the vote is kept only when it
+beats the best single candidate on validation.
+
+Members run in turn by default: the local model serves one call at a time, and sharing the
+matrix as they go is what makes them cheaper together. With ``parallel=True`` and an LM that
+serves calls in parallel (``lm.concurrent``, e.g. a hosted API), each member runs in its own
+thread on its own search (own matrix and archive, a fixed share of the budget, the seed's
+validation cells given to it free, the one cache and session shared), and their candidates and
+cells are then merged into the ensemble's search before the vote. Results do not depend on the
+thread timing: each member's decisions read only its own search.
+
+The ensemble's archive settings (``max_demos``, ``knn``, ``encoder``) apply to every member;
+each member's own search parameters are its own.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from evo.engine import Candidate, Evolution, Search, SearchConfig
+from evo.genome import key
+from evo.ensemble import EnsembleProgram
+from evo.evaluate import BudgetExhausted, Cell
+from evo.optimizers.fewshot import BootstrapFewShotWithRandomSearch, KNNFewShot
+from evo.optimizers.registry import register_optimizer
+from evo.program import Program
+
+
+def _default_members() -> list[SearchConfig]:
+    return [KNNFewShot(), BootstrapFewShotWithRandomSearch(), Evolution()]
+
+
+@register_optimizer
+class Ensemble(SearchConfig):
+    """Several optimizers on one shared search; the best candidate or a vote of the best."""
+
+    members: list[SearchConfig] = Field(default_factory=_default_members)
+    combine: Literal["best", "vote"] = "vote"
+    size: int = Field(3, ge=3, description="programs in the vote at most (odd: the best, then "
+                                           "pairs)")
+    vote: Literal["majority", "weighted"] = "majority"
+    parallel: bool = Field(False, description="run members in threads when the LM serves "
+                                              "calls in parallel (lm.concurrent)")
+
+    name: ClassVar[str] = "ensemble"
+
+    def run(self, search: Search) -> None:
+        if not self.members:
+            raise ValueError("Ensemble needs at least one member optimizer")
+        members = [m for m in self.members
+                   if not (isinstance(m, KNNFewShot) and not search.archive.knn)]
+        if len(members) < len(self.members):
+            search.emit("member_skipped", optimizer="knn_fewshot",
+                        reason="this search has no KNN demos (knn=False or max_demos=0)")
+        for m in members:
+            if isinstance(m, Ensemble) and m.combine == "vote":
+                raise ValueError("an Ensemble member cannot itself vote (combine='vote'); the "
+                                 "outer Ensemble votes over every member's candidates")
+        if self.parallel:
+            if getattr(search.task_session.lm, "concurrent", False):
+                _run_parallel(search, members)
+                members = []
+            else:
+                search.emit("member_start", member=-1, optimizer="", share=0,
+                            note="parallel=True but the LM serves one call at a time: members "
+                                 "run in turn")
+        for i, member in enumerate(members):
+            share = search.remaining() // (len(members) - i)
+            search.emit("member_start", member=i, optimizer=member.name, share=share)
+            with search.limit(share):
+                try:
+                    member.run(search)
+                except BudgetExhausted:
+                    pass
+        if self.combine == "vote":
+            vote_ensemble(search, self.size, self.vote)
+
+
+def _run_parallel(search: Search, members: list[SearchConfig]) -> None:
+    """Each member on its own search in a thread, then merged into ``search`` (module doc)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evo.evaluate import Budget
+
+    share = search.remaining() // len(members)
+    seed_cells = {col: search.matrix.cells[(0, col)] for col in search.all_cols}
+    shared = {k: getattr(search.config, k) for k in
+              ("max_demos", "knn", "encoder", "dedupe_threshold", "objectives", "fitness",
+               "max_tokens")}
+
+    def one(i: int, member: SearchConfig) -> Search:
+        config = member.model_copy(update={**shared, "budget": Budget(metric_calls=share)})
+        sub = Search(search.archive.base, search.trainset, search.valset, config=config,
+                     task_session=search.task_session,
+                     reflection_session=search.reflection_session, metric=search.metric,
+                     seed=search.seed + 1 + i, description=search.description)
+        sub.start(seed_cells)
+        try:
+            config.run(sub)
+        except BudgetExhausted:
+            pass
+        return sub
+
+    for i, member in enumerate(members):
+        search.emit("member_start", member=i, optimizer=member.name, share=share,
+                    parallel=True)
+    with ThreadPoolExecutor(max_workers=len(members)) as pool:
+        subs = list(pool.map(one, range(len(members)), members))
+    for i, sub in enumerate(subs):  # merged in member order: the result is thread-independent
+        _merge_search(search, sub, i)
+
+
+def _merge_search(search: Search, sub: Search, member: int) -> None:
+    """Copy ``sub``'s candidates (genomes translated to ``search``'s archive), their validation
+    cells and its spend into ``search``."""
+    ids = {0: 0}
+    for cand in sub.candidates[1:]:
+        text = sub.archive.instructions[cand.genome[0]]
+        iid, _ = search.archive.add_instruction(text, sub.archive.origins[cand.genome[0]],
+                                                dedupe=False)
+        n = cand.genome[1]
+        demos = [search.archive.demo_index(sub.archive.demo(d)) for d in cand.genome[3:3 + n]]
+        genome = search.archive.genome(iid, demos, cand.genome[2])
+        parents = tuple(ids.get(p, 0) for p in cand.parents)
+        new = search.add(genome, parents, cand.op, f"member {member}: {cand.note}".strip())
+        if new is None:
+            ids[cand.id] = search.state.by_key[key(genome)]
+            continue
+        ids[cand.id] = new.id
+        for (row, col), cell in sub.matrix.cells.items():
+            if row == cand.id:
+                search.matrix.set(new.id, col, cell)
+        if cand.accepted:
+            search.accept(new)
+    search.evaluator.metric_calls += sub.evaluator.metric_calls
+
+
+def vote_cells(search: Search, members: list[Candidate], vote: str) -> list[Cell]:
+    """The validation cells of a vote of ``members`` (all fully validated), from their
+    predictions in the matrix: no LM call."""
+    program = _ensemble_program(members, vote)
+    predictions = [program.vote_on([search.matrix.cells[(m.id, col)].prediction
+                                    for m in members]) for col in search.all_cols]
+    return search.evaluator.score(search.valset, predictions)
+
+
+def _ensemble_program(members: list[Candidate], vote: str) -> EnsembleProgram:
+    return EnsembleProgram(members=tuple(m.program for m in members), vote=vote,  # type: ignore[arg-type]
+                           weights=tuple(m.val_score for m in members)
+                           if vote == "weighted" else None)
+
+
+def vote_ensemble(search: Search, size: int, vote: str = "majority") -> Candidate | None:
+    """Greedy forward selection (in pairs) of up to ``size`` validated candidates whose vote scores best on
+    validation; the vote becomes a candidate when it beats the best single one."""
+    pool = sorted((c for c in search.candidates
+                   if c.accepted and c.genome and isinstance(c.program, Program)),
+                  key=lambda c: (-c.val_score, c.id))
+    if len(pool) < 2:
+        return None
+    # Majority votes want odd sizes: start from the best, then add the pair of candidates
+    # whose vote with those chosen scores best (a single addition makes an even tie).
+    chosen, best_set = [pool[0]], [pool[0]]
+    best_score = pool[0].val_score
+    while len(chosen) + 2 <= size:
+        rest = [c for c in pool if c not in chosen]
+        trials = []
+        for i, a in enumerate(rest):
+            for b in rest[i + 1:]:
+                cells = vote_cells(search, chosen + [a, b], vote)
+                program = _ensemble_program(chosen + [a, b], vote)
+                trials.append((search.fitness([c.score for c in cells], program),
+                               a.val_score + b.val_score, -a.id, -b.id, a, b))
+        if not trials:
+            break
+        score, *_, a, b = max(trials, key=lambda t: t[:4])
+        chosen += [a, b]
+        if score > best_score:
+            best_score, best_set = score, list(chosen)
+    if best_score <= pool[0].val_score:
+        search.emit("ensemble_rejected", reason="no vote beats the best single candidate on "
+                    "validation", best_single=pool[0].val_score)
+        return None
+    members = best_set
+    cand = search.add_program(_ensemble_program(members, vote),
+                              ("ensemble", tuple(m.id for m in members), vote),
+                              tuple(m.id for m in members), "ensemble", f"vote={vote}")
+    if cand is None:
+        return None
+    for col, cell in zip(search.all_cols, vote_cells(search, members, vote), strict=True):
+        search.matrix.set(cand.id, col, cell)
+    search.accept(cand)
+    return cand

@@ -1,0 +1,129 @@
+"""EvoPrompt (Guo et al., 2024): a genetic algorithm or differential evolution whose operators on
+instructions are LM calls, on the shared engine, with DEAP's integer operators on the demo genes.
+
+* **GA**: parents drawn by roulette wheel on validation fitness; the LM crosses their
+  instructions over and mutates the result; the demo genes get DEAP's uniform crossover and a
+  demo mutation. The population keeps the best ``population_size``.
+* **DE**: each member in turn is the base: the LM mutates the parts where two other members'
+  instructions differ, combines them with the best member's and crosses the result over with
+  the base; demo genes: uniform crossover of the base with the best, then a mutation. A child
+  that beats its base replaces it. With fewer than three members DE makes GA children.
+
+The population is seeded with the seed program and LM paraphrases of its instruction, each with
+a random demo set. EvoPrompt validates every child on the whole dev set; here a child must first
+beat its parent on a validation minibatch (the engine's acceptance test), so a budget judges
+more children.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from deap import tools
+from pydantic import Field
+
+from evo import genome as G
+from evo.engine import Candidate, Search, SearchConfig, _Individual, screen
+from evo.optimizers.registry import register_optimizer
+from evo.proposers import evoprompt_instruction, paraphrase
+
+
+class EvoPrompt(SearchConfig):
+    """EvoPrompt GA or DE on (instruction, demos) genomes."""
+
+    variant: Literal["ga", "de"] = "ga"
+    population_size: int = Field(4, ge=2)
+    demo_mutation_rate: float = Field(0.3, ge=0, le=1)
+    minibatch_size: int = Field(6, ge=1)
+    temperature: float = Field(0.5, ge=0)
+    knn: bool = False
+
+    name: ClassVar[str] = "evoprompt"
+
+    def run(self, search: Search) -> None:
+        archive, rng = search.archive, search.rng
+        seed = search.seed_candidate
+        attempts = 0
+        while len(search.state.population) < self.population_size and \
+                attempts < 3 * self.population_size and search.can_validate():
+            attempts += 1
+            search.state.iteration += 1
+            source = search.candidates[rng.choice(search.state.population)]
+            proposal = paraphrase(search.reflection_session, search.archive.base,
+                                  archive.instructions[source.genome[G.INSTRUCTION]],
+                                  seed=rng.randrange(2**31))
+            iid = seed.genome[G.INSTRUCTION]
+            if proposal.instruction is not None:
+                iid, _ = archive.add_instruction(proposal.instruction, {"op": "paraphrase"})
+            demos = archive.random_demos(rng, archive.max_demos) if archive.max_demos else []
+            genome = archive.genome(iid, demos)
+            if not search.known(genome):
+                cand = search.add(genome, (source.id,), "evoprompt_init")
+                assert cand is not None
+                search.validate(cand)
+        stale = step = 0
+        while search.can_validate() and stale < 50:
+            search.state.iteration += 1
+            step += 1
+            parent, child = self._offspring(search, step)
+            if child is None:
+                stale += 1
+                continue
+            stale = 0
+            if screen(search, child, parent, search.minibatch(parent, self.minibatch_size)) \
+                    and self.variant == "de" and child.val_score > parent.val_score \
+                    and parent.id in search.state.population:
+                search.state.population.remove(parent.id)  # DE: the child replaces its base
+
+    def _offspring(self, search: Search, step: int) -> tuple[Candidate, Candidate | None]:
+        archive, rng = search.archive, search.rng
+        pop = [search.candidates[i] for i in search.state.population]
+        text = lambda c: archive.instructions[c.genome[G.INSTRUCTION]]  # noqa: E731
+        if self.variant == "ga" or len(pop) < 3:
+            individuals = [_Individual(c.genome, c.id, (c.val_score + 1e-6, 0.0)) for c in pop]
+            with G.deap_random(rng):  # two distinct parents, each by roulette wheel
+                a = search.candidates[tools.selRoulette(individuals, 1)[0].cid]
+                rest = [i for i in individuals if i.cid != a.id] or individuals
+                b = search.candidates[tools.selRoulette(rest, 1)[0].cid]
+            parent = max((a, b), key=lambda c: c.val_score)
+            parents, mate = (text(a), text(b)), (b if parent is a else a)
+        else:
+            parent = sorted(pop, key=lambda c: c.id)[step % len(pop)]  # each member in turn
+            others = [c for c in pop if c.id != parent.id]
+            x, y = rng.sample(others, 2)
+            best = max(pop, key=lambda c: c.val_score)
+            parents, mate = (text(x), text(y), text(best), text(parent)), best
+        proposal = evoprompt_instruction(search.reflection_session, search.archive.base,
+                                         parents, variant=self.variant,
+                                         seed=rng.randrange(2**31), temperature=self.temperature)
+        genome = G.crossover(list(parent.genome), mate.genome, archive, rng) \
+            if archive.max_demos else list(parent.genome)
+        if archive.max_demos and rng.random() < self.demo_mutation_rate:
+            genome = G.mutate_demos(genome, archive, rng)
+        note = ""
+        if proposal.instruction is None:
+            search.emit("proposal_rejected", candidate=parent.id, op=f"evoprompt_{self.variant}",
+                        reason=f"{proposal.reason}; reply: {proposal.raw[:300]!r}")
+        else:
+            genome[G.INSTRUCTION], note = archive.add_instruction(
+                proposal.instruction, {"op": f"evoprompt_{self.variant}", "parent": parent.id})
+        if search.known(genome):
+            return parent, None
+        return parent, search.add(genome, (parent.id, mate.id), f"evoprompt_{self.variant}",
+                                  note)
+
+
+@register_optimizer
+class GA(EvoPrompt):
+    """EvoPrompt-GA (see :class:`EvoPrompt`)."""
+
+    variant: Literal["ga", "de"] = "ga"
+    name: ClassVar[str] = "ga"
+
+
+@register_optimizer
+class DE(EvoPrompt):
+    """EvoPrompt-DE (see :class:`EvoPrompt`)."""
+
+    variant: Literal["ga", "de"] = "de"
+    name: ClassVar[str] = "de"

@@ -1,0 +1,177 @@
+"""Demo-set optimizers, as in DSPy: LabeledFewShot, BootstrapFewShot,
+BootstrapFewShotWithRandomSearch and KNNFewShot, on the shared engine.
+
+Bootstrapping runs the teacher (the seed program unless one is given) on training examples;
+each run is a cell of the search's training score matrix, paid once and reused by every later
+bootstrap (a shuffled bootstrap round mostly reads cells it already has). A run that passes the
+metric becomes a demo with the teacher's own outputs (its "trace").
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import ClassVar
+
+from pydantic import Field
+
+from evo.engine import Candidate, Search, SearchConfig
+from evo.genome import INSTRUCTION, Genome
+from evo.optimizers.registry import register_optimizer
+
+
+def try_validate(search: Search, genome: Genome, op: str, parents: tuple[int, ...] = (0,),
+                 note: str = "") -> Candidate | None:
+    """Add ``genome`` and validate it when the budget allows; None if it is known or does not
+    fit."""
+    if search.known(genome) or not search.can_validate():
+        return None
+    cand = search.add(genome, parents, op, note)
+    assert cand is not None
+    search.validate(cand)
+    return cand
+
+
+def bootstrap(search: Search, teacher: Candidate, order: Sequence[int], n: int, *,
+              threshold: float = 1.0, reserve: int | None = None) -> list[int]:
+    """Demo ids of the first ``n`` training examples (in ``order``) on which ``teacher`` passes
+    the metric (score >= ``threshold``), each with the teacher's outputs. Stops early, keeping
+    ``reserve`` metric calls (default: enough to validate one candidate)."""
+    reserve = len(search.valset) if reserve is None else reserve
+    demos: list[int] = []
+    for i in order:
+        if len(demos) >= n:
+            break
+        if not search.train_known(teacher, i) and search.remaining() <= reserve:
+            break
+        score = float(search.train_scores(teacher, [i])[0])
+        prediction = search.train_cell(teacher, i).prediction
+        if score >= threshold and prediction.ok:
+            demos.append(search.archive.demo_id(search.trainset[i], prediction.outputs))
+    return demos
+
+
+def _labeled(search: Search, rng: random.Random, k: int, exclude: Sequence[int] = ()) -> list[int]:
+    ids = [i for i in range(len(search.archive.pool)) if i not in set(exclude)]
+    return rng.sample(ids, min(k, len(ids)))
+
+
+@register_optimizer
+class LabeledFewShot(SearchConfig):
+    """``k`` random labeled training examples as demos (DSPy's LabeledFewShot: no LM call to
+    build; its default k is 16, here the genome's ``max_demos`` slots). One validation."""
+
+    k: int | None = Field(None, ge=1, description="demos (default: max_demos)")
+    knn: bool = False
+
+    name: ClassVar[str] = "labeled_fewshot"
+
+    def run(self, search: Search) -> None:
+        k = min(self.k or search.archive.max_demos, search.archive.max_demos)
+        demos = _labeled(search, search.rng, k)
+        try_validate(search, search.archive.genome(0, demos), "labeled_demos")
+
+
+@register_optimizer
+class BootstrapFewShot(SearchConfig):
+    """DSPy's BootstrapFewShot: the teacher's passing runs on the training set, in order, become
+    up to ``max_bootstrapped_demos`` demos; labeled examples fill the remaining slots up to
+    ``max_labeled_demos``. One round (DSPy's ``max_rounds=1``), one validation."""
+
+    max_bootstrapped_demos: int = Field(4, ge=0)
+    max_labeled_demos: int = Field(16, ge=0)
+    metric_threshold: float = Field(1.0, description="a run passes when its score reaches it")
+    knn: bool = False
+
+    name: ClassVar[str] = "bootstrap_fewshot"
+
+    def run(self, search: Search) -> None:
+        genome = compile_bootstrap(search, list(range(len(search.trainset))),
+                                   self.max_bootstrapped_demos, self.max_labeled_demos,
+                                   self.metric_threshold, random.Random(0))
+        try_validate(search, genome, "bootstrapped_demos")
+
+
+def compile_bootstrap(search: Search, order: Sequence[int], max_boot: int, max_labeled: int,
+                      threshold: float, rng: random.Random, reserve: int | None = None) -> Genome:
+    """BootstrapFewShot's compile: bootstrapped demos, then labeled ones up to ``max_labeled``
+    (all within the genome's demo slots)."""
+    slots = search.archive.max_demos
+    boot = bootstrap(search, search.seed_candidate, order, min(max_boot, slots),
+                     threshold=threshold, reserve=reserve)
+    used = {search.archive.demo(d).id.removesuffix(":trace") for d in boot}
+    rest = [i for i, ex in enumerate(search.archive.pool) if ex.id not in used]
+    fill = min(max_labeled - len(boot), slots - len(boot), len(rest))
+    demos = boot + (rng.sample(rest, fill) if fill > 0 else [])
+    return search.archive.genome(search.seed_candidate.genome[INSTRUCTION], demos)
+
+
+@register_optimizer
+class BootstrapFewShotWithRandomSearch(SearchConfig):
+    """DSPy's BootstrapFewShotWithRandomSearch: candidate programs zero-shot, labeled-only,
+    bootstrapped in training order, then ``num_candidate_programs`` bootstraps of the shuffled
+    training set with a random number of demos (1..``max_bootstrapped_demos``); each is
+    validated in full and the best kept. Stops at ``stop_at_score`` or the budget."""
+
+    num_candidate_programs: int = Field(16, ge=0)
+    max_bootstrapped_demos: int = Field(4, ge=1)
+    max_labeled_demos: int = Field(4, ge=0)
+    metric_threshold: float = 1.0
+    stop_at_score: float | None = None
+    knn: bool = False
+
+    name: ClassVar[str] = "bootstrap_random_search"
+
+    def run(self, search: Search) -> None:
+        n = len(search.trainset)
+        instruction = search.seed_candidate.genome[INSTRUCTION]
+        for seed in range(-3, self.num_candidate_programs):
+            search.state.iteration += 1
+            if not search.can_validate():
+                break
+            rng = random.Random(search.seed * 10_007 + seed)
+            if seed == -3:
+                genome, op = search.archive.genome(instruction, []), "zero_shot"
+            elif seed == -2:
+                genome = search.archive.genome(
+                    instruction, _labeled(search, rng, min(self.max_labeled_demos,
+                                                           search.archive.max_demos)))
+                op = "labeled_demos"
+            else:
+                order = list(range(n))
+                size = self.max_bootstrapped_demos
+                if seed >= 0:
+                    rng.shuffle(order)
+                    size = rng.randint(1, self.max_bootstrapped_demos)
+                genome = compile_bootstrap(search, order, size, self.max_labeled_demos,
+                                           self.metric_threshold, rng)
+                op = "bootstrapped_demos"
+            cand = try_validate(search, genome, op, note=f"candidate program {seed}")
+            if cand is not None and self.stop_at_score is not None and \
+                    cand.val_score >= self.stop_at_score:
+                break
+
+
+@register_optimizer
+class KNNFewShot(SearchConfig):
+    """Per-input demos: each input gets its ``k`` nearest training examples (MiniLM embeddings,
+    FAISS index: :mod:`evo.knn`). DSPy's KNNFewShot retrieves the same way and then compiles
+    BootstrapFewShot per input; here the neighbours are shown with their gold labels (no LM
+    call). With ``ks`` several k are validated and the best kept."""
+
+    k: int | None = Field(None, ge=1, description="neighbours per input (default: max_demos)")
+    ks: tuple[int, ...] = Field((), description="further k values to try")
+
+    name: ClassVar[str] = "knn_fewshot"
+
+    def run(self, search: Search) -> None:
+        if not search.archive.knn:
+            raise ValueError("KNNFewShot needs knn=True and max_demos > 0")
+        instruction = search.seed_candidate.genome[INSTRUCTION]
+        limit = min(search.archive.max_demos, len(search.archive.pool))
+        for k in dict.fromkeys([self.k or limit, *self.ks]):
+            if not 1 <= k <= limit:
+                raise ValueError(f"KNNFewShot k={k} must be between 1 and {limit} "
+                                 "(max_demos and the training set size)")
+            search.state.iteration += 1
+            try_validate(search, search.archive.genome(instruction, [], k), "knn_demos")
