@@ -50,6 +50,7 @@ from evo.data import Example
 from evo.ensemble import EnsembleProgram
 from evo.evaluate import Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix
 from evo.genome import Archive, Genome
+from evo.kernels.matrix import row_stats
 from evo.kernels.moo import crowding_distance, nondominated_ranks, select_nsga2
 from evo.kernels.pareto import select_from_pareto_front
 from evo.lm.session import LMSession
@@ -328,7 +329,7 @@ class Search:
         may receive an :class:`EnsembleProgram`), else the mean."""
         if self.config.fitness is not None:
             return float(self.config.fitness(np.array(row, dtype=np.float64), program))
-        return float(np.mean(row))
+        return float(row_stats(np.array(row, dtype=np.float64)[None, :]).mean[0])
 
     def _objectives(self, ids: Sequence[int]) -> np.ndarray:
         return np.array([[self.candidates[i].val_score, self.candidates[i].program.prompt_chars()]
