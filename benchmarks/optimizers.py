@@ -8,7 +8,8 @@ deleted first), so its LM calls and search wall time are its own. The held-out t
 scored through one shared test cache (``OUT/test-cache.sqlite``): the baseline is paid once, and
 a program two optimizers both found is paid once (its test wall time then reads as near zero;
 the ``test calls`` column says how many were paid). Results go to ``OUT/NAME/row.json``;
-``--table`` prints the markdown table of every row found under ``OUT``.
+``--table`` prints the markdown table of every row found under ``OUT``; ``--replay`` reruns each
+named search on its own cache and checks it pays no LM call and returns the same best program.
 """
 
 from __future__ import annotations
@@ -66,6 +67,23 @@ def run_one(name: str, args: argparse.Namespace, task, lm, out: Path) -> dict:
     return row
 
 
+def replay(name: str, args: argparse.Namespace, task, lm, out: Path) -> str:
+    """Rerun ``name``'s search with the same seed on its own cache: the same seed and cache must
+    reproduce the same result without paying an LM call."""
+    import evo
+
+    row = json.loads((out / name / "row.json").read_text())
+    program = evo.Program(signature=task.signature, labels=task.labels)
+    result = evo.optimize(program, task.train, task.val, lm=lm, seed=args.seed,
+                          optimizer=evo.optimizers.get(name,
+                                                       budget=evo.Budget(metric_calls=args.budget)),
+                          cache=out / name / "cache.sqlite", description=task.description)
+    same = (result.best.to_json() == row["best"] and result.best_val == row["val_best"]
+            and result.metric_calls == row["metric_calls"])
+    return (f"{name}: replay paid {result.usage.calls} LM calls ({result.usage.cache_hits} "
+            f"cache hits); same best program, validation score and metric calls: {same}")
+
+
 def table(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/row.json"))]
     rows.sort(key=lambda r: -r["test"])
@@ -97,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="optimizer names (default: all)")
     parser.add_argument("--out", default="runs/optimizers")
     parser.add_argument("--table", action="store_true", help="print the table of all rows")
+    parser.add_argument("--replay", nargs="*", metavar="NAME",
+                        help="rerun these searches on their caches (default: every row)")
     args = parser.parse_args(argv)
 
     import evo
@@ -113,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: test {row['baseline']:.3f} -> {row['test']:.3f}, "
                   f"{row['lm_calls']} LM calls, search {row['search_s']:.0f} s, "
                   f"test {row['test_s']:.0f} s", flush=True)
+    if args.replay is not None:
+        task = evo.datasets.load(args.task, seed=args.seed, n_train=args.n_train,
+                                 n_val=args.n_val, n_test=args.n_test)
+        lm = make_lm(args.model)
+        for name in args.replay or [p.parent.name for p in sorted(out.glob("*/row.json"))]:
+            print(replay(name, args, task, lm, out), flush=True)
     if args.table:
         print(table(out))
     return 0
