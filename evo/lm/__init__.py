@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from evo.lm.base import LM, LMError, LMRequest, LMResponse, LMUnavailableError, Message
 from evo.lm.cache import ResponseCache, default_cache_path
+from evo.lm.dspy_engine import SessionEngine, to_dspy
 from evo.lm.hosted import DSPyLM, from_dspy, hosted
 from evo.lm.local import LocalLM, local
 from evo.lm.models import MODELS, ModelSpec, ensure_model
@@ -21,4 +22,5 @@ __all__ = [
     "LM", "LMRequest", "LMResponse", "Message", "LMError", "LMUnavailableError", "LMSession",
     "Usage", "ResponseCache", "default_cache_path", "ScriptedLM",
     "LocalLM", "local", "MODELS", "ModelSpec", "ensure_model", "DSPyLM", "hosted", "from_dspy",
+    "SessionEngine", "to_dspy",
 ]

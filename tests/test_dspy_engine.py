@@ -1,0 +1,68 @@
+"""DSPy runs on evo's LMs through one session: its calls hit evo's cache and ledger."""
+
+import pytest
+
+import evo
+from evo.lm import LMSession, ScriptedLM, to_dspy
+
+dspy = pytest.importorskip("dspy")
+
+
+def answer(req):
+    question = req.messages[-1].content
+    city = "Paris" if "France" in question else "Rome"
+    return f"[[ ## answer ## ]]\n{city}\n\n[[ ## completed ## ]]"
+
+
+def test_dspy_predict_runs_on_an_evo_lm_and_is_counted_in_its_ledger(tmp_path):
+    scripted = ScriptedLM(answer)
+    lm = to_dspy(scripted, cache=tmp_path / "cache.sqlite")
+    predict = dspy.Predict("question -> answer")
+    with dspy.context(lm=lm):
+        assert predict(question="Capital of France?").answer == "Paris"
+        assert predict(question="Capital of Italy?").answer == "Rome"
+        assert predict(question="Capital of France?").answer == "Paris"  # evo's cache answers
+    usage = lm.evo_session.usage
+    assert usage.calls == 2 and usage.cache_hits == 1 and usage.by_purpose == {"dspy": 2}
+    assert len(scripted.calls) == 2
+    # the system message (DSPy's field description) reached the backend as a system turn
+    assert scripted.calls[0].messages[0].role == "system"
+
+
+def test_shared_session_counts_dspy_and_evo_calls_together():
+    session = LMSession(ScriptedLM(answer))
+    lm = to_dspy(session)
+    with dspy.context(lm=lm):
+        dspy.Predict("question -> answer")(question="Capital of France?")
+    assert session.usage.requests == 1
+
+
+def test_repeated_samples_at_temperature_get_distinct_seeds_and_replay(tmp_path):
+    seen = []
+
+    def sampled(req):
+        seen.append(req.seed)
+        return f"[[ ## answer ## ]]\nseed {req.seed}\n\n[[ ## completed ## ]]"
+
+    path = tmp_path / "cache.sqlite"
+    outs = []
+    for _ in range(2):  # the second pass replays the first from the cache
+        lm = to_dspy(ScriptedLM(sampled), cache=path, temperature=1.0)
+        with dspy.context(lm=lm):
+            outs.append([dspy.Predict("question -> answer")(question="Pick one").answer
+                         for _ in range(3)])
+    assert outs[0] == outs[1] == ["seed 0", "seed 1", "seed 2"]
+    assert seen == [0, 1, 2]  # paid once each
+
+
+@pytest.mark.local_lm
+@pytest.mark.network
+def test_dspy_runs_on_the_embedded_local_model(tmp_path):
+    pytest.importorskip("llama_cpp")
+    lm = to_dspy(evo.lm.local("qwen2.5-coder-0.5b"), cache=tmp_path / "cache.sqlite",
+                 max_tokens=64)
+    classify = dspy.Predict("text -> sentiment: bool")
+    with dspy.context(lm=lm):
+        out = classify(text="I loved this film, a wonderful evening.")
+    assert isinstance(out.sentiment, bool)
+    assert lm.evo_session.usage.calls >= 1
