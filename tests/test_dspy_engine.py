@@ -66,3 +66,41 @@ def test_dspy_runs_on_the_embedded_local_model(tmp_path):
         out = classify(text="I loved this film, a wonderful evening.")
     assert isinstance(out.sentiment, bool)
     assert lm.evo_session.usage.calls >= 1
+
+
+def test_dspy_examples_and_metric_drive_an_evo_search():
+    from evo import dspy_compat
+
+    raw = [dspy.Example(text=f"item {i} is {'good' if i % 2 else 'bad'} stuff",
+                        label="pos" if i % 2 else "neg").with_inputs("text") for i in range(60)]
+    data = dspy_compat.examples(raw)
+    assert data[1].inputs == {"text": "item 1 is good stuff"} and data[1].outputs == {"label": "pos"}
+
+    def dspy_metric(gold, pred, trace=None):
+        return dspy.Prediction(score=float(gold.label == pred.label),
+                               feedback=f"the label is {gold.label}")
+
+    seen = []
+
+    def respond(req):
+        if req.purpose == "reflection":
+            seen.append(req.messages[-1].content)
+            return "- Say pos when the text says good."
+        last, system = req.messages[-1].content, req.messages[0].content
+        good = "says good" in system or (len(req.messages) - 2) // 2 >= 2
+        return "label: " + ("pos" if good and "good" in last else "neg")
+
+    program = evo.Program(signature="text -> label", labels=["pos", "neg"])
+    result = evo.optimize(program, data[:30], data[30:], lm=ScriptedLM(respond), cache=False,
+                          metric=dspy_compat.metric(dspy_metric),
+                          optimizer=evo.GEPA(budget=evo.Budget(metric_calls=150),
+                                             encoder="hashing"))
+    assert result.best_val == 1.0
+    assert any("the label is pos" in s for s in seen)  # the DSPy feedback reached reflection
+
+
+def test_dspy_examples_without_inputs_is_one_clear_error():
+    from evo import dspy_compat
+
+    with pytest.raises(evo.DataError, match="row 1.*with_inputs"):
+        dspy_compat.examples([dspy.Example(question="q", answer="a")])

@@ -1,0 +1,70 @@
+"""DSPy-style data and metrics for evo: ``dspy.Example`` lists and ``(gold, pred, trace)`` metrics.
+
+>>> # train = evo.dspy_compat.examples(dspy_trainset)            # dspy.Example -> evo.Example
+>>> # metric = evo.dspy_compat.metric(my_dspy_metric)            # (gold, pred, trace=None) -> evo
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from evo.data import DataError, Example
+from evo.metrics import Score
+from evo.program import Prediction
+
+
+def examples(data: Iterable[Any], *, inputs: Iterable[str] | None = None,
+             source: str = "dspy data") -> list[Example]:
+    """evo examples from ``dspy.Example`` objects (their ``with_inputs`` fields are the inputs,
+    the rest the gold outputs; ``inputs`` overrides). Values are turned into text. A row without
+    inputs or outputs is a :class:`DataError` naming the row."""
+    out = []
+    for row, item in enumerate(data, 1):
+        fields = {k: v for k, v in dict(item).items() if not k.startswith("dspy_")}
+        names = set(inputs) if inputs is not None else set(getattr(item, "_input_keys", None) or ())
+        if not names:
+            raise DataError("no input fields: call .with_inputs(...) on the dspy.Example or pass "
+                            "inputs=[...]", source=source, row=row)
+        ins = {k: str(v) for k, v in fields.items() if k in names}
+        outs = {k: str(v) for k, v in fields.items() if k not in names}
+        if not outs:
+            raise DataError(f"no gold output fields besides the inputs {sorted(names)}",
+                            source=source, row=row)
+        try:
+            out.append(Example(inputs=ins, outputs=outs))
+        except ValueError as exc:
+            raise DataError(str(exc).splitlines()[0], source=source, row=row) from None
+    return out
+
+
+def metric(fn: Callable[..., Any], *, name: str | None = None
+           ) -> Callable[[Example, Prediction], Score]:
+    """An evo metric from a DSPy metric ``fn(gold, pred, trace=None)``. ``gold`` is a
+    ``dspy.Example`` with the example's fields, ``pred`` a ``dspy.Prediction`` of the parsed
+    outputs. ``fn`` may return a bool / number, or a ``dspy.Prediction`` with ``score`` and
+    ``feedback`` (GEPA's feedback metrics); the feedback reaches evo's reflection. An unparseable
+    reply scores 0 without calling ``fn``."""
+    import dspy
+
+    def evo_metric(example: Example, prediction: Prediction) -> Score:
+        if not prediction.ok:
+            return Score(0.0, f"unusable reply: {prediction.error}")
+        gold = dspy.Example(**example.inputs, **example.outputs).with_inputs(*example.inputs)
+        result = fn(gold, dspy.Prediction(**prediction.outputs), None)
+        feedback = ""
+        if isinstance(result, dspy.Prediction) or hasattr(result, "score"):
+            feedback = str(getattr(result, "feedback", "") or "")
+            result = result.score
+        value = float(result)
+        if not math.isfinite(value):
+            raise ValueError(f"the DSPy metric returned {value}")
+        if not feedback:
+            said = ", ".join(f"{k}={v!r}" for k, v in prediction.outputs.items())
+            gold_text = ", ".join(f"{k}={v!r}" for k, v in example.outputs.items())
+            feedback = f"score {value:g}: expected {gold_text}, got {said}"
+        return Score(value, feedback)
+
+    evo_metric.__name__ = name or getattr(fn, "__name__", "dspy_metric")
+    return evo_metric
