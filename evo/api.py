@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from evo._io import write_json
 from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
 from evo.ensemble import EnsembleProgram
@@ -185,17 +186,11 @@ class Result:
             "scores": [[None if np.isnan(v) else v for v in row]
                        for row in self.matrix.scores.tolist()],
         }
-        _write_json(run_dir / "result.json", payload)
+        write_json(run_dir / "result.json", payload, indent=1, default=str)
         with open(run_dir / "events.jsonl", "w") as fh:
             for event in self.events:
                 fh.write(json.dumps(event, default=str) + "\n")
         return run_dir
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    tmp.replace(path)
 
 
 def _bar(total: int, desc: str, enabled: bool):

@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from evo._io import write_json
 from evo.program import Prediction, Program, Signature
 
 
@@ -90,12 +91,7 @@ class EnsembleProgram(BaseModel):
                 "members": [m.to_json() for m in self.members]}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"evo_ensemble": 1, **self.to_json()}, indent=2))
-        tmp.replace(path)
-        return path
+        return write_json(path, {"evo_ensemble": 1, **self.to_json()})
 
 
 def load_program(path: str | Path) -> Program | EnsembleProgram:

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from evo._io import write_json
 from evo.data import Example
 from evo.knn import KNNDemos
 from evo.lm.base import Message
@@ -211,12 +212,7 @@ class Program(BaseModel):
         return data
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"evo_program": 1, **self.to_json()}, indent=2))
-        tmp.replace(path)
-        return path
+        return write_json(path, {"evo_program": 1, **self.to_json()})
 
     @classmethod
     def load(cls, path: str | Path) -> Program:
