@@ -102,7 +102,7 @@ def build_optimizer(args: argparse.Namespace):
             params[name] = value
     for pair in args.set:
         key, sep, text = pair.partition("=")
-        if not sep or key not in cls.model_fields or key in ("budget", "members", "fitness"):
+        if not sep or key not in _params(cls):
             raise ValueError(f"--set {pair!r}: write NAME=VALUE with a parameter of "
                              f"{cls.name!r}: {', '.join(_params(cls))}")
         params[key] = _value(text)

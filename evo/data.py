@@ -34,6 +34,9 @@ class DataError(ValueError):
         self.source, self.row, self.field = source, row, field
 
 
+TRACE_SUFFIX = ":trace"
+
+
 class Example(BaseModel):
     """One task row: ``inputs`` (field -> text) and gold ``outputs`` (field -> text).
 
@@ -67,6 +70,16 @@ class Example(BaseModel):
                 json.dumps([self.inputs, self.outputs], sort_keys=True).encode()
             ).hexdigest()[:16]
             object.__setattr__(self, "id", digest)
+
+    def as_trace(self, outputs: dict[str, str]) -> Example:
+        """This example's inputs shown with other ``outputs`` (a teacher's bootstrapped run),
+        under the id ``<id>:trace`` so it stays recognisable as the same example."""
+        return Example(inputs=self.inputs, outputs=outputs, id=f"{self.id}{TRACE_SUFFIX}")
+
+    @property
+    def source_id(self) -> str:
+        """The id of the example this one is a trace of (its own id otherwise)."""
+        return self.id.removesuffix(TRACE_SUFFIX)
 
     @property
     def label(self) -> str:

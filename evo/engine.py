@@ -173,8 +173,12 @@ class SearchState:
 
     @property
     def best(self) -> Candidate:
-        validated = [self.candidates[i] for i in self.validated]
-        return max(validated, key=lambda c: (c.val_score, -c.program.prompt_chars(), -c.id))
+        return max((self.candidates[i] for i in self.validated), key=_rank)
+
+
+def _rank(c: Candidate) -> tuple[float, int, int]:
+    """Best first: fitness, then the shorter prompt, then the earlier candidate."""
+    return c.val_score, -c.program.prompt_chars(), -c.id
 
 
 class Search:
@@ -342,8 +346,7 @@ class Search:
             keep = select_nsga2(self._objectives(pop), [1.0, -1.0], k)
             self.state.population = sorted(pop[i] for i in keep)
             return
-        pop.sort(key=lambda i: (-self.candidates[i].val_score,
-                                self.candidates[i].program.prompt_chars(), i))
+        pop.sort(key=lambda i: _rank(self.candidates[i]), reverse=True)
         del pop[k:]
 
     def _check_fits(self, n: int) -> None:
@@ -385,8 +388,7 @@ class Search:
         if self.multi_objective:
             return self._crowded_tournament()
         if how == "best":
-            return max((self.candidates[i] for i in self.state.population),
-                       key=lambda c: (c.val_score, -c.program.prompt_chars(), -c.id))
+            return max((self.candidates[i] for i in self.state.population), key=_rank)
         if how == "pareto":
             rows = [r for r in self.state.validated if self.candidates[r].genome]
             agg = np.array([self.candidates[r].val_score for r in rows])
@@ -608,8 +610,3 @@ def reflect(search: Search, parent: Candidate, shown: Sequence[tuple[Example, Ce
                                "iteration": search.state.iteration})
     return genome, "reflection", dup
 
-
-def search(base_program: Program, trainset: Sequence[Example], valset: Sequence[Example], *,
-           config: SearchConfig, **kwargs: Any) -> SearchState:
-    """Run ``config``'s search and return its final state (see module docstring)."""
-    return config.search(base_program, trainset, valset, **kwargs)

@@ -126,7 +126,7 @@ class Archive:
                 if ex.id == example.id:
                     return i
             outputs = dict(example.outputs)
-        trace = Example(inputs=example.inputs, outputs=outputs, id=f"{example.id}:trace")
+        trace = example.as_trace(outputs)
         for i, ex in enumerate(self.traces):
             if ex.id == trace.id and ex.outputs == trace.outputs:
                 return len(self.pool) + i
@@ -136,8 +136,8 @@ class Archive:
     def demo_index(self, demo: Example) -> int:
         """The id of a demo taken from another archive over the same pool (a pool example or a
         trace), adding the trace if it is new here."""
-        if demo.id.endswith(":trace"):
-            source = next(ex for ex in self.pool if ex.id == demo.id.removesuffix(":trace"))
+        if demo.source_id != demo.id:
+            source = next(ex for ex in self.pool if ex.id == demo.source_id)
             return self.demo_id(source, dict(demo.outputs))
         return self.demo_id(demo)
 

@@ -166,8 +166,8 @@ class Program(BaseModel):
         (next to the question, where a small model attends most)."""
         if self.knn is None:
             return ()
-        # a bootstrapped trace ("<id>:trace") is the same example as pool member <id>
-        fixed = {d.id.removesuffix(":trace") for d in self.demos}
+        # a bootstrapped trace is the same example as the pool member it was run on
+        fixed = {d.source_id for d in self.demos}
         near = self.knn.retrieve([example], self.knn.k + len(fixed))[0]
         near = [d for d in near if d.id not in fixed]
         return tuple(reversed(near[: self.knn.k]))

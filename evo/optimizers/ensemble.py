@@ -125,12 +125,11 @@ def _merge_search(search: Search, sub: Search, member: int) -> None:
     cells and its spend into ``search``."""
     ids = {0: 0}
     for cand in sub.candidates[1:]:
-        text = sub.archive.instructions[cand.genome[0]]
-        iid, _ = search.archive.add_instruction(text, sub.archive.origins[cand.genome[0]],
-                                                dedupe=False)
-        n = cand.genome[1]
-        demos = [search.archive.demo_index(sub.archive.demo(d)) for d in cand.genome[3:3 + n]]
-        genome = search.archive.genome(iid, demos, cand.genome[2])
+        instruction, demo_ids, knn_k = key(cand.genome)
+        iid, _ = search.archive.add_instruction(sub.archive.instructions[instruction],
+                                                sub.archive.origins[instruction], dedupe=False)
+        demos = [search.archive.demo_index(sub.archive.demo(d)) for d in demo_ids]
+        genome = search.archive.genome(iid, demos, knn_k)
         parents = tuple(ids.get(p, 0) for p in cand.parents)
         new = search.add(genome, parents, cand.op, f"member {member}: {cand.note}".strip())
         if new is None:

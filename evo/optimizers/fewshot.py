@@ -51,8 +51,8 @@ def bootstrap(search: Search, teacher: Candidate, order: Sequence[int], n: int, 
     return demos
 
 
-def _labeled(search: Search, rng: random.Random, k: int, exclude: Sequence[int] = ()) -> list[int]:
-    ids = [i for i in range(len(search.archive.pool)) if i not in set(exclude)]
+def _labeled(search: Search, rng: random.Random, k: int) -> list[int]:
+    ids = list(range(len(search.archive.pool)))
     return rng.sample(ids, min(k, len(ids)))
 
 
@@ -99,7 +99,7 @@ def compile_bootstrap(search: Search, order: Sequence[int], max_boot: int, max_l
     slots = search.archive.max_demos
     boot = bootstrap(search, search.seed_candidate, order, min(max_boot, slots),
                      threshold=threshold, reserve=reserve)
-    used = {search.archive.demo(d).id.removesuffix(":trace") for d in boot}
+    used = {search.archive.demo(d).source_id for d in boot}
     rest = [i for i, ex in enumerate(search.archive.pool) if ex.id not in used]
     fill = min(max_labeled - len(boot), slots - len(boot), len(rest))
     demos = boot + (rng.sample(rest, fill) if fill > 0 else [])

@@ -112,16 +112,12 @@ def ancestors(search: Search, cid: int) -> set[int]:
     return seen
 
 
-def _components(genome: G.Genome) -> tuple:
-    n = genome[G.N_DEMOS]
-    return genome[G.INSTRUCTION], tuple(genome[G.DEMOS:G.DEMOS + n]), genome[G.KNN]
-
-
 def merge_genomes(a: Candidate, b: Candidate, ancestor: Candidate, search: Search
                   ) -> G.Genome | None:
     """gepa's system-aware merge: each component from the descendant that changed it from the
     common ancestor (both changed: the better one's); None if the merge equals a parent."""
-    ca, cb, co = _components(a.genome), _components(b.genome), _components(ancestor.genome)
+    # the components are what a genome expresses: instruction, fixed demos, KNN demo count
+    ca, cb, co = G.key(a.genome), G.key(b.genome), G.key(ancestor.genome)
     better = ca if a.val_score >= b.val_score else cb
     parts = [x if y == o else y if x == o else z
              for x, y, o, z in zip(ca, cb, co, better, strict=True)]

@@ -168,7 +168,7 @@ class MIPROv2(SearchConfig):
                     size = rng.randint(1, self.max_bootstrapped_demos)
                 g = compile_bootstrap(search, shuffled, size, self.max_labeled_demos,
                                       self.metric_threshold, rng, reserve=reserve)
-                demos = g[3:3 + g[1]]
+                demos = list(key(g)[1])
             if demos and demos not in sets:
                 sets.append(demos)
         search.emit("demo_sets", sets=sets)
