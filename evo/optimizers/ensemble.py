@@ -144,10 +144,10 @@ def _merge_search(search: Search, sub: Search, member: int) -> None:
     search.evaluator.metric_calls += sub.evaluator.metric_calls
 
 
-def vote_cells(search: Search, members: list[Candidate], vote: str) -> list[Cell]:
-    """The validation cells of a vote of ``members`` (all fully validated), from their
-    predictions in the matrix: no LM call."""
-    program = _ensemble_program(members, vote)
+def vote_cells(search: Search, program: EnsembleProgram, members: list[Candidate]
+               ) -> list[Cell]:
+    """The validation cells of ``program``, a vote of ``members`` (all fully validated), from
+    their predictions in the matrix: no LM call."""
     predictions = [program.vote_on([search.matrix.cells[(m.id, col)].prediction
                                     for m in members]) for col in search.all_cols]
     return search.evaluator.score(search.valset, predictions)
@@ -160,8 +160,8 @@ def _ensemble_program(members: list[Candidate], vote: str) -> EnsembleProgram:
 
 
 def vote_ensemble(search: Search, size: int, vote: str = "majority") -> Candidate | None:
-    """Greedy forward selection (in pairs) of up to ``size`` validated candidates whose vote scores best on
-    validation; the vote becomes a candidate when it beats the best single one."""
+    """Greedy forward selection (in pairs) of up to ``size`` validated candidates whose vote
+    scores best on validation; the vote becomes a candidate when it beats the best single one."""
     pool = sorted((c for c in search.candidates
                    if c.accepted and c.genome and isinstance(c.program, Program)),
                   key=lambda c: (-c.val_score, c.id))
@@ -169,34 +169,33 @@ def vote_ensemble(search: Search, size: int, vote: str = "majority") -> Candidat
         return None
     # Majority votes want odd sizes: start from the best, then add the pair of candidates
     # whose vote with those chosen scores best (a single addition makes an even tie).
-    chosen, best_set = [pool[0]], [pool[0]]
-    best_score = pool[0].val_score
+    chosen = [pool[0]]
+    best_score, best = pool[0].val_score, None
     while len(chosen) + 2 <= size:
         rest = [c for c in pool if c not in chosen]
         trials = []
         for i, a in enumerate(rest):
             for b in rest[i + 1:]:
-                cells = vote_cells(search, chosen + [a, b], vote)
                 program = _ensemble_program(chosen + [a, b], vote)
+                cells = vote_cells(search, program, chosen + [a, b])
                 trials.append((search.fitness([c.score for c in cells], program),
-                               a.val_score + b.val_score, -a.id, -b.id, a, b))
+                               a.val_score + b.val_score, -a.id, -b.id, a, b, program, cells))
         if not trials:
             break
-        score, *_, a, b = max(trials, key=lambda t: t[:4])
+        score, _, _, _, a, b, program, cells = max(trials, key=lambda t: t[:4])
         chosen += [a, b]
         if score > best_score:
-            best_score, best_set = score, list(chosen)
-    if best_score <= pool[0].val_score:
+            best_score, best = score, (list(chosen), program, cells)
+    if best is None:
         search.emit("ensemble_rejected", reason="no vote beats the best single candidate on "
                     "validation", best_single=pool[0].val_score)
         return None
-    members = best_set
-    cand = search.add_program(_ensemble_program(members, vote),
-                              ("ensemble", tuple(m.id for m in members), vote),
+    members, program, cells = best
+    cand = search.add_program(program, ("ensemble", tuple(m.id for m in members), vote),
                               tuple(m.id for m in members), "ensemble", f"vote={vote}")
     if cand is None:
         return None
-    for col, cell in zip(search.all_cols, vote_cells(search, members, vote), strict=True):
+    for col, cell in zip(search.all_cols, cells, strict=True):
         search.matrix.set(cand.id, col, cell)
     search.accept(cand)
     return cand
