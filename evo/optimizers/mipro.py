@@ -75,9 +75,8 @@ class MIPROv2(SearchConfig):
         instructions = self._instructions(search, n, demo_sets)
         combos = [(i, d) for i in range(len(instructions)) for d in range(len(demo_sets))]
         rows: dict[tuple[int, int], Candidate] = {}
-        seed_key = (0, 0) if not search.seed_candidate.genome[1] else None
-        if seed_key is not None:
-            rows[seed_key] = search.seed_candidate
+        if not key(search.seed_candidate.genome)[1]:  # a zero-shot seed is combination (0, 0)
+            rows[(0, 0)] = search.seed_candidate
 
         def genome(c: tuple[int, int]) -> Genome:
             return search.archive.genome(instructions[c[0]], demo_sets[c[1]])
@@ -125,6 +124,7 @@ class MIPROv2(SearchConfig):
         if not open_:
             return None
         scored = sorted((c for c in rows), key=lambda c: -estimate(c))
+        n_i, n_d = combos[-1][0] + 1, combos[-1][1] + 1  # combos is their product, in order
         if len(scored) < 2 or rng.random() < 0.25:
             unseen = [c for c in open_ if c not in rows]
             return rng.choice(unseen or open_)
@@ -135,8 +135,6 @@ class MIPROv2(SearchConfig):
                 mate = rng.choice(scored)
                 child = (parent[0], mate[1]) if rng.random() < 0.5 else (mate[0], parent[1])
             else:
-                n_i = 1 + max(c[0] for c in combos)
-                n_d = 1 + max(c[1] for c in combos)
                 if rng.random() < 0.5 and n_i > 1:
                     child = (rng.choice([i for i in range(n_i) if i != parent[0]]), parent[1])
                 elif n_d > 1:
