@@ -11,6 +11,7 @@
 from evo import datasets, lm, optimizers
 from evo.api import Report, Result, evaluate, optimize
 from evo.data import DataError, Dataset, Example, Task
+from evo.dspy_module import ModuleResult, optimize_module
 from evo.engine import Evolution, Search, SearchConfig
 from evo.ensemble import EnsembleProgram, load_program
 from evo.evaluate import Budget, ScoreMatrix
@@ -25,8 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
            "Budget", "DataError", "Dataset", "Ensemble", "EnsembleProgram", "EvoPrompt",
-           "Evolution", "Example", "KNNFewShot", "LabeledFewShot", "MIPROv2", "Prediction",
+           "Evolution", "Example", "KNNFewShot", "LabeledFewShot", "MIPROv2", "ModuleResult", "Prediction",
            "Program", "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig",
            "Signature", "Task", "TokenMetric", "contains", "datasets", "evaluate", "exact_match",
-           "f1", "lm", "load_program", "normalized_exact_match", "numeric_match", "optimize",
+           "f1", "lm", "load_program", "normalized_exact_match", "numeric_match", "optimize", "optimize_module",
            "optimizers", "register_operator", "register_optimizer"]

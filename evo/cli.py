@@ -1,5 +1,5 @@
-"""The ``evo`` command: ``evo run``, ``evo eval``, ``evo predict``, ``evo optimizers``,
-``evo datasets``, ``evo models``."""
+"""The ``evo`` command: ``evo run``, ``evo eval``, ``evo predict``, ``evo bench``,
+``evo optimizers``, ``evo datasets``, ``evo models``."""
 
 from __future__ import annotations
 
@@ -218,6 +218,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if prediction.ok else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from evo import bench
+
+    overrides = {k: getattr(args, k) for k in ("tasks", "optimizers", "budgets", "seeds",
+                                               "n_train", "n_val", "n_test", "model", "out")}
+    if args.config:
+        config = bench.BenchConfig.load(args.config, **overrides)
+    else:
+        config = bench.BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if not args.report_only:
+        cells = config.cells()
+        print(f"evo bench: {len(cells)} runs ({len(config.tasks)} tasks x {len(config.seeds)} "
+              f"seeds x {len(config.optimizers)} optimizers x {len(config.budgets)} budgets, "
+              f"+ baselines), results under {config.out}", flush=True)
+        bench.run_suite(config, log=lambda line: print(line, flush=True))
+    text, png = bench.report(config.out)
+    print(text)
+    print(f"table: {config.out / 'table.md'}; plot: {png}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from evo import datasets
 
@@ -275,6 +296,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", action="append", default=[], metavar="FIELD=TEXT", required=True)
     _add_lm_args(pr)
     pr.set_defaults(func=cmd_predict)
+
+    be = sub.add_parser("bench", help="tasks x optimizers x budgets x seeds, evo vs DSPy: "
+                        "JSON per run, a markdown table and a plot (resumable)")
+    be.add_argument("--config", help="a TOML suite (e.g. benchmarks/configs/small.toml); "
+                    "the flags below override its keys")
+    be.add_argument("--tasks", nargs="+")
+    be.add_argument("--optimizers", nargs="+",
+                    help="evo names (see `evo optimizers`) and dspy.gepa, dspy.miprov2, "
+                         "dspy.copro, dspy.bootstrap_random_search")
+    be.add_argument("--budgets", nargs="+", type=int, help="metric calls per search")
+    be.add_argument("--seeds", nargs="+", type=int)
+    be.add_argument("--n-train", type=int)
+    be.add_argument("--n-val", type=int)
+    be.add_argument("--n-test", type=int)
+    be.add_argument("--model", help="embedded model name, .gguf path or provider/model")
+    be.add_argument("--out", type=Path, help="results directory (default runs/bench)")
+    be.add_argument("--report-only", action="store_true",
+                    help="write the table and plot from the results already there")
+    be.set_defaults(func=cmd_bench)
 
     sub.add_parser("optimizers", help="list optimizers and their parameters").set_defaults(
         func=cmd_optimizers)

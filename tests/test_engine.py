@@ -56,6 +56,10 @@ def test_search_improves_on_held_out_data():
     report = result.report(TEST)
     assert report.baseline == 0.5 and report.optimized == 1.0
     assert report.ci_low > 0
+    # the engine-efficiency figures printed with every run
+    text = str(report)
+    assert "% hit rate)" in text and "in the LM" in text and "in evo's own code" in text
+    assert "prompt tokens reused from the KV cache" in text
 
 
 def test_budget_is_respected_and_no_pair_paid_twice():

@@ -1,0 +1,580 @@
+"""``evo bench``: tasks x optimizers x budgets x seeds, evo's optimizers and DSPy's, one ledger.
+
+Every cell of the grid runs one optimizer on one task split (seeded) under a budget of metric
+calls, on the very same LM for both sides: DSPy's optimizers get ``evo.lm.to_dspy(session)``, so
+their LM calls (task, proposals, reflection, adapter re-asks) land in the same evo session ledger
+as an evo search's. Each cell then scores its program on the held-out test split and writes
+``OUT/TASK/seedS/OPTIMIZER-bBUDGET/result.json``.
+
+Resume: a cell with a ``result.json`` is done and skipped; a cell killed half-way reruns on its
+own response cache (``cache.sqlite`` beside it), which replays every call it had paid, so a
+stopped suite restarts where it stopped. Test scores go through one test cache per task split:
+a program two optimizers both found, and the baselines, are paid once.
+
+>>> # evo bench --config benchmarks/configs/small.toml
+>>> # evo bench --tasks trec sms_spam --optimizers evolution dspy.gepa --budgets 300 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import tomllib
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from evo._io import write_json
+from evo.data import DataError, Example, Task
+from evo.lm.session import LMSession, Usage
+from evo.metrics import Metric, as_score, exact_match
+from evo.program import Prediction, Program
+
+DSPY_PREFIX = "dspy."
+# Reply cap of DSPy task calls: ChatAdapter's field markers take ~20 tokens around a short answer
+# (evo's own format needs a few); a longer cap only lets a small model ramble.
+TASK_TOKENS = 64
+BASELINES = ("baseline", "dspy.baseline")  # the unoptimized program, evo's and DSPy's format
+
+
+class BenchConfig(BaseModel):
+    """One suite: the grid and the splits. Loads from a TOML file (``evo bench --config``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[str] = Field(min_length=1)
+    optimizers: list[str] = Field(min_length=1)
+    budgets: list[int] = Field(default=[300], min_length=1)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    n_train: int = Field(default=100, ge=1)
+    n_val: int = Field(default=50, ge=1)
+    n_test: int = Field(default=200, ge=1)
+    model: str = "qwen2.5-coder-0.5b"
+    out: Path = Path("runs/bench")
+    # Zero-shot programs scored on each split: evo's prompt format and DSPy's ChatAdapter.
+    baselines: list[str] = list(BASELINES)
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(b <= 0 for b in value):
+            raise ValueError(f"budgets must be positive, got {value}")
+        return value
+
+    @field_validator("optimizers")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from evo.optimizers import names
+
+        known = set(names()) | set(DSPY_OPTIMIZERS)
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise ValueError(f"unknown optimizers {unknown}: choose from {sorted(known)}")
+        return value
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}: choose from {list(BASELINES)}")
+        return value
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> BenchConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise DataError(str(exc), source=str(path)) from None
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def cells(self) -> list[tuple[str, int, str, int]]:
+        """(task, seed, optimizer, budget) in run order: seed by seed, so a suite stopped early
+        has every task at its first seeds; a split's cells back to back."""
+        names = list(dict.fromkeys(self.baselines + self.optimizers))
+        out = []
+        for seed in self.seeds:
+            for task in self.tasks:
+                for name in names:
+                    for budget in ([0] if name in BASELINES else self.budgets):
+                        out.append((task, seed, name, budget))
+        return out
+
+
+# --- the DSPy side -------------------------------------------------------------------------------
+
+def dspy_signature(task: Task, instruction: str):
+    """The task's signature as a ``dspy.Signature``: a closed label set becomes a ``Literal``."""
+    import typing
+
+    import dspy
+
+    program = Program(signature=task.signature, labels=task.labels)
+    fields: dict[str, Any] = {f.name: (str, dspy.InputField()) for f in program.signature.inputs}
+    for f in program.signature.outputs:
+        kind = typing.Literal[tuple(task.labels)] if task.labels else str  # type: ignore[misc]
+        fields[f.name] = (kind, dspy.OutputField())
+    return dspy.make_signature(fields, instruction)
+
+
+def to_dspy_examples(examples: Sequence[Example]) -> list:
+    import dspy
+
+    return [dspy.Example(**ex.inputs, **ex.outputs).with_inputs(*ex.inputs) for ex in examples]
+
+
+class Counter:
+    """A thread-safe count."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.n += 1
+
+
+def counted_predict(signature: Any, runs: Counter):
+    """A ``dspy.Predict`` that counts its runs in ``runs``: the DSPy side's metric calls, in the
+    unit of evo's (one program run on one example, scored or not: DSPy skips the metric when a
+    reply cannot be parsed, GEPA still counts it). The counter lives on a class made for this
+    run, so every copy an optimizer makes (``deepcopy``, ``reset_copy``) counts too."""
+    import dspy
+
+    def forward(self, **kwargs):
+        runs.add()
+        return dspy.Predict.forward(self, **kwargs)
+
+    cls = type("CountedPredict", (dspy.Predict,), {"forward": forward})
+    return cls(signature)
+
+
+class EvoMetric:
+    """A DSPy metric ``(gold, pred, trace=None, ...)`` over an evo metric. ``feedback=True``
+    returns GEPA's ``dspy.Prediction(score=, feedback=)``; otherwise a float."""
+
+    def __init__(self, metric: Metric, outputs: Sequence[str], *, feedback: bool = False) -> None:
+        self.metric, self.outputs, self.feedback = metric, tuple(outputs), feedback
+        self.__name__ = getattr(metric, "__name__", "metric")
+
+    def __call__(self, gold, pred, trace=None, pred_name=None, pred_trace=None):
+        import dspy
+
+        example = Example(inputs={k: str(gold[k]) for k in gold.inputs().keys()},
+                          outputs={k: str(gold[k]) for k in self.outputs})
+        score = as_score(self.metric(example, dspy_prediction(pred, self.outputs)))
+        if self.feedback:
+            return dspy.Prediction(score=score.value, feedback=score.feedback or
+                                   f"score {score.value:g}")
+        return score.value
+
+
+def dspy_prediction(pred: Any, outputs: Sequence[str]) -> Prediction:
+    """An evo :class:`Prediction` from a ``dspy.Prediction`` (missing fields: not ok)."""
+    values = {k: getattr(pred, k, None) for k in outputs}
+    missing = [k for k, v in values.items() if v is None]
+    if missing:
+        return Prediction(str(pred), None, f"missing {missing}")
+    return Prediction(str(pred), {k: str(v) for k, v in values.items()})
+
+
+def _dspy_gepa(student, train, val, metric: EvoMetric, budget: int, seed: int, lms):
+    import dspy
+
+    return dspy.GEPA(metric=metric, max_metric_calls=budget, reflection_lm=lms["prompt"],
+                     num_threads=1, seed=seed, track_stats=False
+                     ).compile(student, trainset=train, valset=val)
+
+
+def _dspy_miprov2(student, train, val, metric: EvoMetric, budget: int, seed: int, lms):
+    from dspy.teleprompt import MIPROv2
+
+    # DSPy's own auto="light" sizes (6 candidates) with the trials fitted to the budget: the
+    # default program's full evaluation, ~8 calls per bootstrapped demo set, then minibatch
+    # trials with a full evaluation every 5.
+    n_val, candidates = len(val), 6
+    batch = min(35, n_val)
+    left = budget - n_val - 8 * candidates
+    trials = max(1, int(left / (batch + n_val / 5)))
+    optimizer = MIPROv2(metric=metric, prompt_model=lms["prompt"], task_model=lms["task"],
+                        auto=None, num_candidates=candidates, num_threads=1, seed=seed,
+                        verbose=False, track_stats=False)
+    return optimizer.compile(student, trainset=train, valset=val, num_trials=trials,
+                             minibatch_size=batch, requires_permission_to_run=False)
+
+
+def _dspy_copro(student, train, val, metric: EvoMetric, budget: int, seed: int, lms):
+    from dspy.teleprompt import COPRO
+
+    # COPRO scores every candidate on the set it is given: give it the validation split, and
+    # breadth x depth evaluations of it fit the budget.
+    depth = 2
+    breadth = max(2, budget // (depth * len(val)))
+    optimizer = COPRO(prompt_model=lms["prompt"], metric=metric, breadth=breadth, depth=depth,
+                      init_temperature=1.0)
+    return optimizer.compile(student, trainset=val, eval_kwargs={"num_threads": 1,
+                                                                "display_progress": False})
+
+
+def _dspy_bootstrap_rs(student, train, val, metric: EvoMetric, budget: int, seed: int, lms):
+    from dspy.teleprompt import BootstrapFewShotWithRandomSearch
+
+    # Three fixed programs (zero-shot, labeled, unshuffled bootstrap) plus n random ones, each
+    # scored on the whole validation split; each bootstrapped one first spends ~8 teacher runs.
+    n = max(1, (budget - 3 * len(val) - 8) // (len(val) + 8))
+    optimizer = BootstrapFewShotWithRandomSearch(metric=metric, max_bootstrapped_demos=4,
+                                                 max_labeled_demos=4, num_candidate_programs=n,
+                                                 num_threads=1)
+    return optimizer.compile(student, trainset=train, valset=val)
+
+
+DSPY_OPTIMIZERS: dict[str, Callable[..., Any]] = {
+    "dspy.gepa": _dspy_gepa,
+    "dspy.miprov2": _dspy_miprov2,
+    "dspy.copro": _dspy_copro,
+    "dspy.bootstrap_random_search": _dspy_bootstrap_rs,
+}
+
+
+def dspy_evaluate(program: Any, examples: Sequence[Example], lm: Any, metric: Metric,
+                  outputs: Sequence[str]) -> np.ndarray:
+    """Scores of a DSPy program on ``examples`` (one by one; a failed call or an unparseable
+    reply scores 0, as in ``dspy.Evaluate``)."""
+    import dspy
+
+    from evo.lm.base import LMUnavailableError
+
+    scores = np.zeros(len(examples))
+    with dspy.context(lm=lm):
+        for i, ex in enumerate(examples):
+            try:
+                pred = program(**ex.inputs)
+            except LMUnavailableError:
+                raise
+            except Exception:  # noqa: BLE001 - DSPy's adapter errors: the reply is unusable
+                continue
+            scores[i] = as_score(metric(ex, dspy_prediction(pred, outputs))).value
+    return scores
+
+
+def dspy_program_json(program: Any) -> dict[str, Any]:
+    """What a DSPy program learned: each predictor's instruction and demos."""
+    return {name: {"instruction": p.signature.instructions,
+                   "demos": [dict(d) for d in p.demos]}
+            for name, p in program.named_predictors()}
+
+
+# --- one cell -----------------------------------------------------------------------------------
+
+def _efficiency(usage: Usage, wall: float) -> dict[str, float]:
+    return {"lm_share": usage.lm_seconds / wall if wall > 0 else 0.0,
+            "cache_hit_rate": usage.cache_hits / usage.requests if usage.requests else 0.0,
+            "reused_prompt_tokens": usage.reused_prompt_tokens,
+            "reused_share": usage.reused_prompt_tokens / max(1, usage.prompt_tokens)}
+
+
+def efficiency_line(usage: Usage, wall: float) -> str:
+    """The engine-efficiency figures printed with every run."""
+    e = _efficiency(usage, wall)
+    return (f"wall {wall:.0f} s: {e['lm_share']:.0%} in the LM, {1 - e['lm_share']:.0%} in "
+            f"evo/DSPy code; cache hits {usage.cache_hits}/{usage.requests} "
+            f"({e['cache_hit_rate']:.0%}); prompt tokens reused from the KV cache "
+            f"{usage.reused_prompt_tokens}/{usage.prompt_tokens} ({e['reused_share']:.0%})")
+
+
+class Cell:
+    """One (task, seed, optimizer, budget) run of a suite."""
+
+    def __init__(self, config: BenchConfig, task: Task, seed: int, optimizer: str, budget: int,
+                 lm: Any) -> None:
+        self.config, self.task, self.seed = config, task, seed
+        self.optimizer, self.budget, self.lm = optimizer, budget, lm
+        split = config.out / task.name / f"seed{seed}"
+        self.dir = split / (optimizer if optimizer in BASELINES else f"{optimizer}-b{budget}")
+        self.test_cache = split / "test-cache.sqlite"
+        self.outputs = [f.name for f in Program(signature=task.signature).signature.outputs]
+
+    @property
+    def result_path(self) -> Path:
+        return self.dir / "result.json"
+
+    def done(self) -> dict[str, Any] | None:
+        """The finished result, if any. One made with another model or other split sizes is an
+        error: the output folder belongs to one configuration."""
+        if not self.result_path.exists():
+            return None
+        done = json.loads(self.result_path.read_text())
+        splits = [len(self.task.train), len(self.task.val), len(self.task.test)]
+        if done.get("model") != self.config.model or done.get("splits") != splits:
+            raise DataError(f"was made with model {done.get('model')!r} and splits "
+                            f"{done.get('splits')}, not {self.config.model!r} and {splits}: "
+                            "use another --out for another configuration",
+                            source=str(self.result_path))
+        return done
+
+    def run(self) -> dict[str, Any]:
+        from evo.api import session_for
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        resumed = (self.dir / "cache.sqlite").exists()
+        session = session_for(self.lm, self.dir / "cache.sqlite")
+        started = time.perf_counter()
+        if self.optimizer.startswith(DSPY_PREFIX):
+            program, metric_calls, evaluate, learned = self._run_dspy(session)
+        else:
+            program, metric_calls, evaluate, learned = self._run_evo(session)
+        wall = time.perf_counter() - started
+        usage = session.usage.copy()
+        test_session = session_for(self.lm, self.test_cache)
+        t0 = time.perf_counter()
+        scores = evaluate(program, list(self.task.test), test_session)
+        test_s = time.perf_counter() - t0
+        result = {
+            "task": self.task.name, "seed": self.seed, "optimizer": self.optimizer,
+            "side": "dspy" if self.optimizer.startswith(DSPY_PREFIX) else "evo",
+            "budget": self.budget, "model": self.config.model,
+            "splits": [len(self.task.train), len(self.task.val), len(self.task.test)],
+            "test": float(scores.mean()), "test_scores": scores.tolist(),
+            "metric_calls": metric_calls,
+            "over_budget": max(0, metric_calls - self.budget) if self.budget else 0,
+            "lm_calls": usage.requests, "paid_lm_calls": usage.calls,
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "lm_by_purpose": usage.by_purpose, "wall_s": wall, "lm_s": usage.lm_seconds,
+            "resumed": resumed, "test_s": test_s, **_efficiency(usage, wall),
+            "program": learned,
+        }
+        write_json(self.result_path, result)
+        result["efficiency"] = efficiency_line(usage, wall)
+        return result
+
+    def _metric(self) -> Metric:
+        return exact_match
+
+    def _run_evo(self, session: LMSession):
+        import evo
+        from evo.evaluate import evaluate_program
+
+        base = Program(signature=self.task.signature, labels=self.task.labels)
+
+        def evaluate(program, examples, test_session):
+            return evaluate_program(program, examples, test_session, self._metric())[0]
+
+        if self.optimizer == "baseline":
+            return base, 0, evaluate, base.to_json()
+        optimizer = evo.optimizers.get(self.optimizer,
+                                       budget=evo.Budget(metric_calls=self.budget))
+        result = evo.optimize(base, self.task.train, self.task.val, lm=session,
+                              optimizer=optimizer, seed=self.seed, metric=self._metric(),
+                              description=self.task.description, run_dir=self.dir / "search")
+        best = result.best
+        return best, result.metric_calls, evaluate, best.to_json()
+
+    def _run_dspy(self, session: LMSession):
+        import dspy
+
+        from evo.lm import to_dspy
+        from evo.program import default_instruction
+
+        instruction = default_instruction(Program(signature=self.task.signature).signature)
+        runs = Counter()
+        student = counted_predict(dspy_signature(self.task, instruction), runs)
+        lms = {"task": to_dspy(session, max_tokens=TASK_TOKENS),
+               "prompt": to_dspy(session, purpose="proposal", max_tokens=512)}
+        # GEPA reads the metric's feedback; the others want a number.
+        metric = EvoMetric(self._metric(), self.outputs, feedback=self.optimizer == "dspy.gepa")
+
+        def evaluate(program, examples, test_session):
+            return dspy_evaluate(program, examples,
+                                 to_dspy(test_session, max_tokens=TASK_TOKENS),
+                                 self._metric(), self.outputs)
+
+        if self.optimizer == "dspy.baseline":
+            return student, 0, evaluate, dspy_program_json(student)
+        run = DSPY_OPTIMIZERS[self.optimizer]
+        train, val = to_dspy_examples(self.task.train), to_dspy_examples(self.task.val)
+        # DSPy's Evaluate cancels a run after 10 failed examples (max_errors); a small model's
+        # unparseable replies are failures the metric scores 0, not a reason to stop.
+        with dspy.context(lm=lms["task"], max_errors=1 << 30):
+            program = run(student, train, val, metric, self.budget, self.seed, lms)
+        return program, runs.n, evaluate, dspy_program_json(program)
+
+
+# --- the suite, the table and the plot ---------------------------------------------------------
+
+def run_suite(config: BenchConfig, *, lm: Any = None,
+              load: Callable[[str, int], Task] | None = None,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Run every cell not done yet (in :meth:`BenchConfig.cells` order) on ``lm`` (default: the
+    config's ``model``, loaded when a cell needs it); return all results. ``load(task, seed)``
+    gives a task's splits (default: the public dataset at the config's sizes), e.g. your own."""
+    import evo
+    from evo.cli import make_lm
+    from evo.lm.base import LMUnavailableError
+
+    def public(name: str, seed: int) -> Task:
+        return evo.datasets.load(name, seed=seed, n_train=config.n_train, n_val=config.n_val,
+                                 n_test=config.n_test)
+
+    load = load or public
+    tasks: dict[tuple[str, int], Task] = {}
+    results = []
+    cells = config.cells()
+    for i, (task_name, seed, name, budget) in enumerate(cells, 1):
+        if (task_name, seed) not in tasks:
+            tasks[(task_name, seed)] = load(task_name, seed)
+        cell = Cell(config, tasks[(task_name, seed)], seed, name, budget, lm)
+        label = f"[{i}/{len(cells)}] {task_name} seed {seed} {name}" + \
+            (f" budget {budget}" if budget else "")
+        done = cell.done()
+        if done is not None:
+            log(f"{label}: done before (test {done['test']:.3f})")
+            results.append(done)
+            continue
+        if lm is None:
+            lm = cell.lm = make_lm(config.model)
+        try:
+            result = cell.run()
+        except LMUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one broken run must not end the suite
+            # Recorded beside the run (its cache keeps what it paid); a rerun retries it.
+            write_json(cell.dir / "error.json", {"error": f"{type(exc).__name__}: {exc}",
+                                                 "traceback": traceback.format_exc()})
+            log(f"{label}: FAILED ({type(exc).__name__}: {exc}); see {cell.dir / 'error.json'}")
+            continue
+        over = f", {result['over_budget']} metric calls over budget" \
+            if result["over_budget"] else ""
+        efficiency = result.pop("efficiency")
+        if name in BASELINES:
+            log(f"{label}: test {result['test']:.3f} ({result['test_s']:.0f} s)")
+        else:
+            log(f"{label}: test {result['test']:.3f}, {result['metric_calls']} metric calls"
+                f"{over}, {result['lm_calls']} LM calls, test pass {result['test_s']:.0f} s"
+                f"\n    search {efficiency}")
+        results.append(result)
+    return results
+
+
+def load_results(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("*/seed*/*/result.json"))]
+
+
+def _mean_ci(per_seed: list[np.ndarray], seed: int = 0) -> tuple[float, float, float]:
+    """Mean over seeds of the test accuracy and a 95% bootstrap CI that resamples test
+    examples within each seed (each seed keeps its own split)."""
+    from evo.kernels.stats import bootstrap_means
+
+    means = np.array([s.mean() for s in per_seed])
+    draws = np.mean([bootstrap_means(s - s.mean(), 4000, seed + i)
+                     for i, s in enumerate(per_seed)], axis=0)
+    low, high = np.quantile(draws, [0.025, 0.975])
+    return float(means.mean()), float(means.mean() + low), float(means.mean() + high)
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """One row per (task, optimizer, budget) over its seeds."""
+    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["task"], r["optimizer"], r["budget"])].append(r)
+    rows = []
+    for (task, name, budget), rs in groups.items():
+        rs.sort(key=lambda r: r["seed"])
+        mean, low, high = _mean_ci([np.asarray(r["test_scores"], float) for r in rs])
+        rows.append({
+            "task": task, "optimizer": name, "side": rs[0]["side"], "budget": budget,
+            "seeds": [r["seed"] for r in rs], "per_seed": [r["test"] for r in rs],
+            "test": mean, "ci": [low, high],
+            "metric_calls": float(np.mean([r["metric_calls"] for r in rs])),
+            "over_budget": max(r["over_budget"] for r in rs),
+            "lm_calls": float(np.mean([r["lm_calls"] for r in rs])),
+            "prompt_tokens": float(np.mean([r["prompt_tokens"] for r in rs])),
+            "wall_s": float(np.mean([r["wall_s"] for r in rs])),
+            "lm_share": float(np.mean([r["lm_share"] for r in rs])),
+            "resumed": any(r["resumed"] for r in rs),
+        })
+    rows.sort(key=lambda r: (r["task"], r["budget"], -r["test"]))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table: held-out accuracy (mean over seeds, 95% bootstrap CI over the test
+    examples; the per-seed values show the spread between seeds) and what each search spent."""
+    lines = ["| task | optimizer | budget | test accuracy [95% CI] | per seed | metric calls "
+             "| LM calls | prompt tokens | search wall | LM share |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    resumed = False
+    for r in rows:
+        over = f" (**+{r['over_budget']} over**)" if r["over_budget"] else ""
+        budget = str(r["budget"]) if r["budget"] else "–"
+        seeds = " / ".join(f"{v:.3f}" for v in r["per_seed"])
+        mark = "†" if r["resumed"] else ""
+        resumed = resumed or r["resumed"]
+        wall = f"{r['wall_s']:.0f} s"
+        lines.append(
+            f"| {r['task']} | {r['optimizer']}{mark} | {budget} | **{r['test']:.3f}** "
+            f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {seeds} | {r['metric_calls']:.0f}{over} "
+            f"| {r['lm_calls']:.0f} | {r['prompt_tokens'] / 1000:.0f}k | {wall} "
+            f"| {r['lm_share']:.0%} |")
+    lines.append("\nCI: resampling of test examples within each seed (test-set noise, not "
+                 "seed-to-seed spread). LM calls count cache hits; metric calls = program runs on "
+                 "one example, as both sides' budgets count them.")
+    if resumed:
+        lines.append("† resumed from its cache after a stop: prompt tokens, wall time and LM "
+                     "share count only what the last run paid (LM and metric calls are whole).")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Held-out accuracy vs LM calls, one panel per task (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    cols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4 * nrows), squeeze=False)
+    names = sorted({r["optimizer"] for r in rows})
+    colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        for r in (r for r in rows if r["task"] == task):
+            marker = "s" if r["side"] == "dspy" else "o"
+            err = [[r["test"] - r["ci"][0]], [r["ci"][1] - r["test"]]]
+            ax.errorbar(r["lm_calls"], r["test"], yerr=err, fmt=marker,
+                        color=colors[r["optimizer"]], capsize=3,
+                        label=f"{r['optimizer']}" + (f" b{r['budget']}" if r["budget"] else ""))
+        ax.set_title(task)
+        ax.set_xlabel("LM calls (search)")
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.suptitle("evo (circles) vs DSPy (squares): accuracy vs LM calls, mean over seeds, 95% CI")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(out: Path) -> tuple[str, Path | None]:
+    """Write ``OUT/table.md``, ``OUT/summary.json`` and ``OUT/accuracy_vs_calls.png`` from every
+    result under ``out``; return the table and the plot's path."""
+    rows = summarize(load_results(out))
+    text = table(rows)
+    (out / "table.md").write_text(text + "\n")
+    write_json(out / "summary.json", rows)
+    png = plot(rows, out / "accuracy_vs_calls.png") if rows else None
+    return text, png

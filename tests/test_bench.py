@@ -1,0 +1,149 @@
+"""`evo bench` on a scripted LM: evo and DSPy optimizers on the same splits and ledger, one JSON
+per run, the table and the plot, and a stopped suite resuming from its caches."""
+
+import json
+import re
+
+import pytest
+
+import evo
+import evo.cli
+from evo import bench
+from evo.data import Dataset, Task
+from evo.lm import ScriptedLM
+from test_engine import LABELS, TRAIN, VAL
+from test_engine import respond as evo_respond
+
+dspy = pytest.importorskip("dspy")
+pytest.importorskip("matplotlib")
+
+DATA = Dataset("toy", tuple(TRAIN + VAL), ("text",), ("label",), LABELS, "Say pos or neg")
+
+
+def respond(req):
+    """Right with >= 2 demos, in evo's format or DSPy's ChatAdapter format."""
+    last = req.messages[-1].content
+    if "[[ ## text ## ]]" in last:
+        text = re.search(r"\[\[ ## text ## \]\]\n(.*)", last).group(1)
+        demos = sum(m.role == "user" for m in req.messages) - 1
+        label = ("pos" if "good" in text else "neg") if demos >= 2 else "neg"
+        return f"[[ ## label ## ]]\n{label}\n\n[[ ## completed ## ]]"
+    if req.purpose == "proposal":  # DSPy's proposers (COPRO, MIPROv2, GEPA): fill every field
+        system = req.messages[0].content
+        wanted = re.findall(r"\d+\. `(\w+)`", system.split("Your output fields are:")[-1])
+        return "".join(f"[[ ## {name} ## ]]\nSay pos when the text says good, else neg.\n\n"
+                       for name in wanted) + "[[ ## completed ## ]]"
+    return evo_respond(req)
+
+
+def config(tmp_path, **kw):
+    return bench.BenchConfig(**{
+        "tasks": ["toy"], "optimizers": ["labeled_fewshot", "dspy.bootstrap_random_search"],
+        "budgets": [60], "seeds": [0], "n_train": 30, "n_val": 10, "n_test": 20,
+        "out": tmp_path / "bench", **kw})
+
+
+def load(name, seed, cfg):
+    return Task(name, *DATA.split([cfg.n_train, cfg.n_val, cfg.n_test], seed=seed))
+
+
+def suite(cfg, lm):
+    return bench.run_suite(cfg, lm=lm, load=lambda name, seed: load(name, seed, cfg),
+                           log=lambda line: None)
+
+
+def test_suite_runs_both_sides_on_one_ledger_and_writes_table_and_plot(tmp_path):
+    cfg = config(tmp_path)
+    results = suite(cfg, ScriptedLM(respond))
+    by = {r["optimizer"]: r for r in results}
+    assert set(by) == {"baseline", "dspy.baseline", "labeled_fewshot",
+                       "dspy.bootstrap_random_search"}
+    assert by["baseline"]["test"] == 0.5 and by["dspy.baseline"]["test"] == 0.5
+    dspy_rs = by["dspy.bootstrap_random_search"]
+    assert dspy_rs["side"] == "dspy" and dspy_rs["test"] == 1.0
+    assert dspy_rs["lm_by_purpose"].get("dspy", 0) > 0  # DSPy's calls reached evo's ledger
+    # metric calls are program runs: RandomSearch scores 4 programs (zero-shot, labeled, two
+    # bootstrapped) on the 10 val examples, and each bootstrap ran the teacher on 4 examples
+    assert dspy_rs["metric_calls"] == 4 * 10 + 2 * 4 and dspy_rs["over_budget"] == 0
+    assert by["labeled_fewshot"]["metric_calls"] <= 60 and by["labeled_fewshot"]["test"] == 1.0
+    for r in results:
+        assert 0.0 <= r["lm_share"] <= 1.0 and len(r["test_scores"]) == 20
+    text, png = bench.report(cfg.out)
+    assert "| toy | dspy.bootstrap_random_search | 60 | **1.000**" in text
+    assert png.exists() and png.stat().st_size > 1000
+    assert (cfg.out / "table.md").read_text().strip() == text
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    assert {row["optimizer"] for row in summary} == set(by)
+
+
+def test_stopped_suite_resumes_done_cells_and_replays_the_rest_from_cache(tmp_path):
+    cfg = config(tmp_path)
+    first = {r["optimizer"]: r for r in suite(cfg, ScriptedLM(respond))}
+    # a finished suite: nothing to run
+    lm = ScriptedLM(respond)
+    assert len(suite(cfg, lm)) == 4 and not lm.calls
+    # a run killed before writing its result: rerun on its own cache, nothing paid again
+    run_dir = cfg.out / "toy" / "seed0" / "dspy.bootstrap_random_search-b60"
+    (run_dir / "result.json").unlink()
+    lm = ScriptedLM(respond)
+    again = {r["optimizer"]: r for r in suite(cfg, lm)}
+    assert not lm.calls
+    name = "dspy.bootstrap_random_search"
+    assert again[name]["resumed"] and again[name]["test"] == first[name]["test"]
+    assert again[name]["program"] == first[name]["program"]
+    assert again[name]["lm_calls"] == first[name]["lm_calls"]  # requests, cache hits included
+
+
+def test_a_cell_killed_after_its_search_resumes_without_paying(tmp_path):
+    cfg = config(tmp_path, optimizers=["labeled_fewshot"], baselines=[])
+    first = suite(cfg, ScriptedLM(respond))[0]
+    cell = cfg.out / "toy" / "seed0" / "labeled_fewshot-b60"
+    assert (cell / "search" / "result.json").exists()  # evo's own run record, apart
+    (cell / "result.json").unlink()  # killed during the test pass
+    lm = ScriptedLM(respond)
+    again = suite(cfg, lm)[0]
+    assert not lm.calls and again["test"] == first["test"] and again["resumed"]
+    with pytest.raises(evo.DataError, match="use another --out"):
+        suite(config(tmp_path, optimizers=["labeled_fewshot"], baselines=[], n_test=10),
+              ScriptedLM(respond))
+
+
+def unparseable_zero_shot(req):
+    """DSPy's zero-shot replies are unparseable (more than DSPy's max_errors of 10)."""
+    last = req.messages[-1].content
+    if "[[ ## text ## ]]" in last and sum(m.role == "user" for m in req.messages) == 1:
+        return "I think it is about movies."
+    return respond(req)
+
+
+def test_every_dspy_optimizer_runs_through_parse_failures_on_the_shared_ledger(tmp_path):
+    names = ["dspy.gepa", "dspy.miprov2", "dspy.copro", "dspy.bootstrap_random_search"]
+    cfg = config(tmp_path, optimizers=names, baselines=["dspy.baseline"], budgets=[40])
+    results = {r["optimizer"]: r for r in suite(cfg, ScriptedLM(unparseable_zero_shot))}
+    assert results["dspy.baseline"]["test"] == 0.0
+    for name in names:
+        r = results[name]
+        assert r["lm_calls"] > 0 and r["metric_calls"] > 0, name
+        assert not (cfg.out / "toy" / "seed0" / f"{name}-b40" / "error.json").exists()
+    assert results["dspy.gepa"]["over_budget"] == 0  # GEPA stops at max_metric_calls
+    assert results["dspy.bootstrap_random_search"]["test"] == 1.0  # its demos fix the format
+
+
+def test_seeds_come_first_in_run_order_and_bad_configs_are_one_error(tmp_path):
+    cfg = config(tmp_path, tasks=["a", "b"], seeds=[0, 1], baselines=[])
+    assert [(t, s) for t, s, _, _ in cfg.cells()][:4] == [("a", 0), ("a", 0), ("b", 0), ("b", 0)]
+    with pytest.raises(ValueError, match="unknown optimizers \\['dspy.nope'\\]"):
+        config(tmp_path, optimizers=["dspy.nope"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("tasks = [\n")
+    with pytest.raises(evo.DataError, match="bad.toml"):
+        bench.BenchConfig.load(bad)
+
+
+def test_cli_bench_report_only_prints_the_table(tmp_path, capsys):
+    cfg = config(tmp_path)
+    suite(cfg, ScriptedLM(respond))
+    assert evo.cli.main(["bench", "--tasks", "toy", "--optimizers", "labeled_fewshot",
+                         "--out", str(cfg.out), "--report-only"]) == 0
+    out = capsys.readouterr().out
+    assert "| toy | labeled_fewshot |" in out and "accuracy_vs_calls.png" in out
