@@ -17,6 +17,7 @@ a program two optimizers both found, and the baselines, are paid once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -24,7 +25,7 @@ import time
 import tomllib
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,25 @@ def efficiency_line(usage: Usage, wall: float) -> str:
             f"{usage.reused_prompt_tokens}/{usage.prompt_tokens} ({e['reused_share']:.0%})")
 
 
+@contextlib.contextmanager
+def _chatter_to(path: Path) -> Iterator[None]:
+    """DSPy's prints, progress bars and per-example error logs go to ``path``, not the terminal
+    (the bench prints one summary per run; the log keeps the detail)."""
+    import logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        logger = logging.getLogger("dspy")
+        handlers, propagate = logger.handlers[:], logger.propagate
+        logger.handlers = [logging.StreamHandler(f)]  # DSPy's own handler holds sys.stderr
+        logger.propagate = False
+        try:
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                yield
+        finally:
+            logger.handlers, logger.propagate = handlers, propagate
+
+
 class Cell:
     """One (task, seed, optimizer, budget) run of a suite."""
 
@@ -330,14 +350,16 @@ class Cell:
         session = session_for(self.lm, self.dir / "cache.sqlite")
         started = time.perf_counter()
         if self.optimizer.startswith(DSPY_PREFIX):
-            program, metric_calls, evaluate, learned = self._run_dspy(session)
+            with _chatter_to(self.dir / "dspy.log"):
+                program, metric_calls, evaluate, learned = self._run_dspy(session)
         else:
             program, metric_calls, evaluate, learned = self._run_evo(session)
         wall = time.perf_counter() - started
         usage = session.usage.copy()
         test_session = session_for(self.lm, self.test_cache)
         t0 = time.perf_counter()
-        scores = evaluate(program, list(self.task.test), test_session)
+        with _chatter_to(self.dir / "dspy.log"):
+            scores = evaluate(program, list(self.task.test), test_session)
         test_s = time.perf_counter() - t0
         result = {
             "task": self.task.name, "seed": self.seed, "optimizer": self.optimizer,

@@ -346,6 +346,9 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
             f"{ {n: len(p) for n, p in search.pool.items()} }")
         stale, step, n = 0, 0, len(search.names)
         while stale < 30:
+            if max(c.val_score for c in search.candidates if c.validated) >= 1.0:
+                stop = "perfect validation score"
+                break
             parent = search.select_parent() if step else base
             k, turn = step % n, step // n  # predictors round robin; turn = k's own count
             step += 1

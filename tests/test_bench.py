@@ -147,3 +147,13 @@ def test_cli_bench_report_only_prints_the_table(tmp_path, capsys):
                          "--out", str(cfg.out), "--report-only"]) == 0
     out = capsys.readouterr().out
     assert "| toy | labeled_fewshot |" in out and "accuracy_vs_calls.png" in out
+
+
+def test_readme_extension_a_dspy_optimizer_is_one_function(tmp_path, monkeypatch):
+    def dspy_labeled(student, train, val, metric, budget, seed, lms):
+        return dspy.LabeledFewShot(k=4).compile(student, trainset=train)
+
+    monkeypatch.setitem(bench.DSPY_OPTIMIZERS, "dspy.labeled_fewshot", dspy_labeled)
+    cfg = config(tmp_path, optimizers=["dspy.labeled_fewshot"], baselines=[])
+    (result,) = suite(cfg, ScriptedLM(respond))
+    assert result["test"] == 1.0 and len(result["program"]["self"]["demos"]) == 4
