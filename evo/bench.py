@@ -570,12 +570,22 @@ def plot(rows: list[dict], path: Path) -> Path:
     names = sorted({r["optimizer"] for r in rows})
     colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
     for ax, task in zip(axes.flat, tasks, strict=False):
+        labelled = set()
         for r in (r for r in rows if r["task"] == task):
             marker = "s" if r["side"] == "dspy" else "o"
             err = [[r["test"] - r["ci"][0]], [r["ci"][1] - r["test"]]]
             ax.errorbar(r["lm_calls"], r["test"], yerr=err, fmt=marker,
                         color=colors[r["optimizer"]], capsize=3,
-                        label=f"{r['optimizer']}" + (f" b{r['budget']}" if r["budget"] else ""))
+                        label=None if r["optimizer"] in labelled else r["optimizer"])
+            labelled.add(r["optimizer"])
+            if r["budget"]:
+                ax.annotate(f"b{r['budget']}", (r["lm_calls"], r["test"]), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+        for name in names:  # one optimizer at several budgets: a curve
+            pts = sorted((r["lm_calls"], r["test"]) for r in rows
+                         if r["task"] == task and r["optimizer"] == name)
+            if len(pts) > 1:
+                ax.plot(*zip(*pts, strict=True), "-", color=colors[name], alpha=0.5)
         ax.set_title(task)
         ax.set_xlabel("LM calls (search)")
         ax.set_ylabel("held-out accuracy")
@@ -583,7 +593,8 @@ def plot(rows: list[dict], path: Path) -> Path:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
-    fig.suptitle("evo (circles) vs DSPy (squares): accuracy vs LM calls, mean over seeds, 95% CI")
+    fig.suptitle("evo (circles) vs DSPy (squares): held-out accuracy vs LM calls\n"
+                 "mean over seeds, 95% CI; bN = budget of N metric calls", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
