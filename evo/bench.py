@@ -277,6 +277,15 @@ def dspy_program_json(program: Any) -> dict[str, Any]:
 
 # --- one cell -----------------------------------------------------------------------------------
 
+def majority_rate(examples: Sequence[Example], outputs: Sequence[str]) -> float:
+    """Accuracy of always giving the most common gold output: the floor a classifier must beat
+    (on SMS spam, 88% ham, it is most of the scale)."""
+    counts: dict[tuple[str, ...], int] = defaultdict(int)
+    for ex in examples:
+        counts[tuple(ex.outputs[k] for k in outputs)] += 1
+    return max(counts.values()) / len(examples) if examples else 0.0
+
+
 def _efficiency(usage: Usage, wall: float) -> dict[str, float]:
     return {"lm_share": usage.lm_seconds / wall if wall > 0 else 0.0,
             "cache_hit_rate": usage.cache_hits / usage.requests if usage.requests else 0.0,
@@ -340,6 +349,9 @@ class Cell:
                             f"{done.get('splits')}, not {self.config.model!r} and {splits}: "
                             "use another --out for another configuration",
                             source=str(self.result_path))
+        if "majority" not in done:  # results written before the field existed
+            done["majority"] = majority_rate(self.task.test, self.outputs)
+            write_json(self.result_path, done)
         return done
 
     def run(self) -> dict[str, Any]:
@@ -367,6 +379,7 @@ class Cell:
             "budget": self.budget, "model": self.config.model,
             "splits": [len(self.task.train), len(self.task.val), len(self.task.test)],
             "test": float(scores.mean()), "test_scores": scores.tolist(),
+            "majority": majority_rate(self.task.test, self.outputs),
             "metric_calls": metric_calls,
             "over_budget": max(0, metric_calls - self.budget) if self.budget else 0,
             "lm_calls": usage.requests, "paid_lm_calls": usage.calls,
@@ -516,6 +529,7 @@ def summarize(results: list[dict]) -> list[dict]:
             "task": task, "optimizer": name, "side": rs[0]["side"], "budget": budget,
             "seeds": [r["seed"] for r in rs], "per_seed": [r["test"] for r in rs],
             "test": mean, "ci": [low, high],
+            "majority": float(np.mean([r.get("majority", math.nan) for r in rs])),
             "metric_calls": float(np.mean([r["metric_calls"] for r in rs])),
             "over_budget": max(r["over_budget"] for r in rs),
             "lm_calls": float(np.mean([r["lm_calls"] for r in rs])),
@@ -535,7 +549,10 @@ def table(rows: list[dict]) -> str:
              "| LM calls | prompt tokens | search wall | LM share |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     resumed = False
-    for r in rows:
+    for i, r in enumerate(rows):
+        if i == 0 or rows[i - 1]["task"] != r["task"]:
+            lines.append(f"| {r['task']} | *always the most common answer* | – | "
+                         f"{r['majority']:.3f} | | | | | | |")
         over = f" (**+{r['over_budget']} over**)" if r["over_budget"] else ""
         budget = str(r["budget"]) if r["budget"] else "–"
         seeds = " / ".join(f"{v:.3f}" for v in r["per_seed"])

@@ -70,9 +70,12 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--budget", type=int, default=40, help="metric calls (module runs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-val", type=int, default=12)
+    parser.add_argument("--n-test", type=int, default=40)
     args = parser.parse_args()
 
-    task = evo.datasets.load("rotten_tomatoes", seed=args.seed, n_train=30, n_val=12, n_test=40)
+    task = evo.datasets.load("rotten_tomatoes", seed=args.seed, n_train=30, n_val=args.n_val,
+                             n_test=args.n_test)
     train, val, test = (to_dspy_examples(s) for s in (task.train, task.val, task.test))
     session = evo.api.session_for(make_lm(args.model))  # one cache and ledger for everything
     lm = evo.lm.to_dspy(session, max_tokens=256)
