@@ -558,12 +558,13 @@ def table(rows: list[dict]) -> str:
         seeds = " / ".join(f"{v:.3f}" for v in r["per_seed"])
         mark = "†" if r["resumed"] else ""
         resumed = resumed or r["resumed"]
-        wall = f"{r['wall_s']:.0f} s"
+        low, high = max(0.0, r["ci"][0]), min(1.0, r["ci"][1])
+        spent = (f"{r['metric_calls']:.0f}{over} | {r['lm_calls']:.0f} | "
+                 f"{r['prompt_tokens'] / 1000:.0f}k | {r['wall_s']:.0f} s | {r['lm_share']:.0%}"
+                 if r["budget"] else "– | – | – | – | –")  # a baseline searches nothing
         lines.append(
             f"| {r['task']} | {r['optimizer']}{mark} | {budget} | **{r['test']:.3f}** "
-            f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {seeds} | {r['metric_calls']:.0f}{over} "
-            f"| {r['lm_calls']:.0f} | {r['prompt_tokens'] / 1000:.0f}k | {wall} "
-            f"| {r['lm_share']:.0%} |")
+            f"[{low:.3f}, {high:.3f}] | {seeds} | {spent} |")
     lines.append("\nCI: resampling of test examples within each seed (test-set noise, not "
                  "seed-to-seed spread). LM calls count cache hits; metric calls = program runs on "
                  "one example, as both sides' budgets count them.")
@@ -598,6 +599,9 @@ def plot(rows: list[dict], path: Path) -> Path:
             if r["budget"]:
                 ax.annotate(f"b{r['budget']}", (r["lm_calls"], r["test"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
+        majority = next((r["majority"] for r in rows if r["task"] == task), math.nan)
+        if math.isfinite(majority):
+            ax.axhline(majority, ls=":", color="gray", label="always the most common answer")
         for name in names:  # one optimizer at several budgets: a curve
             pts = sorted((r["lm_calls"], r["test"]) for r in rows
                          if r["task"] == task and r["optimizer"] == name)
