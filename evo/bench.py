@@ -360,22 +360,23 @@ class Cell:
         self.dir.mkdir(parents=True, exist_ok=True)
         resumed = (self.dir / "cache.sqlite").exists()
         session = session_for(self.lm, self.dir / "cache.sqlite")
+        dspy_side = self.optimizer.startswith(DSPY_PREFIX)
+        quiet = (lambda: _chatter_to(self.dir / "dspy.log")) if dspy_side else \
+            contextlib.nullcontext
         started = time.perf_counter()
-        if self.optimizer.startswith(DSPY_PREFIX):
-            with _chatter_to(self.dir / "dspy.log"):
-                program, metric_calls, evaluate, learned = self._run_dspy(session)
-        else:
-            program, metric_calls, evaluate, learned = self._run_evo(session)
+        with quiet():
+            program, metric_calls, evaluate, learned = (
+                self._run_dspy(session) if dspy_side else self._run_evo(session))
         wall = time.perf_counter() - started
         usage = session.usage.copy()
         test_session = session_for(self.lm, self.test_cache)
         t0 = time.perf_counter()
-        with _chatter_to(self.dir / "dspy.log"):
+        with quiet():
             scores = evaluate(program, list(self.task.test), test_session)
         test_s = time.perf_counter() - t0
         result = {
             "task": self.task.name, "seed": self.seed, "optimizer": self.optimizer,
-            "side": "dspy" if self.optimizer.startswith(DSPY_PREFIX) else "evo",
+            "side": "dspy" if dspy_side else "evo",
             "budget": self.budget, "model": self.config.model,
             "splits": [len(self.task.train), len(self.task.val), len(self.task.test)],
             "test": float(scores.mean()), "test_scores": scores.tolist(),

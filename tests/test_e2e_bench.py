@@ -39,9 +39,7 @@ def test_two_predictor_dspy_module_example_optimizes_and_round_trips(tmp_path):
 
     pytest.importorskip("llama_cpp")
     example = Path(__file__).resolve().parent.parent / "examples" / "dspy_module.py"
-    env = {**os.environ, "EVO_CACHE_DIR": os.environ.get("EVO_CACHE_DIR", ""),
-           "PYTHONPATH": str(example.parent.parent)}
-    env = {k: v for k, v in env.items() if v}
+    env = {**os.environ, "PYTHONPATH": str(example.parent.parent)}
     done = subprocess.run([sys.executable, str(example), "--budget", "8", "--n-val", "3",
                            "--n-test", "3"], capture_output=True, text=True, env=env,
                           timeout=900)
