@@ -624,12 +624,14 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def report(out: Path) -> tuple[str, Path | None]:
+def report(out: Path) -> tuple[str, Path]:
     """Write ``OUT/table.md``, ``OUT/summary.json`` and ``OUT/accuracy_vs_calls.png`` from every
     result under ``out``; return the table and the plot's path."""
     rows = summarize(load_results(out))
+    if not rows:
+        raise DataError("no run results (TASK/seedS/RUN/result.json) here: run the suite first",
+                        source=str(out))
     text = table(rows)
     (out / "table.md").write_text(text + "\n")
     write_json(out / "summary.json", rows)
-    png = plot(rows, out / "accuracy_vs_calls.png") if rows else None
-    return text, png
+    return text, plot(rows, out / "accuracy_vs_calls.png")

@@ -223,6 +223,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in ("tasks", "optimizers", "budgets", "seeds",
                                                "n_train", "n_val", "n_test", "model", "out")}
+    if args.report_only and not args.config:  # the results folder is all a report needs
+        out = args.out or bench.BenchConfig.model_fields["out"].default
+        text, png = bench.report(out)
+        print(text)
+        print(f"table: {out / 'table.md'}; plot: {png}")
+        return 0
     if args.config:
         config = bench.BenchConfig.load(args.config, **overrides)
     else:

@@ -143,10 +143,11 @@ def test_seeds_come_first_in_run_order_and_bad_configs_are_one_error(tmp_path):
 def test_cli_bench_report_only_prints_the_table(tmp_path, capsys):
     cfg = config(tmp_path)
     suite(cfg, ScriptedLM(respond))
-    assert evo.cli.main(["bench", "--tasks", "toy", "--optimizers", "labeled_fewshot",
-                         "--out", str(cfg.out), "--report-only"]) == 0
+    assert evo.cli.main(["bench", "--out", str(cfg.out), "--report-only"]) == 0
     out = capsys.readouterr().out
     assert "| toy | labeled_fewshot |" in out and "accuracy_vs_calls.png" in out
+    assert evo.cli.main(["bench", "--out", str(tmp_path / "empty"), "--report-only"]) == 2
+    assert "no run results" in capsys.readouterr().err
 
 
 def test_readme_extension_a_dspy_optimizer_is_one_function(tmp_path, monkeypatch):
