@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,27 +40,48 @@ def examples(data: Iterable[Any], *, inputs: Iterable[str] | None = None,
     return out
 
 
+def call_metric(fn: Callable[..., Any]) -> Callable[[Any, Any], Any]:
+    """``fn(gold, pred)`` for a DSPy metric, passing DSPy's ``trace=None`` only to metrics that
+    take a third argument (``dspy.Evaluate`` accepts two-argument metrics too)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return lambda gold, pred: fn(gold, pred, None)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params):
+        return lambda gold, pred: fn(gold, pred, None)
+    return lambda gold, pred: fn(gold, pred)
+
+
+def metric_value(result: Any) -> tuple[float, str]:
+    """What a DSPy metric returned, as (value, feedback): a bool / number, or a Prediction with
+    ``score`` and ``feedback`` (GEPA's feedback metrics). A non-finite value is a ValueError."""
+    feedback = ""
+    if hasattr(result, "score"):
+        feedback = str(getattr(result, "feedback", "") or "")
+        result = result.score
+    value = float(result)
+    if not math.isfinite(value):
+        raise ValueError(f"the DSPy metric returned {value}")
+    return value, feedback
+
+
 def metric(fn: Callable[..., Any], *, name: str | None = None
            ) -> Callable[[Example, Prediction], Score]:
-    """An evo metric from a DSPy metric ``fn(gold, pred, trace=None)``. ``gold`` is a
+    """An evo metric from a DSPy metric ``fn(gold, pred, trace=None)`` (or ``fn(gold, pred)``). ``gold`` is a
     ``dspy.Example`` with the example's fields, ``pred`` a ``dspy.Prediction`` of the parsed
     outputs. ``fn`` may return a bool / number, or a ``dspy.Prediction`` with ``score`` and
     ``feedback`` (GEPA's feedback metrics); the feedback reaches evo's reflection. An unparseable
     reply scores 0 without calling ``fn``."""
     import dspy
 
+    call = call_metric(fn)
+
     def evo_metric(example: Example, prediction: Prediction) -> Score:
         if not prediction.ok:
             return Score(0.0, f"unusable reply: {prediction.error}")
         gold = dspy.Example(**example.inputs, **example.outputs).with_inputs(*example.inputs)
-        result = fn(gold, dspy.Prediction(**prediction.outputs), None)
-        feedback = ""
-        if isinstance(result, dspy.Prediction) or hasattr(result, "score"):
-            feedback = str(getattr(result, "feedback", "") or "")
-            result = result.score
-        value = float(result)
-        if not math.isfinite(value):
-            raise ValueError(f"the DSPy metric returned {value}")
+        value, feedback = metric_value(call(gold, dspy.Prediction(**prediction.outputs)))
         if not feedback:
             said = ", ".join(f"{k}={v!r}" for k, v in prediction.outputs.items())
             gold_text = ", ".join(f"{k}={v!r}" for k, v in example.outputs.items())

@@ -23,7 +23,6 @@ The result is a deep copy of the module with the best instructions and demos set
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from evo.data import Example
+from evo.dspy_compat import call_metric, metric_value
 from evo.evaluate import BudgetExhausted, Cell, ScoreMatrix
 from evo.kernels.pareto import select_from_pareto_front
 from evo.lm.base import LM, LMUnavailableError
@@ -92,30 +92,6 @@ class ModuleResult:
                 f"calls; {self.stop_reason}\n{efficiency_line(self.usage, self.seconds)}")
 
 
-def _metric_caller(metric: Callable[..., Any]) -> Callable[[Any, Any], Any]:
-    """``metric(gold, pred)``, passing DSPy's ``trace=None`` only to metrics that take it."""
-    try:
-        params = inspect.signature(metric).parameters.values()
-    except (TypeError, ValueError):
-        return lambda gold, pred: metric(gold, pred, None)
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params):
-        return lambda gold, pred: metric(gold, pred, None)
-    return lambda gold, pred: metric(gold, pred)
-
-
-def _score(result: Any) -> tuple[float, str]:
-    """A DSPy metric's value: a bool / number, or a Prediction with ``score`` and ``feedback``."""
-    feedback = ""
-    if hasattr(result, "score"):
-        feedback = str(getattr(result, "feedback", "") or "")
-        result = result.score
-    value = float(result)
-    if not math.isfinite(value):
-        raise ValueError(f"the metric returned {value}")
-    return value, feedback
-
-
 class ModuleSearch:
     """The state of one module search (see the module docstring)."""
 
@@ -126,12 +102,11 @@ class ModuleSearch:
         from evo.dspy_compat import examples as to_evo
         from evo.lm import to_dspy
 
-        self.module, self.metric = module, _metric_caller(metric)
+        self.module, self.metric = module, call_metric(metric)
         self.train, self.val = list(trainset), list(valset)
         self.session, self.reflection = session, reflection
         self.budget, self.max_demos, self.description = budget, max_demos, description
         self.rng = random.Random(seed)
-        self.seed = seed
         self.lm = to_dspy(session, max_tokens=max_tokens)
         self.names = [name for name, _ in module.named_predictors()]
         if not self.names:
@@ -179,7 +154,7 @@ class ModuleSearch:
                 return 0.0, message, [], Prediction("", None, message)
         steps = [(names.get(id(p), "?"), dict(inputs), dict(out)) for p, inputs, out in trace]
         try:
-            value, feedback = _score(self.metric(example, pred))
+            value, feedback = metric_value(self.metric(example, pred))
         except Exception as exc:  # noqa: BLE001 - a metric bug is recorded on the cell
             return 0.0, f"metric raised {type(exc).__name__}: {exc}", steps, \
                 Prediction(str(pred), outputs)

@@ -104,3 +104,14 @@ def test_dspy_examples_without_inputs_is_one_clear_error():
 
     with pytest.raises(evo.DataError, match="row 1.*with_inputs"):
         dspy_compat.examples([dspy.Example(question="q", answer="a")])
+
+
+def test_dspy_metric_may_take_two_arguments_and_must_be_finite():
+    from evo import dspy_compat
+
+    ex = evo.Example(inputs={"text": "good"}, outputs={"label": "pos"})
+    two = dspy_compat.metric(lambda gold, pred: gold.label == pred.label)
+    assert two(ex, evo.Prediction("label: pos", {"label": "pos"})).value == 1.0
+    bad = dspy_compat.metric(lambda gold, pred, trace=None: float("nan"))
+    with pytest.raises(ValueError, match="the DSPy metric returned nan"):
+        bad(ex, evo.Prediction("label: pos", {"label": "pos"}))
