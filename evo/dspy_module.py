@@ -34,7 +34,7 @@ import numpy as np
 
 from evo.data import Example
 from evo.dspy_compat import call_metric, metric_value
-from evo.evaluate import BudgetExhausted, Cell, ScoreMatrix
+from evo.evaluate import BudgetExhausted, Cell, ScoreMatrix, failure_minibatch
 from evo.kernels.pareto import select_from_pareto_front
 from evo.lm.base import LM, LMUnavailableError
 from evo.lm.session import LMSession, Usage
@@ -269,11 +269,7 @@ class ModuleSearch:
         return validated[select_from_pareto_front(scores, None, self.rng)]
 
     def minibatch(self, parent: ModuleCandidate, size: int) -> list[int]:
-        row = self.matrix.scores[parent.id]
-        failures = [c for c in range(len(self.val)) if row[c] < 1.0]
-        batch = self.rng.sample(failures, min(len(failures), size // 2 or 1)) if failures else []
-        rest = [c for c in range(len(self.val)) if c not in batch]
-        return sorted(batch + self.rng.sample(rest, min(len(rest), size - len(batch))))
+        return failure_minibatch(self.matrix.scores[parent.id], size, self.rng)
 
 
 def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],

@@ -48,7 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from evo import genome as G
 from evo.data import Example
 from evo.ensemble import EnsembleProgram
-from evo.evaluate import Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix
+from evo.evaluate import (Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix,
+                           failure_minibatch)
 from evo.genome import Archive, Genome
 from evo.kernels.matrix import row_stats
 from evo.kernels.moo import crowding_distance, nondominated_ranks, select_nsga2
@@ -416,16 +417,8 @@ class Search:
         return self.candidates[pop[win]]
 
     def minibatch(self, parent: Candidate, size: int) -> list[int]:
-        """Validation columns for an acceptance test: half the parent's failures (where a child
-        can show it is better), half random."""
-        n = len(self.valset)
-        size = min(size, n)
-        row = self.matrix.scores[parent.id]
-        failures = [c for c in range(n) if row[c] < 1.0]
-        batch = self.rng.sample(failures, min(len(failures), size // 2 or 1)) if failures else []
-        rest = [c for c in range(n) if c not in batch]
-        batch += self.rng.sample(rest, size - len(batch))
-        return sorted(batch)
+        """Validation columns for an acceptance test (:func:`failure_minibatch`)."""
+        return failure_minibatch(self.matrix.scores[parent.id], size, self.rng)
 
     # ---- start / finish -------------------------------------------------------------------
     def start(self, seed_cells: dict[int, Cell] | None = None) -> None:

@@ -8,6 +8,7 @@ back to back (same prompt prefix, so a local backend reuses its KV cache).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -90,6 +91,19 @@ class ScoreMatrix:
 
     def coverage(self, row: int) -> float:
         return float(row_stats(self._scores[row:row + 1]).coverage[0])
+
+
+def failure_minibatch(row: np.ndarray, size: int, rng: random.Random) -> list[int]:
+    """Columns for a minibatch acceptance test against a parent whose scores are ``row``: half
+    the parent's failures (cells below 1.0, where a child can show it is better), the rest at
+    random; sorted."""
+    n = len(row)
+    size = min(size, n)
+    failures = [c for c in range(n) if row[c] < 1.0]
+    batch = rng.sample(failures, min(len(failures), size // 2 or 1)) if failures else []
+    rest = [c for c in range(n) if c not in batch]
+    batch += rng.sample(rest, size - len(batch))
+    return sorted(batch)
 
 
 @dataclass
