@@ -65,7 +65,6 @@ class Report:
 
     def __str__(self) -> str:
         s = self.search
-        lm_share = min(1.0, s["usage"]["lm_seconds"] / s["seconds"]) if s["seconds"] else 0.0
         rows = [
             ("held-out examples", f"{self.n}"),
             ("baseline accuracy", f"{self.baseline:.3f}"),
@@ -78,14 +77,14 @@ class Report:
             ("search metric calls / budget", f"{s['metric_calls']} / {s['budget']}"),
             ("search LM calls (paid / cache hits)",
              f"{s['usage']['calls']} / {s['usage']['cache_hits']} "
-             f"({s['usage']['cache_hits'] / max(1, s['usage']['requests']):.0%} hit rate)"),
+             f"({s['usage']['cache_hit_rate']:.0%} hit rate)"),
             ("search tokens (prompt / completion)",
              f"{s['usage']['prompt_tokens']} / {s['usage']['completion_tokens']}"),
             ("prompt tokens reused from the KV cache",
              f"{s['usage']['reused_prompt_tokens']} "
-             f"({s['usage']['reused_prompt_tokens'] / max(1, s['usage']['prompt_tokens']):.0%})"),
-            ("search wall time", f"{s['seconds']:.0f} s ({lm_share:.0%} in the LM, "
-                                 f"{1 - lm_share:.0%} in evo's own code)"),
+             f"({s['usage']['reused_share']:.0%})"),
+            ("search wall time", f"{s['seconds']:.0f} s ({s['lm_share']:.0%} in the LM, "
+                                 f"{1 - s['lm_share']:.0%} in evo's own code)"),
             ("test LM calls (paid / cache hits)",
              f"{self.test_usage['calls']} / {self.test_usage['cache_hits']}"),
             ("test wall time", f"{self.test_seconds:.0f} s"),
@@ -139,6 +138,7 @@ class Result:
         return {"baseline_val": self.baseline_val, "best_val": self.best_val,
                 "metric_calls": self.metric_calls, "budget": self.budget,
                 "usage": self.usage.to_dict(), "seconds": self.seconds,
+                "lm_share": self.usage.lm_share(self.seconds),
                 "candidates": len(self.candidates),
                 "accepted": sum(c.accepted for c in self.candidates),
                 # cells scored 0 because the LM call or the metric failed (see result.json)

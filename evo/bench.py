@@ -286,20 +286,13 @@ def majority_rate(examples: Sequence[Example], outputs: Sequence[str]) -> float:
     return max(counts.values()) / len(examples) if examples else 0.0
 
 
-def _efficiency(usage: Usage, wall: float) -> dict[str, float]:
-    return {"lm_share": usage.lm_seconds / wall if wall > 0 else 0.0,
-            "cache_hit_rate": usage.cache_hits / usage.requests if usage.requests else 0.0,
-            "reused_prompt_tokens": usage.reused_prompt_tokens,
-            "reused_share": usage.reused_prompt_tokens / max(1, usage.prompt_tokens)}
-
-
 def efficiency_line(usage: Usage, wall: float) -> str:
     """The engine-efficiency figures printed with every run."""
-    e = _efficiency(usage, wall)
-    return (f"wall {wall:.0f} s: {e['lm_share']:.0%} in the LM, {1 - e['lm_share']:.0%} in "
+    share = usage.lm_share(wall)
+    return (f"wall {wall:.0f} s: {share:.0%} in the LM, {1 - share:.0%} in "
             f"evo/DSPy code; cache hits {usage.cache_hits}/{usage.requests} "
-            f"({e['cache_hit_rate']:.0%}); prompt tokens reused from the KV cache "
-            f"{usage.reused_prompt_tokens}/{usage.prompt_tokens} ({e['reused_share']:.0%})")
+            f"({usage.cache_hit_rate:.0%}); prompt tokens reused from the KV cache "
+            f"{usage.reused_prompt_tokens}/{usage.prompt_tokens} ({usage.reused_share:.0%})")
 
 
 @contextlib.contextmanager
@@ -386,7 +379,10 @@ class Cell:
             "lm_calls": usage.requests, "paid_lm_calls": usage.calls,
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "lm_by_purpose": usage.by_purpose, "wall_s": wall, "lm_s": usage.lm_seconds,
-            "resumed": resumed, "test_s": test_s, **_efficiency(usage, wall),
+            "resumed": resumed, "test_s": test_s, "lm_share": usage.lm_share(wall),
+            "cache_hit_rate": usage.cache_hit_rate,
+            "reused_prompt_tokens": usage.reused_prompt_tokens,
+            "reused_share": usage.reused_share,
             "program": learned,
         }
         write_json(self.result_path, result)

@@ -41,9 +41,24 @@ class Usage:
         """Answered requests: paid calls plus cache hits."""
         return self.calls + self.cache_hits
 
+    @property
+    def cache_hit_rate(self) -> float:
+        """Share of answered requests the cache answered."""
+        return self.cache_hits / self.requests if self.requests else 0.0
+
+    @property
+    def reused_share(self) -> float:
+        """Share of prompt tokens the backend reused from its KV cache (prefix reuse)."""
+        return self.reused_prompt_tokens / max(1, self.prompt_tokens)
+
+    def lm_share(self, wall_seconds: float) -> float:
+        """Share of ``wall_seconds`` spent inside the LM (the rest is the caller's own code)."""
+        return min(1.0, self.lm_seconds / wall_seconds) if wall_seconds > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self.copy())  # copy first: dict(...) is atomic, asdict is not
-        d["requests"] = self.requests
+        d.update(requests=self.requests, cache_hit_rate=self.cache_hit_rate,
+                 reused_share=self.reused_share)
         return d
 
     def copy(self) -> Usage:
