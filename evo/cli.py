@@ -225,23 +225,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                                "n_train", "n_val", "n_test", "model", "out")}
     if args.report_only and not args.config:  # the results folder is all a report needs
         out = args.out or bench.BenchConfig.model_fields["out"].default
-        text, png = bench.report(out)
-        print(text)
-        print(f"table: {out / 'table.md'}; plot: {png}")
-        return 0
-    if args.config:
-        config = bench.BenchConfig.load(args.config, **overrides)
     else:
-        config = bench.BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
-    if not args.report_only:
-        cells = config.cells()
-        print(f"evo bench: {len(cells)} runs ({len(config.tasks)} tasks x {len(config.seeds)} "
-              f"seeds x {len(config.optimizers)} optimizers x {len(config.budgets)} budgets, "
-              f"+ baselines), results under {config.out}", flush=True)
-        bench.run_suite(config, log=lambda line: print(line, flush=True))
-    text, png = bench.report(config.out)
+        config = bench.BenchConfig.load(args.config, **overrides) if args.config else \
+            bench.BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+        out = config.out
+        if not args.report_only:
+            cells = config.cells()
+            print(f"evo bench: {len(cells)} runs ({len(config.tasks)} tasks x "
+                  f"{len(config.seeds)} seeds x {len(config.optimizers)} optimizers x "
+                  f"{len(config.budgets)} budgets, + baselines), results under {out}", flush=True)
+            bench.run_suite(config, log=lambda line: print(line, flush=True))
+    text, png = bench.report(out)
     print(text)
-    print(f"table: {config.out / 'table.md'}; plot: {png}")
+    print(f"table: {out / 'table.md'}; plot: {png}")
     return 0
 
 

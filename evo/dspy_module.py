@@ -296,8 +296,12 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
                          f"{len(valset)} validation examples")
     session = session_for(lm, cache)
     reflection = session if reflection_lm is None else session_for(reflection_lm, cache)
-    before = session.usage.copy() + (reflection.usage.copy() if reflection is not session
-                                     else Usage())
+    sessions = [session] if reflection is session else [session, reflection]
+
+    def spent() -> Usage:
+        return sum((s.usage.copy() for s in sessions), Usage())
+
+    before = spent()
     started = time.perf_counter()
     search = ModuleSearch(module, trainset, valset, metric, session, reflection, budget=budget,
                           seed=seed, max_demos=max_demos, description=description,
@@ -350,8 +354,7 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
         pass
     best = max((c for c in search.candidates if c.validated),
                key=lambda c: (c.val_score, -c.id))
-    usage = session.usage.copy() + (reflection.usage.copy() if reflection is not session
-                                    else Usage()) - before
+    usage = spent() - before
     return ModuleResult(program=search.program(best.genome), best=best,
                         baseline_val=base.val_score, best_val=best.val_score,
                         candidates=search.candidates, demo_pool=search.pool, matrix=search.matrix,
