@@ -36,7 +36,7 @@ from evo._io import write_json
 from evo.data import DataError, Example, Task
 from evo.lm.session import LMSession, Usage
 from evo.metrics import Metric, as_score, exact_match
-from evo.program import Prediction, Program
+from evo.program import Prediction, Program, Signature
 
 DSPY_PREFIX = "dspy."
 # Reply cap of DSPy task calls: ChatAdapter's field markers take ~20 tokens around a short answer
@@ -119,9 +119,9 @@ def dspy_signature(task: Task, instruction: str):
 
     import dspy
 
-    program = Program(signature=task.signature, labels=task.labels)
-    fields: dict[str, Any] = {f.name: (str, dspy.InputField()) for f in program.signature.inputs}
-    for f in program.signature.outputs:
+    signature = Signature.parse(task.signature)
+    fields: dict[str, Any] = {f.name: (str, dspy.InputField()) for f in signature.inputs}
+    for f in signature.outputs:
         kind = typing.Literal[tuple(task.labels)] if task.labels else str  # type: ignore[misc]
         fields[f.name] = (kind, dspy.OutputField())
     return dspy.make_signature(fields, instruction)
@@ -324,7 +324,8 @@ class Cell:
         split = config.out / task.name / f"seed{seed}"
         self.dir = split / (optimizer if optimizer in BASELINES else f"{optimizer}-b{budget}")
         self.test_cache = split / "test-cache.sqlite"
-        self.outputs = [f.name for f in Program(signature=task.signature).signature.outputs]
+        self.signature = Signature.parse(task.signature)
+        self.outputs = [f.name for f in self.signature.outputs]
 
     @property
     def result_path(self) -> Path:
@@ -417,7 +418,7 @@ class Cell:
         from evo.lm import to_dspy
         from evo.program import default_instruction
 
-        instruction = default_instruction(Program(signature=self.task.signature).signature)
+        instruction = default_instruction(self.signature)
         runs = Counter()
         student = counted_predict(dspy_signature(self.task, instruction), runs)
         lms = {"task": to_dspy(session, max_tokens=TASK_TOKENS),
