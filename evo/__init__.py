@@ -8,12 +8,14 @@
 >>> print(result.report(task.test))                                     # doctest: +SKIP
 """
 
-from evo import datasets, lm, optimizers
+from evo import datasets, events, lm, optimizers, report
 from evo.api import Report, Result, evaluate, optimize
+from evo.compare import Comparison, compare
 from evo.data import DataError, Dataset, Example, Task
 from evo.dspy_module import ModuleResult, optimize_module
 from evo.engine import Evolution, Search, SearchConfig
 from evo.ensemble import EnsembleProgram, load_program
+from evo.events import Callback, CandidateStore, JSONLLog, MLflowLogger, ProgressBar
 from evo.evaluate import Budget, ScoreMatrix
 from evo.metrics import (Score, TokenMetric, contains, exact_match, f1, normalized_exact_match,
                          numeric_match)
@@ -21,13 +23,16 @@ from evo.optimizers import (COPRO, DE, GA, GEPA, BootstrapFewShot,
                             BootstrapFewShotWithRandomSearch, Ensemble, EvoPrompt, KNNFewShot,
                             LabeledFewShot, MIPROv2, register_operator, register_optimizer)
 from evo.program import Prediction, Program, Signature
+from evo.projection import Projection, project
+from evo.store import RunMismatchError, RunStore
 
 __version__ = "0.1.0"
 
 __all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
-           "Budget", "DataError", "Dataset", "Ensemble", "EnsembleProgram", "EvoPrompt",
+           "Budget", "Callback", "CandidateStore", "Comparison", "DataError", "JSONLLog",
+           "MLflowLogger", "ProgressBar", "Projection", "RunMismatchError", "RunStore", "Dataset", "Ensemble", "EnsembleProgram", "EvoPrompt",
            "Evolution", "Example", "KNNFewShot", "LabeledFewShot", "MIPROv2", "ModuleResult", "Prediction",
            "Program", "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig",
-           "Signature", "Task", "TokenMetric", "contains", "datasets", "evaluate", "exact_match",
+           "Signature", "Task", "TokenMetric", "compare", "contains", "datasets", "events", "evaluate", "exact_match",
            "f1", "lm", "load_program", "normalized_exact_match", "numeric_match", "optimize", "optimize_module",
-           "optimizers", "register_operator", "register_optimizer"]
+           "optimizers", "project", "register_operator", "report", "register_optimizer"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
 from evo.ensemble import EnsembleProgram
 from evo.evaluate import ScoreMatrix, evaluate_program
+from evo.events import Callback, ProgressBar, dispatch
 from evo.kernels.moo import nondominated_ranks
 from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
 from evo.lm.base import LM
@@ -24,6 +26,7 @@ from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.session import LMSession, Usage
 from evo.metrics import Metric, exact_match
 from evo.program import Program
+from evo.store import EVENTS_FILE, RunStore, data_digest, state_record
 
 Data = Dataset | Sequence[Example]
 
@@ -55,6 +58,10 @@ class Report:
     search: dict[str, Any]
     test_usage: dict[str, Any]
     test_seconds: float
+    # per test example, in order: the scores behind the figures (for reports and A/B reruns)
+    example_ids: list[str] = field(default_factory=list)
+    baseline_scores: list[float] = field(default_factory=list)
+    optimized_scores: list[float] = field(default_factory=list)
 
     @property
     def delta(self) -> float:
@@ -116,6 +123,11 @@ class Result:
     metric: Metric = field(repr=False)
     max_tokens: int = 48
     optimizer: str = ""
+    # the state as JSON data (evo.store.state_record): instructions, lineage, score matrix
+    record: dict[str, Any] = field(default_factory=dict, repr=False)
+    # per sitting of a stored run (evo.store): what each process received and paid for
+    sittings: list[dict[str, Any]] = field(default_factory=list)
+    best_id: int = 0  # the best candidate's row in the score matrix
 
     def tradeoff(self) -> list[Candidate]:
         """The validated candidates no other beats on both validation accuracy and prompt length
@@ -143,7 +155,10 @@ class Result:
                 "accepted": sum(c.accepted for c in self.candidates),
                 # cells scored 0 because the LM call or the metric failed (see result.json)
                 "cell_errors": sum(cell.error is not None for cell in self.matrix.cells.values()),
-                "stop_reason": self.stop_reason, "seed": self.seed, "optimizer": self.optimizer}
+                "stop_reason": self.stop_reason, "seed": self.seed, "optimizer": self.optimizer,
+                "sittings": self.sittings,
+                "paid_calls_all_sittings": (sum(s["paid"] for s in self.sittings)
+                                            if self.sittings else self.usage.calls)}
 
     def report(self, testset: Data, *, progress: bool = False) -> Report:
         """Score baseline and best on held-out examples (outside the search budget)."""
@@ -162,7 +177,8 @@ class Result:
         p_value = paired_permutation_test(base, best, seed=self.seed)
         return Report(len(examples), float(base.mean()), float(best.mean()), low, high, p_value,
                       self.search_summary(), (self.session.usage - before).to_dict(),
-                      time.perf_counter() - started)
+                      time.perf_counter() - started, [ex.id for ex in examples],
+                      base.tolist(), best.tolist())
 
     def save(self, run_dir: str | Path) -> Path:
         """Write best.json, baseline.json, result.json (summary, candidates, matrix) and
@@ -171,28 +187,31 @@ class Result:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.best.save(run_dir / "best.json")
         self.baseline.save(run_dir / "baseline.json")
+        best_id = self.best_id
+        def replies(row: int) -> list[str | None]:
+            cells = self.matrix.cells
+            return [cells[(row, j)].prediction.text if (row, j) in cells else None
+                    for j in range(len(self.matrix.examples))]
+
         payload = {
             "summary": self.search_summary(),
-            "instructions": [{"text": text, "origin": origin} for text, origin
-                             in zip(self.instructions, self.instruction_origins, strict=True)],
-            "candidates": [{"id": c.id, "genome": c.genome, "parents": list(c.parents),
-                            "op": c.op, "iteration": c.iteration, "accepted": c.accepted,
-                            "val_score": None if np.isnan(c.val_score) else c.val_score,
-                            "note": c.note} for c in self.candidates],
             "tradeoff": [{"candidate": c.id, "val_score": c.val_score,
                           "prompt_chars": c.program.prompt_chars()} for c in self.tradeoff()],
-            "val_example_ids": [ex.id for ex in self.matrix.examples],
-            "cell_errors": [{"candidate": row, "example": self.matrix.examples[col].id,
-                             "error": cell.error}
-                            for (row, col), cell in sorted(self.matrix.cells.items())
-                            if cell.error is not None],
-            "scores": [[None if np.isnan(v) else v for v in row]
-                       for row in self.matrix.scores.tolist()],
+            "prompt_chars": {c.id: c.program.prompt_chars() for c in self.candidates
+                             if c.accepted},
+            **self.record,
+            # what a report shows per validation example: the text, the gold answer, and the
+            # baseline's and the best candidate's replies
+            "val_examples": [{"id": ex.id, "inputs": ex.inputs, "outputs": ex.outputs}
+                             for ex in self.matrix.examples],
+            "best_candidate": best_id,
+            "replies": {"baseline": replies(0), "best": replies(best_id)},
         }
         write_json(run_dir / "result.json", payload, indent=1, default=str)
-        with open(run_dir / "events.jsonl", "w") as fh:
-            for event in self.events:
-                fh.write(json.dumps(event, default=str) + "\n")
+        if not self.sittings:  # a stored run (evo.store) wrote its log as it went
+            with open(run_dir / EVENTS_FILE, "w") as fh:
+                for event in self.events:
+                    fh.write(json.dumps(event, default=str) + "\n")
         return run_dir
 
 
@@ -211,12 +230,23 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
              reflection_lm: LM | LMSession | None = None, seed: int = 0,
              cache: ResponseCache | str | Path | bool | None = True,
              description: str | None = None, run_dir: str | Path | None = None,
-             progress: bool = False, on_event: Callable[[dict], None] | None = None) -> Result:
+             progress: bool = False, on_event: Callable[[dict], None] | None = None,
+             callbacks: Sequence[Callback] = (), cli: dict[str, Any] | None = None) -> Result:
     """Search for a better instruction + demos for ``program``.
 
     ``trainset`` is the demo pool, ``valset`` decides which candidate wins. Every LM call goes
-    through one cached session, so rerunning a killed search replays its paid calls from the
-    cache. The same seed and cache reproduce the same result.
+    through one cached session. The same seed and answers reproduce the same result.
+
+    ``callbacks`` receive typed events as the search goes (:mod:`evo.events`: start, candidate
+    generated / evaluated, new best, budget exhausted, complete); ``on_event`` receives the same
+    events as JSON-ready dicts; ``progress`` adds a progress bar.
+
+    With ``run_dir`` the run lives in a run store (:mod:`evo.store`): its state, event log and
+    LM journal are written as it goes, and calling ``optimize`` again with the same inputs and
+    ``run_dir`` resumes it (a killed run continues with no paid call repeated and ends with the
+    result an uninterrupted run gives). Other inputs on the same ``run_dir`` raise
+    :class:`evo.store.RunMismatchError`. ``cli`` (the command line, from ``evo run``) is kept
+    in the store for ``evo run --resume``.
 
     >>> # result = evo.optimize(program, task.train, task.val, lm=evo.lm.local())
     """
@@ -238,6 +268,8 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     task_session = session_for(lm, cache)
     reflection_session = task_session if reflection_lm is None else session_for(reflection_lm,
                                                                                  cache)
+    for s in (task_session, reflection_session):  # a journal belongs to one run: never carry
+        s.journal = None                          # one into another
     # Fail once, clearly, if the LM cannot be reached at all, before any work is done.
     task_session.preflight()
     if reflection_session is not task_session:
@@ -247,15 +279,33 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
 
     sessions = [task_session] + ([reflection_session] if reflection_session is not task_session
                                  else [])
+    store = None
+    if run_dir is not None:
+        spec = {"program": program.to_json(), "trainset": data_digest(train),
+                "valset": data_digest(val), "optimizer": optimizer_spec(optimizer),
+                "seed": seed, "model": task_session.model_id,
+                "reflection_model": reflection_session.model_id,
+                "metric": getattr(metric, "__name__", type(metric).__name__),
+                "description": description}
+        store = RunStore(run_dir, spec, cli=cli)
+        store.attach(*sessions)
     before = [s.usage.copy() for s in sessions]
     started = time.perf_counter()
-    bar = _bar(optimizer.budget.metric_calls, "search", progress)
-    events: list[dict] = []
+    callbacks = [*callbacks, *([ProgressBar()] if progress else [])]
+    live: list[Any] = []  # the search state, once the optimizer has built it
+
+    def spent() -> Usage:
+        usage = Usage()
+        for s, b in zip(sessions, before, strict=True):
+            usage = usage + (s.snapshot() - b)
+        return usage
 
     def sink(event: dict) -> None:
-        events.append(event)
-        if bar is not None and event["event"] == "new_best":
-            bar.set_postfix(best_val=f"{event['val_score']:.3f}")
+        dispatch(callbacks, event)
+        if store is not None:
+            store.record(event)
+            if event["event"] in ("candidate_evaluated", "new_best") and live:
+                store.checkpoint(live[0], spent().to_dict())
         if on_event is not None:
             on_event(event)
 
@@ -263,13 +313,17 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
         state = optimizer.search(program, train, val, task_session=task_session,
                                  reflection_session=reflection_session, metric=metric, seed=seed,
                                  description=description, on_event=sink,
-                                 on_cell=(lambda _r, _c: bar.update(1)) if bar else None)
-    finally:
-        if bar is not None:
-            bar.close()
-    usage = Usage()
-    for s, b in zip(sessions, before, strict=True):
-        usage = usage + (s.usage - b)
+                                 on_cell=None,
+                                 **({"on_state": live.append} if _takes(optimizer.search,
+                                                                       "on_state") else {}))
+    except BaseException:
+        if store is not None:
+            if live:
+                store.checkpoint(live[0], spent().to_dict(), force=True)
+            store.detach(*sessions)
+            store.close()
+        raise
+    usage = spent()
     best = state.best
     seed_cand = state.candidates[0]
     result = Result(
@@ -281,10 +335,38 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
         instructions=list(state.archive.instructions),
         instruction_origins=list(state.archive.origins), seed=seed, session=task_session,
         metric=metric, max_tokens=optimizer.max_tokens,
-        optimizer=getattr(optimizer, "name", "") or type(optimizer).__name__)
-    if run_dir is not None:
-        result.save(run_dir)
+        optimizer=getattr(optimizer, "name", "") or type(optimizer).__name__,
+        record=state_record(state), sittings=store.ledger() if store is not None else [],
+        best_id=best.id)
+    done = {"event": "complete", "t": time.time(), "iteration": state.iteration,
+            "metric_calls": result.metric_calls, "lm_calls": state.evaluator.lm_requests,
+            "best": best.id, "best_val": best.val_score,
+            "baseline_val": seed_cand.val_score, "stop_reason": state.stop_reason,
+            "usage": usage.to_dict(),
+            "best_program": {("evo_ensemble" if isinstance(best.program, EnsembleProgram)
+                              else "evo_program"): 1, **best.program.to_json()}}
+    state.events.append(done)
+    sink(done)
+    if store is not None:
+        store.checkpoint(state, usage.to_dict(), force=True)
+        result.save(store.path)
+        # The sessions stay on the journal: the test pass that usually follows is journaled
+        # too, so a resumed `evo run` replays it.
+        store.close_events()
     return result
+
+
+def optimizer_spec(optimizer: Optimizer) -> dict[str, Any]:
+    """An optimizer's identity for a run store: its name and every parameter, budget included."""
+    from evo.engine import SearchConfig, _jsonable
+    if isinstance(optimizer, SearchConfig):
+        return {**_jsonable(optimizer), "budget": dict(optimizer.budget.__dict__)}
+    return {"optimizer": type(optimizer).__qualname__, "repr": repr(optimizer)}
+
+
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def evaluate(program: Program | EnsembleProgram, dataset: Data, *, lm: LM | LMSession,

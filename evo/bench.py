@@ -368,6 +368,10 @@ class Cell:
         with quiet():
             scores = evaluate(program, list(self.task.test), test_session)
         test_s = time.perf_counter() - t0
+        # DSPy's evaluators swallow call errors: an LM lost mid-run would be read as zeros.
+        for s in (session, test_session):
+            if s.unavailable is not None:
+                raise s.unavailable
         result = {
             "task": self.task.name, "seed": self.seed, "optimizer": self.optimizer,
             "side": "dspy" if dspy_side else "evo",

@@ -1,5 +1,5 @@
-"""The ``evo`` command: ``evo run``, ``evo eval``, ``evo predict``, ``evo bench``,
-``evo optimizers``, ``evo datasets``, ``evo models``."""
+"""The ``evo`` command: ``evo run``, ``evo eval``, ``evo compare``, ``evo report``,
+``evo predict``, ``evo bench``, ``evo optimizers``, ``evo datasets``, ``evo models``."""
 
 from __future__ import annotations
 
@@ -139,24 +139,66 @@ def cmd_optimizers(args: argparse.Namespace) -> int:
     return 0
 
 
+# The `evo run` flags that define a run: kept in its run store, so `--resume RUN` needs no other.
+# (--api-key is never written to disk: pass it again, or use the provider's variable.)
+RUN_ARGS = ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val", "n_test", "seed",
+            "model", "api_base", "cache", "no_cache", "budget", "reflection_model", "optimizer",
+            "set", "reflection_style", "max_demos", "population", "selection", "no_knn",
+            "encoder")
+
+
+def _resume_args(args: argparse.Namespace, parser_defaults: dict) -> None:
+    """Fill ``args`` from the run store ``args.resume`` (flags given as well are an error)."""
+    from evo.store import RUN_FILE
+
+    run_file = Path(args.resume) / RUN_FILE
+    if not run_file.is_file():
+        raise ValueError(f"{args.resume}: not a run directory (no {RUN_FILE})")
+    cli = json.loads(run_file.read_text()).get("cli")
+    if not cli:
+        raise ValueError(f"{args.resume} was made from Python (evo.optimize): resume it by "
+                         "calling evo.optimize again with the same inputs and run_dir")
+    given = [k for k in RUN_ARGS if getattr(args, k) != parser_defaults.get(k)]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"--resume takes the run's own settings from {run_file}; drop {flags}")
+    for key in RUN_ARGS:
+        setattr(args, key, cli.get(key, parser_defaults.get(key)))
+    args.out = args.resume
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import evo
 
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise ValueError("--resume RUN continues in RUN: drop --out")
+        _resume_args(args, _RUN_DEFAULTS)
     task = load_task(args)
     program = evo.Program(signature=task.signature, labels=task.labels)
+    optimizer = build_optimizer(args)
+    if args.dry_run:
+        from evo.projection import project
+        lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
+        print(f"dry run: {task.name}, train {len(task.train)}, val {len(task.val)}; model "
+              f"{args.model}; nothing is sent to the LM\n"
+              + str(project(program, task.train, task.val, optimizer,
+                            count_tokens=getattr(lm, "count_tokens", None))))
+        return 0
     lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
     reflection = (make_lm(args.reflection_model, api_base=args.api_base, api_key=args.api_key)
                   if args.reflection_model else None)
-    optimizer = build_optimizer(args)
     out = Path(args.out or f"runs/{task.name}-s{args.seed}")
     print(f"evo: {task.name}: train {len(task.train)}, val {len(task.val)}, "
           f"test {len(task.test)}; model {args.model}; optimizer {optimizer.name}; "
-          f"budget {args.budget} metric calls",
+          f"budget {args.budget} metric calls; run store {out}"
+          + (" (resuming)" if (out / "run.json").exists() else ""),
           file=sys.stderr)
     started = time.perf_counter()
     result = evo.optimize(program, task.train, task.val, lm=lm, optimizer=optimizer,
                           reflection_lm=reflection, seed=args.seed, cache=_cache(args),
-                          description=task.description, run_dir=out, progress=not args.quiet)
+                          description=task.description, run_dir=out, progress=not args.quiet,
+                          cli={k: getattr(args, k) for k in RUN_ARGS})
     report = result.report(task.test, progress=not args.quiet)
     print(f"\n{task.name} | {args.model} | seed {args.seed}\n{report}")
     source = f"--task {args.task}" if args.task else (
@@ -173,12 +215,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         knn = f" + {best.knn.k} nearest per input" if best.knn else ""
         shown = f"instruction:\n{best.instruction}\ndemos: {len(best.demos)}{knn}"
-    print(f"\nbest {shown}\n\nsaved: {out / 'best.json'}\nrun it again: {again}")
     (out / "report.json").write_text(json.dumps(
         {**report.to_dict(), "task": task.name, "model": args.model, "seed": args.seed,
          "splits": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},
          "eval_command": again, "wall_seconds": time.perf_counter() - started},
         indent=1, default=str))
+    from evo.report import write_report
+    page = write_report(out)
+    print(f"\nbest {shown}\n\nsaved: {out / 'best.json'}\nreport: {page}\n"
+          f"run it again: {again}")
     return 0
 
 
@@ -192,6 +237,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     accuracy = evo.evaluate(program, data, lm=lm, cache=_cache(args))
     print(f"{args.program}: {task.name} {args.split} ({len(data)} examples) "
           f"accuracy {accuracy:.3f}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from evo.compare import compare
+
+    task = load_task(args)
+    data = {"train": task.train, "val": task.val, "test": task.test}[args.split]
+    lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
+    result = compare(args.a, args.b, data, lm=lm, cache=_cache(args), seed=args.seed)
+    print(f"{task.name} {args.split} split\n{result}")
+    if args.out:
+        from evo._io import write_json
+        write_json(args.out, {**result.to_dict(), "task": task.name, "split": args.split,
+                              "model": args.model})
+        print(f"saved: {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evo.report import write_report
+
+    price = None
+    if args.price:
+        try:
+            price = tuple(float(x) for x in args.price.split(","))
+        except ValueError:
+            price = ()
+        if len(price) != 2:
+            raise ValueError(f"--price {args.price!r}: write IN,OUT in dollars per million "
+                             "prompt and completion tokens, e.g. --price 0.15,0.6")
+    path = write_report(args.run, args.out, price=price)
+    print(f"report: {path}")
     return 0
 
 
@@ -257,6 +335,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+_RUN_DEFAULTS: dict = {}  # `evo run`'s flag defaults (filled by build_parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evo", description="Evolutionary prompt search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -282,9 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no per-input nearest-neighbour demos")
     run.add_argument("--encoder", choices=["minilm", "hashing"],
                      help="embeddings for KNN demos and instruction dedupe (default minilm)")
-    run.add_argument("--out", help="run directory (default runs/TASK-sSEED)")
+    run.add_argument("--out", help="run directory (default runs/TASK-sSEED); a run already "
+                     "there with the same settings is resumed")
+    run.add_argument("--resume", metavar="RUN", help="continue the run in RUN (killed or "
+                     "finished) with its own settings: no paid LM call is repeated")
+    run.add_argument("--dry-run", action="store_true", help="print the projected LM calls and "
+                     "tokens of this configuration, and stop before any LM call")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
+    _RUN_DEFAULTS.update({a.dest: a.default for a in run._actions})
 
     ev = sub.add_parser("eval", help="score a saved program on a split")
     ev.add_argument("program", help="program JSON written by `evo run`")
@@ -292,6 +379,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lm_args(ev)
     ev.add_argument("--split", choices=["train", "val", "test"], default="test")
     ev.set_defaults(func=cmd_eval)
+
+    cp = sub.add_parser("compare", help="A/B: two saved programs on the same examples, with a "
+                        "paired bootstrap CI and a permutation-test p-value")
+    cp.add_argument("a", help="program A (JSON written by `evo run`, e.g. RUN/baseline.json)")
+    cp.add_argument("b", help="program B (e.g. RUN/best.json)")
+    _add_data_args(cp)
+    _add_lm_args(cp)
+    cp.add_argument("--split", choices=["train", "val", "test"], default="test")
+    cp.add_argument("--out", help="write the comparison (with per-example scores) as JSON")
+    cp.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="a self-contained HTML report of a run: score vs calls, "
+                        "Pareto fronts, lineage with diffs, per-example wins, usage and cost")
+    rp.add_argument("run", help="run directory (written by `evo run` or evo.optimize(run_dir=))")
+    rp.add_argument("--out", help="HTML file (default RUN/report.html)")
+    rp.add_argument("--price", metavar="IN,OUT",
+                    help="dollars per million prompt and completion tokens, for the cost line")
+    rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("predict", help="run a saved program on one input")
     pr.add_argument("program")
@@ -339,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evo: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("evo: interrupted; paid LM calls are in the cache, rerun to resume",
+        hint = (f"evo run --resume {args.out or args.resume}" if args.command == "run"
+                and (args.out or args.resume) else "the same command")
+        print(f"evo: interrupted; every paid LM call is kept: {hint} resumes",
               file=sys.stderr)
         return 130
 

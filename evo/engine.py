@@ -94,6 +94,9 @@ class SearchConfig(BaseModel):
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
 
     name: ClassVar[str] = ""
+    # Whether the optimizer asks an LM for new instructions (reflection, proposals); the
+    # few-shot optimizers only pick demos. Read by the dry run's projection.
+    proposes: ClassVar[bool] = True
 
     @field_validator("objectives")
     @classmethod
@@ -128,7 +131,8 @@ class Optimizer(Protocol):
     def search(self, program: Program, trainset: Sequence[Example], valset: Sequence[Example], *,
                task_session: LMSession, reflection_session: LMSession, metric: Metric,
                seed: int, description: str, on_event: Callback | None,
-               on_cell: Callable[[int, Cell], None] | None) -> SearchState: ...
+               on_cell: Callable[[int, Cell], None] | None,
+               on_state: Callable[[SearchState], None] | None = None) -> SearchState: ...
 
 
 @dataclass
@@ -189,7 +193,8 @@ class Search:
                  valset: Sequence[Example], *, config: SearchConfig, task_session: LMSession,
                  reflection_session: LMSession, metric: Metric, seed: int = 0,
                  description: str = "", on_event: Callback | None = None,
-                 on_cell: Callable[[int, Cell], None] | None = None) -> None:
+                 on_cell: Callable[[int, Cell], None] | None = None,
+                 on_state: Callable[[SearchState], None] | None = None) -> None:
         self.config = config
         self.seed = seed
         self.rng = random.Random(seed)
@@ -206,6 +211,8 @@ class Search:
                                    max_tokens=config.max_tokens, on_cell=on_cell,
                                    lm_sessions=(task_session, reflection_session))
         self.state.evaluator = self.evaluator
+        if on_state is not None:  # a run store checkpoints this state as it changes
+            on_state(self.state)
         self.all_cols = list(range(len(valset)))
         self._train: ScoreMatrix | None = None
         self._train_rows: dict[int, int] = {}
@@ -238,7 +245,8 @@ class Search:
 
     def emit(self, kind: str, **data: Any) -> None:
         event = {"event": kind, "t": time.time(), "iteration": self.state.iteration,
-                 "metric_calls": self.evaluator.metric_calls, **data}
+                 "metric_calls": self.evaluator.metric_calls,
+                 "lm_calls": self.evaluator.lm_requests, **data}
         self.state.events.append(event)
         if self.on_event is not None:
             self.on_event(event)
@@ -277,8 +285,9 @@ class Search:
         if k in self.state.by_key:
             return None
         return self._register(list(genome), self.archive.program(genome), k, parents, op, note,
-                              instruction_id=genome[G.INSTRUCTION], demos=list(k[1]),
-                              knn_k=k[2])
+                              instruction_id=genome[G.INSTRUCTION],
+                              instruction=self.archive.instructions[genome[G.INSTRUCTION]],
+                              demos=list(k[1]), knn_k=k[2])
 
     def add_program(self, program: Program | EnsembleProgram, key: Hashable,
                     parents: tuple[int, ...], op: str, note: str = "") -> Candidate | None:

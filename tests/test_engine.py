@@ -158,7 +158,8 @@ def test_events_and_run_dir(tmp_path):
                  on_event=events.append)
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and "new_best" in kinds and "candidate_generated" in kinds
-    assert kinds[-1] in {"budget_exhausted", "converged"}
+    assert kinds[-2] in {"budget_exhausted", "converged"} and kinds[-1] == "complete"
+    assert events[-1]["best_val"] == result.best_val
     assert evo.Program.load(tmp_path / "run" / "best.json") == result.best
     assert (tmp_path / "run" / "events.jsonl").read_text().count("\n") == len(result.events)
     saved = json.loads((tmp_path / "run" / "result.json").read_text())["instructions"]

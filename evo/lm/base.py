@@ -61,6 +61,11 @@ class LMError(RuntimeError):
     """A failed LM call (after retries). Recorded per cell by the evaluator; never ends a run alone."""
 
 
+class LMRequestError(LMError):
+    """This request cannot be answered as asked (its prompt is longer than the model's context
+    window, say): retrying cannot help, and it says nothing about whether the LM is up."""
+
+
 class LMUnavailableError(LMError):
     """The LM cannot be reached or loaded at all (bad key, host down, missing model file).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from evo.lm.base import LMRequest, LMResponse, LMUnavailableError
+from evo.lm.base import LMRequest, LMRequestError, LMResponse, LMUnavailableError
 from evo.lm.session import root_message
 
 # dspy error codes (dspy.utils.exceptions) that mean "this LM cannot be used at all".
@@ -21,6 +21,8 @@ _FATAL_CODES = {"auth", "billing", "configuration", "not_configured", "unsupport
 _CONNECT_CODES = {"transport"}
 _FATAL_NAMES = {"AuthenticationError", "PermissionDeniedError", "NotFoundError",
                 "BudgetExceededError"}
+# ... and this one means "this request is too long for the model": no retry helps.
+_REQUEST_NAMES = {"ContextWindowExceededError"}
 _CONNECT_NAMES = {"APIConnectionError", "ConnectError", "ConnectionError", "ConnectionRefusedError"}
 
 
@@ -76,6 +78,8 @@ class DSPyLM:
             if fatal:
                 where = f" at {self.endpoint}" if self.endpoint else ""
                 raise LMUnavailableError(f"{self.model_id}{where}: {root_message(exc)}") from exc
+            if kinds & _REQUEST_NAMES:
+                raise LMRequestError(f"{self.model_id}: {root_message(exc)}") from exc
             raise
         with self._lock:
             self._succeeded = True

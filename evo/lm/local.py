@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from evo.lm.base import LMError, LMRequest, LMResponse, LMUnavailableError
+from evo.lm.base import LMError, LMRequest, LMRequestError, LMResponse, LMUnavailableError
 from evo.lm.models import MODELS, ensure_model
 
 _INSTALL_HINT = ("llama-cpp-python is not installed; install it with "
@@ -96,6 +96,7 @@ class LocalLM:
         self.model_id = model_id
         self.load_seconds: float | None = None
         self._llama: Any = None
+        self._vocab: Any = None  # a vocabulary-only load, for count_tokens
         self._lock = threading.Lock()
 
     @property
@@ -146,7 +147,9 @@ class LocalLM:
                     messages=messages, max_tokens=request.max_tokens,
                     temperature=request.temperature, stop=list(request.stop) or None,
                     seed=request.seed, repeat_penalty=1.0)  # temperature 0 → greedy sampler
-            except ValueError as exc:  # e.g. prompt longer than the context window
+            except ValueError as exc:
+                if "context window" in str(exc):  # the prompt does not fit: no retry helps
+                    raise LMRequestError(f"{self.model_id}: {exc}") from exc
                 raise LMError(f"{self.model_id}: {exc}") from exc
             seconds = time.perf_counter() - t0
             usage = out.get("usage") or {}
@@ -159,6 +162,21 @@ class LocalLM:
         return LMResponse(text=text, prompt_tokens=n_prompt,
                           completion_tokens=int(usage.get("completion_tokens", 0)),
                           seconds=seconds, reused_prompt_tokens=reused)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in this model's vocabulary (loads the vocabulary alone, not the
+        weights, unless the model is loaded already)."""
+        with self._lock:
+            tok = self._llama
+            if tok is None:
+                if self._vocab is None:
+                    from llama_cpp import Llama
+                    from llama_cpp._utils import suppress_stdout_stderr
+                    with suppress_stdout_stderr(disable=self.verbose):  # llama.cpp's C logging
+                        self._vocab = Llama(model_path=str(self.model_path), vocab_only=True,
+                                            verbose=self.verbose)
+                tok = self._vocab
+            return len(tok.tokenize(text.encode(), add_bos=False, special=False))
 
     def close(self) -> None:
         """Free the model (a later call reloads it)."""

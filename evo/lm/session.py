@@ -13,8 +13,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from evo.lm.base import LM, LMError, LMRequest, LMResponse, LMUnavailableError, Message
+from evo.lm.base import (LM, LMError, LMRequest, LMRequestError, LMResponse, LMUnavailableError,
+                         Message)
 from evo.lm.cache import ResponseCache
+from evo.lm.journal import Journal
 
 
 @dataclass
@@ -22,12 +24,15 @@ class Usage:
     """What a session (or a slice of it, via subtraction) spent.
 
     ``calls`` counts paid backend calls that succeeded; failed attempts are in ``retries`` (each
-    re-attempt) and ``errors`` (each request that failed for good). ``by_purpose`` counts paid
-    calls per :attr:`LMRequest.purpose`.
+    re-attempt) and ``errors`` (each request that failed for good). ``cache_hits`` are answers
+    from the shared response cache, ``replayed`` answers from the run's own journal (a resumed
+    run retracing its earlier sittings). ``by_purpose`` counts paid calls per
+    :attr:`LMRequest.purpose`.
     """
 
     calls: int = 0
     cache_hits: int = 0
+    replayed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     lm_seconds: float = 0.0
@@ -38,8 +43,8 @@ class Usage:
 
     @property
     def requests(self) -> int:
-        """Answered requests: paid calls plus cache hits."""
-        return self.calls + self.cache_hits
+        """Answered requests: paid calls, cache hits and journal replays."""
+        return self.calls + self.cache_hits + self.replayed
 
     @property
     def cache_hit_rate(self) -> float:
@@ -103,6 +108,10 @@ class LMSession:
     Thread-safe: many evaluator threads may call :meth:`complete` at once. Identical concurrent
     requests are paid once (later ones wait for the first and read its cached answer). Backends
     that cannot run calls in parallel (the local model) serialise themselves.
+
+    With a :attr:`journal` (set by a run store), the journal answers first and records every
+    answer the session gets, from the backend or the cache, and every request that failed for
+    good: a resumed run replays all of it and pays for nothing twice.
     """
 
     def __init__(self, lm: LM, *, cache: ResponseCache | None = None, retries: int = 2,
@@ -113,6 +122,7 @@ class LMSession:
         self.backoff_s = backoff_s
         self.fail_fast_after = fail_fast_after
         self.usage = Usage()
+        self.journal: Journal | None = None
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
         self._consecutive_failures = 0
@@ -129,6 +139,12 @@ class LMSession:
             return self.usage.copy()
 
     @property
+    def unavailable(self) -> LMUnavailableError | None:
+        """The error that made this session give up on its LM, if it has (every later call
+        raises it). Code that swallows call errors (DSPy's evaluators) should check it."""
+        return self._unavailable
+
+    @property
     def endpoint(self) -> str | None:
         """Where the backend lives (URL or model file), when it says."""
         ep = getattr(self.lm, "endpoint", None)
@@ -136,9 +152,19 @@ class LMSession:
 
     def _cached(self, key: str) -> LMResponse | None:
         # Caller holds self._lock.
+        if self.journal is not None:
+            old = self.journal.get(key)
+            if old is not None:
+                self.usage.replayed += 1
+                if isinstance(old, str):  # this run's earlier sitting saw the request fail
+                    self.usage.errors += 1
+                    raise LMError(old)
+                return old
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
             self.usage.cache_hits += 1
+            if self.journal is not None:
+                self.journal.put(key, hit, source="cache")
         return hit
 
     def complete(self, request: LMRequest) -> LMResponse:
@@ -176,6 +202,12 @@ class LMSession:
             except LMUnavailableError as exc:
                 self._failed(exc, sticky=True)
                 raise
+            except LMRequestError as exc:  # this request's own fault: no retry, no streak
+                with self._lock:
+                    self.usage.errors += 1
+                    if self.journal is not None and request.purpose != "preflight":
+                        self.journal.fail(key, str(exc))
+                raise
             except Exception as exc:  # any backend failure is retried
                 last = exc
                 continue
@@ -191,6 +223,8 @@ class LMSession:
                 u.reused_prompt_tokens += resp.reused_prompt_tokens
                 u.lm_seconds += resp.seconds
                 u.by_purpose[request.purpose] = u.by_purpose.get(request.purpose, 0) + 1
+                if self.journal is not None:
+                    self.journal.put(key, resp, source="paid")
                 if self.cache is not None:
                     try:
                         self.cache.put(key, resp, model_id=self.model_id, request=request)
@@ -202,6 +236,11 @@ class LMSession:
         err = LMError(f"{self.model_id}: call failed after {self.retries + 1} attempt(s): "
                       f"{type(last).__name__}: {last}")
         err.__cause__ = last
+        # Journal the failure for the replay, unless the LM has not answered once in this sitting
+        # (then the run is about to stop as unavailable, and a resume should try again).
+        if self.journal is not None and self._ever_succeeded and request.purpose != "preflight":
+            with self._lock:
+                self.journal.fail(key, str(err))
         self._failed(err, sticky=False)
         raise err
 

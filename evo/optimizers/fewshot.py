@@ -65,6 +65,7 @@ class LabeledFewShot(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "labeled_fewshot"
+    proposes: ClassVar[bool] = False
 
     def run(self, search: Search) -> None:
         k = min(self.k or search.archive.max_demos, search.archive.max_demos)
@@ -84,6 +85,7 @@ class BootstrapFewShot(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "bootstrap_fewshot"
+    proposes: ClassVar[bool] = False
 
     def run(self, search: Search) -> None:
         genome = compile_bootstrap(search, list(range(len(search.trainset))),
@@ -121,6 +123,7 @@ class BootstrapFewShotWithRandomSearch(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "bootstrap_random_search"
+    proposes: ClassVar[bool] = False
 
     def run(self, search: Search) -> None:
         n = len(search.trainset)
@@ -163,6 +166,7 @@ class KNNFewShot(SearchConfig):
     ks: tuple[int, ...] = Field((), description="further k values to try")
 
     name: ClassVar[str] = "knn_fewshot"
+    proposes: ClassVar[bool] = False
 
     def run(self, search: Search) -> None:
         if not search.archive.knn:

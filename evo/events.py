@@ -1,0 +1,353 @@
+"""Search events, typed, and the callbacks that receive them.
+
+The engine emits one event per step of a search (:meth:`evo.engine.Search.emit`); each is a
+JSON-ready dict on the wire (the event log, ``on_event``) and a typed :class:`Event` for
+callbacks. A callback subclasses :class:`Callback` and overrides the hooks it needs::
+
+    class Print(evo.Callback):
+        def on_new_best(self, event: evo.events.NewBest) -> None:
+            print(event.candidate, event.val_score)
+
+    evo.optimize(program, train, val, lm=lm, callbacks=[Print(), evo.events.JSONLLog("ev.jsonl")])
+
+Built-in sinks: :class:`ProgressBar`, :class:`JSONLLog`, :class:`MLflowLogger` (optional
+dependency) and :class:`CandidateStore` (every evaluated instruction, searchable by
+similarity with FAISS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Event:
+    """What every event carries: its kind, wall time, the search iteration, and the metric calls
+    and LM requests (cache hits and replays included) spent when it happened; ``data`` holds
+    the kind's own fields (all of them, also for the typed subclasses)."""
+
+    kind: str
+    t: float
+    iteration: int
+    metric_calls: int
+    lm_calls: int = 0
+    data: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    kinds: ClassVar[dict[str, type[Event]]] = {}
+
+    def __init_subclass__(cls, kind: str = "", **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if kind:
+            Event.kinds[kind] = cls
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Event:
+        """The typed event for an engine event dict (a plain :class:`Event` for other kinds)."""
+        common = ("event", "t", "iteration", "metric_calls", "lm_calls")
+        data = {k: v for k, v in raw.items() if k not in common}
+        sub = Event.kinds.get(raw["event"], Event)
+        own = {f.name: data[f.name] for f in fields(sub) if f.name in data
+               and f.name not in ("kind", "t", "iteration", "metric_calls", "lm_calls", "data")}
+        return sub(kind=raw["event"], t=raw.get("t", 0.0), iteration=raw.get("iteration", 0),
+                   metric_calls=raw.get("metric_calls", 0), lm_calls=raw.get("lm_calls", 0),
+                   data=data, **own)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.kind, "t": self.t, "iteration": self.iteration,
+                "metric_calls": self.metric_calls, "lm_calls": self.lm_calls, **self.data}
+
+
+@dataclass(frozen=True)
+class SearchStarted(Event, kind="start"):
+    seed: int = 0
+    budget: int = 0
+    val_size: int = 0
+    train_size: int = 0
+    config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CandidateGenerated(Event, kind="candidate_generated"):
+    candidate: int = -1
+    parents: list[int] | None = None
+    op: str = ""
+    note: str = ""
+    instruction: str | None = None  # its instruction text (None for a voting ensemble)
+
+
+@dataclass(frozen=True)
+class CandidateEvaluated(Event, kind="candidate_evaluated"):
+    """A candidate was scored: on a minibatch (``val_score`` None unless it was then validated
+    in full) or on the whole validation set."""
+
+    candidate: int = -1
+    val_score: float | None = None
+    accepted: bool | None = None
+
+
+@dataclass(frozen=True)
+class NewBest(Event, kind="new_best"):
+    candidate: int = -1
+    val_score: float = 0.0
+
+
+@dataclass(frozen=True)
+class BudgetExhausted(Event, kind="budget_exhausted"):
+    remaining: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Converged(Event, kind="converged"):
+    remaining: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SearchCompleted(Event, kind="complete"):
+    """The search returned (emitted by :func:`evo.optimize` once the result is built)."""
+
+    best: int = -1
+    best_val: float = 0.0
+    baseline_val: float = 0.0
+    stop_reason: str = ""
+    usage: dict[str, Any] | None = None
+    best_program: dict[str, Any] | None = None  # as saved in best.json
+
+
+class Callback:
+    """Receives a search's events. Override the hooks you need; :meth:`on_event` sees every
+    event (optimizer-specific kinds too), before the kind's own hook."""
+
+    def on_event(self, event: Event) -> None: ...
+    def on_start(self, event: SearchStarted) -> None: ...
+    def on_candidate_generated(self, event: CandidateGenerated) -> None: ...
+    def on_candidate_evaluated(self, event: CandidateEvaluated) -> None: ...
+    def on_new_best(self, event: NewBest) -> None: ...
+    def on_budget_exhausted(self, event: BudgetExhausted) -> None: ...
+    def on_converged(self, event: Converged) -> None: ...
+    def on_complete(self, event: SearchCompleted) -> None: ...
+
+
+def dispatch(callbacks: Iterable[Callback], raw: dict[str, Any]) -> Event:
+    """Type ``raw`` once and hand it to every callback (``on_event``, then the kind's hook)."""
+    event = Event.from_dict(raw)
+    hook = "on_" + ("start" if event.kind == "start" else event.kind)
+    for cb in callbacks:
+        cb.on_event(event)
+        if type(event) is not Event:
+            getattr(cb, hook)(event)
+    return event
+
+
+# ---- built-in sinks ---------------------------------------------------------------------------
+
+class ProgressBar(Callback):
+    """A tqdm bar over the metric-call budget, with the best validation score so far."""
+
+    def __init__(self, desc: str = "search") -> None:
+        self.desc = desc
+        self._bar: Any = None
+
+    def on_start(self, event: SearchStarted) -> None:
+        from tqdm.auto import tqdm
+        # In a log file (CI, nohup) a bar redrawn 10 times a second floods it: every 10 s.
+        self._bar = tqdm(total=event.budget, desc=self.desc, unit="call", file=sys.stderr,
+                         dynamic_ncols=True, mininterval=10 if not sys.stderr.isatty() else 0.1)
+
+    def on_event(self, event: Event) -> None:
+        if self._bar is not None and event.metric_calls > self._bar.n:
+            self._bar.update(event.metric_calls - self._bar.n)
+
+    def on_new_best(self, event: NewBest) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(best_val=f"{event.val_score:.3f}")
+
+    def on_complete(self, event: SearchCompleted) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class JSONLLog(Callback):
+    """Appends every event to ``path``, one JSON object per line, flushed as it comes (a
+    process watching the file sees each event at once)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a")  # noqa: SIM115 (closed on completion)
+
+    def on_event(self, event: Event) -> None:
+        if self._fh.closed:
+            self._fh = open(self.path, "a")  # noqa: SIM115
+        self._fh.write(json.dumps(event.to_dict(), default=str) + "\n")
+        self._fh.flush()
+
+    def on_complete(self, event: SearchCompleted) -> None:
+        self._fh.close()
+
+
+def _flat(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+class MLflowLogger(Callback):
+    """Logs a search to MLflow: the optimizer's parameters, the validation score of each
+    candidate and the best so far per metric call (the step), usage at the end, and the best
+    program (``best.json``) as an artifact. MLflow is optional: ``pip install mlflow``.
+
+    ``tracking_uri`` e.g. ``"file:///tmp/mlruns"`` (a local file store), ``"sqlite:///mlflow.db"``
+    or an ``http://`` server (default: MLflow's own default or ``MLFLOW_TRACKING_URI``).
+    """
+
+    def __init__(self, *, experiment: str = "evo", run_name: str | None = None,
+                 tracking_uri: str | None = None, tags: dict[str, str] | None = None) -> None:
+        try:
+            import mlflow
+        except ImportError as exc:
+            raise ImportError("MLflowLogger needs MLflow: pip install mlflow") from exc
+        self._mlflow = mlflow
+        self.experiment, self.run_name, self.tags = experiment, run_name, tags or {}
+        self.tracking_uri = tracking_uri
+        self.run_id: str | None = None
+
+    def on_start(self, event: SearchStarted) -> None:
+        mlflow = self._mlflow
+        if self.tracking_uri:
+            if "://" not in self.tracking_uri or self.tracking_uri.startswith("file:"):
+                # MLflow >= 3.7 refuses a file store unless told it is wanted; asking for one
+                # by its URI is saying so.
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_experiment(self.experiment)
+        run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+        self.run_id = run.info.run_id
+        params = _flat("", {"seed": event.seed, "budget": event.budget,
+                            "val_size": event.val_size, "train_size": event.train_size,
+                            **(event.config or {})}, {})
+        # MLflow caps a parameter value at 6000 characters
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+    def on_candidate_evaluated(self, event: CandidateEvaluated) -> None:
+        if event.val_score is not None:
+            self._mlflow.log_metric("val_score", float(event.val_score),
+                                    step=event.metric_calls)
+
+    def on_new_best(self, event: NewBest) -> None:
+        self._mlflow.log_metric("best_val", float(event.val_score), step=event.metric_calls)
+
+    def on_complete(self, event: SearchCompleted) -> None:
+        mlflow = self._mlflow
+        usage = {k: v for k, v in (event.usage or {}).items() if isinstance(v, int | float)}
+        mlflow.log_metrics({"final_best_val": event.best_val,
+                            "baseline_val": event.baseline_val,
+                            "metric_calls": float(event.metric_calls),
+                            **{f"usage.{k}": float(v) for k, v in usage.items()}})
+        if event.best_program is not None:
+            mlflow.log_dict(event.best_program, "best.json")
+        mlflow.end_run()
+
+
+@dataclass(frozen=True)
+class Match:
+    """A :meth:`CandidateStore.search` hit."""
+
+    candidate: int
+    instruction: str
+    val_score: float
+    similarity: float
+
+
+class CandidateStore(Callback):
+    """Every fully evaluated instruction, embedded and indexed with FAISS, searchable by
+    similarity: which instructions near this one were tried, and how did they score?
+
+    >>> # store = CandidateStore(); evo.optimize(..., callbacks=[store])
+    >>> # store.search("Answer with the category of the question", k=3)
+    """
+
+    def __init__(self, encoder: str = "minilm") -> None:
+        from evo.knn import encoder_for
+        self.encoder_name = encoder
+        self._encoder = encoder_for(encoder)
+        self._index: Any = None
+        self._texts: dict[int, str] = {}
+        self.entries: list[tuple[int, str, float]] = []  # (candidate, instruction, val_score)
+
+    def on_candidate_generated(self, event: CandidateGenerated) -> None:
+        if event.instruction is not None:
+            self._texts[event.candidate] = event.instruction
+
+    def on_candidate_evaluated(self, event: CandidateEvaluated) -> None:
+        text = self._texts.get(event.candidate)
+        if event.val_score is None or text is None:
+            return
+        self.add(event.candidate, text, float(event.val_score))
+
+    def add(self, candidate: int, instruction: str, val_score: float) -> None:
+        from embeddings.index import VectorIndex
+        vec = np.asarray(self._encoder.encode([instruction]), dtype=np.float32)
+        if self._index is None:
+            self._index = VectorIndex(vec.shape[1])
+        self._index.add(vec, ids=[len(self.entries)])
+        self.entries.append((candidate, instruction, val_score))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def search(self, text: str, k: int = 5) -> list[Match]:
+        """The ``k`` evaluated instructions most similar to ``text``, most similar first."""
+        if not self.entries:
+            return []
+        q = np.asarray(self._encoder.encode([text]), dtype=np.float32)
+        sims, ids = self._index.search(q, min(k, len(self.entries)))
+        return [Match(*self.entries[int(i)], similarity=float(s))
+                for s, i in zip(sims[0], ids[0], strict=True) if i >= 0]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the entries (JSON); :meth:`load` re-embeds them (embeddings are cached)."""
+        from evo._io import write_json
+        return write_json(path, {"encoder": self.encoder_name, "entries": self.entries})
+
+    @classmethod
+    def load(cls, path: str | Path) -> CandidateStore:
+        data = json.loads(Path(path).read_text())
+        store = cls(data["encoder"])
+        for candidate, instruction, val_score in data["entries"]:
+            store.add(int(candidate), instruction, float(val_score))
+        return store
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, encoder: str = "minilm") -> CandidateStore:
+        """Every validated instruction of a stored run (its ``result.json`` or checkpoint)."""
+        run_dir = Path(run_dir)
+        src = run_dir / "result.json"
+        if not src.exists():
+            src = run_dir / "checkpoint.json"
+        record = json.loads(src.read_text())
+        texts = [i["text"] for i in record["instructions"]]
+        store = cls(encoder)
+        for c in record["candidates"]:
+            if c["val_score"] is not None and c["genome"]:
+                store.add(c["id"], texts[c["genome"][0]], c["val_score"])
+        return store
+
+
+__all__: Sequence[str] = (
+    "Event", "SearchStarted", "CandidateGenerated", "CandidateEvaluated", "NewBest",
+    "BudgetExhausted", "Converged", "SearchCompleted", "Callback", "dispatch", "ProgressBar",
+    "JSONLLog", "MLflowLogger", "CandidateStore", "Match")

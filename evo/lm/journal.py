@@ -1,0 +1,133 @@
+"""A run's LM journal: every answer one run received, committed before the run reads it.
+
+Where the shared :class:`~evo.lm.cache.ResponseCache` is a convenience (any run may read it, a user
+may delete it or turn it off), the journal belongs to one run directory and is what makes that run
+resumable: a resumed run answers each request found here without calling the LM, so it retraces
+the same decisions and continues from where it stopped (:mod:`evo.store`). Failed requests are
+journaled too, so a replay meets the same failures the first sitting met.
+
+SQLite in WAL mode with one autocommitted statement per answer: a process killed at any moment
+leaves every answer it had received either fully there or absent. ``INSERT`` (never ``REPLACE``)
+on the key is the proof that no request was paid twice in one run.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+from evo.lm.base import LMResponse
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,          -- 'paid' (the backend answered) or 'cache' (the shared cache)
+    sitting INTEGER NOT NULL,      -- which process of the run received it (1, 2, ...)
+    text TEXT,                     -- NULL for a failed request
+    error TEXT,                    -- the failure, for a request that failed for good
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    reused_prompt_tokens INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sittings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started REAL NOT NULL,
+    pid INTEGER NOT NULL
+);
+"""
+
+Source = Literal["paid", "cache"]
+
+
+class Journal:
+    """Append-only ``key -> answer | failure`` log of one run, safe for threads. A process that
+    runs the search calls :meth:`begin_sitting` first: its answers are booked to that *sitting*
+    (numbered from 1); opening the journal only to read it books nothing."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                     check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable against a killed process (the WAL is written before the commit
+        # returns); only a power cut can lose the last answers, which a resume then pays again.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self.sitting = 0
+
+    def begin_sitting(self) -> int:
+        """Start booking answers to a new sitting; returns its number."""
+        with self._lock:
+            self.sitting = int(self._conn.execute(
+                "INSERT INTO sittings (started, pid) VALUES (?, ?)",
+                (time.time(), os.getpid())).lastrowid or 1)
+        return self.sitting
+
+    def get(self, key: str) -> LMResponse | str | None:
+        """The journaled answer for ``key`` (``cached=True``), its error text if the request failed
+        for good, or ``None`` if this run never asked it."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT text, error, prompt_tokens, completion_tokens FROM answers WHERE key = ?",
+                (key,)).fetchone()
+        if row is None:
+            return None
+        if row[0] is None:
+            return str(row[1])
+        return LMResponse(text=row[0], prompt_tokens=row[2], completion_tokens=row[3],
+                          seconds=0.0, cached=True)
+
+    def put(self, key: str, response: LMResponse, *, source: Source) -> None:
+        self._insert(key, source, response.text, None, response.prompt_tokens,
+                     response.completion_tokens, response.reused_prompt_tokens, response.seconds)
+
+    def fail(self, key: str, error: str) -> None:
+        self._insert(key, "paid", None, error, 0, 0, 0, 0.0)
+
+    def _insert(self, key: str, source: str, text: str | None, error: str | None,
+                prompt: int, completion: int, reused: int, seconds: float) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO answers (key, source, sitting, text, error, prompt_tokens, "
+                "completion_tokens, reused_prompt_tokens, seconds, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, source, self.sitting, text, error, prompt, completion, reused, seconds,
+                 time.time()))
+
+    def ledger(self) -> list[dict[str, float]]:
+        """Per sitting: requests answered by the backend (``paid``, failures included as
+        ``failed``), by the shared cache, prompt/completion tokens and LM seconds paid."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT s.id, s.started, COUNT(a.key), "
+                "SUM(a.source = 'paid' AND a.error IS NULL), SUM(a.error IS NOT NULL), "
+                "SUM(a.source = 'cache'), "
+                "SUM(CASE WHEN a.source = 'paid' THEN a.prompt_tokens END), "
+                "SUM(CASE WHEN a.source = 'paid' THEN a.completion_tokens END), "
+                "SUM(CASE WHEN a.source = 'paid' THEN a.seconds END) "
+                "FROM sittings s LEFT JOIN answers a ON a.sitting = s.id "
+                "GROUP BY s.id ORDER BY s.id").fetchall()
+        return [{"sitting": r[0], "started": r[1], "answers": r[2], "paid": r[3] or 0,
+                 "failed": r[4] or 0, "shared_cache": r[5] or 0, "prompt_tokens": r[6] or 0,
+                 "completion_tokens": r[7] or 0, "lm_seconds": round(r[8] or 0.0, 3)}
+                for r in rows]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r}, sitting={self.sitting})"

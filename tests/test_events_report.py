@@ -1,0 +1,252 @@
+"""Typed events and their sinks (JSONL, MLflow, the FAISS candidate store), A/B comparison,
+the HTML report, the dry run's projection, and `evo run --resume` / `--dry-run` from the shell."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import evo
+from evo.cli import main
+from evo.events import (CandidateEvaluated, CandidateGenerated, NewBest, SearchCompleted,
+                        SearchStarted)
+from evo.lm import ScriptedLM
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine import TEST, TRAIN, VAL, make, program, respond  # noqa: E402
+
+
+def search(lm=None, **kw):
+    opt = evo.Evolution(budget=evo.Budget(metric_calls=kw.pop("budget", 150)), knn=False,
+                        encoder="hashing")
+    return evo.optimize(program(), TRAIN, VAL, lm=lm or ScriptedLM(respond), optimizer=opt,
+                        cache=False, **kw)
+
+
+class Recorder(evo.Callback):
+    def __init__(self):
+        self.seen, self.typed = [], []
+
+    def on_event(self, event):
+        self.seen.append(event)
+
+    def on_start(self, event):
+        self.typed.append(event)
+
+    def on_candidate_generated(self, event):
+        self.typed.append(event)
+
+    def on_candidate_evaluated(self, event):
+        self.typed.append(event)
+
+    def on_new_best(self, event):
+        self.typed.append(event)
+
+    def on_complete(self, event):
+        self.typed.append(event)
+
+
+def test_callbacks_receive_typed_events_in_order(tmp_path):
+    rec = Recorder()
+    log = tmp_path / "events.jsonl"
+    result = search(callbacks=[rec, evo.JSONLLog(log)])
+    assert [e.kind for e in rec.seen] == [e["event"] for e in result.events]
+    assert isinstance(rec.typed[0], SearchStarted) and rec.typed[0].budget == 150
+    assert isinstance(rec.typed[-1], SearchCompleted)
+    done = rec.typed[-1]
+    assert done.best_val == result.best_val and done.best_program["evo_program"] == 1
+    assert evo.Program.model_validate({k: v for k, v in done.best_program.items()
+                                       if k != "evo_program"}) == result.best
+    gen = [e for e in rec.typed if isinstance(e, CandidateGenerated)]
+    assert gen[0].op == "seed" and gen[0].instruction == result.baseline.instruction
+    full = [e for e in rec.typed if isinstance(e, CandidateEvaluated) and e.val_score is not None]
+    bests = [e for e in rec.typed if isinstance(e, NewBest)]
+    assert full and bests[-1].val_score == result.best_val
+    # metric calls and LM calls never go backwards
+    calls = [(e.metric_calls, e.lm_calls) for e in rec.seen]
+    assert calls == sorted(calls)
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["event"] for x in lines] == [e["event"] for e in result.events]
+
+
+def test_candidate_store_finds_instructions_by_similarity(tmp_path):
+    store = evo.CandidateStore(encoder="hashing")
+    result = search(callbacks=[store], budget=200)
+    assert len(store) == sum(c.accepted for c in result.candidates)
+    hit = store.search(result.baseline.instruction, k=1)[0]
+    assert hit.instruction == result.baseline.instruction and hit.similarity > 0.99
+    again = evo.CandidateStore.load(store.save(tmp_path / "cands.json"))
+    assert [m.candidate for m in again.search("produce the label", k=3)] == \
+        [m.candidate for m in store.search("produce the label", k=3)]
+    search(budget=200, run_dir=tmp_path / "run")
+    from_run = evo.CandidateStore.from_run(tmp_path / "run", encoder="hashing")
+    assert len(from_run) == len(store)
+
+
+def test_mlflow_logs_params_metrics_and_the_best_program(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    logger = evo.MLflowLogger(tracking_uri=uri, experiment="evo-test", run_name="trec")
+    result = search(callbacks=[logger])
+    client = MlflowClient(uri)
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optimizer"] == "evolution" and run.data.params["budget"] == "150"
+    assert run.data.metrics["final_best_val"] == result.best_val
+    history = client.get_metric_history(logger.run_id, "best_val")
+    assert [m.value for m in history][-1] == result.best_val
+    assert [m.step for m in history] == sorted(m.step for m in history)
+    path = client.download_artifacts(logger.run_id, "best.json", str(tmp_path))
+    assert evo.load_program(path) == result.best
+
+
+def test_compare_pairs_two_programs_on_the_same_examples(tmp_path):
+    weak = program()
+    strong = program().model_copy(update={"demos": tuple(TRAIN[:2])})
+    cmp = evo.compare(weak, strong, TEST, lm=ScriptedLM(respond), cache=False)
+    assert (cmp.accuracy_a, cmp.accuracy_b) == (0.5, 1.0) and cmp.b_minus_a == 0.5
+    assert cmp.ci_low > 0 and cmp.p_value < 0.001 and cmp.significant
+    assert len(cmp.b_wins) == 20 and cmp.a_wins == []
+    same = evo.compare(strong, strong, TEST, lm=ScriptedLM(respond), cache=False)
+    assert same.b_minus_a == 0 and same.p_value == 1.0 and not same.significant
+    with pytest.raises(ValueError, match="cannot run on example 1"):
+        evo.compare(weak, strong, [evo.Example(inputs={"q": "x"}, outputs={"label": "pos"})],
+                    lm=ScriptedLM(respond), cache=False)
+
+
+def write_data(tmp_path):
+    rows = [{"text": ex.inputs["text"], "label": ex.outputs["label"]}
+            for ex in [make(i) for i in range(300, 400)]]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return ["--data", str(path), "--inputs", "text", "--outputs", "label", "--labels", "pos,neg",
+            "--n-train", "30", "--n-val", "20", "--n-test", "20"]
+
+
+@pytest.fixture
+def scripted_cli(monkeypatch):
+    lms = []
+
+    def make_lm(spec, **kw):
+        lms.append(ScriptedLM(respond))
+        return lms[-1]
+    monkeypatch.setattr("evo.cli.make_lm", make_lm)
+    return lms
+
+
+def test_cli_compare_and_report(tmp_path, scripted_cli, capsys):
+    data = write_data(tmp_path)
+    run = tmp_path / "run"
+    assert main(["run", *data, "--budget", "100", "--no-knn", "--encoder", "hashing",
+                 "--no-cache", "--quiet", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "report: " in out and (run / "report.html").exists()
+    assert main(["compare", str(run / "baseline.json"), str(run / "best.json"), *data,
+                 "--no-cache", "--out", str(tmp_path / "ab.json")]) == 0
+    out = capsys.readouterr().out
+    assert "B - A (95% paired bootstrap CI)" in out and "verdict" in out
+    ab = json.loads((tmp_path / "ab.json").read_text())
+    test = json.loads((run / "report.json").read_text())
+    # the A/B rerun on the same split agrees with the run's own baseline-vs-best report
+    assert ab["scores_a"] == test["baseline_scores"] and ab["scores_b"] == test["optimized_scores"]
+    assert main(["report", str(run), "--price", "0.15,0.6", "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    for section in ("Validation accuracy vs calls", "Pareto fronts", "Lineage",
+                    "Per example", "Usage and cost", "$0.00"):
+        assert section in page, section
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["report", str(run), "--price", "cheap"]) == 2
+    assert "--price 'cheap'" in capsys.readouterr().err
+
+
+def test_report_of_a_killed_run_reads_its_checkpoint(tmp_path):
+    class Killed(BaseException):
+        pass
+
+    lm = ScriptedLM(lambda r: (_ for _ in ()).throw(Killed) if len(lm.calls) > 70
+                    else respond(r))
+    with pytest.raises(Killed):
+        search(lm, budget=300, run_dir=tmp_path / "run")
+    page = evo.report.build(tmp_path / "run")
+    assert "unfinished" in page and "From the seed to the best" in page
+
+
+def test_lineage_diff_marks_the_words_a_mutation_changed():
+    from evo.report import word_diff
+    html = word_diff("Classify the text.", "Classify the text. Say pos when it says good.")
+    assert "<ins>" in html and "Say pos" in html and "<del>" not in html
+    assert "<del>text.</del>" in word_diff("Classify the text.", "Classify the message.")
+
+
+def test_projection_bounds_what_a_search_spends():
+    opt = evo.Evolution(budget=evo.Budget(metric_calls=150), knn=False, encoder="hashing")
+    proj = evo.project(program(), TRAIN, VAL, opt)
+    result = search(budget=150)
+    assert proj.task_calls == 150 and proj.full_validations == 5
+    assert result.usage.by_purpose.get("task", 0) <= proj.task_calls
+    assert result.usage.requests - result.usage.by_purpose.get("task", 0) <= proj.proposal_calls
+    assert proj.prompt_tokens_low < proj.prompt_tokens_high
+    few = evo.project(program(), TRAIN, VAL, evo.BootstrapFewShotWithRandomSearch(
+        budget=evo.Budget(metric_calls=150)))
+    assert few.proposal_calls == 0
+    counted = evo.project(program(), TRAIN, VAL, opt, count_tokens=lambda t: len(t.split()))
+    assert counted.tokens_exact and counted.prompt_tokens_low < proj.prompt_tokens_low
+
+
+def test_cli_dry_run_resume_and_its_errors(tmp_path, scripted_cli, capsys):
+    data = write_data(tmp_path)
+    run = tmp_path / "run"
+    flags = ["--budget", "100", "--no-knn", "--encoder", "hashing", "--no-cache", "--quiet"]
+    assert main(["run", *data, *flags, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "task LM calls" in out and "at most 100" in out
+    assert not scripted_cli[-1].calls  # nothing was sent
+    assert main(["run", *data, *flags, "--out", str(run)]) == 0
+    first = json.loads((run / "result.json").read_text())
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run), "--quiet"]) == 0
+    # the resumed run read its settings from the store and paid only the preflight
+    assert len(scripted_cli[-1].calls) == 1
+    again = json.loads((run / "result.json").read_text())
+    assert again["candidates"] == first["candidates"] and again["scores"] == first["scores"]
+    assert main(["run", "--resume", str(run), "--budget", "50"]) == 2
+    assert "drop --budget" in capsys.readouterr().err
+    assert main(["run", *data, *flags[:-1], "--seed", "1", "--out", str(run)]) == 2
+    assert "holds another run" in capsys.readouterr().err
+    search(run_dir=tmp_path / "py")
+    assert main(["run", "--resume", str(tmp_path / "py")]) == 2
+    assert "made from Python" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def screenshot(page: Path, png: Path) -> np.ndarray:
+    """Render ``page`` in headless Chromium; the screenshot as an RGB array."""
+    from PIL import Image
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={png.parent / 'chromium-profile'}",
+                    "--window-size=1200,3000", f"--screenshot={png}", page.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium)")
+def test_report_renders_in_a_browser(tmp_path):
+    search(budget=200, run_dir=tmp_path / "run")
+    page = evo.report.write_report(tmp_path / "run")
+    img = screenshot(page, tmp_path / "shot.png")
+    assert img.shape[:2] == (3000, 1200)
+    # the plots were decoded and drawn: the best-so-far line's red (#d0534a) is on screen
+    red = np.all(np.abs(img.astype(int) - [0xd0, 0x53, 0x4a]) < 30, axis=-1)
+    assert red.sum() > 200

@@ -1,0 +1,247 @@
+"""The run store: a killed run resumes with no paid LM call repeated and ends with the result an
+uninterrupted run gives; another run on the same directory is refused; the journal replays
+failures; request errors are neither retried nor taken for an unreachable LM."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import evo
+from evo.lm import LMRequestError, LMSession, ScriptedLM
+from evo.lm.base import LMRequest, LMResponse
+from evo.lm.journal import Journal
+from evo.store import RunMismatchError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine import TRAIN, VAL, program, respond  # noqa: E402
+
+
+def search(lm, run_dir, *, budget=120, seed=0, **kw):
+    opt = evo.Evolution(budget=evo.Budget(metric_calls=budget), knn=False, encoder="hashing")
+    return evo.optimize(program(), TRAIN, VAL, lm=lm, optimizer=opt, seed=seed, cache=False,
+                        run_dir=run_dir, **kw)
+
+
+def same_run(a: Path, b: Path) -> None:
+    """Two run directories hold the same result: programs, candidates, lineage, scores."""
+    assert (a / "best.json").read_text() == (b / "best.json").read_text()
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
+    for key in ("instructions", "candidates", "scores", "val_example_ids", "cell_errors"):
+        assert ra[key] == rb[key], key
+    for key in ("best_val", "baseline_val", "metric_calls", "stop_reason"):
+        assert ra["summary"][key] == rb["summary"][key], key
+    kinds = [[json.loads(line)["event"] for line in (d / "events.jsonl").read_text().splitlines()]
+             for d in (a, b)]
+    assert kinds[0] == kinds[1]
+
+
+class Killed(BaseException):
+    """Stands in for a kill inside an LM call (BaseException: nothing catches it)."""
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    whole = search(ScriptedLM(respond), tmp_path / "whole")
+    paid_whole = whole.sittings[0]["paid"]
+
+    calls = 0
+
+    def dies_after(n):
+        def answer(req):
+            nonlocal calls
+            calls += 1
+            if calls > n:
+                raise Killed
+            return respond(req)
+        return answer
+
+    for stop in (7, 31, 52):  # three sittings killed mid-search, the fourth finishes
+        calls = 0
+        with pytest.raises(Killed):
+            search(ScriptedLM(dies_after(stop)), tmp_path / "killed")
+    last = ScriptedLM(respond)
+    resumed = search(last, tmp_path / "killed")
+    same_run(tmp_path / "whole", tmp_path / "killed")
+    sittings = resumed.sittings
+    assert len(sittings) == 4
+    # every sitting paid only new requests, and together exactly what the whole run paid
+    assert sum(s["paid"] for s in sittings) == paid_whole
+    assert resumed.usage.replayed == sum(s["paid"] for s in sittings[:3])
+    # the fourth sitting paid its preflight and the rest, nothing already in the journal
+    assert len(last.calls) == 1 + sittings[3]["paid"]
+    # the result's own accounting says the same
+    summary = json.loads((tmp_path / "killed" / "result.json").read_text())["summary"]
+    assert summary["paid_calls_all_sittings"] == paid_whole
+    # a finished run reopened replays everything and pays nothing but the preflight
+    again = ScriptedLM(respond)
+    search(again, tmp_path / "killed")
+    assert len(again.calls) == 1
+    same_run(tmp_path / "whole", tmp_path / "killed")
+
+
+def test_checkpoint_tells_where_a_killed_run_stood(tmp_path):
+    def dies(req):
+        if len(lm.calls) > 40:
+            raise Killed
+        return respond(req)
+
+    lm = ScriptedLM(dies)
+    with pytest.raises(Killed):
+        search(lm, tmp_path / "run")
+    ck = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert ck["metric_calls"] >= 30 and ck["candidates"] and ck["scores"]
+    # the 41st call died: the preflight (never journaled) and 39 search calls were answered
+    assert ck["sittings"][0]["paid"] == 39
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_another_run_on_the_same_directory_is_refused(tmp_path):
+    search(ScriptedLM(respond), tmp_path / "run", budget=60)
+    with pytest.raises(RunMismatchError, match=r"seed \(0 -> 1\)"):
+        search(ScriptedLM(respond), tmp_path / "run", budget=60, seed=1)
+    with pytest.raises(RunMismatchError, match="optimizer"):
+        search(ScriptedLM(respond), tmp_path / "run", budget=90)
+    with pytest.raises(RunMismatchError, match="valset"):
+        evo.optimize(program(), TRAIN, VAL[:-1], lm=ScriptedLM(respond), cache=False,
+                     optimizer=evo.Evolution(budget=evo.Budget(metric_calls=60), knn=False,
+                                             encoder="hashing"),
+                     run_dir=tmp_path / "run")
+
+
+def test_failures_are_journaled_and_replayed(tmp_path):
+    """A request that failed for good in an earlier sitting fails again on replay (the same
+    zero cell), without calling the LM: the resumed result is the uninterrupted one."""
+    def flaky(req):
+        return None if "item 105 " not in req.messages[-1].content else ConnectionError("boom")
+
+    lm = ScriptedLM(respond, errors=flaky)
+    whole = search(lm, tmp_path / "whole", budget=90)
+    errors = [c for c in json.loads((tmp_path / "whole" / "result.json").read_text())
+              ["cell_errors"]]
+    assert errors, "the scripted failure should have produced error cells"
+    assert whole.sittings[0]["failed"] >= 1
+    again = ScriptedLM(respond)  # the LM works now, but the run replays what it saw
+    search(again, tmp_path / "whole", budget=90)
+    assert len(again.calls) == 1  # the preflight
+    assert json.loads((tmp_path / "whole" / "result.json").read_text())["cell_errors"] == errors
+
+
+def test_request_errors_are_not_retried_and_do_not_look_like_an_outage():
+    too_long = LMRequestError("prompt longer than the context window")
+    lm = ScriptedLM(respond, errors=lambda req: too_long if "long" in req.messages[-1].content
+                    else None)
+    session = LMSession(lm, retries=2, backoff_s=0, fail_fast_after=3)
+    for i in range(6):  # more than fail_fast_after, before any success
+        with pytest.raises(LMRequestError):
+            session.complete(LMRequest(messages=(evo.lm.Message("user", f"long {i}"),)))
+    assert len(lm.calls) == 6 and session.usage.retries == 0 and session.usage.errors == 6
+    assert session.unavailable is None
+    assert session.complete(LMRequest(messages=(evo.lm.Message("user", "text: x"),))).text
+
+
+def test_journal_refuses_a_second_answer_for_one_request(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.put("k", LMResponse("a"), source="paid")
+    with pytest.raises(Exception, match="UNIQUE"):
+        journal.put("k", LMResponse("b"), source="paid")
+    assert journal.sitting == 0  # a journal opened to be read books no sitting
+    assert Journal(tmp_path / "j.sqlite").begin_sitting() == 1
+    assert [s["answers"] for s in journal.ledger()] == [0]  # "k" was booked to no sitting
+
+
+SCRIPT = r"""
+import sys
+sys.path.insert(0, {tests!r})
+from test_store import search
+from evo.lm import ScriptedLM
+from test_engine import respond
+search(ScriptedLM(respond, delay_s=0.004), {run!r}, budget=150)
+print("finished")
+"""
+
+
+def answers(run: Path) -> int:
+    import sqlite3
+    try:
+        with sqlite3.connect(f"file:{run / 'journal.sqlite'}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path):
+    """Real processes killed with SIGKILL at random moments (scripted LM with a small delay):
+    the store is always readable, and the resumed result is the uninterrupted one."""
+    tests = str(Path(__file__).parent)
+
+    def start(run: Path) -> subprocess.Popen:
+        code = SCRIPT.format(tests=tests, run=str(run))
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONHASHSEED": "0"})
+
+    whole = start(tmp_path / "whole")
+    out, err = whole.communicate(timeout=300)
+    assert "finished" in out, err
+    paid_whole = Journal(tmp_path / "whole" / "journal.sqlite").ledger()[0]["paid"]
+    rng = random.Random(7)
+    # kill when the journal holds a random number of answers, plus a random fraction of a call
+    targets = sorted(rng.sample(range(5, paid_whole - 5), 3))
+    kills = 0
+    for target in targets:
+        proc = start(tmp_path / "killed")
+        while proc.poll() is None and answers(tmp_path / "killed") < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.02))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills == 3
+    out, err = start(tmp_path / "killed").communicate(timeout=300)
+    assert "finished" in out, err
+    same_run(tmp_path / "whole", tmp_path / "killed")
+    ledger = Journal(tmp_path / "killed" / "journal.sqlite").ledger()
+    assert len(ledger) == 4 and all(s["paid"] for s in ledger)
+    assert sum(s["paid"] for s in ledger) == paid_whole
+
+
+def test_event_log_follows_a_replay_that_parts_from_it(tmp_path):
+    """An answer lost from the journal and answered differently on resume: the log is cut where
+    the new sitting's events part from it, so it always tells the run that produced the result."""
+    import sqlite3
+
+    def dies(req):
+        if len(lm.calls) > 60:
+            raise Killed
+        return respond(req)
+
+    lm = ScriptedLM(dies)
+    with pytest.raises(Killed):
+        search(lm, tmp_path / "run")
+    with sqlite3.connect(tmp_path / "run" / "journal.sqlite") as conn:  # lose answers 20..
+        conn.execute("DELETE FROM answers WHERE seq >= 20")
+    contrary = ScriptedLM(lambda req: "label: pos" if req.purpose == "task" else respond(req))
+    result = search(contrary, tmp_path / "run")
+    kinds = [json.loads(x)["event"] for x in
+             (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert kinds == [e["event"] for e in result.events]
+    cands = [json.loads(x).get("candidate") for x in
+             (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert cands == [e.get("candidate") for e in result.events]
+
+
+def test_a_session_reused_after_a_stored_run_does_not_write_into_its_journal(tmp_path):
+    session = LMSession(ScriptedLM(respond))
+    search(session, tmp_path / "a", budget=60)
+    size = len(Journal(tmp_path / "a" / "journal.sqlite"))
+    search(session, None, budget=90)  # same session, no store
+    assert session.journal is None
+    assert len(Journal(tmp_path / "a" / "journal.sqlite")) == size
