@@ -8,7 +8,7 @@
 >>> print(result.report(task.test))                                     # doctest: +SKIP
 """
 
-from evo import datasets, events, lm, optimizers, report
+from evo import datasets, events, lm, optimizers
 from evo.api import Report, Result, evaluate, optimize
 from evo.compare import Comparison, compare
 from evo.data import DataError, Dataset, Example, Task
@@ -24,6 +24,7 @@ from evo.optimizers import (COPRO, DE, GA, GEPA, BootstrapFewShot,
                             LabeledFewShot, MIPROv2, register_operator, register_optimizer)
 from evo.program import Prediction, Program, Signature
 from evo.projection import Projection, project
+from evo.report import write_report
 from evo.store import RunMismatchError, RunStore
 
 __version__ = "0.1.0"
@@ -35,4 +36,4 @@ __all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWit
            "Program", "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig",
            "Signature", "Task", "TokenMetric", "compare", "contains", "datasets", "events", "evaluate", "exact_match",
            "f1", "lm", "load_program", "normalized_exact_match", "numeric_match", "optimize", "optimize_module",
-           "optimizers", "project", "register_operator", "report", "register_optimizer"]
+           "optimizers", "project", "register_operator", "write_report", "register_optimizer"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +18,9 @@ from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
 from evo.ensemble import EnsembleProgram
 from evo.evaluate import ScoreMatrix, evaluate_program
-from evo.events import Callback, ProgressBar, dispatch
+from evo.events import Callback, ProgressBar, dispatch, progress_bar
 from evo.kernels.moo import nondominated_ranks
-from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
+from evo.compare import format_p, paired
 from evo.lm.base import LM
 from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.session import LMSession, Usage
@@ -78,13 +78,12 @@ class Report:
             ("optimized accuracy", f"{self.optimized:.3f}"),
             ("difference (95% paired bootstrap CI)",
              f"{self.delta:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"),
-            ("paired permutation test (two-sided)",
-             "p < 0.0001" if self.p_value <= 1 / 10_001 else f"p = {self.p_value:.4f}"),
+            ("paired permutation test (two-sided)", format_p(self.p_value)),
             ("validation: baseline -> best", f"{s['baseline_val']:.3f} -> {s['best_val']:.3f}"),
             ("search metric calls / budget", f"{s['metric_calls']} / {s['budget']}"),
-            ("search LM calls (paid / cache hits)",
-             f"{s['usage']['calls']} / {s['usage']['cache_hits']} "
-             f"({s['usage']['cache_hit_rate']:.0%} hit rate)"),
+            ("search LM calls (paid / cache hits / replayed)",
+             f"{s['usage']['calls']} / {s['usage']['cache_hits']} / "
+             f"{s['usage'].get('replayed', 0)} ({s['usage']['cache_hit_rate']:.0%} hit rate)"),
             ("search tokens (prompt / completion)",
              f"{s['usage']['prompt_tokens']} / {s['usage']['completion_tokens']}"),
             ("prompt tokens reused from the KV cache",
@@ -128,6 +127,7 @@ class Result:
     # per sitting of a stored run (evo.store): what each process received and paid for
     sittings: list[dict[str, Any]] = field(default_factory=list)
     best_id: int = 0  # the best candidate's row in the score matrix
+    store: RunStore | None = field(default=None, repr=False)  # the run store, if any
 
     def tradeoff(self) -> list[Candidate]:
         """The validated candidates no other beats on both validation accuracy and prompt length
@@ -161,24 +161,34 @@ class Result:
                                             if self.sittings else self.usage.calls)}
 
     def report(self, testset: Data, *, progress: bool = False) -> Report:
-        """Score baseline and best on held-out examples (outside the search budget)."""
+        """Score baseline and best on held-out examples (outside the search budget). In a run
+        store, the test pass is journaled (phase 'test'): a resumed run replays it too."""
         examples = list(testset)
         before = self.session.usage.copy()
         started = time.perf_counter()
         members = len(self.best.members) if isinstance(self.best, EnsembleProgram) else 1
         bar = _bar((1 + members) * len(examples), "test", progress)
-        base, _ = evaluate_program(self.baseline, examples, self.session, self.metric,
-                                   max_tokens=self.max_tokens, progress=bar.update if bar else None)
-        best, _ = evaluate_program(self.best, examples, self.session, self.metric,
-                                   max_tokens=self.max_tokens, progress=bar.update if bar else None)
-        if bar:
-            bar.close()
-        low, high = paired_bootstrap_ci(base, best, seed=self.seed)
-        p_value = paired_permutation_test(base, best, seed=self.seed)
-        return Report(len(examples), float(base.mean()), float(best.mean()), low, high, p_value,
-                      self.search_summary(), (self.session.usage - before).to_dict(),
-                      time.perf_counter() - started, [ex.id for ex in examples],
-                      base.tolist(), best.tolist())
+        journaled = contextlib.nullcontext()
+        if self.store is not None and not self.store.closed:
+            self.store.attach(self.session)
+            journaled = self.store.phase("test")
+        try:
+            with journaled:
+                base, _ = evaluate_program(self.baseline, examples, self.session, self.metric,
+                                           max_tokens=self.max_tokens,
+                                           progress=bar.update if bar else None)
+                best, _ = evaluate_program(self.best, examples, self.session, self.metric,
+                                           max_tokens=self.max_tokens,
+                                           progress=bar.update if bar else None)
+        finally:
+            if self.store is not None:
+                self.store.detach(self.session)
+            if bar:
+                bar.close()
+        ab = paired("baseline", "best", base, best, [ex.id for ex in examples], seed=self.seed)
+        return Report(len(examples), ab.accuracy_a, ab.accuracy_b, ab.ci_low, ab.ci_high,
+                      ab.p_value, self.search_summary(), (self.session.usage - before).to_dict(),
+                      time.perf_counter() - started, ab.example_ids, ab.scores_a, ab.scores_b)
 
     def save(self, run_dir: str | Path) -> Path:
         """Write best.json, baseline.json, result.json (summary, candidates, matrix) and
@@ -208,7 +218,8 @@ class Result:
             "replies": {"baseline": replies(0), "best": replies(best_id)},
         }
         write_json(run_dir / "result.json", payload, indent=1, default=str)
-        if not self.sittings:  # a stored run (evo.store) wrote its log as it went
+        if self.store is None or run_dir.resolve() != self.store.path.resolve():
+            # (a run store wrote its own log as the run went)
             with open(run_dir / EVENTS_FILE, "w") as fh:
                 for event in self.events:
                     fh.write(json.dumps(event, default=str) + "\n")
@@ -216,13 +227,7 @@ class Result:
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    # In a log file (CI, nohup) a bar redrawn 10 times a second floods it: redraw every 10 s.
-    quiet_log = not sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit="call", file=sys.stderr, dynamic_ncols=True,
-                mininterval=10 if quiet_log else 0.1)
+    return progress_bar(total, desc) if enabled else None
 
 
 def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
@@ -268,26 +273,30 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     task_session = session_for(lm, cache)
     reflection_session = task_session if reflection_lm is None else session_for(reflection_lm,
                                                                                  cache)
-    for s in (task_session, reflection_session):  # a journal belongs to one run: never carry
-        s.journal = None                          # one into another
-    # Fail once, clearly, if the LM cannot be reached at all, before any work is done.
-    task_session.preflight()
-    if reflection_session is not task_session:
-        reflection_session.preflight()
     if description is None:
         description = getattr(trainset, "description", "") or ""
-
     sessions = [task_session] + ([reflection_session] if reflection_session is not task_session
                                  else [])
+    for s in sessions:  # a journal belongs to one run: never carry one into another
+        s.journal = None
     store = None
-    if run_dir is not None:
+    if run_dir is not None:  # opened first: a mismatch or a busy directory costs no LM call
         spec = {"program": program.to_json(), "trainset": data_digest(train),
                 "valset": data_digest(val), "optimizer": optimizer_spec(optimizer),
                 "seed": seed, "model": task_session.model_id,
                 "reflection_model": reflection_session.model_id,
-                "metric": getattr(metric, "__name__", type(metric).__name__),
-                "description": description}
+                "metric": _name(metric), "description": description}
         store = RunStore(run_dir, spec, cli=cli)
+    try:
+        # Fail once, clearly, if the LM cannot be reached at all, before any work is done
+        # (not journaled: every sitting checks its LM afresh).
+        for s in sessions:
+            s.preflight()
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+    if store is not None:
         store.attach(*sessions)
     before = [s.usage.copy() for s in sessions]
     started = time.perf_counter()
@@ -301,11 +310,10 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
         return usage
 
     def sink(event: dict) -> None:
-        dispatch(callbacks, event)
-        if store is not None:
-            store.record(event)
-            if event["event"] in ("candidate_evaluated", "new_best") and live:
-                store.checkpoint(live[0], spent().to_dict())
+        replayed = store.record(event) if store is not None else False
+        dispatch(callbacks, event, replayed=replayed)
+        if store is not None and event["event"] in ("candidate_evaluated", "new_best") and live:
+            store.checkpoint(live[0], spent().to_dict())
         if on_event is not None:
             on_event(event)
 
@@ -316,7 +324,9 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
                                  on_cell=None,
                                  **({"on_state": live.append} if _takes(optimizer.search,
                                                                        "on_state") else {}))
-    except BaseException:
+    except BaseException as exc:
+        for cb in callbacks:  # close bars, end tracking runs as failed
+            cb.on_error(exc)
         if store is not None:
             if live:
                 store.checkpoint(live[0], spent().to_dict(), force=True)
@@ -337,7 +347,7 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
         metric=metric, max_tokens=optimizer.max_tokens,
         optimizer=getattr(optimizer, "name", "") or type(optimizer).__name__,
         record=state_record(state), sittings=store.ledger() if store is not None else [],
-        best_id=best.id)
+        best_id=best.id, store=store)
     done = {"event": "complete", "t": time.time(), "iteration": state.iteration,
             "metric_calls": result.metric_calls, "lm_calls": state.evaluator.lm_requests,
             "best": best.id, "best_val": best.val_score,
@@ -350,18 +360,30 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     if store is not None:
         store.checkpoint(state, usage.to_dict(), force=True)
         result.save(store.path)
-        # The sessions stay on the journal: the test pass that usually follows is journaled
-        # too, so a resumed `evo run` replays it.
         store.close_events()
+        # The journal stays open for Result.report(): its test pass is journaled too, so a
+        # resumed `evo run` replays it. Nothing else is: the sessions leave the journal here.
+        store.detach(*sessions)
     return result
+
+
+def _name(fn: Any) -> str:
+    """A stable name for a callable in a run spec (no memory addresses: a spec must read the
+    same in the next process)."""
+    import functools
+    if isinstance(fn, functools.partial):
+        return f"partial({_name(fn.func)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', '') or type(fn).__module__}.{name}"
 
 
 def optimizer_spec(optimizer: Optimizer) -> dict[str, Any]:
     """An optimizer's identity for a run store: its name and every parameter, budget included."""
     from evo.engine import SearchConfig, _jsonable
     if isinstance(optimizer, SearchConfig):
-        return {**_jsonable(optimizer), "budget": dict(optimizer.budget.__dict__)}
-    return {"optimizer": type(optimizer).__qualname__, "repr": repr(optimizer)}
+        return {**_jsonable(optimizer, name=_name), "budget": dict(optimizer.budget.__dict__)}
+    return {"optimizer": _name(type(optimizer)),
+            "budget": dict(getattr(getattr(optimizer, "budget", None), "__dict__", {}))}
 
 
 def _takes(fn: Callable[..., Any], name: str) -> bool:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from evo._io import write_json
 from evo.data import DataError, Task
 
 
@@ -180,10 +181,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from evo.projection import project
         lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
-        print(f"dry run: {task.name}, train {len(task.train)}, val {len(task.val)}; model "
-              f"{args.model}; nothing is sent to the LM\n"
-              + str(project(program, task.train, task.val, optimizer,
-                            count_tokens=getattr(lm, "count_tokens", None))))
+        count = getattr(lm, "count_tokens", None)
+        if count is not None:
+            try:
+                count("probe")
+            except Exception:  # noqa: BLE001 - no tokenizer here (llama-cpp missing): estimate
+                count = None
+        print(f"dry run: {task.name}, train {len(task.train)}, val {len(task.val)}, test "
+              f"{len(task.test)}; model {args.model}; nothing is sent to the LM\n"
+              + str(project(program, task.train, task.val, optimizer, count_tokens=count,
+                            n_test=len(task.test))))
         return 0
     lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
     reflection = (make_lm(args.reflection_model, api_base=args.api_base, api_key=args.api_key)
@@ -215,11 +222,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         knn = f" + {best.knn.k} nearest per input" if best.knn else ""
         shown = f"instruction:\n{best.instruction}\ndemos: {len(best.demos)}{knn}"
-    (out / "report.json").write_text(json.dumps(
-        {**report.to_dict(), "task": task.name, "model": args.model, "seed": args.seed,
-         "splits": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},
-         "eval_command": again, "wall_seconds": time.perf_counter() - started},
-        indent=1, default=str))
+    write_json(out / "report.json",
+               {**report.to_dict(), "task": task.name, "model": args.model, "seed": args.seed,
+                "splits": {"train": len(task.train), "val": len(task.val),
+                           "test": len(task.test)},
+                "eval_command": again, "wall_seconds": time.perf_counter() - started},
+               indent=1, default=str)
     from evo.report import write_report
     page = write_report(out)
     print(f"\nbest {shown}\n\nsaved: {out / 'best.json'}\nreport: {page}\n"
@@ -249,7 +257,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(args.a, args.b, data, lm=lm, cache=_cache(args), seed=args.seed)
     print(f"{task.name} {args.split} split\n{result}")
     if args.out:
-        from evo._io import write_json
         write_json(args.out, {**result.to_dict(), "task": task.name, "split": args.split,
                               "model": args.model})
         print(f"saved: {args.out}")

@@ -54,7 +54,7 @@ class Comparison:
         return {**asdict(self), "significant": self.significant}
 
     def __str__(self) -> str:
-        p = "p < 0.0001" if self.p_value <= 1 / 10_001 else f"p = {self.p_value:.4f}"
+        p = format_p(self.p_value)
         verdict = ("B is better" if self.ci_low > 0 else "A is better" if self.ci_high < 0
                    else "no significant difference")
         rows = [("examples (paired)", f"{self.n}"),
@@ -69,6 +69,11 @@ class Comparison:
                 ("verdict (95%)", verdict)]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def format_p(p: float) -> str:
+    """A permutation-test p-value as printed (its resolution is 1 / 10,001 resamples)."""
+    return "p < 0.0001" if p <= 1 / 10_001 else f"p = {p:.4f}"
 
 
 def paired(a_name: str, b_name: str, scores_a: np.ndarray, scores_b: np.ndarray,

@@ -34,6 +34,7 @@ half-judged and the spend never exceeds it.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -94,9 +95,13 @@ class SearchConfig(BaseModel):
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
 
     name: ClassVar[str] = ""
-    # Whether the optimizer asks an LM for new instructions (reflection, proposals); the
-    # few-shot optimizers only pick demos. Read by the dry run's projection.
-    proposes: ClassVar[bool] = True
+    def projected_proposals(self, n_train: int, n_val: int) -> int:
+        """About how many proposal / reflection LM calls a search of this budget makes (the dry
+        run's figure; :mod:`evo.projection`). Default: one per child screened on a minibatch of
+        ``minibatch_size`` (or validated in full) after the seed's validation. An estimate, not
+        a bound: a rejected proposal costs an LM call and no metric call."""
+        screen = getattr(self, "minibatch_size", None) or n_val
+        return math.ceil(max(0, self.budget.metric_calls - n_val) / max(1, screen))
 
     @field_validator("objectives")
     @classmethod
@@ -459,8 +464,10 @@ class Search:
                   remaining=self.evaluator.remaining(), reason=self.state.stop_reason)
 
 
-def _jsonable(config: BaseModel) -> dict[str, Any]:
-    """A config as JSON data for the ``start`` event: callables by name, nested configs as dicts."""
+def _jsonable(config: BaseModel, *, name: Callable[[Any], str] | None = None
+              ) -> dict[str, Any]:
+    """A config as JSON data for the ``start`` event and the run spec: callables by ``name``
+    (default: their ``__name__``), nested configs as dicts."""
     def conv(value: Any) -> Any:
         if isinstance(value, BaseModel):
             return {"optimizer": getattr(value, "name", type(value).__name__),
@@ -469,7 +476,9 @@ def _jsonable(config: BaseModel) -> dict[str, Any]:
         if isinstance(value, list | tuple):
             return [conv(v) for v in value]
         if callable(value):
-            return getattr(value, "__name__", repr(value))
+            return name(value) if name else getattr(value, "__name__", type(value).__name__)
+        if isinstance(value, dict):
+            return {k: conv(v) for k, v in value.items()}
         if isinstance(value, Budget):
             return value.__dict__
         return value
@@ -503,6 +512,10 @@ class Evolution(SearchConfig):
         default_factory=dict, description="registered operator name -> probability of use")
 
     name: ClassVar[str] = "evolution"
+
+    def projected_proposals(self, n_train: int, n_val: int) -> int:
+        # a reflective mutation for reflection_rate of the children, once the demo sets are in
+        return math.ceil(super().projected_proposals(n_train, n_val) * self.reflection_rate)
 
     def run(self, search: Search) -> None:
         evolve(search, self)

@@ -40,6 +40,9 @@ class Event:
     metric_calls: int
     lm_calls: int = 0
     data: dict[str, Any] = field(default_factory=dict, repr=False)
+    # A resumed run retraces its earlier sittings: their events come again, marked replayed
+    # (a sink that keeps its own record across sittings may skip them).
+    replayed: bool = False
 
     kinds: ClassVar[dict[str, type[Event]]] = {}
 
@@ -49,20 +52,21 @@ class Event:
             Event.kinds[kind] = cls
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Event:
+    def from_dict(cls, raw: dict[str, Any], *, replayed: bool = False) -> Event:
         """The typed event for an engine event dict (a plain :class:`Event` for other kinds)."""
         common = ("event", "t", "iteration", "metric_calls", "lm_calls")
         data = {k: v for k, v in raw.items() if k not in common}
         sub = Event.kinds.get(raw["event"], Event)
-        own = {f.name: data[f.name] for f in fields(sub) if f.name in data
-               and f.name not in ("kind", "t", "iteration", "metric_calls", "lm_calls", "data")}
+        own = {f.name: data[f.name] for f in fields(sub) if f.name in data and f.name not in
+               ("kind", "t", "iteration", "metric_calls", "lm_calls", "data", "replayed")}
         return sub(kind=raw["event"], t=raw.get("t", 0.0), iteration=raw.get("iteration", 0),
                    metric_calls=raw.get("metric_calls", 0), lm_calls=raw.get("lm_calls", 0),
-                   data=data, **own)
+                   data=data, replayed=replayed, **own)
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": self.kind, "t": self.t, "iteration": self.iteration,
-                "metric_calls": self.metric_calls, "lm_calls": self.lm_calls, **self.data}
+                "metric_calls": self.metric_calls, "lm_calls": self.lm_calls, **self.data,
+                **({"replayed": True} if self.replayed else {})}
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class NewBest(Event, kind="new_best"):
 
 
 @dataclass(frozen=True)
-class BudgetExhausted(Event, kind="budget_exhausted"):
+class BudgetExhaustedEvent(Event, kind="budget_exhausted"):
     remaining: int = 0
     reason: str = ""
 
@@ -132,14 +136,19 @@ class Callback:
     def on_candidate_generated(self, event: CandidateGenerated) -> None: ...
     def on_candidate_evaluated(self, event: CandidateEvaluated) -> None: ...
     def on_new_best(self, event: NewBest) -> None: ...
-    def on_budget_exhausted(self, event: BudgetExhausted) -> None: ...
+    def on_budget_exhausted(self, event: BudgetExhaustedEvent) -> None: ...
     def on_converged(self, event: Converged) -> None: ...
     def on_complete(self, event: SearchCompleted) -> None: ...
 
+    def on_error(self, error: BaseException) -> None:
+        """The search raised (or was interrupted): release what the sink holds. Everything
+        paid is in the run store, if the run has one."""
 
-def dispatch(callbacks: Iterable[Callback], raw: dict[str, Any]) -> Event:
+
+def dispatch(callbacks: Iterable[Callback], raw: dict[str, Any], *,
+             replayed: bool = False) -> Event:
     """Type ``raw`` once and hand it to every callback (``on_event``, then the kind's hook)."""
-    event = Event.from_dict(raw)
+    event = Event.from_dict(raw, replayed=replayed)
     hook = "on_" + ("start" if event.kind == "start" else event.kind)
     for cb in callbacks:
         cb.on_event(event)
@@ -158,10 +167,7 @@ class ProgressBar(Callback):
         self._bar: Any = None
 
     def on_start(self, event: SearchStarted) -> None:
-        from tqdm.auto import tqdm
-        # In a log file (CI, nohup) a bar redrawn 10 times a second floods it: every 10 s.
-        self._bar = tqdm(total=event.budget, desc=self.desc, unit="call", file=sys.stderr,
-                         dynamic_ncols=True, mininterval=10 if not sys.stderr.isatty() else 0.1)
+        self._bar = progress_bar(event.budget, self.desc)
 
     def on_event(self, event: Event) -> None:
         if self._bar is not None and event.metric_calls > self._bar.n:
@@ -176,10 +182,22 @@ class ProgressBar(Callback):
             self._bar.close()
             self._bar = None
 
+    def on_error(self, error: BaseException) -> None:
+        self.on_complete(None)  # type: ignore[arg-type]
+
+
+def progress_bar(total: int, desc: str) -> Any:
+    """A tqdm bar on stderr; in a log file (CI, nohup) it redraws every 10 s, not 10 times a
+    second."""
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="call", file=sys.stderr, dynamic_ncols=True,
+                mininterval=10 if not sys.stderr.isatty() else 0.1)
+
 
 class JSONLLog(Callback):
     """Appends every event to ``path``, one JSON object per line, flushed as it comes (a
-    process watching the file sees each event at once)."""
+    process watching the file sees each event at once). Events a resumed run replays carry
+    ``"replayed": true``."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -193,6 +211,9 @@ class JSONLLog(Callback):
         self._fh.flush()
 
     def on_complete(self, event: SearchCompleted) -> None:
+        self._fh.close()
+
+    def on_error(self, error: BaseException) -> None:
         self._fh.close()
 
 
@@ -260,6 +281,12 @@ class MLflowLogger(Callback):
         if event.best_program is not None:
             mlflow.log_dict(event.best_program, "best.json")
         mlflow.end_run()
+
+    def on_error(self, error: BaseException) -> None:
+        if self.run_id is not None and self._mlflow.active_run() is not None:
+            self._mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+            self._mlflow.end_run(status="KILLED" if isinstance(error, KeyboardInterrupt)
+                                 else "FAILED")
 
 
 @dataclass(frozen=True)
@@ -349,5 +376,5 @@ class CandidateStore(Callback):
 
 __all__: Sequence[str] = (
     "Event", "SearchStarted", "CandidateGenerated", "CandidateEvaluated", "NewBest",
-    "BudgetExhausted", "Converged", "SearchCompleted", "Callback", "dispatch", "ProgressBar",
+    "BudgetExhaustedEvent", "Converged", "SearchCompleted", "Callback", "dispatch", "ProgressBar",
     "JSONLLog", "MLflowLogger", "CandidateStore", "Match")

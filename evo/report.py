@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from evo.compare import format_p
 from evo.data import DataError
 from evo.store import CHECKPOINT_FILE, EVENTS_FILE, RUN_FILE
 
@@ -85,15 +86,27 @@ def word_diff(old: str, new: str) -> str:
     return " ".join(x for x in out if x)
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
 def _load(run_dir: Path) -> tuple[dict, dict, list[dict], dict | None, bool]:
     if not (run_dir / RUN_FILE).exists() and not (run_dir / "result.json").exists():
         raise DataError(f"{run_dir}: not a run directory (no {RUN_FILE} or result.json)")
-    info = json.loads((run_dir / RUN_FILE).read_text()) if (run_dir / RUN_FILE).exists() else {}
+    info = _read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else {}
     finished = (run_dir / "result.json").exists()
     src = run_dir / ("result.json" if finished else CHECKPOINT_FILE)
     if not src.exists():
         raise DataError(f"{run_dir}: the run has not evaluated anything yet (no {src.name})")
-    record = json.loads(src.read_text())
+    record = _read_json(src)
+    missing = [k for k in ("candidates", "instructions", "scores", "val_example_ids")
+               if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise DataError(f"{src}: not an evo search record (no {', '.join(missing)}); "
+                        "`evo report` reads the directory of `evo run` or evo.optimize(run_dir=)")
     events = []
     if (run_dir / EVENTS_FILE).exists():
         for n, line in enumerate((run_dir / EVENTS_FILE).read_text().splitlines(), 1):
@@ -101,8 +114,7 @@ def _load(run_dir: Path) -> tuple[dict, dict, list[dict], dict | None, bool]:
                 events.append(json.loads(line))
             except json.JSONDecodeError:
                 raise DataError(f"{run_dir / EVENTS_FILE}, line {n}: not JSON") from None
-    test = (json.loads((run_dir / "report.json").read_text())
-            if (run_dir / "report.json").exists() else None)
+    test = _read_json(run_dir / "report.json") if (run_dir / "report.json").exists() else None
     return info, record, events, test, finished
 
 
@@ -147,8 +159,10 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     if not validated:
         raise DataError(f"{run_dir}: no candidate has been validated yet")
     best = record.get("best_candidate")
-    if best is None:  # a checkpoint: the best so far
-        best = (record.get("best") or {}).get("candidate", validated[0]["id"])
+    if best is None:  # a checkpoint (the best so far), or a result written before evo 0.1's store
+        best = (record.get("best") or {}).get("candidate")
+    if best is None:
+        best = max(validated, key=lambda c: (c["val_score"], -c["id"]))["id"]
     by_id = {c["id"]: c for c in cands}
     seed_val = by_id[0]["val_score"]
     best_val = by_id[best]["val_score"]
@@ -169,7 +183,7 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     rows = [["validation accuracy, baseline → best", f"{seed_val:.3f} → {best_val:.3f}",
              f"{len(record['val_example_ids'])} examples"]]
     if test:
-        p = "p < 0.0001" if test["p_value"] <= 1 / 10_001 else f"p = {test['p_value']:.4f}"
+        p = format_p(test["p_value"])
         rows.append(["held-out test accuracy, baseline → best",
                      f"{test['baseline']:.3f} → {test['optimized']:.3f}",
                      f"{test['n']} examples; difference {test['delta']:+.3f} "
@@ -280,9 +294,16 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
         base_row, best_row = scores[0], scores[best]
         win = [j for j in range(len(exs)) if best_row[j] > base_row[j]]
         loss = [j for j in range(len(exs)) if best_row[j] < base_row[j]]
-        parts.append(f"<h2>Per example: best #{best} vs baseline (validation)</h2><p>"
-                     f"<span class='win'>{len(win)} wins</span>, <span class='loss'>{len(loss)}"
-                     f" losses</span>, {len(exs) - len(win) - len(loss)} ties.</p>")
+        held_out = ""
+        if test and test.get("baseline_scores"):
+            a, b = np.array(test["baseline_scores"]), np.array(test["optimized_scores"])
+            held_out = (f"<p><b>Held-out test</b> ({len(a)} examples): the best wins "
+                        f"<span class='win'>{int(np.sum(b > a))}</span> and loses "
+                        f"<span class='loss'>{int(np.sum(b < a))}</span>.</p>")
+        parts.append(f"<h2>Per example: best #{best} vs baseline</h2>{held_out}"
+                     f"<p><b>Validation</b> — the split that chose the best, so its wins are "
+                     f"optimistic: <span class='win'>{len(win)} wins</span>, <span class='loss'>"
+                     f"{len(loss)} losses</span>, {len(exs) - len(win) - len(loss)} ties.</p>")
         rows = []
         for tag, js in (("win", win), ("loss", loss)):
             for j in js:
@@ -294,10 +315,6 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
                              _e((replies.get("baseline") or [None] * len(exs))[j] or ""),
                              _e((replies.get("best") or [None] * len(exs))[j] or "")])
         parts.append(_table(["", "input", "gold", "baseline replied", "best replied"], rows))
-    if test and test.get("baseline_scores"):
-        a, b = np.array(test["baseline_scores"]), np.array(test["optimized_scores"])
-        parts.append(f"<p>Held-out test: the best wins {int(np.sum(b > a))} examples and loses "
-                     f"{int(np.sum(b < a))} ({len(a)} in all).</p>")
 
     # ---- usage and cost -------------------------------------------------------------------
     usage = summary.get("usage") or record.get("usage") or {}
@@ -351,5 +368,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
     page = build(run_dir, price=price)
     out = Path(out) if out else Path(run_dir) / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(page)
+    tmp.replace(out)
     return out

@@ -23,11 +23,13 @@ so a process killed at any moment leaves a store a resume can read.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,10 +47,15 @@ RUN_FILE = "run.json"
 JOURNAL_FILE = "journal.sqlite"
 CHECKPOINT_FILE = "checkpoint.json"
 EVENTS_FILE = "events.jsonl"
+LOCK_FILE = "lock"
 
 
 class RunMismatchError(ValueError):
     """The run directory holds a different run than the one asked for."""
+
+
+class RunInUseError(OSError):
+    """Another process has the run directory open."""
 
 
 def data_digest(examples: Sequence[Example]) -> str:
@@ -84,15 +91,30 @@ def _signature(event: dict[str, Any]) -> tuple[str, Any]:
     return event.get("event", ""), event.get("candidate")
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths at which two specs differ, with both values when they are short."""
     out = []
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key), new.get(key)
         if a == b:
             continue
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, name + ".")
+            continue
         short = all(isinstance(v, int | float | str | None) and len(str(v)) <= 40 for v in (a, b))
-        out.append(f"{key} ({a!r} -> {b!r})" if short else key)
+        out.append(f"{name} ({a!r} -> {b!r})" if short else name)
     return out
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Replace a file's content atomically (a temporary file, then a rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+_OPEN: dict[Path, RunStore] = {}  # stores open in this process, by resolved path
 
 
 class RunStore:
@@ -109,6 +131,33 @@ class RunStore:
                  cli: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        # One process per run: a second one would pay for the same requests and interleave the
+        # log. (A store reopened in the same process, e.g. a notebook cell run again, takes
+        # over from the earlier one.)
+        earlier = _OPEN.pop(self.path.resolve(), None)
+        if earlier is not None:
+            earlier.close()
+        self._lock_fh = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (closed in close())
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_fh.seek(0)
+            holder = self._lock_fh.read().strip() or "another process"
+            self._lock_fh.close()
+            raise RunInUseError(f"{self.path} is in use by {holder}: one process per run "
+                                "directory (wait for it, or stop it and resume)") from None
+        self._lock_fh.seek(0)
+        self._lock_fh.truncate()
+        self._lock_fh.write(f"pid {os.getpid()}")
+        self._lock_fh.flush()
+        _OPEN[self.path.resolve()] = self
+        try:
+            self._open(spec, cli)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open(self, spec: dict[str, Any], cli: dict[str, Any] | None) -> None:
         spec = json.loads(json.dumps(spec, default=str))  # compare as it will read back
         run_file = self.path / RUN_FILE
         self.resumed = run_file.exists()
@@ -155,29 +204,27 @@ class RunStore:
         data = self._events_path.read_bytes()
         keep = data[: data.rfind(b"\n") + 1]
         if len(keep) != len(data):
-            self._events_path.write_bytes(keep)
+            _replace_bytes(self._events_path, keep)
         return [_signature(json.loads(line)) for line in keep.decode().splitlines()]
 
-    def record(self, event: dict[str, Any]) -> None:
+    def record(self, event: dict[str, Any]) -> bool:
         """Append ``event`` to the log. A resumed run re-emits its earlier events while it
         replays; those are on file already (with their original times) and are not written
-        twice. Should the replay ever part from the log (an answer that was never journaled
+        twice (returns True for those). Should the replay ever part from the log (an answer that was never journaled
         came back different), the log is cut there and continues with the new events."""
         i = self._seen
         self._seen += 1
         if i < len(self._on_file):
             if self._on_file[i] == _signature(event):
-                return
+                return True
             self._events_fh.close()
-            with open(self._events_path, "rb+") as fh:
-                lines = fh.read().split(b"\n")
-                fh.seek(0)
-                fh.truncate()
-                fh.write(b"".join(line + b"\n" for line in lines[:i]))
+            lines = self._events_path.read_bytes().split(b"\n")
+            _replace_bytes(self._events_path, b"".join(line + b"\n" for line in lines[:i]))
             self._on_file = self._on_file[:i]
             self._events_fh = open(self._events_path, "a")  # noqa: SIM115
         self._events_fh.write(json.dumps(event, default=str) + "\n")
         self._events_fh.flush()
+        return False
 
     # ---- state ----------------------------------------------------------------------------
     def checkpoint(self, state: SearchState, usage: dict[str, Any], *,
@@ -197,17 +244,41 @@ class RunStore:
             "sitting": self.sitting, "usage": usage, "sittings": self.ledger(),
             **state_record(state)}, indent=1, default=str)
 
-    def ledger(self) -> list[dict[str, Any]]:
-        """What each sitting of the run received: paid calls, shared-cache answers, tokens."""
-        return self.journal.ledger()
+    def ledger(self, phase: str | None = "search") -> list[dict[str, Any]]:
+        """What each sitting of the run received for ``phase`` ('search', 'test', None: both):
+        paid calls, failures, shared-cache answers, tokens, LM seconds."""
+        return self.journal.ledger(phase)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Book the answers received inside the block to ``name`` (e.g. 'test')."""
+        before, self.journal.phase = self.journal.phase, name
+        try:
+            yield
+        finally:
+            self.journal.phase = before
 
     def close_events(self) -> None:
         if not self._events_fh.closed:
             self._events_fh.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._lock_fh.closed
+
     def close(self) -> None:
-        self.close_events()
-        self.journal.close()
+        """Close the log and the journal and release the directory."""
+        if getattr(self, "_events_fh", None) is not None:
+            self.close_events()
+        if getattr(self, "journal", None) is not None:
+            self.journal.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if not self._lock_fh.closed:
+            self._lock_fh.close()  # releases the flock
+        if _OPEN.get(self.path.resolve()) is self:
+            del _OPEN[self.path.resolve()]
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r}, sitting={self.sitting})"

@@ -175,7 +175,8 @@ def test_report_of_a_killed_run_reads_its_checkpoint(tmp_path):
                     else respond(r))
     with pytest.raises(Killed):
         search(lm, budget=300, run_dir=tmp_path / "run")
-    page = evo.report.build(tmp_path / "run")
+    from evo.report import build
+    page = build(tmp_path / "run")
     assert "unfinished" in page and "From the seed to the best" in page
 
 
@@ -188,17 +189,31 @@ def test_lineage_diff_marks_the_words_a_mutation_changed():
 
 def test_projection_bounds_what_a_search_spends():
     opt = evo.Evolution(budget=evo.Budget(metric_calls=150), knn=False, encoder="hashing")
-    proj = evo.project(program(), TRAIN, VAL, opt)
+    proj = evo.project(program(), TRAIN, VAL, opt, n_test=40)
     result = search(budget=150)
-    assert proj.task_calls == 150 and proj.full_validations == 5
+    assert proj.task_calls == 150 and proj.full_validations == 5 and proj.test_calls == 80
     assert result.usage.by_purpose.get("task", 0) <= proj.task_calls
-    assert result.usage.requests - result.usage.by_purpose.get("task", 0) <= proj.proposal_calls
+    assert 0 < proj.proposal_calls <= evo.SearchConfig.projected_proposals(opt, 40, 30)
     assert proj.prompt_tokens_low < proj.prompt_tokens_high
     few = evo.project(program(), TRAIN, VAL, evo.BootstrapFewShotWithRandomSearch(
         budget=evo.Budget(metric_calls=150)))
     assert few.proposal_calls == 0
     counted = evo.project(program(), TRAIN, VAL, opt, count_tokens=lambda t: len(t.split()))
     assert counted.tokens_exact and counted.prompt_tokens_low < proj.prompt_tokens_low
+
+
+@pytest.mark.parametrize("name", ["copro", "miprov2", "bootstrap_random_search",
+                                  "labeled_fewshot"])
+def test_projected_proposals_bound_the_optimizers_that_have_a_bound(name):
+    """COPRO's and MIPROv2's loops make at most one proposal per step: their projection is a
+    bound, which a scripted run (most of its proposals rejected as copies) must respect."""
+    opt = evo.optimizers.get(name, budget=evo.Budget(metric_calls=150), encoder="hashing")
+    proj = evo.project(program(), TRAIN, VAL, opt)
+    lm = ScriptedLM(respond)
+    evo.optimize(program(), TRAIN, VAL, lm=lm, optimizer=opt, cache=False)
+    proposals = sum(1 for r in lm.calls if r.purpose not in ("task", "preflight"))
+    assert proposals <= proj.proposal_calls
+    assert sum(1 for r in lm.calls if r.purpose == "task") <= proj.task_calls
 
 
 def test_cli_dry_run_resume_and_its_errors(tmp_path, scripted_cli, capsys):
@@ -244,7 +259,7 @@ def screenshot(page: Path, png: Path) -> np.ndarray:
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium)")
 def test_report_renders_in_a_browser(tmp_path):
     search(budget=200, run_dir=tmp_path / "run")
-    page = evo.report.write_report(tmp_path / "run")
+    page = evo.write_report(tmp_path / "run")
     img = screenshot(page, tmp_path / "shot.png")
     assert img.shape[:2] == (3000, 1200)
     # the plots were decoded and drawn: the best-so-far line's red (#d0534a) is on screen

@@ -17,15 +17,15 @@ import evo
 from evo.lm import LMRequestError, LMSession, ScriptedLM
 from evo.lm.base import LMRequest, LMResponse
 from evo.lm.journal import Journal
-from evo.store import RunMismatchError
+from evo.store import RunInUseError, RunMismatchError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine import TRAIN, VAL, program, respond  # noqa: E402
 
 
-def search(lm, run_dir, *, budget=120, seed=0, **kw):
+def search(lm, run_dir, *, budget=120, seed=0, cache=False, **kw):
     opt = evo.Evolution(budget=evo.Budget(metric_calls=budget), knn=False, encoder="hashing")
-    return evo.optimize(program(), TRAIN, VAL, lm=lm, optimizer=opt, seed=seed, cache=False,
+    return evo.optimize(program(), TRAIN, VAL, lm=lm, optimizer=opt, seed=seed, cache=cache,
                         run_dir=run_dir, **kw)
 
 
@@ -175,42 +175,140 @@ def answers(run: Path) -> int:
         return 0
 
 
-def test_sigkill_at_random_moments_then_resume(tmp_path):
-    """Real processes killed with SIGKILL at random moments (scripted LM with a small delay):
-    the store is always readable, and the resumed result is the uninterrupted one."""
-    tests = str(Path(__file__).parent)
-
-    def start(run: Path) -> subprocess.Popen:
-        code = SCRIPT.format(tests=tests, run=str(run))
-        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONHASHSEED": "0"})
-
-    whole = start(tmp_path / "whole")
-    out, err = whole.communicate(timeout=300)
-    assert "finished" in out, err
-    paid_whole = Journal(tmp_path / "whole" / "journal.sqlite").ledger()[0]["paid"]
-    rng = random.Random(7)
-    # kill when the journal holds a random number of answers, plus a random fraction of a call
-    targets = sorted(rng.sample(range(5, paid_whole - 5), 3))
+def kill_at_random_moments(start, run: Path, rng: random.Random, sittings: int,
+                           most: int) -> int:
+    """Start a sitting, SIGKILL it once it has received 1..``most`` new answers (plus a random
+    fraction of a call), ``sittings`` times; returns how many were killed before finishing."""
     kills = 0
-    for target in targets:
-        proc = start(tmp_path / "killed")
-        while proc.poll() is None and answers(tmp_path / "killed") < target:
-            time.sleep(0.01)
+    for i in range(sittings):
+        proc = start(run, i)
+        target = answers(run) + rng.randint(1, most)
+        while proc.poll() is None and answers(run) < target:
+            time.sleep(0.005)
         time.sleep(rng.uniform(0, 0.02))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-    assert kills == 3
-    out, err = start(tmp_path / "killed").communicate(timeout=300)
+        # whatever the moment, the store is readable: the checkpoint parses, the log's lines too
+        if (run / "checkpoint.json").exists():
+            json.loads((run / "checkpoint.json").read_text())
+    return kills
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path):
+    """Real processes killed with SIGKILL at random moments (scripted LM with a small delay), each
+    sitting with another hash seed: the store is always readable, and the resumed result is the
+    uninterrupted one, with every request paid once."""
+    tests = str(Path(__file__).parent)
+
+    def start(run: Path, sitting: int = 0) -> subprocess.Popen:
+        code = SCRIPT.format(tests=tests, run=str(run))
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONHASHSEED": str(100 + sitting)})
+
+    out, err = start(tmp_path / "whole").communicate(timeout=300)
+    assert "finished" in out, err
+    paid_whole = Journal(tmp_path / "whole" / "journal.sqlite").ledger()[0]["paid"]
+    kills = kill_at_random_moments(start, tmp_path / "killed", random.Random(7), 4,
+                                   paid_whole // 6)
+    assert kills == 4
+    out, err = start(tmp_path / "killed", 9).communicate(timeout=300)
     assert "finished" in out, err
     same_run(tmp_path / "whole", tmp_path / "killed")
     ledger = Journal(tmp_path / "killed" / "journal.sqlite").ledger()
-    assert len(ledger) == 4 and all(s["paid"] for s in ledger)
+    assert len(ledger) == 5 and all(s["paid"] for s in ledger[:4])
     assert sum(s["paid"] for s in ledger) == paid_whole
+
+
+def test_a_run_directory_is_used_by_one_process_at_a_time(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom evo.store import RunStore\n"
+         f"s = RunStore({str(tmp_path / 'run')!r}, {{'seed': 0}})\nprint('open', flush=True)\n"
+         "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        lm = ScriptedLM(respond)
+        with pytest.raises(RunInUseError, match=f"in use by pid {holder.pid}"):
+            search(lm, tmp_path / "run")
+        assert lm.calls == []  # refused before any LM call
+    finally:
+        holder.kill()
+        holder.wait()
+    search(ScriptedLM(respond), tmp_path / "other", budget=60)
+    search(ScriptedLM(respond), tmp_path / "other", budget=60)  # same process, again: fine
+
+
+def test_an_outage_stops_the_run_and_resume_retries_its_requests(tmp_path):
+    """After earlier successes, a long streak of failures is an outage: the run stops (nothing
+    lost), the streak is not journaled, and the resume with the LM back gives the result of a
+    run that never had the outage."""
+    whole = search(ScriptedLM(respond), tmp_path / "whole")
+    down = ScriptedLM(respond, errors=lambda req: ConnectionError("down")
+                      if len(down.calls) > 30 else None)
+    session = LMSession(down, retries=0, backoff_s=0, outage_after=5)
+    with pytest.raises(evo.lm.LMUnavailableError, match="stopped answering: 5 consecutive"):
+        search(session, tmp_path / "outage")
+    assert all(s["failed"] == 0 for s in Journal(tmp_path / "outage" / "journal.sqlite").ledger())
+    search(ScriptedLM(respond), tmp_path / "outage")
+    same_run(tmp_path / "whole", tmp_path / "outage")
+    assert whole.best_val == 1.0
+
+
+def test_failures_are_journaled_even_when_the_preflight_came_from_a_shared_cache(tmp_path):
+    cache = tmp_path / "shared.sqlite"
+    LMSession(ScriptedLM(respond), cache=evo.lm.cache.ResponseCache(cache)).preflight()
+
+    def flaky(req):
+        return ConnectionError("boom") if "item 105 " in req.messages[-1].content else None
+
+    lm = ScriptedLM(respond, errors=flaky)
+    first = search(LMSession(lm, retries=0, backoff_s=0,
+                             cache=evo.lm.cache.ResponseCache(cache)), tmp_path / "run",
+                   budget=90)
+    assert first.sittings[0]["failed"] >= 1
+    again = ScriptedLM(respond)
+    search(LMSession(again, cache=evo.lm.cache.ResponseCache(cache)), tmp_path / "run",
+           budget=90)
+    assert not any("item 105 " in r.messages[-1].content for r in again.calls)
+
+
+def test_an_lm_call_budget_replays_to_the_same_decisions(tmp_path):
+    """Budget(lm_calls=...) counts requests; replayed answers and replayed failures must count
+    exactly as they did when they were first received."""
+    def flaky(req):
+        return ConnectionError("x") if "item 11" in req.messages[-1].content else None
+
+    def run(lm, where):
+        opt = evo.Evolution(budget=evo.Budget(metric_calls=200, lm_calls=120), knn=False,
+                            encoder="hashing")
+        return evo.optimize(program(), TRAIN, VAL, lm=LMSession(lm, retries=0, backoff_s=0),
+                            optimizer=opt, cache=False, run_dir=where)
+
+    run(ScriptedLM(respond, errors=flaky), tmp_path / "whole")
+    calls = 0
+
+    def dies(req):
+        nonlocal calls
+        calls += 1
+        if calls > 50:
+            raise Killed
+        return respond(req)
+
+    with pytest.raises(Killed):
+        run(ScriptedLM(dies, errors=flaky), tmp_path / "killed")
+    run(ScriptedLM(respond, errors=flaky), tmp_path / "killed")
+    same_run(tmp_path / "whole", tmp_path / "killed")
+
+
+def test_run_spec_reads_the_same_in_every_process():
+    import functools
+
+    from evo.api import _name
+    assert "0x" not in _name(functools.partial(max, default=0))
+    assert _name(respond) == "test_engine.respond"
 
 
 def test_event_log_follows_a_replay_that_parts_from_it(tmp_path):

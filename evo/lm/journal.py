@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS answers (
     key TEXT NOT NULL UNIQUE,
     source TEXT NOT NULL,          -- 'paid' (the backend answered) or 'cache' (the shared cache)
     sitting INTEGER NOT NULL,      -- which process of the run received it (1, 2, ...)
+    phase TEXT NOT NULL,           -- 'search', or 'test' for the held-out pass after it
     text TEXT,                     -- NULL for a failed request
     error TEXT,                    -- the failure, for a request that failed for good
     prompt_tokens INTEGER NOT NULL,
@@ -63,6 +64,7 @@ class Journal:
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.executescript(_SCHEMA)
         self.sitting = 0
+        self.phase = "search"  # what the answers booked now are for (see ledger)
 
     def begin_sitting(self) -> int:
         """Start booking answers to a new sitting; returns its number."""
@@ -97,15 +99,23 @@ class Journal:
                 prompt: int, completion: int, reused: int, seconds: float) -> None:
         with self._lock:
             self._conn.execute(
-                "INSERT INTO answers (key, source, sitting, text, error, prompt_tokens, "
+                "INSERT INTO answers (key, source, sitting, phase, text, error, prompt_tokens, "
                 "completion_tokens, reused_prompt_tokens, seconds, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, source, self.sitting, text, error, prompt, completion, reused, seconds,
-                 time.time()))
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, source, self.sitting, self.phase, text, error, prompt, completion, reused,
+                 seconds, time.time()))
 
-    def ledger(self) -> list[dict[str, float]]:
-        """Per sitting: requests answered by the backend (``paid``, failures included as
-        ``failed``), by the shared cache, prompt/completion tokens and LM seconds paid."""
+    def forget(self, keys: list[str]) -> None:
+        """Drop the failures of ``keys`` (an outage's): a resumed run asks them again."""
+        with self._lock:
+            self._conn.executemany("DELETE FROM answers WHERE key = ? AND error IS NOT NULL",
+                                   [(k,) for k in keys])
+
+    def ledger(self, phase: str | None = "search") -> list[dict[str, float]]:
+        """Per sitting, for ``phase`` (None: every phase): answers received, of which paid by
+        the backend (``paid``), failed for good (``failed``) and from the shared cache, and the
+        prompt / completion tokens and LM seconds paid."""
+        where = "" if phase is None else "AND a.phase = ?"
         with self._lock:
             rows = self._conn.execute(
                 "SELECT s.id, s.started, COUNT(a.key), "
@@ -114,8 +124,8 @@ class Journal:
                 "SUM(CASE WHEN a.source = 'paid' THEN a.prompt_tokens END), "
                 "SUM(CASE WHEN a.source = 'paid' THEN a.completion_tokens END), "
                 "SUM(CASE WHEN a.source = 'paid' THEN a.seconds END) "
-                "FROM sittings s LEFT JOIN answers a ON a.sitting = s.id "
-                "GROUP BY s.id ORDER BY s.id").fetchall()
+                f"FROM sittings s LEFT JOIN answers a ON a.sitting = s.id {where} "
+                "GROUP BY s.id ORDER BY s.id", () if phase is None else (phase,)).fetchall()
         return [{"sitting": r[0], "started": r[1], "answers": r[2], "paid": r[3] or 0,
                  "failed": r[4] or 0, "shared_cache": r[5] or 0, "prompt_tokens": r[6] or 0,
                  "completion_tokens": r[7] or 0, "lm_seconds": round(r[8] or 0.0, 3)}

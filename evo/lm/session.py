@@ -115,12 +115,17 @@ class LMSession:
     """
 
     def __init__(self, lm: LM, *, cache: ResponseCache | None = None, retries: int = 2,
-                 backoff_s: float = 0.5, fail_fast_after: int = 8) -> None:
+                 backoff_s: float = 0.5, fail_fast_after: int = 8,
+                 outage_after: int = 24) -> None:
         self.lm = lm
         self.cache = cache
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
         self.fail_fast_after = fail_fast_after
+        # consecutive failed requests (each after its retries) that end a run whose LM had
+        # answered before: an outage, not bad luck; the run store keeps what was paid
+        self.outage_after = outage_after
+        self._streak: list[str] = []  # journaled failures of the current streak
         self.usage = Usage()
         self.journal: Journal | None = None
         self._lock = threading.Lock()
@@ -154,11 +159,11 @@ class LMSession:
         # Caller holds self._lock.
         if self.journal is not None:
             old = self.journal.get(key)
+            if isinstance(old, str):  # an earlier sitting saw this request fail for good:
+                self.usage.errors += 1  # booked as it was then (an error, not a request)
+                raise LMError(old)
             if old is not None:
                 self.usage.replayed += 1
-                if isinstance(old, str):  # this run's earlier sitting saw the request fail
-                    self.usage.errors += 1
-                    raise LMError(old)
                 return old
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
@@ -215,6 +220,7 @@ class LMSession:
                 resp = dataclasses.replace(resp, seconds=time.perf_counter() - t0)
             with self._lock:
                 self._consecutive_failures = 0
+                self._streak.clear()
                 self._ever_succeeded = True
                 u = self.usage
                 u.calls += 1
@@ -236,29 +242,41 @@ class LMSession:
         err = LMError(f"{self.model_id}: call failed after {self.retries + 1} attempt(s): "
                       f"{type(last).__name__}: {last}")
         err.__cause__ = last
-        # Journal the failure for the replay, unless the LM has not answered once in this sitting
-        # (then the run is about to stop as unavailable, and a resume should try again).
-        if self.journal is not None and self._ever_succeeded and request.purpose != "preflight":
+        # The search scores this request 0 and goes on: journal that, so a replay meets the same
+        # failure. If the streak it belongs to turns out to be an outage, _failed takes it back.
+        if self.journal is not None and request.purpose != "preflight":
             with self._lock:
                 self.journal.fail(key, str(err))
+                self._streak.append(key)
         self._failed(err, sticky=False)
         raise err
 
     def _failed(self, exc: LMError, *, sticky: bool) -> None:
-        """Book a failed request; turn a run of failures without any success into unavailability."""
+        """Book a failed request; turn a streak of failures into unavailability: a short one
+        when the LM has never answered, a long one (an outage) when it has."""
         with self._lock:
             self.usage.errors += 1
             self._consecutive_failures += 1
+            n = self._consecutive_failures
+            where = f" at {self.endpoint}" if self.endpoint else ""
+            un = None
             if sticky:
                 self._unavailable = exc if isinstance(exc, LMUnavailableError) else None
-            elif not self._ever_succeeded and self._consecutive_failures >= self.fail_fast_after:
-                where = f" at {self.endpoint}" if self.endpoint else ""
+            elif not self._ever_succeeded and n >= self.fail_fast_after:
                 un = LMUnavailableError(
-                    f"{self.model_id}{where} looks unavailable: {self._consecutive_failures} "
-                    f"consecutive calls failed and none has ever succeeded; last error: "
-                    f"{root_message(exc)}")
+                    f"{self.model_id}{where} looks unavailable: {n} consecutive calls failed "
+                    f"and none has ever succeeded; last error: {root_message(exc)}")
+            elif self._ever_succeeded and n >= self.outage_after:
+                un = LMUnavailableError(
+                    f"{self.model_id}{where} stopped answering: {n} consecutive calls failed "
+                    f"after earlier successes; last error: {root_message(exc)}")
+            if un is not None:
                 un.__cause__ = exc
                 self._unavailable = un
+                # Not the requests' fault: a resumed run must ask them again.
+                if self.journal is not None and self._streak:
+                    self.journal.forget(self._streak)
+                self._streak.clear()
         if self._unavailable is not None and self._unavailable is not exc:
             raise self._unavailable
 

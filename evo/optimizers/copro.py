@@ -30,6 +30,9 @@ class COPRO(SearchConfig):
 
     name: ClassVar[str] = "copro"
 
+    def projected_proposals(self, n_train: int, n_val: int) -> int:
+        return self.breadth * (self.depth + 1) - 1  # one proposal per loop step, at most
+
     def run(self, search: Search) -> None:
         seed = search.seed_candidate
         base = search.archive.program(seed.genome)

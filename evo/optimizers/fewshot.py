@@ -65,7 +65,9 @@ class LabeledFewShot(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "labeled_fewshot"
-    proposes: ClassVar[bool] = False
+
+    def projected_proposals(self, n_train: int, n_val: int) -> int:
+        return 0  # demos only: no LM writes an instruction
 
     def run(self, search: Search) -> None:
         k = min(self.k or search.archive.max_demos, search.archive.max_demos)
@@ -85,7 +87,9 @@ class BootstrapFewShot(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "bootstrap_fewshot"
-    proposes: ClassVar[bool] = False
+
+    def projected_proposals(self, n_train: int, n_val: int) -> int:
+        return 0  # demos only: no LM writes an instruction
 
     def run(self, search: Search) -> None:
         genome = compile_bootstrap(search, list(range(len(search.trainset))),
@@ -123,7 +127,9 @@ class BootstrapFewShotWithRandomSearch(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "bootstrap_random_search"
-    proposes: ClassVar[bool] = False
+
+    def projected_proposals(self, n_train: int, n_val: int) -> int:
+        return 0  # demos only: no LM writes an instruction
 
     def run(self, search: Search) -> None:
         n = len(search.trainset)
@@ -166,7 +172,9 @@ class KNNFewShot(SearchConfig):
     ks: tuple[int, ...] = Field((), description="further k values to try")
 
     name: ClassVar[str] = "knn_fewshot"
-    proposes: ClassVar[bool] = False
+
+    def projected_proposals(self, n_train: int, n_val: int) -> int:
+        return 0  # demos only: no LM writes an instruction
 
     def run(self, search: Search) -> None:
         if not search.archive.knn:

@@ -16,6 +16,8 @@ component selection coincide; the merge's "modules" are the genome's components.
 
 from __future__ import annotations
 
+import math
+
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -48,6 +50,11 @@ class GEPA(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "gepa"
+
+    def projected_proposals(self, n_train: int, n_val: int) -> int:
+        # one reflection per child, each screened on a train minibatch first
+        return math.ceil(max(0, self.budget.metric_calls - n_val)
+                         / (self.reflection_minibatch_size + 1))
 
     def run(self, search: Search) -> None:
         k = self.reflection_minibatch_size

@@ -59,6 +59,10 @@ class MIPROv2(SearchConfig):
 
     name: ClassVar[str] = "miprov2"
 
+    def projected_proposals(self, n_train: int, n_val: int) -> int:
+        n, _ = self.sizes()
+        return n + int(self.data_aware)  # one grounded proposal per candidate (+ the summary)
+
     def sizes(self, demo_slots: int | None = None) -> tuple[int, int]:
         """(candidates, trials) as DSPy's ``auto`` computes them."""
         n = self.num_candidates or AUTO.get(self.auto or "light", 6)
