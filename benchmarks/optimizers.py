@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,9 +32,10 @@ def run_one(name: str, args: argparse.Namespace, task, lm, out: Path) -> dict:
     from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
 
     run_dir = out / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # A fresh measurement: no response cache and no run store (whose journal would replay).
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
     cache = run_dir / "cache.sqlite"
-    cache.unlink(missing_ok=True)
     program = evo.Program(signature=task.signature, labels=task.labels)
     optimizer = evo.optimizers.get(name, budget=evo.Budget(metric_calls=args.budget))
     started = time.perf_counter()
