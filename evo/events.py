@@ -94,6 +94,7 @@ class CandidateEvaluated(Event, kind="candidate_evaluated"):
 
     candidate: int = -1
     val_score: float | None = None
+    minibatch_score: float | None = None
     accepted: bool | None = None
 
 
@@ -291,17 +292,20 @@ class MLflowLogger(Callback):
 
 @dataclass(frozen=True)
 class Match:
-    """A :meth:`CandidateStore.search` hit."""
+    """A :meth:`CandidateStore.search` hit: an instruction, the candidates that used it, and its
+    best score (on the full validation set when one was validated, else on a minibatch)."""
 
-    candidate: int
     instruction: str
-    val_score: float
+    score: float
+    scored_on: str  # "validation" or "minibatch"
+    candidates: tuple[int, ...]
     similarity: float
 
 
 class CandidateStore(Callback):
-    """Every fully evaluated instruction, embedded and indexed with FAISS, searchable by
-    similarity: which instructions near this one were tried, and how did they score?
+    """Every evaluated instruction (on a minibatch or the whole validation set), embedded once
+    and indexed with FAISS, searchable by similarity: which instructions near this one were
+    tried, and how did they score?
 
     >>> # store = CandidateStore(); evo.optimize(..., callbacks=[store])
     >>> # store.search("Answer with the category of the question", k=3)
@@ -312,8 +316,10 @@ class CandidateStore(Callback):
         self.encoder_name = encoder
         self._encoder = encoder_for(encoder)
         self._index: Any = None
-        self._texts: dict[int, str] = {}
-        self.entries: list[tuple[int, str, float]] = []  # (candidate, instruction, val_score)
+        self._texts: dict[int, str] = {}  # candidate -> its instruction
+        self._row: dict[str, int] = {}  # instruction -> its entry
+        # per instruction: [text, best score, scored_on, candidates]
+        self.entries: list[list[Any]] = []
 
     def on_candidate_generated(self, event: CandidateGenerated) -> None:
         if event.instruction is not None:
@@ -321,17 +327,31 @@ class CandidateStore(Callback):
 
     def on_candidate_evaluated(self, event: CandidateEvaluated) -> None:
         text = self._texts.get(event.candidate)
-        if event.val_score is None or text is None:
+        if text is None:
             return
-        self.add(event.candidate, text, float(event.val_score))
+        if event.val_score is not None:
+            self.add(text, float(event.val_score), "validation", event.candidate)
+        elif event.minibatch_score is not None:
+            self.add(text, float(event.minibatch_score), "minibatch", event.candidate)
 
-    def add(self, candidate: int, instruction: str, val_score: float) -> None:
-        from embeddings.index import VectorIndex
-        vec = np.asarray(self._encoder.encode([instruction]), dtype=np.float32)
-        if self._index is None:
-            self._index = VectorIndex(vec.shape[1])
-        self._index.add(vec, ids=[len(self.entries)])
-        self.entries.append((candidate, instruction, val_score))
+    def add(self, instruction: str, score: float, scored_on: str = "validation",
+            candidate: int = -1) -> None:
+        """Record a score of ``instruction``; a validation score outranks minibatch scores."""
+        row = self._row.get(instruction)
+        if row is None:
+            from embeddings.index import VectorIndex
+            vec = np.asarray(self._encoder.encode([instruction]), dtype=np.float32)
+            if self._index is None:
+                self._index = VectorIndex(vec.shape[1])
+            row = self._row[instruction] = len(self.entries)
+            self._index.add(vec, ids=[row])
+            self.entries.append([instruction, score, scored_on, []])
+        entry = self.entries[row]
+        rank = {"minibatch": 0, "validation": 1}
+        if (rank[scored_on], score) > (rank[entry[2]], entry[1]):
+            entry[1], entry[2] = score, scored_on
+        if candidate >= 0 and candidate not in entry[3]:
+            entry[3].append(candidate)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -342,8 +362,9 @@ class CandidateStore(Callback):
             return []
         q = np.asarray(self._encoder.encode([text]), dtype=np.float32)
         sims, ids = self._index.search(q, min(k, len(self.entries)))
-        return [Match(*self.entries[int(i)], similarity=float(s))
-                for s, i in zip(sims[0], ids[0], strict=True) if i >= 0]
+        return [Match(e[0], e[1], e[2], tuple(e[3]), float(s))
+                for s, i in zip(sims[0], ids[0], strict=True) if i >= 0
+                for e in [self.entries[int(i)]]]
 
     def save(self, path: str | Path) -> Path:
         """Write the entries (JSON); :meth:`load` re-embeds them (embeddings are cached)."""
@@ -354,13 +375,15 @@ class CandidateStore(Callback):
     def load(cls, path: str | Path) -> CandidateStore:
         data = json.loads(Path(path).read_text())
         store = cls(data["encoder"])
-        for candidate, instruction, val_score in data["entries"]:
-            store.add(int(candidate), instruction, float(val_score))
+        for text, score, scored_on, candidates in data["entries"]:
+            for c in candidates or [-1]:
+                store.add(text, float(score), scored_on, int(c))
         return store
 
     @classmethod
     def from_run(cls, run_dir: str | Path, encoder: str = "minilm") -> CandidateStore:
-        """Every validated instruction of a stored run (its ``result.json`` or checkpoint)."""
+        """Every evaluated instruction of a stored run, from its score matrix (``result.json``,
+        or the checkpoint of an unfinished run)."""
         run_dir = Path(run_dir)
         src = run_dir / "result.json"
         if not src.exists():
@@ -368,9 +391,14 @@ class CandidateStore(Callback):
         record = json.loads(src.read_text())
         texts = [i["text"] for i in record["instructions"]]
         store = cls(encoder)
-        for c in record["candidates"]:
-            if c["val_score"] is not None and c["genome"]:
-                store.add(c["id"], texts[c["genome"][0]], c["val_score"])
+        for c, row in zip(record["candidates"], record["scores"], strict=False):
+            seen = [v for v in row if v is not None]
+            if not c["genome"] or not seen:
+                continue
+            if c["val_score"] is not None:
+                store.add(texts[c["genome"][0]], c["val_score"], "validation", c["id"])
+            else:
+                store.add(texts[c["genome"][0]], float(np.mean(seen)), "minibatch", c["id"])
         return store
 
 

@@ -75,16 +75,25 @@ def test_callbacks_receive_typed_events_in_order(tmp_path):
 
 def test_candidate_store_finds_instructions_by_similarity(tmp_path):
     store = evo.CandidateStore(encoder="hashing")
-    result = search(callbacks=[store], budget=200)
-    assert len(store) == sum(c.accepted for c in result.candidates)
+    # instruction-only genomes: the search has to write instructions (reflection)
+    opt = evo.Evolution(budget=evo.Budget(metric_calls=200), knn=False, max_demos=0,
+                        encoder="hashing")
+    result = evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), optimizer=opt,
+                          cache=False, callbacks=[store], run_dir=tmp_path / "run")
+    evaluated = {result.instructions[c.genome[0]] for c in result.candidates
+                 if c.genome and np.isfinite(result.matrix.scores[c.id]).any()}
+    assert {e[0] for e in store.entries} == evaluated and len(store) >= 2
     hit = store.search(result.baseline.instruction, k=1)[0]
     assert hit.instruction == result.baseline.instruction and hit.similarity > 0.99
+    assert hit.scored_on == "validation" and hit.score == result.baseline_val and 0 in hit.candidates
+    rules = [m for m in store.search("Say pos when the text says good", k=len(store))
+             if "Say pos" in m.instruction]
+    assert rules and rules[0].similarity > store.search("Say pos when the text says good",
+                                                        k=len(store))[-1].similarity
     again = evo.CandidateStore.load(store.save(tmp_path / "cands.json"))
-    assert [m.candidate for m in again.search("produce the label", k=3)] == \
-        [m.candidate for m in store.search("produce the label", k=3)]
-    search(budget=200, run_dir=tmp_path / "run")
+    assert again.search("produce the label", k=3) == store.search("produce the label", k=3)
     from_run = evo.CandidateStore.from_run(tmp_path / "run", encoder="hashing")
-    assert len(from_run) == len(store)
+    assert sorted(e[0] for e in from_run.entries) == sorted(e[0] for e in store.entries)
 
 
 def test_mlflow_logs_params_metrics_and_the_best_program(tmp_path):
