@@ -22,7 +22,8 @@ from evo.lm.journal import Journal
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_events_report import CHROMIUM, screenshot  # noqa: E402
-from test_store import kill_at_random_moments, same_run  # noqa: E402
+from resume import kill_at_random_moments  # noqa: E402
+from test_store import same_run  # noqa: E402
 
 pytestmark = [pytest.mark.local_lm, pytest.mark.network]
 

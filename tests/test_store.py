@@ -5,10 +5,8 @@ failures; request errors are neither retried nor taken for an unreachable LM."""
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,8 @@ from evo.lm.journal import Journal
 from evo.store import RunInUseError, RunMismatchError
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from resume import kill_at_random_moments  # noqa: E402
 from test_engine import TRAIN, VAL, program, respond  # noqa: E402
 
 
@@ -164,37 +164,6 @@ from test_engine import respond
 search(ScriptedLM(respond, delay_s=0.004), {run!r}, budget=150)
 print("finished")
 """
-
-
-def answers(run: Path) -> int:
-    import sqlite3
-    try:
-        with sqlite3.connect(f"file:{run / 'journal.sqlite'}?mode=ro", uri=True) as conn:
-            return conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    except sqlite3.Error:  # not created yet
-        return 0
-
-
-def kill_at_random_moments(start, run: Path, rng: random.Random, sittings: int,
-                           most: int) -> int:
-    """Start a sitting, SIGKILL it once it has received 1..``most`` new answers (plus a random
-    fraction of a call), ``sittings`` times; returns how many were killed before finishing."""
-    kills = 0
-    for i in range(sittings):
-        proc = start(run, i)
-        target = answers(run) + rng.randint(1, most)
-        while proc.poll() is None and answers(run) < target:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.02))
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        # whatever the moment, the store is readable: the checkpoint parses, the log's lines too
-        if (run / "checkpoint.json").exists():
-            json.loads((run / "checkpoint.json").read_text())
-    return kills
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path):
