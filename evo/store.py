@@ -162,7 +162,11 @@ class RunStore:
         run_file = self.path / RUN_FILE
         self.resumed = run_file.exists()
         if self.resumed:
-            old = json.loads(run_file.read_text())
+            try:
+                old = json.loads(run_file.read_text())
+            except json.JSONDecodeError as exc:
+                raise RunMismatchError(f"{run_file}: not a readable run file ({exc}); use "
+                                       "another run directory") from None
             diff = _differences(old.get("spec", {}), spec)
             if diff:
                 raise RunMismatchError(
@@ -203,9 +207,16 @@ class RunStore:
             return []
         data = self._events_path.read_bytes()
         keep = data[: data.rfind(b"\n") + 1]
+        events = []
+        for line in keep.splitlines(keepends=True):
+            try:
+                events.append(_signature(json.loads(line)))
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                break  # a damaged line: the log is kept up to it, and continues from there
+        keep = b"".join(keep.splitlines(keepends=True)[:len(events)])
         if len(keep) != len(data):
             _replace_bytes(self._events_path, keep)
-        return [_signature(json.loads(line)) for line in keep.decode().splitlines()]
+        return events
 
     def record(self, event: dict[str, Any]) -> bool:
         """Append ``event`` to the log. A resumed run re-emits its earlier events while it

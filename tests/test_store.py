@@ -312,3 +312,17 @@ def test_a_session_reused_after_a_stored_run_does_not_write_into_its_journal(tmp
     search(session, None, budget=90)  # same session, no store
     assert session.journal is None
     assert len(Journal(tmp_path / "a" / "journal.sqlite")) == size
+
+
+def test_a_damaged_store_is_one_clear_error_or_is_mended(tmp_path):
+    search(ScriptedLM(respond), tmp_path / "run", budget=60)
+    log = tmp_path / "run" / "events.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:5]) + "{not json\n" + "".join(lines[6:]))
+    result = search(ScriptedLM(respond), tmp_path / "run", budget=60)  # log mended from line 6
+    now = log.read_text().splitlines()
+    assert [json.loads(x)["event"] for x in now] == [e["event"] for e in result.events]
+    assert now[:5] == [x.rstrip("\n") for x in lines[:5]]  # the intact lines keep their times
+    (tmp_path / "run" / "run.json").write_text("{oops")
+    with pytest.raises(RunMismatchError, match="run.json: not a readable run file"):
+        search(ScriptedLM(respond), tmp_path / "run", budget=60)
