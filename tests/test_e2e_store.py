@@ -21,6 +21,7 @@ from evo.cli import main
 from evo.lm.journal import Journal
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from test_events_report import CHROMIUM, screenshot  # noqa: E402
 from resume import kill_at_random_moments  # noqa: E402
 from test_store import same_run  # noqa: E402
