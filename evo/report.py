@@ -284,6 +284,9 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
             old, new = texts[by_id[prev]["genome"][0]], texts[c["genome"][0]]
             body = word_diff(old, new) if old != new else "<span class='note'>instruction " \
                 "unchanged</span>"
+            was, now = _genome_text(by_id[prev]["genome"]), _genome_text(c["genome"])
+            if was != now:
+                body += f"<div class='note'>demos: {_e(was)} → {_e(now)}</div>"
         parts.append(f"<div class='step'><div class='head'>{head}</div>"
                      f"<div class='text'>{body}</div></div>")
 
