@@ -46,6 +46,18 @@ class Killed(BaseException):
     """Stands in for a kill inside an LM call (BaseException: nothing catches it)."""
 
 
+def search_killed_at_call(n: int, run_dir: Path, **kw) -> None:
+    """A search whose LM dies on its ``n``-th call (the preflight is call 1)."""
+    def dies(req):
+        if len(lm.calls) >= n:
+            raise Killed
+        return respond(req)
+
+    lm = ScriptedLM(dies)
+    with pytest.raises(Killed):
+        search(lm, run_dir, **kw)
+
+
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     whole = search(ScriptedLM(respond), tmp_path / "whole")
     paid_whole = whole.sittings[0]["paid"]
@@ -86,14 +98,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def test_checkpoint_tells_where_a_killed_run_stood(tmp_path):
-    def dies(req):
-        if len(lm.calls) > 40:
-            raise Killed
-        return respond(req)
-
-    lm = ScriptedLM(dies)
-    with pytest.raises(Killed):
-        search(lm, tmp_path / "run")
+    search_killed_at_call(41, tmp_path / "run")
     ck = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert ck["metric_calls"] >= 30 and ck["candidates"] and ck["scores"]
     # the 41st call died: the preflight (never journaled) and 39 search calls were answered
@@ -285,14 +290,7 @@ def test_event_log_follows_a_replay_that_parts_from_it(tmp_path):
     the new sitting's events part from it, so it always tells the run that produced the result."""
     import sqlite3
 
-    def dies(req):
-        if len(lm.calls) > 60:
-            raise Killed
-        return respond(req)
-
-    lm = ScriptedLM(dies)
-    with pytest.raises(Killed):
-        search(lm, tmp_path / "run")
+    search_killed_at_call(61, tmp_path / "run")
     with sqlite3.connect(tmp_path / "run" / "journal.sqlite") as conn:  # lose answers 20..
         conn.execute("DELETE FROM answers WHERE seq >= 20")
     contrary = ScriptedLM(lambda req: "label: pos" if req.purpose == "task" else respond(req))
