@@ -551,6 +551,11 @@ def table(rows: list[dict]) -> str:
              "| LM calls | prompt tokens | search wall | LM share |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     resumed = False
+    best: dict[str, float] = {}  # task -> the highest mean test accuracy: printed in bold
+    for r in rows:
+        best[r["task"]] = max(best.get(r["task"], -1.0), r["test"])
+    uneven = {r["task"] for r in rows for q in rows
+              if q["task"] == r["task"] and len(q["per_seed"]) != len(r["per_seed"])}
     for i, r in enumerate(rows):
         if i == 0 or rows[i - 1]["task"] != r["task"]:
             lines.append(f"| {r['task']} | *always the most common answer* | – | "
@@ -564,8 +569,9 @@ def table(rows: list[dict]) -> str:
         spent = (f"{r['metric_calls']:.0f}{over} | {r['lm_calls']:.0f} | "
                  f"{r['prompt_tokens'] / 1000:.0f}k | {r['wall_s']:.0f} s | {r['lm_share']:.0%}"
                  if r["budget"] else "– | – | – | – | –")  # a baseline searches nothing
+        acc = f"**{r['test']:.3f}**" if r["test"] == best[r["task"]] else f"{r['test']:.3f}"
         lines.append(
-            f"| {r['task']} | {r['optimizer']}{mark} | {budget} | **{r['test']:.3f}** "
+            f"| {r['task']} | {r['optimizer']}{mark} | {budget} | {acc} "
             f"[{low:.3f}, {high:.3f}] | {seeds} | {spent} |")
     lines.append("\nCI: resampling of test examples within each seed (test-set noise, not "
                  "seed-to-seed spread). LM calls count cache hits; metric calls = program runs on "
@@ -573,6 +579,9 @@ def table(rows: list[dict]) -> str:
     if resumed:
         lines.append("† resumed from its cache after a stop: prompt tokens, wall time and LM "
                      "share count only what the last run paid (LM and metric calls are whole).")
+    if uneven:
+        lines.append(f"Not every row of {', '.join(sorted(uneven))} has run the same seeds yet: "
+                     "compare those rows seed by seed (the per-seed column), not by their means.")
     return "\n".join(lines)
 
 
