@@ -14,6 +14,9 @@ from evo._io import write_json
 from evo.data import DataError, Task
 
 
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+
+
 def make_lm(spec: str, *, api_base: str | None = None, api_key: str | None = None):
     """A backend from a command-line spec: an embedded model name, a ``.gguf`` path, or a hosted
     ``provider/model`` string (through dspy / litellm)."""
@@ -67,7 +70,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_lm_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="qwen2.5-coder-0.5b",
+    p.add_argument("--model", default=DEFAULT_MODEL,
                    help="embedded model name, .gguf path, or hosted provider/model")
     p.add_argument("--api-base", help="endpoint of a hosted model")
     p.add_argument("--api-key", help="key of a hosted model (else the provider's env variable)")
@@ -250,7 +253,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from evo.compare import compare
+    from evo.store import RUN_FILE
 
+    if args.data in ("train", "val", "test") and not Path(args.data).exists():
+        args.split, args.data = args.data, None  # `--data test`: the split, not a file
+    if not args.task and not args.data:
+        # Programs from a run directory: its run.json says which data, splits, seed and model.
+        for program in (args.a, args.b):
+            run_file = Path(program).parent / RUN_FILE
+            cli = json.loads(run_file.read_text()).get("cli") if run_file.is_file() else None
+            if cli:
+                for key in ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val",
+                            "n_test", "seed"):
+                    setattr(args, key, cli.get(key))
+                if args.model == DEFAULT_MODEL:
+                    args.model = cli.get("model") or args.model
+                print(f"evo: data, splits and model from {run_file}", file=sys.stderr)
+                break
+        else:
+            raise ValueError("name the data (--task NAME or --data FILE), or compare programs "
+                             "saved in an `evo run` directory (its run.json says which data)")
     task = load_task(args)
     data = {"train": task.train, "val": task.val, "test": task.test}[args.split]
     lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
@@ -345,6 +367,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 _RUN_DEFAULTS: dict = {}  # `evo run`'s flag defaults (filled by build_parser)
 
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evo", description="Evolutionary prompt search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -393,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("b", help="program B (e.g. RUN/best.json)")
     _add_data_args(cp)
     _add_lm_args(cp)
-    cp.add_argument("--split", choices=["train", "val", "test"], default="test")
+    cp.add_argument("--split", choices=["train", "val", "test"], default="test",
+                    help="which split (`--data test` says the same when no file is named so)")
     cp.add_argument("--out", help="write the comparison (with per-example scores) as JSON")
     cp.set_defaults(func=cmd_compare)
 

@@ -164,6 +164,13 @@ def test_cli_compare_and_report(tmp_path, scripted_cli, capsys):
     test = json.loads((run / "report.json").read_text())
     # the A/B rerun on the same split agrees with the run's own baseline-vs-best report
     assert ab["scores_a"] == test["baseline_scores"] and ab["scores_b"] == test["optimized_scores"]
+    # programs of a run directory: `--data test` is enough, the run says which data
+    assert main(["compare", str(run / "baseline.json"), str(run / "best.json"), "--data",
+                 "test", "--no-cache", "--out", str(tmp_path / "ab2.json")]) == 0
+    assert json.loads((tmp_path / "ab2.json").read_text())["scores_b"] == ab["scores_b"]
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "x.json"), str(tmp_path / "y.json")]) == 2
+    assert "name the data" in capsys.readouterr().err
     assert main(["report", str(run), "--price", "0.15,0.6", "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 3
