@@ -91,8 +91,9 @@ class Report:
              f"({s['usage']['reused_share']:.0%})"),
             ("search wall time", f"{s['seconds']:.0f} s ({s['lm_share']:.0%} in the LM, "
                                  f"{1 - s['lm_share']:.0%} in evo's own code)"),
-            ("test LM calls (paid / cache hits)",
-             f"{self.test_usage['calls']} / {self.test_usage['cache_hits']}"),
+            ("test LM calls (paid / cache hits / replayed)",
+             f"{self.test_usage['calls']} / {self.test_usage['cache_hits']} / "
+             f"{self.test_usage.get('replayed', 0)}"),
             ("test wall time", f"{self.test_seconds:.0f} s"),
         ]
         width = max(len(k) for k, _ in rows)

@@ -263,8 +263,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             run_file = Path(program).parent / RUN_FILE
             cli = json.loads(run_file.read_text()).get("cli") if run_file.is_file() else None
             if cli:
+                # (budget too: `evo run`'s default validation size follows it, and the test
+                # split depends on every split size)
                 for key in ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val",
-                            "n_test", "seed"):
+                            "n_test", "seed", "budget"):
                     setattr(args, key, cli.get(key))
                 if args.model == DEFAULT_MODEL:
                     args.model = cli.get("model") or args.model

@@ -168,6 +168,20 @@ def test_cli_compare_and_report(tmp_path, scripted_cli, capsys):
     assert main(["compare", str(run / "baseline.json"), str(run / "best.json"), "--data",
                  "test", "--no-cache", "--out", str(tmp_path / "ab2.json")]) == 0
     assert json.loads((tmp_path / "ab2.json").read_text())["scores_b"] == ab["scores_b"]
+    # a run that left the validation size to `evo run`'s default (budget / 6): compare must cut
+    # the same test split (it depends on every split size)
+    rows = [{"text": ex.inputs["text"], "label": ex.outputs["label"]}
+            for ex in [make(i) for i in range(1000, 1400)]]
+    (tmp_path / "big.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data_file = ["--data", str(tmp_path / "big.jsonl")] + data[2:data.index("--n-train")]
+    run2 = tmp_path / "run2"
+    assert main(["run", *data_file, "--n-train", "30", "--n-test", "20", "--budget", "120",
+                 "--no-knn", "--encoder", "hashing", "--no-cache", "--quiet",
+                 "--out", str(run2)]) == 0
+    assert main(["compare", str(run2 / "baseline.json"), str(run2 / "best.json"), "--data",
+                 "test", "--no-cache", "--out", str(tmp_path / "ab3.json")]) == 0
+    test2 = json.loads((run2 / "report.json").read_text())
+    assert json.loads((tmp_path / "ab3.json").read_text())["example_ids"] == test2["example_ids"]
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "x.json"), str(tmp_path / "y.json")]) == 2
     assert "name the data" in capsys.readouterr().err
