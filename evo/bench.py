@@ -25,6 +25,7 @@ import time
 import tomllib
 import traceback
 from collections import defaultdict
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evo._io import write_json
+from evo.compare import Comparison, format_p, paired
 from evo.data import DataError, Example, Task
 from evo.lm.session import LMSession, Usage
 from evo.metrics import Metric, as_score, exact_match
@@ -560,7 +562,8 @@ def table(rows: list[dict]) -> str:
         if i == 0 or rows[i - 1]["task"] != r["task"]:
             lines.append(f"| {r['task']} | *always the most common answer* | – | "
                          f"{r['majority']:.3f} | | | | | | |")
-        over = f" (**+{r['over_budget']} over**)" if r["over_budget"] else ""
+        over = (f" (**+{r['over_budget']} over**"
+                + (", worst seed)" if len(r["per_seed"]) > 1 else ")")) if r["over_budget"] else ""
         budget = str(r["budget"]) if r["budget"] else "–"
         seeds = " / ".join(f"{v:.3f}" for v in r["per_seed"])
         mark = "†" if r["resumed"] else ""
@@ -582,6 +585,58 @@ def table(rows: list[dict]) -> str:
     if uneven:
         lines.append(f"Not every row of {', '.join(sorted(uneven))} has run the same seeds yet: "
                      "compare those rows seed by seed (the per-seed column), not by their means.")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class HeadToHead:
+    """One evo search against one DSPy search of a task at a budget, over their shared seeds."""
+
+    task: str
+    budget: int
+    seeds: tuple[int, ...]
+    comparison: Comparison  # a = the DSPy optimizer, b = evo's: b_minus_a > 0 means evo is ahead
+
+
+def head_to_head(results: list[dict]) -> list[HeadToHead]:
+    """Each evo search against each DSPy search of the same task and budget, paired example by
+    example over the seeds both have run (a seed's test split is the same for both sides)."""
+    runs = {(r["task"], r["optimizer"], r["budget"], r["seed"]): r for r in results}
+    searches = sorted({(r["task"], r["budget"], r["optimizer"], r["side"]) for r in results
+                       if r["budget"]})
+    out = []
+    for task, budget, ours, side in searches:
+        for theirs in (o for t, b, o, sd in searches
+                       if (t, b, side, sd) == (task, budget, "evo", "dspy")):
+            seeds = tuple(sorted(s for (t, o, b, s) in runs if (t, o, b) == (task, ours, budget)
+                                 and (task, theirs, budget, s) in runs))
+            if not seeds:
+                continue
+            pairs = [(runs[(task, theirs, budget, s)]["test_scores"],
+                      runs[(task, ours, budget, s)]["test_scores"]) for s in seeds]
+            ids = [f"seed{s}:{i}" for s, (a, _) in zip(seeds, pairs) for i in range(len(a))]
+            out.append(HeadToHead(task, budget, seeds, paired(
+                theirs, ours, np.concatenate([a for a, _ in pairs]),
+                np.concatenate([b for _, b in pairs]), ids)))
+    return out
+
+
+def head_to_head_table(matches: list[HeadToHead]) -> str:
+    """Markdown: evo − DSPy per task, 95% paired bootstrap CI and permutation p over the pooled
+    test examples of the shared seeds, and the examples only one side got right."""
+    if not matches:
+        return ""
+    lines = ["| task | evo − DSPy | budget | seeds | test examples | difference [95% CI] | p "
+             "| only evo right | only DSPy right |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in matches:
+        c = m.comparison
+        lines.append(
+            f"| {m.task} | {c.b} − {c.a} | {m.budget} | {', '.join(map(str, m.seeds))} | {c.n} "
+            f"| {c.b_minus_a:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] | {format_p(c.p_value)} "
+            f"| {len(c.b_wins)} | {len(c.a_wins)} |")
+    lines.append("\nPaired over the same test examples (each seed's own split, pooled over the "
+                 "seeds both sides have run): 95% bootstrap CI of the difference and a two-sided "
+                 "paired permutation test.")
     return "\n".join(lines)
 
 
@@ -637,11 +692,13 @@ def plot(rows: list[dict], path: Path) -> Path:
 def report(out: Path) -> tuple[str, Path]:
     """Write ``OUT/table.md``, ``OUT/summary.json`` and ``OUT/accuracy_vs_calls.png`` from every
     result under ``out``; return the table and the plot's path."""
-    rows = summarize(load_results(out))
+    results = load_results(out)
+    rows = summarize(results)
     if not rows:
         raise DataError("no run results (TASK/seedS/RUN/result.json) here: run the suite first",
                         source=str(out))
-    text = table(rows)
+    pairs = head_to_head_table(head_to_head(results))
+    text = table(rows) + (f"\n\n{pairs}" if pairs else "")
     (out / "table.md").write_text(text + "\n")
     write_json(out / "summary.json", rows)
     return text, plot(rows, out / "accuracy_vs_calls.png")

@@ -158,3 +158,38 @@ def test_readme_extension_a_dspy_optimizer_is_one_function(tmp_path, monkeypatch
     cfg = config(tmp_path, optimizers=["dspy.labeled_fewshot"], baselines=[])
     (result,) = suite(cfg, ScriptedLM(respond))
     assert result["test"] == 1.0 and len(result["program"]["self"]["demos"]) == 4
+
+
+def result(seed, optimizer, scores, *, side="dspy", metric_calls=300, over=0):
+    return {"task": "toy", "seed": seed, "optimizer": optimizer, "side": side, "budget": 300,
+            "test_scores": scores, "test": sum(scores) / len(scores), "majority": 0.5,
+            "metric_calls": metric_calls, "over_budget": over, "lm_calls": 10,
+            "prompt_tokens": 1000, "wall_s": 1.0, "lm_share": 1.0, "resumed": False}
+
+
+def test_table_marks_an_overshoot_over_seeds_as_the_worst_seeds():
+    rows = bench.summarize([result(0, "dspy.a", [1.0, 0.0], metric_calls=415, over=115),
+                            result(1, "dspy.a", [1.0, 0.0], metric_calls=262),
+                            result(0, "dspy.b", [1.0, 0.0], metric_calls=330, over=30)])
+    lines = {line.split(" | ")[1]: line for line in bench.table(rows).splitlines()
+             if line.startswith("| toy | dspy.")}
+    assert "| 338 (**+115 over**, worst seed) |" in lines["dspy.a"]  # mean 338, max overshoot
+    assert "| 330 (**+30 over**) |" in lines["dspy.b"]
+
+
+def test_head_to_head_pairs_evo_and_dspy_over_the_seeds_both_ran():
+    results = [result(0, "evolution", [1, 1, 1, 0], side="evo"),
+               result(1, "evolution", [1, 1, 0, 0], side="evo"),
+               result(0, "dspy.a", [0, 1, 0, 1]),  # seed 0 only
+               result(0, "dspy.b", [1, 1, 0, 0]), result(1, "dspy.b", [0, 1, 1, 0]),
+               {**result(0, "baseline", [0, 0, 0, 0], side="evo"), "budget": 0}]
+    matches = {m.comparison.a: m for m in bench.head_to_head(results)}
+    assert set(matches) == {"dspy.a", "dspy.b"}  # evo vs DSPy only: no baseline, no DSPy-DSPy
+    a, b = matches["dspy.a"], matches["dspy.b"]
+    assert a.seeds == (0,) and a.comparison.n == 4 and a.comparison.b == "evolution"
+    assert a.comparison.b_minus_a == pytest.approx(0.25)
+    assert (a.comparison.b_wins, a.comparison.a_wins) == (["seed0:0", "seed0:2"], ["seed0:3"])
+    assert b.seeds == (0, 1) and b.comparison.n == 8
+    assert b.comparison.b_minus_a == pytest.approx((5 - 4) / 8)
+    text = bench.head_to_head_table(list(matches.values()))
+    assert "| toy | evolution − dspy.b | 300 | 0, 1 | 8 | +0.125 [" in text
