@@ -315,7 +315,7 @@ def sweep_table(results: list[dict]) -> str:
 
 
 def real_vectors() -> np.ndarray:
-    """MiniLM vectors of the ~22.6k distinct inputs of trec, sms_spam and rotten_tomatoes (encoded
+    """MiniLM vectors of the ~23.3k distinct inputs of trec, sms_spam and rotten_tomatoes (encoded
     once, ~2 min on 2 cores, then read from the embedding cache)."""
     from embeddings import default_encoder
     from evo.datasets import fetch

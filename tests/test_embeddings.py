@@ -330,7 +330,7 @@ def test_hnsw_recall_at_calibrated_ef_search():
 @pytest.mark.slow
 @pytest.mark.network
 def test_hnsw_recall_on_real_minilm_vectors():
-    """Real text is harder for HNSW than synthetic clusters: MiniLM vectors of ~9.9k TREC
+    """Real text is harder for HNSW than synthetic clusters: MiniLM vectors of ~10.6k TREC
     questions and SMS messages (encoded once, ~1 min, then read from the embedding cache), HNSW
     forced, the calibrated efSearch keeps recall@10 >= 0.95 for held-out queries."""
     from evo.datasets import fetch
