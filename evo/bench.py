@@ -333,6 +333,11 @@ class Cell:
     def result_path(self) -> Path:
         return self.dir / "result.json"
 
+    def data_digests(self) -> dict[str, str]:
+        from evo.store import data_digest
+
+        return {k: data_digest(getattr(self.task, k)) for k in ("train", "val", "test")}
+
     def done(self) -> dict[str, Any] | None:
         """The finished result, if any. One made with another model or other split sizes is an
         error: the output folder belongs to one configuration."""
@@ -345,6 +350,12 @@ class Cell:
                             f"{done.get('splits')}, not {self.config.model!r} and {splits}: "
                             "use another --out for another configuration",
                             source=str(self.result_path))
+        data = self.data_digests()
+        if done.get("data", data) != data:  # results from before the field are not checked
+            changed = [k for k in data if done["data"].get(k) != data[k]]
+            raise DataError(f"was made on other {'/'.join(changed)} data than this task's "
+                            "(the dataset or its parser changed): move it away to rerun it, "
+                            "or use another --out", source=str(self.result_path))
         if "majority" not in done:  # results written before the field existed
             done["majority"] = majority_rate(self.task.test, self.outputs)
             write_json(self.result_path, done)
@@ -379,7 +390,7 @@ class Cell:
             "side": "dspy" if dspy_side else "evo",
             "budget": self.budget, "model": self.config.model,
             "splits": [len(self.task.train), len(self.task.val), len(self.task.test)],
-            "test": float(scores.mean()), "test_scores": scores.tolist(),
+            "data": self.data_digests(), "test": float(scores.mean()), "test_scores": scores.tolist(),
             "majority": majority_rate(self.task.test, self.outputs),
             "metric_calls": metric_calls,
             "over_budget": max(0, metric_calls - self.budget) if self.budget else 0,

@@ -106,6 +106,11 @@ def test_a_cell_killed_after_its_search_resumes_without_paying(tmp_path):
     with pytest.raises(evo.DataError, match="use another --out"):
         suite(config(tmp_path, optimizers=["labeled_fewshot"], baselines=[], n_test=10),
               ScriptedLM(respond))
+    # Same sizes, other rows (a dataset or parser that changed): the stale result is refused.
+    other = Task("toy", *DATA.split([cfg.n_train, cfg.n_val, cfg.n_test], seed=1))
+    with pytest.raises(evo.DataError, match="other train/val/test data"):
+        bench.run_suite(cfg, lm=ScriptedLM(respond), load=lambda name, seed: other,
+                        log=lambda line: None)
 
 
 def unparseable_zero_shot(req):
