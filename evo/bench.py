@@ -25,8 +25,8 @@ import time
 import tomllib
 import traceback
 from collections import defaultdict
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -390,7 +390,8 @@ class Cell:
             "side": "dspy" if dspy_side else "evo",
             "budget": self.budget, "model": self.config.model,
             "splits": [len(self.task.train), len(self.task.val), len(self.task.test)],
-            "data": self.data_digests(), "test": float(scores.mean()), "test_scores": scores.tolist(),
+            "data": self.data_digests(),
+            "test": float(scores.mean()), "test_scores": scores.tolist(),
             "majority": majority_rate(self.task.test, self.outputs),
             "metric_calls": metric_calls,
             "over_budget": max(0, metric_calls - self.budget) if self.budget else 0,

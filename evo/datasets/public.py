@@ -43,7 +43,7 @@ from evo.datasets.files import Row, dedupe
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-"""Version of the normalized cache layout: bump it when a parser changes, to rebuild caches."""
+"""Version of the normalized cache layout (a changed parser bumps its own :attr:`Spec.revision`)."""
 
 MAX_LABELS = 20
 """A BIG-bench answer set this small is a closed label set; a larger one is open-ended."""
