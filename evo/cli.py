@@ -153,12 +153,12 @@ RUN_ARGS = ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val", "
 
 def _resume_args(args: argparse.Namespace, parser_defaults: dict) -> None:
     """Fill ``args`` from the run store ``args.resume`` (flags given as well are an error)."""
-    from evo.store import RUN_FILE
+    from evo.store import RUN_FILE, run_cli
 
     run_file = Path(args.resume) / RUN_FILE
     if not run_file.is_file():
         raise ValueError(f"{args.resume}: not a run directory (no {RUN_FILE})")
-    cli = json.loads(run_file.read_text()).get("cli")
+    cli = run_cli(args.resume)
     if not cli:
         raise ValueError(f"{args.resume} was made from Python (evo.optimize): resume it by "
                          "calling evo.optimize again with the same inputs and run_dir")
@@ -253,7 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from evo.compare import compare
-    from evo.store import RUN_FILE
+    from evo.store import RUN_FILE, run_cli
 
     if args.data in ("train", "val", "test") and not Path(args.data).exists():
         args.split, args.data = args.data, None  # `--data test`: the split, not a file
@@ -261,7 +261,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         # Programs from a run directory: its run.json says which data, splits, seed and model.
         for program in (args.a, args.b):
             run_file = Path(program).parent / RUN_FILE
-            cli = json.loads(run_file.read_text()).get("cli") if run_file.is_file() else None
+            cli = run_cli(run_file.parent)
             if cli:
                 # (budget too: `evo run`'s default validation size follows it, and the test
                 # split depends on every split size)
@@ -367,7 +367,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 _RUN_DEFAULTS: dict = {}  # `evo run`'s flag defaults (filled by build_parser)
-
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,6 +58,18 @@ class RunInUseError(OSError):
     """Another process has the run directory open."""
 
 
+def run_cli(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``evo run`` settings a run directory was made with: None when it has no run file or
+    was made from Python (``evo.optimize``); a damaged run file is one clear error."""
+    run_file = Path(run_dir) / RUN_FILE
+    if not run_file.is_file():
+        return None
+    try:
+        return json.loads(run_file.read_text()).get("cli")
+    except json.JSONDecodeError as exc:
+        raise RunMismatchError(f"{run_file}: not a readable run file ({exc})") from None
+
+
 def data_digest(examples: Sequence[Example]) -> str:
     """A content hash of a split (ids, inputs and gold outputs, in order)."""
     h = hashlib.sha256()
