@@ -14,6 +14,8 @@ from evo.compare import Comparison, compare
 from evo.data import DataError, Dataset, Example, Task
 from evo.dspy_module import ModuleResult, optimize_module
 from evo.engine import Evolution, Search, SearchConfig
+from evo.errors import (ConfigError, DamagedFileError, EvoError, RunFailedError, StorageError,
+                        UnsafeRunDirError)
 from evo.ensemble import EnsembleProgram, load_program
 from evo.events import Callback, CandidateStore, JSONLLog, MLflowLogger, ProgressBar
 from evo.evaluate import Budget, ScoreMatrix
@@ -30,7 +32,8 @@ from evo.store import RunMismatchError, RunStore
 __version__ = "0.1.0"
 
 __all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
-           "Budget", "Callback", "CandidateStore", "Comparison", "DataError", "JSONLLog",
+           "Budget", "Callback", "CandidateStore", "Comparison", "ConfigError", "DamagedFileError",
+           "DataError", "EvoError", "RunFailedError", "StorageError", "UnsafeRunDirError", "JSONLLog",
            "MLflowLogger", "ProgressBar", "Projection", "RunMismatchError", "RunStore", "Dataset", "Ensemble", "EnsembleProgram", "EvoPrompt",
            "Evolution", "Example", "KNNFewShot", "LabeledFewShot", "MIPROv2", "ModuleResult", "Prediction",
            "Program", "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig",

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from evo.errors import EvoError
 
-class DataError(ValueError):
+
+class DataError(EvoError, ValueError):
     """Bad input data. The message names the source (file or dataset), the row and the field."""
 
     def __init__(self, message: str, *, source: str | None = None, row: int | None = None,

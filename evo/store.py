@@ -37,6 +37,7 @@ import numpy as np
 
 from evo._io import write_json
 from evo.data import Example
+from evo.errors import EvoError
 from evo.lm.journal import Journal
 
 if TYPE_CHECKING:
@@ -50,11 +51,11 @@ EVENTS_FILE = "events.jsonl"
 LOCK_FILE = "lock"
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(EvoError, ValueError):
     """The run directory holds a different run than the one asked for."""
 
 
-class RunInUseError(OSError):
+class RunInUseError(EvoError, OSError):
     """Another process has the run directory open."""
 
 

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from evo.errors import EvoError
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -66,7 +68,7 @@ class LMRequestError(LMError):
     window, say): retrying cannot help, and it says nothing about whether the LM is up."""
 
 
-class LMUnavailableError(LMError):
+class LMUnavailableError(LMError, EvoError):
     """The LM cannot be reached or loaded at all (bad key, host down, missing model file).
 
     Raised once, with what was tried, instead of recording the same failure on every cell.
