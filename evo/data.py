@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from evo.errors import EvoError
 
+log = logging.getLogger(__name__)
 
 class DataError(EvoError, ValueError):
     """Bad input data. The message names the source (file or dataset), the row and the field."""
@@ -103,6 +105,7 @@ class Dataset:
     description: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "examples", _distinct(self.examples, self.name))
         for row, ex in enumerate(self.examples):  # rows reported 1-based, like the file loaders
             for field in self.input_fields:
                 if field not in ex.inputs:
@@ -156,6 +159,31 @@ class Dataset:
             parts = _stratified(self.examples, self.output_fields[0], sizes, rng)
         suffixes = ["train", "val", "test"] + [f"part{i}" for i in range(3, len(sizes))]
         return [self.with_examples(p, f"{self.name}:{suffixes[i]}") for i, p in enumerate(parts)]
+
+
+def _distinct(examples: Iterable[Example], source: str) -> tuple[Example, ...]:
+    """The examples with repeats of the same example dropped (first kept), with one warning.
+
+    A repeated example would be scored twice under one id (the score matrix keys on ids) and
+    could land in two splits. Two different examples under one explicit id are an error.
+    """
+    examples = tuple(examples)
+    seen: dict[str, tuple[int, Example]] = {}
+    kept = []
+    for row, ex in enumerate(examples, start=1):
+        if not isinstance(ex, Example):
+            raise DataError(f"expected an evo.Example, got {type(ex).__name__}", source=source,
+                            row=row)
+        first = seen.setdefault(ex.id, (row, ex))
+        if first[1] is ex:
+            kept.append(ex)
+        elif (first[1].inputs, first[1].outputs) != (ex.inputs, ex.outputs):
+            raise DataError(f"id {ex.id!r} also names the different example in row {first[0]}",
+                            source=source, row=row)
+    if len(kept) < len(examples):
+        log.warning("%s: dropped %d duplicate example(s) (identical rows); %d remain", source,
+                    len(examples) - len(kept), len(kept))
+    return tuple(kept)
 
 
 def _stratified(examples: Sequence[Example], field: str, sizes: Sequence[int],
@@ -233,6 +261,19 @@ class Task:
     train: Dataset
     val: Dataset
     test: Dataset
+
+    def __post_init__(self) -> None:
+        # No example in two splits: test stays as given, val loses what test holds, train what
+        # val or test hold (a leak into train or val would inflate the held-out scores).
+        held: set[str] = set()
+        for split, later in (("test", ""), ("val", "test"), ("train", "val or test")):
+            part: Dataset = getattr(self, split)
+            kept = [ex for ex in part if ex.source_id not in held]
+            if len(kept) < len(part):
+                log.warning("%s: dropped %d example(s) from %s that are also in %s", self.name,
+                            len(part) - len(kept), split, later)
+                object.__setattr__(self, split, part.with_examples(kept))
+            held.update(ex.source_id for ex in part)
 
     @property
     def labels(self) -> tuple[str, ...] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evo.data import DataError, Task
+from evo.errors import ConfigError
 from evo.datasets.files import dedupe, load_csv, load_file, load_jsonl
 from evo.datasets.public import SPECS, DatasetUnavailableError, cache_dir, cache_meta, fetch
 
@@ -36,6 +37,16 @@ def describe(name: str) -> str:
     if name not in SPECS:
         raise DataError(f"unknown public dataset {name!r}: choose one of {names()}")
     return SPECS[name].description
+
+
+def _not_a_task(text: str) -> str:
+    """What to say when a file path comes without the fields to read from it."""
+    how = (f"use --data {text} --inputs FIELD[,...] --outputs FIELD[,...] (in Python: "
+           f"load({text!r}, inputs=[...], outputs=[...]))")
+    if Path(text).is_file():
+        return f"{text} is a file, not a public dataset name: {how}"
+    return (f"{text} is neither a public dataset ({', '.join(names())}, bigbench:TASK) nor an "
+            f"existing file; for a file, {how}")
 
 
 def default_sizes(n: int) -> tuple[int, int, int]:
@@ -62,9 +73,12 @@ def load(name_or_path: str | Path, *, seed: int = 0, n_train: int | None = None,
     text = str(name_or_path)
     if isinstance(name_or_path, str) and (text in SPECS or text.startswith("bigbench:")):
         if file_kwargs:
-            raise TypeError(f"{sorted(file_kwargs)} apply to files, not public datasets")
+            raise ConfigError(f"{text} is a public dataset: {sorted(file_kwargs)} apply to "
+                              "files (--data FILE), not to public datasets (--task NAME)")
         dataset = fetch(text)
-    elif Path(text).suffix:
+    elif Path(text).suffix or Path(text).is_file():
+        if "inputs" not in file_kwargs or "outputs" not in file_kwargs:
+            raise DataError(_not_a_task(text))
         dataset = load_file(text, **file_kwargs)
     else:
         raise DataError(f"unknown dataset {text!r}: use one of {names()}, 'bigbench:TASK', "
@@ -72,6 +86,6 @@ def load(name_or_path: str | Path, *, seed: int = 0, n_train: int | None = None,
     defaults = default_sizes(len(dataset))
     sizes = [d if s is None else s for s, d in zip((n_train, n_val, n_test), defaults)]
     if any(s < 0 for s in sizes):
-        raise ValueError(f"split sizes must be >= 0, got {sizes}")
+        raise ConfigError(f"split sizes must be >= 0, got {sizes}")
     train, val, test = dataset.split(sizes, seed=seed)
     return Task(dataset.name, train, val, test)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import reprlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from evo.data import DataError, Dataset, Example
 
@@ -107,15 +109,42 @@ def _check_schema(path: Path, inputs: Sequence[str], outputs: Sequence[str],
         raise DataError("file not found", source=str(path))
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, Mapping[str, object]]]:
-    # Read bytes and decode per line, so an encoding error also names its line.
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
+MAX_LINE_BYTES = 16 << 20
+"""A JSONL line or CSV line longer than this (16 MiB) is refused: no text field needs it."""
+
+_PREVIEW = reprlib.Repr()
+_PREVIEW.maxstring, _PREVIEW.maxother, _PREVIEW.maxlevel = 60, 60, 2
+
+
+def _preview(value: object) -> str:
+    """A short repr for error messages: huge or deeply nested values stay one readable line."""
+    return _PREVIEW.repr(value)
+
+
+def _lines(handle: BinaryIO, path: Path) -> Iterator[tuple[int, str]]:
+    """``(line_no, text)`` per physical line (\\n, \\r\\n or \\r; ends kept), decoded one line at
+    a time, so a bad byte or an overlong line is reported on its own line."""
+    line_no = 0
+    while True:
+        raw = handle.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES:
+            raise DataError(f"line longer than {MAX_LINE_BYTES >> 20} MiB", source=str(path),
+                            row=line_no + 1)
+        for piece in raw.splitlines(keepends=True):
+            line_no += 1
             try:
-                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+                yield line_no, piece.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                raise DataError(f"not UTF-8 ({err.reason})", source=str(path),
-                                row=line_no) from None
+                column = len(piece[:err.start].decode("utf-8", "replace")) + 1
+                raise DataError(f"not UTF-8 ({err.reason}: byte 0x{piece[err.start]:02x} at "
+                                f"column {column})", source=str(path), row=line_no) from None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Mapping[str, object]]]:
+    with path.open("rb") as handle:
+        for line_no, text in _lines(handle, path):
             if not text.strip():
                 continue
             try:
@@ -123,39 +152,111 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Mapping[str, object]]]:
             except json.JSONDecodeError as err:
                 raise DataError(f"invalid JSON: {err.msg} (column {err.colno})",
                                 source=str(path), row=line_no) from None
+            except RecursionError:
+                raise DataError("JSON nested too deeply", source=str(path), row=line_no) from None
             if not isinstance(record, dict):
                 raise DataError(f"expected a JSON object, got {type(record).__name__}",
                                 source=str(path), row=line_no)
             yield line_no, record
 
 
+class _RecordLines:
+    """Feeds a csv reader physical lines and keeps those of the record being read, so each
+    record can be checked against its raw text (see :func:`_check_quotes`)."""
+
+    def __init__(self, lines: Iterator[tuple[int, str]]) -> None:
+        self._lines, self.line_no, self.raw = lines, 0, []
+
+    def __iter__(self) -> _RecordLines:
+        return self
+
+    def __next__(self) -> str:
+        self.line_no, text = next(self._lines)
+        self.raw.append(text)
+        return text
+
+    def take(self) -> list[str]:
+        """The physical lines of the record just read (and forget them)."""
+        taken, self.raw = self.raw, []
+        return taken
+
+
 def _csv_records(path: Path, needed: Sequence[str], delimiter: str
                  ) -> Iterator[tuple[int, Mapping[str, object]]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+    with path.open("rb") as handle:
+        lines = _RecordLines(_lines(handle, path))
+        reader = csv.reader(lines, delimiter=delimiter)
+        start = 1
         try:
             header = next(reader, None)
             if header is None:
                 return
+            _check_quotes(path, 1, header, lines.take(), header, delimiter)
             missing = [f for f in needed if f not in header]
             if missing:
                 raise DataError(f"column missing from header {header}", source=str(path), row=1,
                                 field=missing[0])
-            start = reader.line_num + 1  # a quoted cell may span lines: report where rows start
+            start = lines.line_no + 1  # a quoted cell may span lines: report where rows start
             for cells in reader:
+                _check_quotes(path, start, cells, lines.take(), header, delimiter)
                 if any(cell.strip() for cell in cells):
                     if len(cells) > len(header):
                         raise DataError(f"{len(cells)} cells but the header has {len(header)}",
                                         source=str(path), row=start)
                     # A short row leaves trailing columns absent -> "missing field" below.
                     yield start, dict(zip(header, cells))
-                start = reader.line_num + 1
-        except UnicodeDecodeError as err:
-            raise DataError(f"not UTF-8 ({err.reason})", source=str(path),
-                            row=reader.line_num + 1) from None
+                start = lines.line_no + 1
         except csv.Error as err:
-            raise DataError(f"malformed CSV: {err}", source=str(path),
-                            row=reader.line_num) from None
+            hint = " (an unterminated quote?)" if "field limit" in str(err) else ""
+            raise DataError(f"malformed CSV: {err}{hint}", source=str(path),
+                            row=start if hint else lines.line_no) from None
+
+
+def _looks_like_row(line: str, width: int, delimiter: str) -> bool:
+    """Whether one physical line, quotes taken literally, holds ``width`` non-blank cells."""
+    cells = next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter,
+                            quoting=csv.QUOTE_NONE), [])
+    return len(cells) == width and all(cell.strip() for cell in cells)
+
+
+def _check_quotes(path: Path, start: int, cells: list[str], physical: list[str],
+                  header: list[str], delimiter: str) -> None:
+    """Refuse a record whose quoted field never closed.
+
+    Python's csv reader (non-strict) reads an unclosed quote silently on to the next quote
+    character or the end of the file, merging the rows in between into one field. A legal
+    multi-line field is kept; a field is refused when the record ends inside the quote (end of
+    file), or when the record is malformed under strict quoting rules and the lines it took in
+    look like rows of the header's width (all cells non-blank).
+    """
+    multiline = next((i for i, cell in enumerate(cells) if "\n" in cell or "\r" in cell), None)
+    if multiline is None and physical and physical[-1].endswith(("\n", "\r")):
+        return
+    try:
+        list(csv.reader(physical, delimiter=delimiter, strict=True))
+        return
+    except csv.Error as err:
+        at_end = "end of data" in str(err)
+    index = len(cells) - 1 if at_end else multiline
+    if index is None:
+        return
+    offset = min(sum(cell.count("\n") for cell in cells[:index]), len(physical) - 1)
+    opened, taken = start + offset, physical[offset:]
+    span = len(taken)
+    field = header[index] if index < len(header) else f"column {index + 1}"
+    if at_end:
+        raise DataError(f"unterminated quote: this field runs from line {opened} over "
+                        f"{span} line{'s' * (span != 1)} to the end of the file",
+                        source=str(path), row=opened,
+                        field=field)
+    rowlike = [n for n, line in enumerate(taken[:-1])
+               if _looks_like_row(line, len(header), delimiter)]
+    if rowlike:  # show a swallowed line rather than the quote's own where there is one
+        shown = next((n for n in rowlike if n > 0), rowlike[0])
+        raise DataError(f"unterminated quote: this field runs from line {opened} over {span} "
+                        f"lines and swallows lines that look like rows (line {opened + shown}: "
+                        f"{_preview(taken[shown].rstrip())})", source=str(path), row=opened,
+                        field=field)
 
 
 def _text(record: Mapping[str, object], field: str, source: str, row: int) -> str:
@@ -163,8 +264,8 @@ def _text(record: Mapping[str, object], field: str, source: str, row: int) -> st
         raise DataError("missing field", source=source, row=row, field=field)
     value = record[field]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise DataError(f"expected text, got {type(value).__name__} {value!r}", source=source,
-                        row=row, field=field)
+        raise DataError(f"expected text, got {type(value).__name__} {_preview(value)}",
+                        source=source, row=row, field=field)
     text = value if isinstance(value, str) else str(value)
     if not text.strip():
         raise DataError("empty value", source=source, row=row, field=field)
@@ -181,7 +282,8 @@ def _dataset(path: Path, records: Iterable[tuple[int, Mapping[str, object]]],
         ins = {f: _text(record, f, source, row) for f in inputs}
         outs = {f: _text(record, f, source, row) for f in outputs}
         if allowed is not None and outs[outputs[0]] not in allowed:
-            raise DataError(f"label {outs[outputs[0]]!r} is not one of {list(labels or ())}",
+            raise DataError(f"label {_preview(outs[outputs[0]])} is not one of "
+                            f"{_preview(list(labels or ()))}",
                             source=source, row=row, field=outputs[0])
         rows.append((ins, outs))
     if not rows:

