@@ -19,6 +19,13 @@ the one an uninterrupted run gives. This holds for every optimizer without each 
 own internal state (random generators, DEAP populations, Optuna studies); the checkpoint is for
 reading, not for restoring. Files are replaced atomically and the journal is SQLite in WAL mode,
 so a process killed at any moment leaves a store a resume can read.
+
+Every file here is read as untrusted: a damaged or wrong-shaped one is one
+:class:`~evo.errors.DamagedFileError` naming it, never a traceback. A store is created by evo or
+refused (:class:`~evo.errors.UnsafeRunDirError`): evo writes only into a new or empty folder or a
+run directory it made, never into a filesystem root, the home directory or a folder above it. A
+journal holding fewer answers than the checkpoint saw (a copy made without
+``journal.sqlite-wal``) is refused too, rather than silently paid for again.
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import sqlite3
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,10 +45,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evo._io import write_json
+from evo._io import storage_error, write_bytes, write_json
 from evo.data import Example
-from evo.errors import EvoError
+from evo.errors import DamagedFileError, EvoError, UnsafeRunDirError
 from evo.lm.journal import Journal
+from evo.paths import protected_dir
 
 if TYPE_CHECKING:
     from evo.engine import SearchState
@@ -49,6 +60,8 @@ JOURNAL_FILE = "journal.sqlite"
 CHECKPOINT_FILE = "checkpoint.json"
 EVENTS_FILE = "events.jsonl"
 LOCK_FILE = "lock"
+_MAX_READ = 256 * 2**20  # a run file or checkpoint larger than this is not one evo wrote
+_NEW_RUN_HINT = "start a new run directory"
 
 
 class RunMismatchError(EvoError, ValueError):
@@ -61,14 +74,98 @@ class RunInUseError(EvoError, OSError):
 
 def run_cli(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``evo run`` settings a run directory was made with: None when it has no run file or
-    was made from Python (``evo.optimize``); a damaged run file is one clear error."""
+    was made from Python (``evo.optimize``); a damaged run file is one clear
+    :class:`DamagedFileError`."""
     run_file = Path(run_dir) / RUN_FILE
-    if not run_file.is_file():
+    if not run_file.exists():
         return None
+    return read_run_file(run_file).get("cli")
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``; ValueError (with the reason) when it is not readable JSON."""
+    if not path.is_file():
+        raise ValueError("not a regular file" + (" (a folder is in its place)"
+                                                 if path.is_dir() else ""))
+    if path.stat().st_size > _MAX_READ:
+        raise ValueError(f"{path.stat().st_size:,} bytes, larger than any file evo writes")
     try:
-        return json.loads(run_file.read_text()).get("cli")
-    except json.JSONDecodeError as exc:
-        raise RunMismatchError(f"{run_file}: not a readable run file ({exc})") from None
+        return json.loads(path.read_bytes())
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+
+
+def read_run_file(run_file: str | os.PathLike[str]) -> dict[str, Any]:
+    """The content of a run directory's ``run.json``, checked for shape: an object with the
+    ``evo_run`` marker, a ``spec`` object and a ``cli`` object (or null). Anything else is one
+    :class:`DamagedFileError` naming the file."""
+    run_file = Path(run_file)
+    hint = (f"if {run_file.parent} is an evo run directory, its run file is damaged: "
+            f"{_NEW_RUN_HINT}; otherwise choose another folder")
+    try:
+        info = _read_json(run_file)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
+        raise DamagedFileError(run_file, f"not a readable run file ({exc})", hint=hint) from None
+    if not isinstance(info, dict) or "evo_run" not in info:
+        raise DamagedFileError(run_file, "not an evo run file (not an object with the "
+                               '"evo_run" key)', hint=hint)
+    if not isinstance(info.get("spec"), dict):
+        raise DamagedFileError(run_file, 'not a readable run file ("spec" is missing or not '
+                               "an object)", hint=hint)
+    if info.get("cli") is not None and not isinstance(info["cli"], dict):
+        raise DamagedFileError(run_file, 'not a readable run file ("cli" is not an object)',
+                               hint=hint)
+    return info
+
+
+def _is_leftover(path: Path) -> bool:
+    """Whether ``path`` is a file evo leaves in a run directory before its run file: the lock
+    (empty or ``pid N``) of a run killed at its start, or a half-written run file."""
+    if path.name == RUN_FILE + ".tmp":
+        return path.is_file()
+    if path.name != LOCK_FILE or not path.is_file() or path.stat().st_size > 64:
+        return False
+    return re.fullmatch(r"(pid \d+)?", path.read_bytes().decode("latin-1").strip()) is not None
+
+
+def check_run_dir(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Check, before anything is written, that ``path`` may be a run directory, and return its
+    run file's content if it is one already (None for a new or empty folder).
+
+    Refused with :class:`UnsafeRunDirError`: a filesystem root, the home directory or a folder
+    above it or above the current directory; a file; a folder evo did not make that is not
+    empty. A run file of the wrong shape is a :class:`DamagedFileError`."""
+    path = Path(path)
+    why = protected_dir(path)
+    if why is not None:
+        raise UnsafeRunDirError(f"{path} is {why}: evo will not write its run files there "
+                                "(give a new folder for the run, e.g. runs/NAME)")
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.is_dir():  # a file, or a link to nowhere
+        raise UnsafeRunDirError(f"{path} exists and is not a folder: a run directory is a "
+                                "folder (choose another path)")
+    if (path / RUN_FILE).exists() or (path / RUN_FILE).is_symlink():
+        info = read_run_file(path / RUN_FILE)
+        for name in (JOURNAL_FILE, CHECKPOINT_FILE, EVENTS_FILE, LOCK_FILE):
+            if (path / name).exists() and not (path / name).is_file():
+                raise DamagedFileError(path / name, "not a regular file (a folder is in its "
+                                       "place?)", hint=f"move it away, or {_NEW_RUN_HINT}")
+        return info
+    try:
+        foreign = sorted(p.name for p in path.iterdir() if not _is_leftover(p))
+    except OSError as exc:
+        raise storage_error(path, exc, "read") from exc
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                          if len(foreign) > 5 else "")
+        raise UnsafeRunDirError(
+            f"{path} is not an evo run directory (no {RUN_FILE}) and is not empty ({shown}): "
+            "evo writes only into a new or empty folder or a run directory it made; "
+            "choose another folder")
+    return None
 
 
 def data_digest(examples: Sequence[Example]) -> str:
@@ -120,11 +217,38 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def _answers_held(ledger: list[dict[str, Any]]) -> int:
+    """Answers received (failures aside: an outage's are taken back) in a journal ledger."""
+    return sum(int(s["answers"]) - int(s["failed"]) for s in ledger)
+
+
+def _answers_seen(checkpoint: Path) -> int | None:
+    """How many answers the journal held when the checkpoint was written (None if there is no
+    readable checkpoint: it is for reading, so a damaged one is a warning, not an error)."""
+    if not checkpoint.exists() and not checkpoint.is_symlink():
+        return None
+    try:
+        return _answers_held(_read_json(checkpoint)["sittings"])
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        warnings.warn(f"evo: {checkpoint} is damaged ({str(exc)[:200]}); the run resumes, "
+                      "but cannot check that its journal is complete", RuntimeWarning,
+                      stacklevel=5)
+        return None
+
+
+def _lost_answers(path: Path, seen: int, have: int) -> DamagedFileError:
+    return DamagedFileError(
+        path, f"holds {have} answers, but {CHECKPOINT_FILE} saw {seen}: {seen - have} answers "
+        "are missing and resuming would pay for them again",
+        hint="was the run directory copied without journal.sqlite-wal (or the machine cut "
+        "off)? Copy journal.sqlite-wal too, from the original directory with no evo process "
+        f"running, or {_NEW_RUN_HINT}; to resume anyway and pay again for what is missing, "
+        f"delete {CHECKPOINT_FILE}")
+
+
 def _replace_bytes(path: Path, data: bytes) -> None:
     """Replace a file's content atomically (a temporary file, then a rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_bytes(path, data)
 
 
 _OPEN: dict[Path, RunStore] = {}  # stores open in this process, by resolved path
@@ -143,28 +267,39 @@ class RunStore:
     def __init__(self, path: str | os.PathLike[str], spec: dict[str, Any], *,
                  cli: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        check_run_dir(self.path)  # before anything is written, the lock included
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(self.path, exc, "create the run directory") from exc
         # One process per run: a second one would pay for the same requests and interleave the
         # log. (A store reopened in the same process, e.g. a notebook cell run again, takes
         # over from the earlier one.)
         earlier = _OPEN.pop(self.path.resolve(), None)
         if earlier is not None:
             earlier.close()
-        self._lock_fh = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (closed in close())
+        lock = self.path / LOCK_FILE
+        try:
+            self._lock_fh = open(lock, "a+", errors="replace")  # noqa: SIM115 (see close())
+        except OSError as exc:
+            raise storage_error(lock, exc, "open") from exc
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lock_fh.seek(0)
-            holder = self._lock_fh.read().strip() or "another process"
+            holder = self._lock_fh.read(80).strip() or "another process"
             self._lock_fh.close()
             raise RunInUseError(f"{self.path} is in use by {holder}: one process per run "
                                 "directory (wait for it, or stop it and resume)") from None
-        self._lock_fh.seek(0)
-        self._lock_fh.truncate()
-        self._lock_fh.write(f"pid {os.getpid()}")
-        self._lock_fh.flush()
         _OPEN[self.path.resolve()] = self
         try:
+            try:
+                self._lock_fh.seek(0)
+                self._lock_fh.truncate()
+                self._lock_fh.write(f"pid {os.getpid()}")
+                self._lock_fh.flush()
+            except OSError as exc:
+                raise storage_error(lock, exc) from exc
             self._open(spec, cli)
         except BaseException:
             self._unlock()
@@ -172,15 +307,11 @@ class RunStore:
 
     def _open(self, spec: dict[str, Any], cli: dict[str, Any] | None) -> None:
         spec = json.loads(json.dumps(spec, default=str))  # compare as it will read back
-        run_file = self.path / RUN_FILE
-        self.resumed = run_file.exists()
-        if self.resumed:
-            try:
-                old = json.loads(run_file.read_text())
-            except json.JSONDecodeError as exc:
-                raise RunMismatchError(f"{run_file}: not a readable run file ({exc}); use "
-                                       "another run directory") from None
-            diff = _differences(old.get("spec", {}), spec)
+        # read again under the lock: another process may have made the run since the check
+        old = check_run_dir(self.path)
+        self.resumed = old is not None
+        if old is not None:
+            diff = _differences(old["spec"], spec)
             if diff:
                 raise RunMismatchError(
                     f"{self.path} holds another run (it differs in: {', '.join(diff)}); "
@@ -188,14 +319,42 @@ class RunStore:
             self.info = old
         else:
             self.info = {"evo_run": 1, "created": time.time(), "spec": spec, "cli": cli}
-            write_json(run_file, self.info, indent=1)
-        self.journal = Journal(self.path / JOURNAL_FILE)
-        self.sitting = self.journal.begin_sitting()
+            write_json(self.path / RUN_FILE, self.info, indent=1)
+        self.journal = self._open_journal(_answers_seen(self.path / CHECKPOINT_FILE)
+                                          if self.resumed else None)
         self._events_path = self.path / EVENTS_FILE
         self._on_file = self._trim_events()
-        self._events_fh = open(self._events_path, "a")  # noqa: SIM115 (closed in close())
+        try:
+            self._events_fh = open(self._events_path, "a")  # noqa: SIM115 (see close())
+        except OSError as exc:
+            raise storage_error(self._events_path, exc, "open") from exc
         self._seen = 0
         self._last_checkpoint = 0.0
+
+    def _open_journal(self, seen: int | None) -> Journal:
+        """Open the journal and begin this sitting, after checking that it holds every answer
+        the checkpoint saw (``seen``): a journal copied without its ``-wal`` file, or lost,
+        would otherwise make the resume pay for all those answers again, silently."""
+        path = self.path / JOURNAL_FILE
+        if seen and not path.exists():
+            raise _lost_answers(path, seen, 0)
+        journal = None
+        try:
+            journal = Journal(path)
+            have = _answers_held(journal.ledger())
+            if seen is not None and have < seen:
+                raise _lost_answers(path, seen, have)
+            self.sitting = journal.begin_sitting()
+        except sqlite3.DatabaseError as exc:
+            if journal is not None:
+                journal.close()
+            raise DamagedFileError(path, f"not a readable journal ({exc})",
+                                   hint=_NEW_RUN_HINT) from None
+        except BaseException:
+            if journal is not None:
+                journal.close()
+            raise
+        return journal
 
     @property
     def finished(self) -> bool:
@@ -214,40 +373,59 @@ class RunStore:
 
     # ---- events ---------------------------------------------------------------------------
     def _trim_events(self) -> list[tuple[str, Any]]:
-        """(kind, candidate) of each event already in the log; a line cut off by a kill is
-        dropped."""
-        if not self._events_path.exists():
+        """(kind, candidate) of each event already in the log; the log is cut at its first
+        damaged line (one cut off by a kill, garbage, anything but a JSON object) and continues
+        from there."""
+        path = self._events_path
+        if not path.exists() and not path.is_symlink():
             return []
-        data = self._events_path.read_bytes()
+        if not path.is_file():
+            raise DamagedFileError(path, "not a regular file (a folder is in its place?)",
+                                   hint=f"move it away, or {_NEW_RUN_HINT}")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DamagedFileError(path, f"cannot be read ({exc.strerror or exc})",
+                                   hint=_NEW_RUN_HINT) from None
         keep = data[: data.rfind(b"\n") + 1]
-        events = []
+        events: list[tuple[str, Any]] = []
         for line in keep.splitlines(keepends=True):
             try:
-                events.append(_signature(json.loads(line)))
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                break  # a damaged line: the log is kept up to it, and continues from there
+                event = json.loads(line)
+            except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError
+                break
+            if not isinstance(event, dict):
+                break
+            events.append(_signature(event))
         keep = b"".join(keep.splitlines(keepends=True)[:len(events)])
         if len(keep) != len(data):
-            _replace_bytes(self._events_path, keep)
+            _replace_bytes(path, keep)
         return events
 
     def record(self, event: dict[str, Any]) -> bool:
         """Append ``event`` to the log. A resumed run re-emits its earlier events while it
         replays; those are on file already (with their original times) and are not written
-        twice (returns True for those). Should the replay ever part from the log (an answer that was never journaled
-        came back different), the log is cut there and continues with the new events."""
+        twice (returns True for those). Should the replay ever part from the log (an answer
+        that was never journaled came back different), the log is cut there and continues with
+        the new events."""
         i = self._seen
         self._seen += 1
         if i < len(self._on_file):
             if self._on_file[i] == _signature(event):
                 return True
-            self._events_fh.close()
+            self.close_events()
             lines = self._events_path.read_bytes().split(b"\n")
             _replace_bytes(self._events_path, b"".join(line + b"\n" for line in lines[:i]))
             self._on_file = self._on_file[:i]
-            self._events_fh = open(self._events_path, "a")  # noqa: SIM115
-        self._events_fh.write(json.dumps(event, default=str) + "\n")
-        self._events_fh.flush()
+            try:
+                self._events_fh = open(self._events_path, "a")  # noqa: SIM115
+            except OSError as exc:
+                raise storage_error(self._events_path, exc, "open") from exc
+        try:
+            self._events_fh.write(json.dumps(event, default=str) + "\n")
+            self._events_fh.flush()
+        except OSError as exc:  # a partial line is cut off on resume
+            raise storage_error(self._events_path, exc) from exc
         return False
 
     # ---- state ----------------------------------------------------------------------------
@@ -284,7 +462,10 @@ class RunStore:
 
     def close_events(self) -> None:
         if not self._events_fh.closed:
-            self._events_fh.close()
+            try:
+                self._events_fh.close()
+            except OSError:  # what a full disk kept from the log: a resume cuts the partial line
+                pass
 
     @property
     def closed(self) -> bool:

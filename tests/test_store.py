@@ -293,6 +293,10 @@ def test_event_log_follows_a_replay_that_parts_from_it(tmp_path):
     search_killed_at_call(61, tmp_path / "run")
     with sqlite3.connect(tmp_path / "run" / "journal.sqlite") as conn:  # lose answers 20..
         conn.execute("DELETE FROM answers WHERE seq >= 20")
+    # the checkpoint saw those answers: the loss is refused, until the user accepts it
+    with pytest.raises(evo.DamagedFileError, match="journal.sqlite: holds 19 answers"):
+        search(ScriptedLM(respond), tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.json").unlink()
     contrary = ScriptedLM(lambda req: "label: pos" if req.purpose == "task" else respond(req))
     result = search(contrary, tmp_path / "run")
     kinds = [json.loads(x)["event"] for x in
@@ -322,5 +326,5 @@ def test_a_damaged_store_is_one_clear_error_or_is_mended(tmp_path):
     assert [json.loads(x)["event"] for x in now] == [e["event"] for e in result.events]
     assert now[:5] == [x.rstrip("\n") for x in lines[:5]]  # the intact lines keep their times
     (tmp_path / "run" / "run.json").write_text("{oops")
-    with pytest.raises(RunMismatchError, match="run.json: not a readable run file"):
+    with pytest.raises(evo.DamagedFileError, match="run.json: not a readable run file"):
         search(ScriptedLM(respond), tmp_path / "run", budget=60)
