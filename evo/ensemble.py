@@ -13,7 +13,6 @@ call per member per input. Unparseable member replies abstain; a tie goes to the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,7 +20,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evo._io import write_json
-from evo.program import Prediction, Program, Signature
+from evo.errors import DamagedFileError
+from evo.program import (_PROGRAM_HINT, Prediction, Program, Signature, read_program_file,
+                         validate_program_data)
 
 
 def _vote_key(outputs: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -95,13 +96,16 @@ class EnsembleProgram(BaseModel):
 
 
 def load_program(path: str | Path) -> Program | EnsembleProgram:
-    """A program file written by :meth:`Program.save` or :meth:`EnsembleProgram.save`."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from None
-    if isinstance(data, dict) and "evo_ensemble" in data:
+    """A program file written by :meth:`Program.save` or :meth:`EnsembleProgram.save`. A
+    damaged file (truncated, nested too deep, not a program, a field missing or of the wrong
+    type) is one :class:`~evo.errors.DamagedFileError` naming the file and the field, e.g.
+    ``best.json: members[1].demos[2].outputs: missing``."""
+    data = read_program_file(path)
+    if "evo_ensemble" in data:
         data.pop("evo_ensemble")
-        data["members"] = [Program.model_validate(m) for m in data.get("members", [])]
-        return EnsembleProgram.model_validate(data)
-    return Program.load(path)
+        return validate_program_data(EnsembleProgram, data, path)
+    if "evo_program" in data:
+        data.pop("evo_program")
+        return validate_program_data(Program, data, path)
+    raise DamagedFileError(path, "not an evo program file (neither an 'evo_program' nor an "
+                                 "'evo_ensemble' key)", hint=_PROGRAM_HINT)

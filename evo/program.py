@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal, InvalidOperation
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evo._io import write_json
 from evo.data import Example
+from evo.errors import ConfigError, DamagedFileError
 from evo.knn import KNNDemos
 from evo.lm.base import Message
 
@@ -109,7 +110,8 @@ class Program(BaseModel):
             data = dict(data)
             if isinstance(data.get("signature"), str):
                 data["signature"] = Signature.parse(data["signature"])
-            if not data.get("instruction"):
+            # (a missing or wrong-typed signature is left to the field's own validation error)
+            if not data.get("instruction") and isinstance(data.get("signature"), Signature):
                 data["instruction"] = default_instruction(data["signature"])
         return data
 
@@ -192,6 +194,25 @@ class Program(BaseModel):
                 raise ValueError(f"example {example.id}: gold label {gold!r} is not one of "
                                  f"{list(self.labels)}")
 
+    def check_labels(self, gold: Iterable[str], *, source: str = "the data") -> None:
+        """Raise :class:`ConfigError` when a gold label of ``source`` is not one of this
+        program's labels (a program made for other data would score 0 on every such example).
+        No-op for a program without labels.
+
+        >>> Program(signature="q -> label", labels=["yes", "no"]).check_labels(["maybe", "yes"])
+        Traceback (most recent call last):
+        evo.errors.ConfigError: the data has gold label(s) 'maybe' that the program cannot answer: its labels are 'yes', 'no' (a program made for other data?)
+        """
+        if self.labels is None:
+            return
+        unknown = sorted(set(gold) - set(self.labels))
+        if unknown:
+            shown = ", ".join(repr(g) for g in unknown[:10]) + (
+                f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            raise ConfigError(f"{source} has gold label(s) {shown} that the program cannot "
+                              f"answer: its labels are {', '.join(map(repr, self.labels))} "
+                              "(a program made for other data?)")
+
     # ---- parsing ---------------------------------------------------------------------------
     def parse(self, text: str) -> Prediction:
         outputs: dict[str, str] = {}
@@ -216,17 +237,87 @@ class Program(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> Program:
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict) or "evo_program" not in data:
-            raise ValueError(f"{path}: not an evo program file (no 'evo_program' key)")
+        """A program file written by :meth:`save`. A damaged file (not JSON, nested too deep,
+        not a program, a field missing or of the wrong type) is one
+        :class:`~evo.errors.DamagedFileError` naming the file and the field."""
+        data = read_program_file(path)
+        if "evo_program" not in data:
+            raise DamagedFileError(path, "not an evo program file (no 'evo_program' key)",
+                                   hint=_PROGRAM_HINT)
         data.pop("evo_program")
-        return cls.model_validate(data)
+        return validate_program_data(cls, data, path)
 
     def prompt_chars(self) -> int:
         """Length of the prompt before the example, in characters (a cheap proxy for prompt
         tokens); KNN demos count at the pool's average length."""
         fixed = sum(len(m.content) for m in self.prefix())
         return fixed + (round(self.knn.k * self.knn.mean_demo_chars) if self.knn else 0)
+
+
+_PROGRAM_HINT = ("a program file is the best.json / baseline.json an `evo run` writes "
+                 "(or Program.save)")
+
+
+def read_program_file(path: str | Path) -> dict:
+    """The JSON object of a program file; anything else is a :class:`DamagedFileError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DamagedFileError(path, f"not text ({exc.reason} at byte {exc.start})",
+                               hint=_PROGRAM_HINT) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the program file ({exc.strerror or exc})"
+                          ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DamagedFileError(path, f"not JSON ({exc.msg} at line {exc.lineno} column "
+                                     f"{exc.colno}); truncated?", hint=_PROGRAM_HINT) from None
+    except RecursionError:
+        raise DamagedFileError(path, "nested too deeply to be a program file",
+                               hint=_PROGRAM_HINT) from None
+    if not isinstance(data, dict):
+        raise DamagedFileError(path, f"a program file holds a JSON object, this one a "
+                                     f"{type(data).__name__}", hint=_PROGRAM_HINT)
+    return data
+
+
+def validate_program_data(model: type[BaseModel], data: dict, path: str | Path) -> Any:
+    """``model.model_validate(data)``, with a failure named by file and field
+    (``demos[2].outputs: missing``) as one :class:`DamagedFileError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_loc(err['loc'])}: {_problem(err)}" for err in exc.errors()]
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise DamagedFileError(path, "; ".join(problems[:3]) + more,
+                               hint=_PROGRAM_HINT) from None
+    except (ValueError, TypeError) as exc:  # a validator's own check (labels, signature)
+        raise DamagedFileError(path, str(exc), hint=_PROGRAM_HINT) from None
+    except RecursionError:
+        raise DamagedFileError(path, "nested too deeply to be a program file",
+                               hint=_PROGRAM_HINT) from None
+
+
+def _loc(loc: Sequence[object]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "tagged-union", "union")) or \
+                "[" in str(part):
+            continue  # pydantic's names for its own validators, not fields of the file
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(the program)"
+
+
+def _problem(err: dict) -> str:
+    if err.get("type") == "missing":
+        return "missing"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict | list) else f" (got {str(got)[:60]!r})"
+    return f"{err.get('msg', 'invalid')}{shown}"
 
 
 def _norm(text: str) -> str:

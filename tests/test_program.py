@@ -1,10 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from evo import Example, Program, Signature
+from evo.errors import ConfigError, DamagedFileError
 
 LABELS = ("abbreviation", "description", "entity", "human", "location", "number")
 
@@ -95,8 +97,87 @@ def test_save_load_roundtrip(tmp_path):
 
 def test_load_rejects_foreign_json(tmp_path):
     (tmp_path / "x.json").write_text('{"a": 1}')
-    with pytest.raises(ValueError, match="not an evo program"):
+    with pytest.raises(DamagedFileError, match="not an evo program"):
         Program.load(tmp_path / "x.json")
+
+
+def _saved(tmp_path, **changes) -> dict:
+    demos = (Example(inputs={"question": "Who?"}, outputs={"label": "human"}),
+             Example(inputs={"question": "Where?"}, outputs={"label": "location"}),
+             Example(inputs={"question": "When?"}, outputs={"label": "human"}))
+    data = json.loads(program(demos=demos).save(tmp_path / "ok.json").read_text())
+    data.update(changes)
+    return data
+
+
+def _broken(tmp_path, name, text) -> Path:
+    path = tmp_path / name
+    path.write_text(text if isinstance(text, str) else json.dumps(text))
+    return path
+
+
+@pytest.mark.parametrize("case, where", [
+    ("deep", "nested too deeply"),
+    ("truncated", "not JSON"),
+    ("list", "holds a JSON object, this one a list"),
+    ("unknown_kind", "not an evo program file"),
+    ("demo_missing_outputs", "demos[2].outputs: missing"),
+    ("demo_wrong_type", "demos[1].inputs"),
+    ("labels_wrong_type", "labels"),
+    ("no_signature", "signature: missing"),
+    ("signature_not_text", "signature"),
+    ("bad_signature", "must have the form"),
+    ("not_utf8", "not text"),
+])
+def test_damaged_program_files_are_one_clear_error(tmp_path, case, where):
+    from evo import load_program
+
+    ok = _saved(tmp_path)
+    demos = [dict(d) for d in ok["demos"]]
+    if case == "demo_missing_outputs":
+        del demos[2]["outputs"]
+    if case == "demo_wrong_type":
+        demos[1]["inputs"] = ["question", "Where?"]
+    texts = {
+        "deep": '{"evo_program": 1, "instruction": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "truncated": json.dumps(ok)[:-40],
+        "list": [ok],
+        "unknown_kind": {k: v for k, v in ok.items() if k != "evo_program"} | {"evo_thing": 1},
+        "demo_missing_outputs": {**ok, "demos": demos},
+        "demo_wrong_type": {**ok, "demos": demos},
+        "labels_wrong_type": {**ok, "labels": 3},
+        "no_signature": {k: v for k, v in ok.items() if k != "signature"},
+        "signature_not_text": {**ok, "signature": 7},
+        "bad_signature": {**ok, "signature": "question label"},
+    }
+    if case == "not_utf8":
+        path = tmp_path / "p.json"
+        path.write_bytes(b'{"evo_program": 1, "signature": "q -> a", "instruction": "\xff"}')
+    else:
+        path = _broken(tmp_path, "p.json", texts[case])
+    for load in (Program.load, load_program):
+        with pytest.raises(DamagedFileError) as info:
+            load(path)
+        assert str(path) in str(info.value) and where in str(info.value), str(info.value)
+
+
+def test_damaged_ensemble_member_names_its_field(tmp_path):
+    from evo import EnsembleProgram, load_program
+
+    a = program(demos=(Example(inputs={"question": "Who?"}, outputs={"label": "human"}),))
+    data = json.loads(EnsembleProgram(members=(a, a)).save(tmp_path / "e.json").read_text())
+    del data["members"][1]["demos"][0]["inputs"]
+    path = _broken(tmp_path, "e.json", data)
+    with pytest.raises(DamagedFileError, match=r"members\[1\]\.demos\[0\]\.inputs: missing"):
+        load_program(path)
+
+
+def test_check_labels_names_the_labels_a_program_cannot_answer():
+    p = program()
+    p.check_labels(["human", "location", "human"])  # all known: no error
+    with pytest.raises(ConfigError, match="'sports'.*cannot answer"):
+        p.check_labels(["human", "sports"], source="other.jsonl")
+    Program(signature="q -> answer").check_labels(["anything"])  # no labels: nothing to check
 
 
 def test_labels_need_one_output():
