@@ -156,13 +156,16 @@ def test_session_caches_and_counts(tmp_path: Path) -> None:
         assert s2.complete(req("2+2=?")).text == "4" and s2.usage.calls == 0
 
 
-def test_empty_reply_is_an_answer(tmp_path: Path) -> None:
+def test_empty_reply_is_a_failed_attempt_never_cached(tmp_path: Path) -> None:
     lm = ScriptedLM({})  # answers "" to everything
     with ResponseCache(tmp_path / "c.sqlite") as cache:
-        s = LMSession(lm, cache=cache)
-        assert s.complete(req("anything")).text == ""
-        assert s.complete(req("anything")).cached
-        assert (s.usage.calls, s.usage.errors, s.usage.cache_hits) == (1, 0, 1)
+        s = LMSession(lm, cache=cache, retries=1, backoff_s=0.0)
+        with pytest.raises(LMError, match="empty reply from scripted"):
+            s.complete(req("anything"))
+        assert len(lm.calls) == 2 and len(cache) == 0  # retried, nothing stored
+        assert (s.usage.calls, s.usage.errors, s.usage.retries) == (0, 1, 1)
+        lm.default = "fixed"  # the endpoint answers again: the next run asks, not replays
+        assert LMSession(lm, cache=cache).complete(req("anything")).text == "fixed"
 
 
 def test_cache_write_failure_keeps_the_answer(tmp_path: Path) -> None:
@@ -209,7 +212,8 @@ def test_session_fails_fast_when_never_succeeded() -> None:
 
 
 def test_failures_after_a_success_do_not_fail_fast() -> None:
-    lm = ScriptedLM({}, errors=lambda r: OSError("flaky") if "bad" in r.messages[-1].content
+    lm = ScriptedLM({}, default="ok",
+                    errors=lambda r: OSError("flaky") if "bad" in r.messages[-1].content
                     else None)
     s = LMSession(lm, retries=0, backoff_s=0.0, fail_fast_after=2)
     s.complete(req("good"))

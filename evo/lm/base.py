@@ -35,8 +35,11 @@ class LMRequest:
     # What the call is for ("task", "reflection", "preflight", ...): kept in the ledger, not the key.
     purpose: str = field(default="task", compare=False)
 
-    def key(self, model_id: str) -> str:
-        payload = {
+    def key(self, model_id: str, endpoint: str | None = None) -> str:
+        """The request's identity for ``model_id``; with ``endpoint`` (a server URL) the
+        identity at that server: two servers answering under one model name are not one model.
+        Without it the key is the one evo always used, so older caches stay readable."""
+        payload: dict[str, object] = {
             "model": model_id,
             "messages": [[m.role, m.content] for m in self.messages],
             "max_tokens": self.max_tokens,
@@ -45,6 +48,8 @@ class LMRequest:
             # Greedy decoding does not depend on the seed: same key, so one cached answer serves all.
             "seed": self.seed if self.temperature > 0 else 0,
         }
+        if endpoint:
+            payload["endpoint"] = endpoint
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -66,6 +71,19 @@ class LMError(RuntimeError):
 class LMRequestError(LMError):
     """This request cannot be answered as asked (its prompt is longer than the model's context
     window, say): retrying cannot help, and it says nothing about whether the LM is up."""
+
+
+class LMTransientError(LMError):
+    """The LM did not answer this time, for a reason that may pass: throttled (HTTP 429), a
+    server error (5xx), a timeout, a dropped connection, an empty or non-JSON reply.
+
+    The session retries it (waiting ``retry_after`` seconds when the server said so). A request
+    that still fails is a failed cell in this sitting, but a resumed run asks it again instead
+    of replaying the failure, and it is never stored as an answer."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class LMUnavailableError(LMError, EvoError):

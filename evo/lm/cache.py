@@ -2,13 +2,18 @@
 
 A cached answer is free and instant, so re-running an experiment (or resuming a killed one)
 replays every LM call it already paid for. The key is :meth:`evo.lm.base.LMRequest.key`, which
-includes the exact model id, so different models never share answers.
+names the exact model id (and the server, for a hosted model), so different models never share
+answers.
 
-Concurrency: WAL journal (readers never block the writer), a generous busy timeout (writers in
-other processes wait instead of failing), one autocommitted ``INSERT OR REPLACE`` per ``put``
-(an entry is either fully there or absent), and a lock around the connection for threads. A
-connection inherited through ``fork`` is never reused: SQLite forbids that, so the child opens
-its own.
+Concurrency: WAL journal (readers never block the writer), a short busy timeout, one
+autocommitted ``INSERT OR REPLACE`` per ``put`` (an entry is either fully there or absent), and
+a lock around the connection for threads. A connection inherited through ``fork`` is never
+reused: SQLite forbids that, so the child opens its own.
+
+The cache is a convenience, never a reason to stop a run: a file locked by another process is a
+miss (get) or a skipped write (put, one warning); a damaged file (garbage, truncated, of the wrong
+shape, a directory in its place) is set aside as ``<name>.damaged-<time>`` with one warning and a
+fresh cache takes its place; if it cannot be moved, the cache is bypassed with a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from evo.paths import cache_root
@@ -37,7 +43,20 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
+_COLUMNS = {"key", "model_id", "text", "prompt_tokens", "completion_tokens", "seconds", "request",
+            "created"}
+LOCK_COOLDOWN_S = 10.0  # after a write found the file locked, skip writes this long without waiting
+
 evo_cache_dir = cache_root  # the name the LM modules use
+
+
+class _Damaged(Exception):
+    """The file at the cache path is not a usable cache (internal)."""
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc).lower() or "busy" in str(exc).lower())
 
 
 def default_cache_path() -> Path:
@@ -46,66 +65,190 @@ def default_cache_path() -> Path:
 
 
 class ResponseCache:
-    """A key → :class:`LMResponse` store in SQLite, safe for concurrent threads and processes."""
+    """A key → :class:`LMResponse` store in SQLite, safe for concurrent threads and processes.
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 60.0) -> None:
+    ``timeout_s`` bounds how long a call waits for a file another process has locked (then a
+    get is a miss and a put is skipped); :attr:`bypassed` says why the cache is off, if it is."""
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 2.0) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout_s = timeout_s
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
-        self._connect()
+        self.bypassed: str | None = None
+        self._warned_locked = False
+        self._locked_until = 0.0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._bypass(f"cannot create its folder ({exc})")
+            return
+        with self._lock:
+            self._connect()
 
-    def _connect(self) -> sqlite3.Connection:
+    # ---- opening, damage ------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection | None:
+        """This process's connection (opened on first use), or None when the cache is off."""
+        if self.bypassed is not None:
+            return None
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
+        try:
+            conn = self._open()
+        except _Damaged as exc:
+            self._set_aside(str(exc))
+            if self.bypassed is not None:
+                return None
+            try:
+                conn = self._open()
+            except (_Damaged, sqlite3.Error, OSError) as again:
+                self._bypass(f"a fresh cache could not be opened either ({again})")
+                return None
+        except (sqlite3.Error, OSError) as exc:  # locked for longer than we wait, no permission
+            self._bypass(str(exc))
+            return None
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise _Damaged("a directory is in its place")
         # isolation_level=None: autocommit, so each statement is its own short transaction and no
         # write lock is held between calls (other processes would otherwise time out on it).
         conn = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None,
                                check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._timeout_s * 1000)}")
-        # Switching to WAL needs a brief exclusive lock; a racing opener may see "locked" even
-        # with the busy timeout, so retry a little (the mode is persistent once set).
-        for attempt in range(50):
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL; much faster
-                conn.execute(_SCHEMA)
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 49:
-                    conn.close()
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        self._conn, self._pid = conn, os.getpid()
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._timeout_s * 1000)}")
+            # Switching to WAL needs a brief exclusive lock; a racing opener may see "locked"
+            # even with the busy timeout, so retry a little (the mode is persistent once set).
+            for attempt in range(20):
+                try:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL; faster
+                    have = {r[1] for r in conn.execute("PRAGMA table_info(responses)")}
+                    if have and not _COLUMNS <= have:
+                        raise _Damaged("it has the wrong schema (a responses table without "
+                                       f"{', '.join(sorted(_COLUMNS - have))})")
+                    if not have:
+                        conn.execute(_SCHEMA)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _locked(exc) or attempt == 19:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if _locked(exc):
+                raise
+            raise _Damaged(str(exc)) from exc
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+            conn.close()
+            raise _Damaged(str(exc)) from exc
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
+    def _set_aside(self, problem: str) -> None:
+        """Move a damaged cache (and its -wal/-shm) out of the way; bypass the cache if it cannot
+        be moved."""
+        if self._conn is not None and self._pid == os.getpid():
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+        self._conn = None
+        aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+                                    f"-{os.getpid()}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            self._bypass(f"it is damaged ({problem}) and could not be moved aside ({exc})")
+            return
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            try:
+                if side.exists():
+                    os.replace(side, Path(f"{aside}{suffix}"))
+            except OSError:
+                pass  # a stale -wal/-shm without its database is ignored by SQLite
+        warnings.warn(f"evo: the LM response cache {self.path} was damaged ({problem}); moved it "
+                      f"to {aside} and started a fresh cache", RuntimeWarning, stacklevel=4)
+
+    def _bypass(self, why: str) -> None:
+        self.bypassed = why
+        self._conn = None
+        warnings.warn(f"evo: not using the LM response cache {self.path}: {why}; LM answers "
+                      "are not cached in this process", RuntimeWarning, stacklevel=4)
+
+    def _damaged_later(self, exc: sqlite3.DatabaseError) -> None:
+        """A read or write met a damaged page (a truncated file opens fine): set it aside."""
+        self._set_aside(str(exc))
+
+    # ---- the store ------------------------------------------------------------------------
     def get(self, key: str) -> LMResponse | None:
-        """The stored response for ``key`` (marked ``cached=True``, ``seconds=0``), or ``None``."""
+        """The stored response for ``key`` (marked ``cached=True``, ``seconds=0``), or ``None``
+        (also when the file is locked or damaged: the caller then asks the LM)."""
         with self._lock:
-            row = self._connect().execute(
-                "SELECT text, prompt_tokens, completion_tokens FROM responses WHERE key = ?",
-                (key,)).fetchone()
-        if row is None:
-            return None
-        return LMResponse(text=row[0], prompt_tokens=row[1], completion_tokens=row[2],
-                          seconds=0.0, cached=True)
+            conn = self._connect()
+            if conn is None:
+                return None
+            try:
+                row = conn.execute(
+                    "SELECT text, prompt_tokens, completion_tokens FROM responses WHERE key = ?",
+                    (key,)).fetchone()
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    self._damaged_later(exc)
+                return None
+            except sqlite3.DatabaseError as exc:
+                self._damaged_later(exc)
+                return None
+        if row is None or not isinstance(row[0], str) or not row[0]:
+            return None  # an empty answer (cached by older evo versions) is no answer
+        return LMResponse(text=row[0], prompt_tokens=int(row[1] or 0),
+                          completion_tokens=int(row[2] or 0), seconds=0.0, cached=True)
 
     def put(self, key: str, response: LMResponse, *, model_id: str, request: LMRequest) -> None:
-        """Store ``response`` under ``key``. The request is kept (as JSON) for inspection only."""
+        """Store ``response`` under ``key``. The request is kept (as JSON) for inspection only.
+        A file locked by another process skips the write (one warning per cache)."""
         req = {"messages": [[m.role, m.content] for m in request.messages],
                "max_tokens": request.max_tokens, "temperature": request.temperature,
                "stop": list(request.stop), "seed": request.seed, "purpose": request.purpose}
         with self._lock:
-            self._connect().execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, model_id, response.text, response.prompt_tokens, response.completion_tokens,
-                 response.seconds, json.dumps(req), time.time()))
+            if time.monotonic() < self._locked_until:
+                return
+            conn = self._connect()
+            if conn is None:
+                return
+            try:
+                conn.execute(
+                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, model_id, response.text, response.prompt_tokens,
+                     response.completion_tokens, response.seconds, json.dumps(req), time.time()))
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    if "full" in str(exc).lower():
+                        raise OSError(f"{self.path}: {exc}") from exc
+                    self._damaged_later(exc)
+                    return
+                self._locked_until = time.monotonic() + LOCK_COOLDOWN_S
+                if not self._warned_locked:
+                    self._warned_locked = True
+                    warnings.warn(f"evo: the LM response cache {self.path} is locked by another "
+                                  f"process; answers are not cached while it is ({exc})",
+                                  RuntimeWarning, stacklevel=3)
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as exc:
+                self._damaged_later(exc)
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+            conn = self._connect()
+            return 0 if conn is None else int(
+                conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None

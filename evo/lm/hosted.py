@@ -8,11 +8,17 @@ existing one and switches its cache and retries off (on a copy, the caller's LM 
 
 from __future__ import annotations
 
+import math
 import threading
+from email.utils import parsedate_to_datetime
 from typing import Any
 
-from evo.lm.base import LMRequest, LMRequestError, LMResponse, LMUnavailableError
+from evo.errors import ConfigError
+from evo.lm.base import (LMRequest, LMRequestError, LMResponse, LMTransientError,
+                         LMUnavailableError)
 from evo.lm.session import root_message
+
+DEFAULT_TIMEOUT_S = 60.0  # per attempt: a hung endpoint costs bounded time
 
 # dspy error codes (dspy.utils.exceptions) that mean "this LM cannot be used at all".
 _FATAL_CODES = {"auth", "billing", "configuration", "not_configured", "unsupported_model"}
@@ -22,8 +28,17 @@ _CONNECT_CODES = {"transport"}
 _FATAL_NAMES = {"AuthenticationError", "PermissionDeniedError", "NotFoundError",
                 "BudgetExceededError"}
 # ... and this one means "this request is too long for the model": no retry helps.
-_REQUEST_NAMES = {"ContextWindowExceededError"}
+_REQUEST_NAMES = {"ContextWindowExceededError", "ContextLengthError", "context_window_exceeded",
+                  "context_length"}
 _CONNECT_NAMES = {"APIConnectionError", "ConnectError", "ConnectionError", "ConnectionRefusedError"}
+# ... and these mean "no answer this time": throttled, server error, timeout, dropped connection
+# (dspy's codes, then litellm's / openai's / httpx's class names). Retried, and not replayed.
+_TRANSIENT_CODES = {"rate_limit", "server", "timeout", "transport", "lock_timeout"}
+_TRANSIENT_NAMES = {"RateLimitError", "Timeout", "APITimeoutError", "TimeoutError", "ReadTimeout",
+                    "InternalServerError", "ServiceUnavailableError", "BadGatewayError",
+                    "APIConnectionError", "RemoteProtocolError", "ReadError",
+                    "ConnectionResetError", "JSONDecodeError"}
+_TIMEOUT_NAMES = {"timeout", "Timeout", "APITimeoutError", "TimeoutError", "ReadTimeout"}
 
 
 def _kinds(exc: BaseException) -> set[str]:
@@ -36,6 +51,65 @@ def _kinds(exc: BaseException) -> set[str]:
             kinds.add(code)
         cur = cur.__cause__ or cur.__context__
     return kinds
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (``Retry-After``, seconds or HTTP-date form), found
+    on dspy's error (``retry_after``) or on litellm's/openai's (``response.headers``)."""
+    cur: BaseException | None = exc
+    for _ in range(16):
+        if cur is None:
+            return None
+        value = getattr(cur, "retry_after", None)
+        if value is None:
+            headers = getattr(getattr(cur, "response", None), "headers", None) or {}
+            try:
+                value = headers.get("retry-after") or headers.get("Retry-After")
+            except AttributeError:
+                value = None
+        if value is not None:
+            try:
+                seconds = float(value)
+            except (TypeError, ValueError):
+                try:
+                    import datetime as dt
+                    when = parsedate_to_datetime(str(value))
+                    seconds = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
+                except (TypeError, ValueError, OverflowError):
+                    seconds = math.nan
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _status(exc: BaseException) -> int | None:
+    cur: BaseException | None = exc
+    for _ in range(16):
+        if cur is None:
+            return None
+        for name in ("status", "status_code"):
+            value = getattr(cur, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _describe(exc: BaseException, model: str) -> str:
+    """What went wrong, in the words of the most informative layer: dspy's canonical error
+    (it says "the reply (HTTP 200, text/html, 37 bytes) is not JSON ... Body starts: '<html>"),
+    else the innermost message. Only its first line: the rest is dspy's advice on retrying."""
+    cur: BaseException | None = exc
+    for _ in range(16):
+        if cur is None:
+            break
+        if isinstance(getattr(cur, "code", None), str) and str(cur).strip():
+            text = str(cur).strip().splitlines()[0].strip()
+            return text.removeprefix(f"[{model}] ").removeprefix(
+                f"[{model.split('/', 1)[-1]}] ")
+        cur = cur.__cause__ or cur.__context__
+    return root_message(exc)
 
 
 class DSPyLM:
@@ -67,27 +141,52 @@ class DSPyLM:
                         seed=request.seed if request.temperature > 0 else None)
         return Request(model=self.dspy_lm.model, messages=turns, system=system, config=config)
 
+    @property
+    def _where(self) -> str:
+        return f"{self.model_id} at {self.endpoint}" if self.endpoint else self.model_id
+
     def complete(self, request: LMRequest) -> LMResponse:
         try:
             resp = self.dspy_lm(self._request(request))
         except Exception as exc:  # classify, then re-raise
-            kinds = _kinds(exc)
-            with self._lock:
-                fatal = bool(kinds & (_FATAL_CODES | _FATAL_NAMES)) or (
-                    not self._succeeded and bool(kinds & (_CONNECT_CODES | _CONNECT_NAMES)))
-            if fatal:
-                where = f" at {self.endpoint}" if self.endpoint else ""
-                raise LMUnavailableError(f"{self.model_id}{where}: {root_message(exc)}") from exc
-            if kinds & _REQUEST_NAMES:
-                raise LMRequestError(f"{self.model_id}: {root_message(exc)}") from exc
-            raise
+            raise self._classify(exc) from exc
+        text = getattr(resp, "text", None)
+        if not isinstance(text, str) or not text:
+            # No choices, null content, an empty string: the server answered nothing. Not an
+            # answer to cache or score: a failed attempt, asked again.
+            reason = getattr(resp, "finish_reason", None)
+            raise LMTransientError(f"empty reply from {self._where}"
+                                   + (f" (finish reason {reason!r})" if reason else ""))
         with self._lock:
             self._succeeded = True
         usage = getattr(resp, "usage", None)
-        return LMResponse(text=resp.text or "",
+        return LMResponse(text=text,
                           prompt_tokens=int(getattr(usage, "input_tokens", 0) or 0),
                           completion_tokens=int(getattr(usage, "output_tokens", 0) or 0),
                           reused_prompt_tokens=int(getattr(usage, "cache_read_tokens", 0) or 0))
+
+    def _classify(self, exc: Exception) -> Exception:
+        """evo's error for a failed call: unavailable (stop the run), this request's own fault
+        (no retry), transient (retry, do not replay) or, when unknown, the error itself."""
+        kinds = _kinds(exc)
+        timeout = bool(kinds & _TIMEOUT_NAMES)
+        with self._lock:
+            fatal = bool(kinds & (_FATAL_CODES | _FATAL_NAMES)) or (
+                not self._succeeded and not timeout
+                and bool(kinds & (_CONNECT_CODES | _CONNECT_NAMES)))
+        if fatal:
+            return LMUnavailableError(f"{self._where}: {root_message(exc)}")
+        if kinds & _REQUEST_NAMES:
+            return LMRequestError(f"{self.model_id}: {root_message(exc)}")
+        status = _status(exc)
+        not_json = "provider" in kinds and (status is None or 200 <= status < 300)
+        if kinds & (_TRANSIENT_CODES | _TRANSIENT_NAMES) or not_json or (
+                status is not None and (status == 429 or status >= 500)):
+            what = _describe(exc, self.model_id)
+            if not_json and "json" not in what.lower():
+                what = f"the server's reply was not JSON: {what}"
+            return LMTransientError(f"{self._where}: {what}", retry_after=_retry_after(exc))
+        return exc
 
     def __repr__(self) -> str:
         return f"DSPyLM({self.model_id!r}, endpoint={self.endpoint!r})"
@@ -105,11 +204,15 @@ def from_dspy(lm: Any, *, model_id: str | None = None) -> DSPyLM:
     return DSPyLM(quiet, model_id=model_id)
 
 
-def hosted(model: str, **kwargs: Any) -> DSPyLM:
+def hosted(model: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, **kwargs: Any) -> DSPyLM:
     """An LM for a litellm/lm15 model string, e.g. ``hosted("openai/gpt-4o-mini")``.
 
-    ``kwargs`` go to ``dspy.LM`` (``api_base``, ``api_key``, ``timeout``, ...); ``cache`` and
-    ``num_retries`` are forced off because the session does both.
+    ``timeout`` bounds each attempt in seconds (default 60; ``None``: dspy's own defaults), so
+    a hung endpoint costs bounded time; the session retries. ``kwargs`` go to ``dspy.LM``
+    (``api_base``, ``api_key``, ...); ``cache`` and ``num_retries`` are forced off because the
+    session does both, and dspy/lm15/litellm add no retries of their own then.
+
+    >>> lm = hosted("openai/my-model", api_base="http://127.0.0.1:8000/v1", timeout=30)
     """
     try:
         import dspy
@@ -118,6 +221,12 @@ def hosted(model: str, **kwargs: Any) -> DSPyLM:
             f"hosted LM {model!r} needs dspy: pip install dspy==3.4.1") from exc
     kwargs.pop("cache", None)
     kwargs.pop("num_retries", None)
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+                math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(f"hosted LM {model!r}: timeout must be a positive number of "
+                              f"seconds, not {timeout!r}")
+        kwargs["timeout"] = float(timeout)
     try:
         lm = dspy.LM(model, cache=False, num_retries=0, **kwargs)
     except Exception as exc:  # bad model string or settings

@@ -4,7 +4,13 @@ Where the shared :class:`~evo.lm.cache.ResponseCache` is a convenience (any run 
 may delete it or turn it off), the journal belongs to one run directory and is what makes that run
 resumable: a resumed run answers each request found here without calling the LM, so it retraces
 the same decisions and continues from where it stopped (:mod:`evo.store`). Failed requests are
-journaled too, so a replay meets the same failures the first sitting met.
+journaled too, so a replay meets the same failures the first sitting met; a *transient* failure
+(throttled, 5xx, timeout, empty reply) is kept for the ledger but not replayed: a resumed run
+asks it again, and its answer then takes the failure's place.
+
+The journal is never recreated behind the user's back: a damaged file (garbage, truncated, of
+the wrong shape) is a :class:`~evo.errors.DamagedFileError`, a full disk a
+:class:`~evo.errors.StorageError`, each naming the file.
 
 SQLite in WAL mode with one autocommitted statement per answer: a process killed at any moment
 leaves every answer it had received either fully there or absent. ``INSERT`` (never ``REPLACE``)
@@ -17,9 +23,12 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from evo.errors import DamagedFileError, StorageError
 from evo.lm.base import LMResponse
 
 _SCHEMA = """
@@ -30,12 +39,13 @@ CREATE TABLE IF NOT EXISTS answers (
     sitting INTEGER NOT NULL,      -- which process of the run received it (1, 2, ...)
     phase TEXT NOT NULL,           -- 'search', or 'test' for the held-out pass after it
     text TEXT,                     -- NULL for a failed request
-    error TEXT,                    -- the failure, for a request that failed for good
+    error TEXT,                    -- the failure, for a request that failed
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     reused_prompt_tokens INTEGER NOT NULL,
     seconds REAL NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    kind TEXT                      -- 'transient' for a failure a resumed run asks again
 );
 CREATE TABLE IF NOT EXISTS sittings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -45,6 +55,13 @@ CREATE TABLE IF NOT EXISTS sittings (
 """
 
 Source = Literal["paid", "cache"]
+
+_COLUMNS = {"answers": {"seq", "key", "source", "sitting", "phase", "text", "error",
+                        "prompt_tokens", "completion_tokens", "reused_prompt_tokens", "seconds",
+                        "created"},
+            "sittings": {"id", "started", "pid"}}
+HINT = ("it holds the answers this run paid for: restore it (with its -wal file) from a backup, "
+        "or start the run again in a new run directory")
 
 
 class Journal:
@@ -56,19 +73,69 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        if self.path.is_dir():
+            raise DamagedFileError(self.path, "is a directory, not a journal", hint=HINT)
+        if self.path.exists() and self.path.stat().st_size == 0:
+            raise DamagedFileError(self.path, "is empty (0 bytes): truncated", hint=HINT)
         self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None,
                                      check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL is durable against a killed process (the WAL is written before the commit
-        # returns); only a power cut can lose the last answers, which a resume then pays again.
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.executescript(_SCHEMA)
+        try:
+            with self._errors():
+                self._open()
+        except BaseException:
+            self._conn.close()
+            raise
         self.sitting = 0
         self.phase = "search"  # what the answers booked now are for (see ledger)
 
+    def _open(self) -> None:
+        conn = self._conn
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable against a killed process (the WAL is written before the commit
+        # returns); only a power cut can lose the last answers, which a resume then pays again.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # A truncated or overwritten file often opens fine and fails on the page it lost:
+        # check every page now (a journal holds answers, not prompts: small and quick).
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            raise DamagedFileError(self.path, "is damaged (" + "; ".join(problems) + ")",
+                                   hint=HINT)
+        for table, columns in _COLUMNS.items():
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if have and not columns <= have:
+                raise DamagedFileError(
+                    self.path, f"is not an evo journal (its {table} table lacks "
+                    f"{', '.join(sorted(columns - have))})", hint=HINT)
+        conn.executescript(_SCHEMA)
+        if "kind" not in {r[1] for r in conn.execute("PRAGMA table_info(answers)")}:
+            conn.execute("ALTER TABLE answers ADD COLUMN kind TEXT")  # journals before 0.x
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's errors as evo's: a full disk names the journal, a damaged file says what to
+        do. A duplicate key (IntegrityError) stays what it is: the proof no call was paid twice."""
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if "full" in text:
+                raise StorageError(f"{self.path}: the disk is full ({exc}); free some space and "
+                                   "resume the run (the answer received last is asked again)"
+                                   ) from exc
+            if "locked" in text or "busy" in text:
+                raise
+            if "no such table" in text or "no such column" in text:
+                raise DamagedFileError(self.path, f"is not an evo journal ({exc})",
+                                       hint=HINT) from exc
+            raise StorageError(f"{self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
+            raise DamagedFileError(self.path, f"is damaged ({exc})", hint=HINT) from exc
+
     def begin_sitting(self) -> int:
         """Start booking answers to a new sitting; returns its number."""
-        with self._lock:
+        with self._lock, self._errors():
             self.sitting = int(self._conn.execute(
                 "INSERT INTO sittings (started, pid) VALUES (?, ?)",
                 (time.time(), os.getpid())).lastrowid or 1)
@@ -76,12 +143,12 @@ class Journal:
 
     def get(self, key: str) -> LMResponse | str | None:
         """The journaled answer for ``key`` (``cached=True``), its error text if the request failed
-        for good, or ``None`` if this run never asked it."""
-        with self._lock:
+        for good, or ``None`` if this run never asked it or its failure was transient."""
+        with self._lock, self._errors():
             row = self._conn.execute(
-                "SELECT text, error, prompt_tokens, completion_tokens FROM answers WHERE key = ?",
-                (key,)).fetchone()
-        if row is None:
+                "SELECT text, error, prompt_tokens, completion_tokens, kind FROM answers "
+                "WHERE key = ?", (key,)).fetchone()
+        if row is None or (row[0] is None and row[4] == "transient"):
             return None
         if row[0] is None:
             return str(row[1])
@@ -92,31 +159,46 @@ class Journal:
         self._insert(key, source, response.text, None, response.prompt_tokens,
                      response.completion_tokens, response.reused_prompt_tokens, response.seconds)
 
-    def fail(self, key: str, error: str) -> None:
-        self._insert(key, "paid", None, error, 0, 0, 0, 0.0)
+    def fail(self, key: str, error: str, *, transient: bool = False) -> None:
+        """Record that ``key`` failed. A ``transient`` failure is not replayed (:meth:`get`
+        ignores it) and a later answer or failure for ``key`` replaces it."""
+        self._insert(key, "paid", None, error, 0, 0, 0, 0.0,
+                     kind="transient" if transient else None)
 
     def _insert(self, key: str, source: str, text: str | None, error: str | None,
-                prompt: int, completion: int, reused: int, seconds: float) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO answers (key, source, sitting, phase, text, error, prompt_tokens, "
-                "completion_tokens, reused_prompt_tokens, seconds, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, source, self.sitting, self.phase, text, error, prompt, completion, reused,
-                 seconds, time.time()))
+                prompt: int, completion: int, reused: int, seconds: float,
+                kind: str | None = None) -> None:
+        with self._lock, self._errors():
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Only a transient failure gives way; any other row for the key makes the INSERT
+                # fail (IntegrityError): nothing is paid twice in one run.
+                conn.execute("DELETE FROM answers WHERE key = ? AND kind = 'transient'", (key,))
+                conn.execute(
+                    "INSERT INTO answers (key, source, sitting, phase, text, error, "
+                    "prompt_tokens, completion_tokens, reused_prompt_tokens, seconds, created, "
+                    "kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, source, self.sitting, self.phase, text, error, prompt, completion,
+                     reused, seconds, time.time(), kind))
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def forget(self, keys: list[str]) -> None:
         """Drop the failures of ``keys`` (an outage's): a resumed run asks them again."""
-        with self._lock:
+        with self._lock, self._errors():
             self._conn.executemany("DELETE FROM answers WHERE key = ? AND error IS NOT NULL",
                                    [(k,) for k in keys])
 
     def ledger(self, phase: str | None = "search") -> list[dict[str, float]]:
         """Per sitting, for ``phase`` (None: every phase): answers received, of which paid by
-        the backend (``paid``), failed for good (``failed``) and from the shared cache, and the
+        the backend (``paid``), failed (``failed``, transient failures included) and from the shared cache, and the
         prompt / completion tokens and LM seconds paid."""
         where = "" if phase is None else "AND a.phase = ?"
-        with self._lock:
+        with self._lock, self._errors():
             rows = self._conn.execute(
                 "SELECT s.id, s.started, COUNT(a.key), "
                 "SUM(a.source = 'paid' AND a.error IS NULL), SUM(a.error IS NOT NULL), "
@@ -132,7 +214,7 @@ class Journal:
                 for r in rows]
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._errors():
             return int(self._conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
 
     def close(self) -> None:

@@ -13,8 +13,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from evo.lm.base import (LM, LMError, LMRequest, LMRequestError, LMResponse, LMUnavailableError,
-                         Message)
+from evo.lm.base import (LM, LMError, LMRequest, LMRequestError, LMResponse, LMTransientError,
+                         LMUnavailableError, Message)
 from evo.lm.cache import ResponseCache
 from evo.lm.journal import Journal
 
@@ -90,14 +90,18 @@ PREFLIGHT_REQUEST = LMRequest(
 
 
 def root_message(exc: BaseException) -> str:
-    """The most specific message in an exception chain (the innermost non-empty cause)."""
+    """The most specific message in an exception chain: the innermost non-empty cause, or the
+    first evo :class:`LMError` below ``exc`` (a backend's own diagnosis already names the root
+    cause; what lies under it can be as bare as a ``StopIteration: 0``)."""
     best = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if str(cur).strip():
+        if str(cur).strip() and not isinstance(cur, StopIteration):
             best = str(cur).strip()
+            if cur is not exc and isinstance(cur, LMError):
+                break
         cur = cur.__cause__ or cur.__context__
     return best
 
@@ -111,16 +115,25 @@ class LMSession:
 
     With a :attr:`journal` (set by a run store), the journal answers first and records every
     answer the session gets, from the backend or the cache, and every request that failed for
-    good: a resumed run replays all of it and pays for nothing twice.
+    good: a resumed run replays all of it and pays for nothing twice. A request that failed for a
+    transient reason (:class:`LMTransientError`: throttled, 5xx, timeout, dropped connection,
+    empty reply) is journaled as such and asked again by a resumed run.
+
+    Failed attempts are retried ``retries`` times, waiting ``backoff_s`` doubled each time, or
+    what the server asked for (``Retry-After``), at most ``max_wait_s``. A reply that is empty,
+    ``None`` or not text is a failed attempt: it is never cached, journaled or scored as an
+    answer. The shared cache keys answers by model and endpoint (a URL), the journal by model
+    only: a run can resume against a server that moved.
     """
 
     def __init__(self, lm: LM, *, cache: ResponseCache | None = None, retries: int = 2,
                  backoff_s: float = 0.5, fail_fast_after: int = 8,
-                 outage_after: int = 24) -> None:
+                 outage_after: int = 24, max_wait_s: float = 60.0) -> None:
         self.lm = lm
         self.cache = cache
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
+        self.max_wait_s = max_wait_s
         self.fail_fast_after = fail_fast_after
         # consecutive failed requests (each after its retries) that end a run whose LM had
         # answered before: an outage, not bad luck; the run store keeps what was paid
@@ -155,7 +168,15 @@ class LMSession:
         ep = getattr(self.lm, "endpoint", None)
         return str(ep) if ep else None
 
-    def _cached(self, key: str) -> LMResponse | None:
+    @property
+    def cache_scope(self) -> str | None:
+        """What the shared cache key adds to the model id: the server URL, when the backend is
+        one. A model file is named by its model id already (name and size), so local models
+        keep the key older caches were written with."""
+        ep = self.endpoint
+        return ep.rstrip("/") if ep and "://" in ep else None
+
+    def _cached(self, key: str, cache_key: str) -> LMResponse | None:
         # Caller holds self._lock.
         if self.journal is not None:
             old = self.journal.get(key)
@@ -165,7 +186,7 @@ class LMSession:
             if old is not None:
                 self.usage.replayed += 1
                 return old
-        hit = self.cache.get(key) if self.cache is not None else None
+        hit = self.cache.get(cache_key) if self.cache is not None else None
         if hit is not None:
             self.usage.cache_hits += 1
             if self.journal is not None:
@@ -174,12 +195,13 @@ class LMSession:
 
     def complete(self, request: LMRequest) -> LMResponse:
         """Answer ``request`` from the cache or the backend (with retries); see the class doc."""
-        key = request.key(self.model_id)
+        key = request.key(self.model_id)  # the journal's: model only (see the class doc)
+        cache_key = request.key(self.model_id, self.cache_scope)
         while True:
             with self._lock:
                 if self._unavailable is not None:
                     raise self._unavailable
-                hit = self._cached(key)
+                hit = self._cached(key, cache_key)
                 if hit is not None:
                     return hit
                 waiting = self._inflight.get(key)
@@ -188,22 +210,45 @@ class LMSession:
                     break
             waiting.wait()  # same request already being paid for: reuse its answer (or retry)
         try:
-            return self._call(request, key)
+            return self._call(request, key, cache_key)
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
             done.set()
 
-    def _call(self, request: LMRequest, key: str) -> LMResponse:
+    def _wait_s(self, exc: BaseException, attempt: int) -> float:
+        """How long to wait before attempt ``attempt + 1``: what the server asked for
+        (``Retry-After``), else exponential backoff; never more than :attr:`max_wait_s`."""
+        asked = getattr(exc, "retry_after", None)
+        wait = asked if isinstance(asked, int | float) and asked >= 0 else \
+            self.backoff_s * 2 ** attempt
+        return max(0.0, min(float(wait), self.max_wait_s))
+
+    def _checked(self, resp: object) -> LMResponse:
+        """The backend's reply if it is an answer; an empty or malformed one is a failed
+        attempt (a custom LM returning ``text=None`` must not score 0 silently, nor be cached)."""
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        if not isinstance(resp, LMResponse):
+            raise LMError(f"{self.model_id}{where} returned {type(resp).__name__}, "
+                          "not an LMResponse")
+        if resp.text is None or resp.text == "":
+            raise LMTransientError(f"empty reply from {self.model_id}{where}")
+        if not isinstance(resp.text, str):
+            raise LMError(f"{self.model_id}{where} returned text of type "
+                          f"{type(resp.text).__name__}, not str")
+        return resp
+
+    def _call(self, request: LMRequest, key: str, cache_key: str) -> LMResponse:
         last: BaseException | None = None
+        wait = 0.0
         for attempt in range(self.retries + 1):
             if attempt:
                 with self._lock:
                     self.usage.retries += 1
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(wait)
             t0 = time.perf_counter()
             try:
-                resp = self.lm.complete(request)
+                resp = self._checked(self.lm.complete(request))
             except LMUnavailableError as exc:
                 self._failed(exc, sticky=True)
                 raise
@@ -215,6 +260,7 @@ class LMSession:
                 raise
             except Exception as exc:  # any backend failure is retried
                 last = exc
+                wait = self._wait_s(exc, attempt)
                 continue
             if not resp.seconds:
                 resp = dataclasses.replace(resp, seconds=time.perf_counter() - t0)
@@ -233,20 +279,23 @@ class LMSession:
                     self.journal.put(key, resp, source="paid")
                 if self.cache is not None:
                     try:
-                        self.cache.put(key, resp, model_id=self.model_id, request=request)
+                        self.cache.put(cache_key, resp, model_id=self.model_id, request=request)
                     except Exception as exc:  # a paid answer is still an answer: keep going
                         warnings.warn(f"evo: could not write the LM cache {self.cache}: {exc}",
                                       RuntimeWarning, stacklevel=2)
             return resp
         assert last is not None
-        err = LMError(f"{self.model_id}: call failed after {self.retries + 1} attempt(s): "
-                      f"{type(last).__name__}: {last}")
+        transient = isinstance(last, LMTransientError)
+        message = (f"{self.model_id}: call failed after {self.retries + 1} attempt(s): "
+                   f"{type(last).__name__}: {last}")
+        err: LMError = LMTransientError(message) if transient else LMError(message)
         err.__cause__ = last
         # The search scores this request 0 and goes on: journal that, so a replay meets the same
-        # failure. If the streak it belongs to turns out to be an outage, _failed takes it back.
+        # failure -- unless it was transient (a resume asks it again). If the streak it belongs
+        # to turns out to be an outage, _failed takes it back.
         if self.journal is not None and request.purpose != "preflight":
             with self._lock:
-                self.journal.fail(key, str(err))
+                self.journal.fail(key, str(err), transient=transient)
                 self._streak.append(key)
         self._failed(err, sticky=False)
         raise err
@@ -289,12 +338,10 @@ class LMSession:
             self.complete(PREFLIGHT_REQUEST)
         except Exception as exc:  # every failure here means "cannot use the LM"
             where = f" at {self.endpoint}" if self.endpoint else ""
-            if isinstance(exc, LMUnavailableError):
-                # The backend's own diagnosis (e.g. an install hint) beats the innermost cause;
-                # backends prefix it with "MODEL at ENDPOINT: ", which we are about to say.
-                detail = str(exc).removeprefix(f"{self.model_id}{where}: ")
-            else:
-                detail = root_message(exc)
+            # The backend's own diagnosis (e.g. an install hint) beats the innermost cause;
+            # backends prefix it with "MODEL at ENDPOINT: ", which we are about to say.
+            detail = str(exc) if isinstance(exc, LMUnavailableError) else root_message(exc)
+            detail = detail.removeprefix(f"{self.model_id}{where}: ")
             raise LMUnavailableError(f"could not reach {self.model_id}{where}: {detail}") from exc
 
     def __repr__(self) -> str:
