@@ -130,7 +130,7 @@ def _lines(handle: BinaryIO, path: Path) -> Iterator[tuple[int, str]]:
         if not raw:
             return
         if len(raw) > MAX_LINE_BYTES:
-            raise DataError(f"line longer than {MAX_LINE_BYTES >> 20} MiB", source=str(path),
+            raise DataError(f"line longer than {MAX_LINE_BYTES:,} bytes", source=str(path),
                             row=line_no + 1)
         for piece in raw.splitlines(keepends=True):
             line_no += 1
