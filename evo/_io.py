@@ -33,7 +33,7 @@ def storage_error(path: str | os.PathLike[str], exc: OSError, doing: str = "writ
     reason = exc.strerror or str(exc) or type(exc).__name__
     advice = _ADVICE.get(exc.errno or 0)
     err = StorageError(f"{path}: cannot {doing} ({reason})" + (f": {advice}" if advice else ""))
-    err.errno, err.strerror, err.filename = exc.errno, exc.strerror, str(path)
+    err.path = str(path)  # (errno and filename stay unset: OSError would print them instead)
     return err
 
 

@@ -149,7 +149,8 @@ def check_run_dir(path: str | os.PathLike[str]) -> dict[str, Any] | None:
                                 "folder (choose another path)")
     if (path / RUN_FILE).exists() or (path / RUN_FILE).is_symlink():
         info = read_run_file(path / RUN_FILE)
-        for name in (JOURNAL_FILE, CHECKPOINT_FILE, EVENTS_FILE, LOCK_FILE):
+        for name in (JOURNAL_FILE, JOURNAL_FILE + "-wal", JOURNAL_FILE + "-shm",
+                     CHECKPOINT_FILE, EVENTS_FILE, LOCK_FILE):
             if (path / name).exists() and not (path / name).is_file():
                 raise DamagedFileError(path / name, "not a regular file (a folder is in its "
                                        "place?)", hint=f"move it away, or {_NEW_RUN_HINT}")

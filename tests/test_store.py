@@ -328,3 +328,122 @@ def test_a_damaged_store_is_one_clear_error_or_is_mended(tmp_path):
     (tmp_path / "run" / "run.json").write_text("{oops")
     with pytest.raises(evo.DamagedFileError, match="run.json: not a readable run file"):
         search(ScriptedLM(respond), tmp_path / "run", budget=60)
+
+
+# ---- a run directory is created by evo or refused ----------------------------------------------
+
+def refused_untouched(where: Path, match: str) -> None:
+    """Opening ``where`` as a run directory is refused before anything is written there."""
+    def snapshot():
+        if not where.is_dir():
+            return where.read_bytes() if where.exists() else None
+        return {p.name: p.read_bytes() if p.is_file() else None for p in where.iterdir()}
+    before = snapshot()
+    lm = ScriptedLM(respond)
+    with pytest.raises(evo.UnsafeRunDirError, match=match):
+        search(lm, where, budget=60)
+    assert lm.calls == []
+    assert snapshot() == before
+
+
+def test_a_folder_evo_did_not_make_is_refused_and_left_untouched(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, text in (("result.json", "[1]"), ("best.json", "{}"), ("report.html", "<p>"),
+                       ("events.jsonl", "mine\n"), ("lock", "my lock"), ("notes.txt", "x")):
+        (project / name).write_text(text)
+    refused_untouched(project, r"not an evo run directory.*best\.json, events\.jsonl, lock")
+    refused_untouched(project / "notes.txt", "is not a folder")  # a file
+    one = tmp_path / "one"  # even a lone `lock` that evo did not write
+    one.mkdir()
+    (one / "lock").write_text("keep me")
+    refused_untouched(one, r"not empty \(lock\)")
+
+
+def test_roots_home_and_folders_above_home_or_here_are_refused(tmp_path, monkeypatch):
+    home = tmp_path / "home" / "me"
+    (home / "work").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home / "work")
+    for where, why in ((Path("/"), "filesystem root"), (home, "your home directory"),
+                       (Path("~"), "your home directory"), (tmp_path / "home", "above your home"),
+                       (tmp_path, "above your home"), (Path(".."), "home directory")):
+        existed = {name: (where.expanduser() / name).exists()
+                   for name in ("lock", "run.json", "journal.sqlite", "events.jsonl")}
+        with pytest.raises(evo.UnsafeRunDirError, match=why):
+            evo.RunStore(where, {"seed": 0})
+        assert existed == {name: (where.expanduser() / name).exists() for name in existed}
+    monkeypatch.chdir(home / "work")
+    (home / "work" / "sub").mkdir()
+    monkeypatch.chdir(home / "work" / "sub")
+    with pytest.raises(evo.UnsafeRunDirError, match="above the current directory"):
+        evo.RunStore(home / "work", {"seed": 0})
+
+
+def test_a_new_an_empty_or_an_evo_folder_is_accepted(tmp_path):
+    search(ScriptedLM(respond), tmp_path / "a" / "b" / "new", budget=60)  # parents made
+    (tmp_path / "empty").mkdir()
+    search(ScriptedLM(respond), tmp_path / "empty", budget=60)
+    search(ScriptedLM(respond), tmp_path / "empty", budget=60)  # evo's own: resumed
+    started = tmp_path / "started"  # a run killed after its lock, before its run file
+    started.mkdir()
+    (started / "lock").write_text("pid 12345")
+    search(ScriptedLM(respond), started, budget=60)
+    assert json.loads((started / "run.json").read_text())["evo_run"] == 1
+
+
+# ---- a failed write names its path and leaves no temporary file --------------------------------
+
+def test_a_failed_write_is_a_storage_error_naming_the_path(tmp_path, monkeypatch):
+    import errno
+
+    from evo._io import write_json, write_text
+
+    folder = tmp_path / "report.html"  # `evo report --out DIR` with a folder
+    folder.mkdir()
+    for write in (write_text, write_json):
+        with pytest.raises(evo.StorageError, match=f"{folder}: cannot write.*folder is in the way"):
+            write(folder, "page")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]  # no report.html.tmp
+    with pytest.raises(evo.StorageError, match="/proc/evo/x.json: cannot write"):
+        write_json("/proc/evo/x.json", {})
+
+    target = tmp_path / "best.json"
+    target.write_text("old")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(evo.StorageError, match=f"{target}: cannot write.*disk is full"):
+        write_json(target, {"new": 1})
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "report.html"]
+
+
+def test_a_full_disk_stops_the_run_naming_the_file_and_the_run_resumes(tmp_path, monkeypatch):
+    import errno
+
+    whole = search(ScriptedLM(respond), tmp_path / "whole", budget=60)
+    # the event log on a full disk (the real /dev/full)
+    store = evo.RunStore(tmp_path / "log", {"seed": 0})
+    store._events_fh = open("/dev/full", "a")  # noqa: SIM115
+    with pytest.raises(evo.StorageError, match=r"events\.jsonl: cannot write.*disk is full"):
+        store.record({"event": "start"})
+    store.close()
+    # the disk fills up after the first checkpoint (the next is the last, the search done)
+    real, writes = os.replace, []
+
+    def replace(src, dst):
+        writes.append(Path(dst).name)
+        if writes.count("checkpoint.json") > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(evo.StorageError, match=r"checkpoint\.json: cannot write.*disk is full"):
+        search(ScriptedLM(respond), tmp_path / "run", budget=60)
+    assert not list((tmp_path / "run").glob("*.tmp"))
+    monkeypatch.setattr(os, "replace", real)  # space freed: the run resumes, paying only new
+    lm = ScriptedLM(respond)
+    resumed = search(lm, tmp_path / "run", budget=60)
+    assert resumed.best_val == whole.best_val
+    assert sum(s["paid"] for s in resumed.sittings) == whole.sittings[0]["paid"]
