@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,9 @@ from evo._io import write_json
 from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
 from evo.ensemble import EnsembleProgram
-from evo.evaluate import ScoreMatrix, evaluate_program
+from evo.errors import ConfigError
+from evo.evaluate import (ScoreMatrix, cell_failures, evaluate_program, format_failures,
+                          unique_examples)
 from evo.events import Callback, ProgressBar, dispatch, progress_bar
 from evo.kernels.moo import nondominated_ranks
 from evo.compare import format_p, paired
@@ -45,9 +48,21 @@ def session_for(lm: LM | LMSession, cache: ResponseCache | str | Path | None | b
     return LMSession(lm, cache=None if cache is False or cache is None else cache)
 
 
+# Above this share of failed cells (LM, parser or metric errors) a run's scores mean nothing.
+MEANINGLESS_SHARE = 0.5
+
+
 @dataclass
 class Report:
-    """Baseline vs optimized program on held-out data, with what the search cost."""
+    """Baseline vs optimized program on held-out data, with what the search cost and how many
+    of its cells failed.
+
+    ``failures`` counts the failed cells (scored 0 because the LM call, the parser or the metric
+    failed; :func:`evo.evaluate.cell_failures`) of the search's validation matrix
+    (``"search"``) and of each program's test pass (``"baseline"``, ``"optimized"``), per kind.
+    :attr:`meaningless` is True when more than half of the cells of any of them failed: the
+    figures then say nothing about the prompts (``evo run`` exits with an error).
+    """
 
     n: int
     baseline: float
@@ -62,13 +77,38 @@ class Report:
     example_ids: list[str] = field(default_factory=list)
     baseline_scores: list[float] = field(default_factory=list)
     optimized_scores: list[float] = field(default_factory=list)
+    # "search" / "baseline" / "optimized" -> evo.evaluate.cell_failures(...)
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def delta(self) -> float:
         return self.optimized - self.baseline
 
+    @property
+    def failed_share(self) -> float:
+        """The largest share of failed cells among the search, the baseline's test pass and
+        the optimized program's test pass (0.0 when nothing failed)."""
+        return max((f.get("failed_share", 0.0) for f in self.failures.values()), default=0.0)
+
+    @property
+    def meaningless(self) -> bool:
+        """Whether more than half of the cells of the search or of either test pass failed."""
+        return self.failed_share > MEANINGLESS_SHARE
+
+    def warning(self) -> str | None:
+        """The warning a meaningless report ends with (None when the report means something)."""
+        if not self.meaningless:
+            return None
+        worst = max(self.failures, key=lambda k: self.failures[k].get("failed_share", 0.0))
+        return (f"most cells failed ({self.failed_share:.0%} of the {worst} "
+                f"{'validation' if worst == 'search' else 'test'} cells: "
+                f"{format_failures(self.failures[worst])}): these scores say nothing about the "
+                "prompts; the errors are listed per cell in the run's checkpoint/result "
+                "(cell_errors)")
+
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "delta": self.delta}
+        return {**self.__dict__, "delta": self.delta, "failed_share": self.failed_share,
+                "meaningless": self.meaningless}
 
     def __str__(self) -> str:
         s = self.search
@@ -96,8 +136,15 @@ class Report:
              f"{self.test_usage.get('replayed', 0)}"),
             ("test wall time", f"{self.test_seconds:.0f} s"),
         ]
+        labels = {"search": "failed cells, search (validation)",
+                  "baseline": "failed cells, test: baseline",
+                  "optimized": "failed cells, test: optimized"}
+        rows += [(labels.get(k, f"failed cells, {k}"), format_failures(v))
+                 for k, v in self.failures.items()]
         width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        warning = self.warning()
+        return text + (f"\nWARNING: {warning}" if warning else "")
 
 
 @dataclass
@@ -154,8 +201,10 @@ class Result:
                 "lm_share": self.usage.lm_share(self.seconds),
                 "candidates": len(self.candidates),
                 "accepted": sum(c.accepted for c in self.candidates),
-                # cells scored 0 because the LM call or the metric failed (see result.json)
+                # cells scored 0 because the LM call, the parser or the metric failed (each is
+                # listed in result.json's cell_errors); per kind in cell_failures
                 "cell_errors": sum(cell.error is not None for cell in self.matrix.cells.values()),
+                "cell_failures": cell_failures(self.matrix.cells.values()),
                 "stop_reason": self.stop_reason, "seed": self.seed, "optimizer": self.optimizer,
                 "sittings": self.sittings,
                 "paid_calls_all_sittings": (sum(s["paid"] for s in self.sittings)
@@ -163,8 +212,13 @@ class Result:
 
     def report(self, testset: Data, *, progress: bool = False) -> Report:
         """Score baseline and best on held-out examples (outside the search budget). In a run
-        store, the test pass is journaled (phase 'test'): a resumed run replays it too."""
-        examples = list(testset)
+        store, the test pass is journaled (phase 'test'): a resumed run replays it too.
+
+        The test set is checked first (:func:`check_testset`: not empty, the program's fields
+        and labels; a repeated example is scored once, with a warning). The report counts the
+        failed cells of the search and of both test passes; when most of them failed it warns
+        (and :attr:`Report.meaningless` is True)."""
+        examples = check_testset(self.baseline, testset)
         before = self.session.usage.copy()
         started = time.perf_counter()
         members = len(self.best.members) if isinstance(self.best, EnsembleProgram) else 1
@@ -175,21 +229,28 @@ class Result:
             journaled = self.store.phase("test")
         try:
             with journaled:
-                base, _ = evaluate_program(self.baseline, examples, self.session, self.metric,
-                                           max_tokens=self.max_tokens,
-                                           progress=bar.update if bar else None)
-                best, _ = evaluate_program(self.best, examples, self.session, self.metric,
-                                           max_tokens=self.max_tokens,
-                                           progress=bar.update if bar else None)
+                base, base_cells = evaluate_program(
+                    self.baseline, examples, self.session, self.metric,
+                    max_tokens=self.max_tokens, progress=bar.update if bar else None)
+                best, best_cells = evaluate_program(
+                    self.best, examples, self.session, self.metric,
+                    max_tokens=self.max_tokens, progress=bar.update if bar else None)
         finally:
             if self.store is not None:
                 self.store.detach(self.session)
             if bar:
                 bar.close()
         ab = paired("baseline", "best", base, best, [ex.id for ex in examples], seed=self.seed)
-        return Report(len(examples), ab.accuracy_a, ab.accuracy_b, ab.ci_low, ab.ci_high,
-                      ab.p_value, self.search_summary(), (self.session.usage - before).to_dict(),
-                      time.perf_counter() - started, ab.example_ids, ab.scores_a, ab.scores_b)
+        summary = self.search_summary()
+        report = Report(len(examples), ab.accuracy_a, ab.accuracy_b, ab.ci_low, ab.ci_high,
+                        ab.p_value, summary, (self.session.usage - before).to_dict(),
+                        time.perf_counter() - started, ab.example_ids, ab.scores_a, ab.scores_b,
+                        failures={"search": summary["cell_failures"],
+                                  "baseline": cell_failures(base_cells),
+                                  "optimized": cell_failures(best_cells)})
+        if report.meaningless:
+            warnings.warn(f"evo: {report.warning()}", RuntimeWarning, stacklevel=2)
+        return report
 
     def save(self, run_dir: str | Path) -> Path:
         """Write best.json, baseline.json, result.json (summary, candidates, matrix) and
@@ -260,7 +321,7 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
         from evo.optimizers import get
         optimizer = get(optimizer)
     optimizer = optimizer or Evolution()
-    train, val = list(trainset), list(valset)
+    train, val = unique_examples(trainset, "trainset"), unique_examples(valset, "valset")
     if not val:
         raise ValueError("valset is empty: the search needs validation examples to compare "
                          "candidates")
@@ -337,6 +398,11 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     usage = spent()
     best = state.best
     seed_cand = state.candidates[0]
+    failed = cell_failures(state.matrix.cells.values())
+    if failed["failed_share"] > MEANINGLESS_SHARE:
+        warnings.warn(f"evo: most of the search's cells failed ({format_failures(failed)}): "
+                      "its validation scores say nothing about the prompts",
+                      RuntimeWarning, stacklevel=2)
     result = Result(
         best=best.program, baseline=seed_cand.program, best_val=best.val_score,
         baseline_val=seed_cand.val_score, candidates=state.candidates, matrix=state.matrix,
@@ -353,7 +419,7 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
             "metric_calls": result.metric_calls, "lm_calls": state.evaluator.lm_requests,
             "best": best.id, "best_val": best.val_score,
             "baseline_val": seed_cand.val_score, "stop_reason": state.stop_reason,
-            "usage": usage.to_dict(),
+            "usage": usage.to_dict(), "cell_failures": failed,
             "best_program": {("evo_ensemble" if isinstance(best.program, EnsembleProgram)
                               else "evo_program"): 1, **best.program.to_json()}}
     state.events.append(done)
@@ -392,11 +458,48 @@ def _takes(fn: Callable[..., Any], name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def check_testset(program: Program | EnsembleProgram, testset: Data, *,
+                  what: str = "testset") -> list[Example]:
+    """The examples of ``testset`` that ``program`` can be scored on, checked before any LM call:
+    a repeated example is kept once (one warning says how many were dropped); an empty set, or
+    gold labels the program does not have (:meth:`Program.check_labels`), is a
+    :class:`~evo.errors.ConfigError`; an example lacking a field the program reads is a
+    :class:`~evo.data.DataError` naming the row.
+
+    >>> # evo.api.check_testset(program, task.test)  # before paying for a search
+    """
+    examples = unique_examples(testset, what)
+    if not examples:
+        raise ConfigError(f"{what} is empty: there is nothing to score the program on "
+                          "(give some held-out examples, e.g. --n-test 50)")
+    first = program.members[0] if isinstance(program, EnsembleProgram) else program
+    if first.labels is not None:
+        field_name = first.signature.outputs[0].name
+        first.check_labels((ex.outputs[field_name] for ex in examples
+                            if field_name in ex.outputs), source=what)
+    for row, ex in enumerate(examples, 1):
+        try:
+            first.check_example(ex, outputs=True)
+        except ValueError as exc:
+            raise DataError(str(exc), source=what, row=row) from None
+    return examples
+
+
 def evaluate(program: Program | EnsembleProgram, dataset: Data, *, lm: LM | LMSession,
              metric: Metric | None = None, cache: ResponseCache | str | Path | bool | None = True,
              max_tokens: int = 48) -> float:
-    """Accuracy (mean metric) of ``program`` on ``dataset``."""
+    """Accuracy (mean metric) of ``program`` on ``dataset``.
+
+    The data is checked first (:func:`check_testset`): an empty set, or gold labels the program
+    does not have, is a :class:`~evo.errors.ConfigError` before any LM call, and a repeated
+    example is scored once (with a warning). When most cells fail (LM, parser or metric
+    errors) a RuntimeWarning says so: the accuracy then means nothing."""
+    examples = check_testset(program, dataset, what="data")
     session = session_for(lm, cache)
-    scores, _ = evaluate_program(program, list(dataset), session, metric or exact_match,
-                                 max_tokens=max_tokens)
-    return float(scores.mean()) if len(scores) else float("nan")
+    scores, cells = evaluate_program(program, examples, session, metric or exact_match,
+                                     max_tokens=max_tokens)
+    failed = cell_failures(cells)
+    if failed["failed_share"] > MEANINGLESS_SHARE:
+        warnings.warn(f"evo: most cells failed ({format_failures(failed)}): the accuracy says "
+                      "nothing about the program", RuntimeWarning, stacklevel=2)
+    return float(scores.mean())

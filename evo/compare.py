@@ -97,28 +97,24 @@ def compare(a: Program | EnsembleProgram | str | Path, b: Program | EnsembleProg
             dataset: Sequence[Example], *, lm: LM | LMSession, metric: Metric | None = None,
             cache: Any = True, max_tokens: int = 48, seed: int = 0) -> Comparison:
     """Evaluate programs ``a`` and ``b`` (objects or saved program files) on every example of
-    ``dataset`` and compare them, paired by example.
+    ``dataset`` and compare them, paired by example. The data is checked first for both
+    programs (:func:`evo.api.check_testset`): an empty set or gold labels a program cannot
+    answer is a :class:`~evo.errors.ConfigError` before any LM call; a repeated example is
+    compared once, with a warning.
 
     >>> # print(evo.compare("runs/trec-s0/baseline.json", "runs/trec-s0/best.json", task.test,
     >>> #                   lm=evo.lm.local()))
     """
-    from evo.api import session_for
+    from evo.api import check_testset, session_for
     from evo.ensemble import load_program
 
     def load(p):
         return (load_program(p), str(p)) if isinstance(p, str | Path) else (p, "program")
 
     (pa, name_a), (pb, name_b) = load(a), load(b)
-    examples = list(dataset)
-    if not examples:
-        raise ValueError("compare needs at least one example")
-    for p, name in ((pa, name_a), (pb, name_b)):
-        for member in (p.members if isinstance(p, EnsembleProgram) else [p]):
-            for row, ex in enumerate(examples, 1):
-                try:
-                    member.check_example(ex, outputs=True)
-                except ValueError as exc:
-                    raise ValueError(f"{name} cannot run on example {row}: {exc}") from None
+    # (checked before any LM call; a repeated example is compared once, with a warning)
+    examples = check_testset(pa, dataset, what=f"the data for {name_a}")
+    check_testset(pb, examples, what=f"the data for {name_b}")
     session = session_for(lm, cache)
     session.preflight()
     metric = metric or exact_match

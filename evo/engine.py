@@ -49,8 +49,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from evo import genome as G
 from evo.data import Example
 from evo.ensemble import EnsembleProgram
+from evo.errors import RunFailedError
 from evo.evaluate import (Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix,
-                           failure_minibatch)
+                           cell_failures, failure_minibatch)
 from evo.genome import Archive, Genome
 from evo.kernels.matrix import row_stats
 from evo.kernels.moo import crowding_distance, nondominated_ranks, select_nsga2
@@ -338,10 +339,19 @@ class Search:
             self.state.population.append(cand.id)
             self._truncate_population()
         self.emit("candidate_evaluated", candidate=cand.id, val_score=cand.val_score,
-                  accepted=True)
+                  accepted=True, **self.cell_errors(cand, self.all_cols))
         if cand.val_score > best_before:
             self.emit("new_best", candidate=cand.id, val_score=cand.val_score)
         return cand.val_score
+
+    def cell_errors(self, cand: Candidate, cols: Sequence[int]) -> dict[str, Any]:
+        """``{"cell_errors": {kind: count}}`` for ``cand``'s failed validation cells at
+        ``cols`` (LM, parser or metric errors, :func:`evo.evaluate.error_kind`); ``{}`` when
+        none failed. Added to its ``candidate_evaluated`` event, so failures show as they come."""
+        cells = [self.matrix.cells[(cand.id, c)] for c in cols
+                 if (cand.id, c) in self.matrix.cells]
+        kinds = cell_failures(cells)["by_kind"]
+        return {"cell_errors": kinds} if kinds else {}
 
     def fitness(self, row: np.ndarray, program: Program | EnsembleProgram) -> float:
         """The search's fitness of a full validation score row: the user's ``fitness`` (which
@@ -452,6 +462,19 @@ class Search:
             raise ValueError(f"budget of {self.config.budget.metric_calls} metric calls cannot "
                              f"validate the seed program on {len(self.valset)} validation "
                              "examples") from None
+        self._check_metric(seed_cand)
+
+    def _check_metric(self, seed_cand: Candidate) -> None:
+        """Stop before the search is paid for when the metric failed on every seed cell that
+        had a usable reply: no candidate could ever be told apart (the cells, with their
+        errors, are in the events and the checkpoint)."""
+        cells = [self.matrix.cells[(seed_cand.id, c)] for c in self.all_cols]
+        usable = [c for c in cells if c.kind in (None, "metric") and c.prediction.ok]
+        if usable and all(c.kind == "metric" for c in usable):
+            raise RunFailedError(
+                f"the metric failed on all {len(usable)} validation examples the seed program "
+                f"answered, e.g. {usable[0].error}; fix the metric (only the seed's "
+                f"validation was paid for)")
 
     def finish(self, reason: str | None = None) -> None:
         """Record why the search stopped: ``reason``, else one an optimizer set in
@@ -461,7 +484,8 @@ class Search:
             "budget exhausted" if exhausted else "converged")
         exhausted = self.state.stop_reason == "budget exhausted"
         self.emit("budget_exhausted" if exhausted else "converged",
-                  remaining=self.evaluator.remaining(), reason=self.state.stop_reason)
+                  remaining=self.evaluator.remaining(), reason=self.state.stop_reason,
+                  cell_failures=cell_failures(self.matrix.cells.values()))
 
 
 def _jsonable(config: BaseModel, *, name: Callable[[Any], str] | None = None
@@ -572,7 +596,8 @@ def screen(search: Search, child: Candidate, parent: Candidate, batch: list[int]
     accepted = float(child_scores.sum()) > float(parent_scores.sum())
     search.emit("candidate_evaluated", candidate=child.id, minibatch=[int(c) for c in batch],
                 minibatch_score=float(child_scores.mean()),
-                parent_minibatch_score=float(parent_scores.mean()), accepted=accepted)
+                parent_minibatch_score=float(parent_scores.mean()), accepted=accepted,
+                **search.cell_errors(child, batch))
     if accepted:
         search.validate(child)
     return accepted

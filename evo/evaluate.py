@@ -9,17 +9,20 @@ back to back (same prompt prefix, so a local backend reuses its KV cache).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from evo.data import Example
 from evo.ensemble import EnsembleProgram
 from evo.kernels.matrix import row_stats
-from evo.lm.base import LMError, LMRequest, LMUnavailableError
+from evo.lm.base import LMError, LMRequest, LMRequestError, LMUnavailableError
 from evo.lm.session import LMSession
-from evo.metrics import Metric, Score, as_score
+from evo.metrics import Metric, Score, as_score, metric_name
 from evo.program import Prediction, Program
 
 
@@ -45,12 +48,105 @@ class Budget:
 
 @dataclass(frozen=True)
 class Cell:
-    """What one evaluation produced: the parsed reply and the metric's feedback."""
+    """What one evaluation produced: the parsed reply and the metric's feedback.
+
+    ``error`` is set when the cell failed (scored 0): the LM call, the parser or the metric;
+    :attr:`kind` says which (:func:`error_kind`)."""
 
     score: float
     prediction: Prediction
     feedback: str
-    error: str | None = None  # LM or metric failure, if any
+    error: str | None = None  # LM, parser or metric failure, if any
+
+    @property
+    def kind(self) -> str | None:
+        """``None`` for a cell that did not fail, else :func:`error_kind` of its error."""
+        return None if self.error is None else error_kind(self.error)
+
+
+# Cell error messages start with their kind, so an error read back from a checkpoint (text only)
+# is classified the same as a live one.
+_LM_PREFIX, _PARSE_PREFIX, _METRIC_PREFIX = "LM error: ", "parse failed: ", "metric "
+_LM_SUBKINDS = (  # (sub-kind, words of the message that say it), first match wins
+    ("empty reply", ("empty reply", "no choices", "null reply", "text=none", "returned none")),
+    ("throttled", ("429", "rate limit", "ratelimit", "throttl", "too many requests")),
+    ("timeout", ("timed out", "timeout")),
+    ("request error", ("(request error)", "context window", "context length", "too long")),
+)
+
+
+def error_kind(error: str) -> str:
+    """The kind of a cell error message: ``"metric"``, ``"parse"``, or ``"lm"`` with a sub-kind
+    when its message tells one (``"lm: timeout"``, ``"lm: throttled"``, ``"lm: empty reply"``,
+    ``"lm: request error"``).
+
+    >>> error_kind("LM error: m: call failed after 3 attempt(s): TimeoutError: timed out")
+    'lm: timeout'
+    >>> error_kind("metric 'f' returned None: a metric must return a number")
+    'metric'
+    """
+    if error.startswith(_METRIC_PREFIX):
+        return "metric"
+    if error.startswith(_PARSE_PREFIX):
+        return "parse"
+    low = error.lower()
+    for sub, words in _LM_SUBKINDS:
+        if any(w in low for w in words):
+            return f"lm: {sub}"
+    return "lm"
+
+
+def cell_failures(cells: Iterable[Cell]) -> dict[str, Any]:
+    """How many of ``cells`` failed, per kind: ``{"cells": n, "failed": k, "failed_share":
+    k / n, "by_kind": {"metric": ..., "lm: timeout": ...}, "unparseable": u}``. An unparseable
+    reply is the program's failure at the task, not a failed cell: counted apart."""
+    cells = list(cells)
+    kinds = Counter(c.kind for c in cells if c.error is not None)
+    failed = sum(kinds.values())
+    unparseable = sum(c.error is None and not c.prediction.ok for c in cells)
+    return {"cells": len(cells), "failed": failed,
+            "failed_share": failed / len(cells) if cells else 0.0,
+            "by_kind": dict(sorted(kinds.items())), "unparseable": unparseable}
+
+
+def failures_from_errors(n_cells: int, errors: Iterable[str]) -> dict[str, Any]:
+    """:func:`cell_failures` from error messages alone (a checkpoint's ``cell_errors``)."""
+    kinds = Counter(error_kind(str(e)) for e in errors)
+    failed = sum(kinds.values())
+    return {"cells": n_cells, "failed": failed,
+            "failed_share": failed / n_cells if n_cells else 0.0,
+            "by_kind": dict(sorted(kinds.items()))}
+
+
+def format_failures(summary: dict[str, Any]) -> str:
+    """``"3 of 40 (8%): lm: timeout 2, metric 1"``, or ``"none of 40"``."""
+    n, k = summary.get("cells", 0), summary.get("failed", 0)
+    if not k:
+        text = f"none of {n}"
+    else:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in summary["by_kind"].items())
+        text = f"{k} of {n} ({k / n:.0%}): {kinds}" if n else f"{k}: {kinds}"
+    if summary.get("unparseable"):
+        text += f"; {summary['unparseable']} unparseable repl" + (
+            "y" if summary["unparseable"] == 1 else "ies")
+    return text
+
+
+def unique_examples(examples: Iterable[Example], what: str = "examples") -> list[Example]:
+    """``examples`` with each id once (the first kept), in order. Rows that repeat an earlier
+    one (same inputs and outputs, hence the same id) are dropped with one warning that says how
+    many: every example is scored once, never with its multiplicity."""
+    rows = list(examples)
+    first: dict[str, Example] = {}
+    for ex in rows:
+        first.setdefault(ex.id, ex)
+    unique = list(first.values())
+    if len(unique) < len(rows):
+        dropped = len(rows) - len(unique)
+        warnings.warn(f"evo: {what}: {dropped} duplicate example{'s' if dropped > 1 else ''} "
+                      f"dropped (the same inputs and outputs as an earlier row, so the same "
+                      f"id); {len(unique)} left", UserWarning, stacklevel=2)
+    return unique
 
 
 class ScoreMatrix:
@@ -168,26 +264,32 @@ class Evaluator:
         return matrix.scores[row, list(cols)]
 
     def _predict(self, program: Program, example: Example) -> Prediction | Cell:
-        """The parsed reply, or the failed cell when the LM or the parser failed."""
+        """The parsed reply, or the failed cell when the LM or the parser failed. An empty
+        reply (or none) is an LM failure: no prompt asks for one."""
         request = LMRequest(program.messages(example), max_tokens=self.max_tokens, purpose="task")
         try:
             response = self.session.complete(request)
         except LMUnavailableError:
             raise
         except LMError as exc:
-            message = f"LM error: {exc}"
-            return Cell(0.0, Prediction("", None, message), message, error=message)
+            kind = " (request error)" if isinstance(exc, LMRequestError) else ""
+            return _failed(Prediction("", None, str(exc)), f"{_LM_PREFIX}{exc}{kind}")
+        text = response.text
+        if not isinstance(text, str) or not text.strip():
+            return _failed(Prediction("", None, "empty reply"),
+                           f"{_LM_PREFIX}empty reply ({text!r}) from {self.session.model_id}")
         try:
-            return program.parse(response.text or "")
+            return program.parse(text)
         except Exception as exc:  # a parser bug must not end a run: record it on the cell
-            message = f"parse failed: {type(exc).__name__}: {exc}"
-            return Cell(0.0, Prediction(response.text or "", None, message), message,
-                        error=message)
+            return _failed(Prediction(text, None, str(exc)),
+                           f"{_PARSE_PREFIX}{type(exc).__name__}: {exc}")
 
     def score(self, examples: Sequence[Example], replies: Sequence[Prediction | Cell]
               ) -> list[Cell]:
         """Cells for parsed replies (a failed :class:`Cell` passes through): the metric's
-        ``batch`` when it has one, else one by one; a metric exception is recorded, scored 0."""
+        ``batch`` when it has one, else one by one. A metric that raises or returns no usable
+        score (None, a string, inf / NaN, a malformed tuple) fails that cell with a metric
+        error naming the metric and what it did; the cell scores 0 for the search."""
         cells: list[Cell | None] = [r if isinstance(r, Cell) else None for r in replies]
         todo = [i for i, c in enumerate(cells) if c is None]
         batch = getattr(self.metric, "batch", None)
@@ -197,29 +299,46 @@ class Evaluator:
                 if len(scores) != len(todo):
                     raise ValueError(f"batch returned {len(scores)} scores for {len(todo)} "
                                      "predictions")
-                for i, result in zip(todo, scores, strict=True):
-                    score = as_score(result)
+                done = [as_score(result) for result in scores]
+                for i, score in zip(todo, done, strict=True):
                     cells[i] = Cell(score.value, replies[i], score.feedback)
                 todo = []
             except Exception:  # noqa: BLE001 - fall back to the per-cell path, which records it
                 pass
         for i in todo:
-            prediction = replies[i]
-            try:
-                score = as_score(self.metric(examples[i], prediction))
-            except Exception as exc:  # a user metric's bug (or bad return value) is recorded
-                message = f"metric raised {type(exc).__name__}: {exc}"
-                cells[i] = Cell(0.0, prediction, message, error=message)
-                continue
-            cells[i] = Cell(score.value, prediction, score.feedback)
+            cells[i] = self._score_one(examples[i], replies[i])  # type: ignore[arg-type]
         return cells  # type: ignore[return-value]
+
+    def _score_one(self, example: Example, prediction: Prediction) -> Cell:
+        name = metric_name(self.metric)
+        try:
+            result = self.metric(example, prediction)
+        except Exception as exc:  # a user metric's bug is recorded on the cell
+            return _failed(prediction, f"{_METRIC_PREFIX}{name} raised "
+                                       f"{type(exc).__name__}: {exc}")
+        try:
+            score = as_score(result)
+        except (TypeError, ValueError) as exc:
+            return _failed(prediction, f"{_METRIC_PREFIX}{name} returned "
+                                       f"{_short(repr(result))}: {exc}")
+        return Cell(score.value, prediction, score.feedback)
+
+
+def _failed(prediction: Prediction, message: str) -> Cell:
+    return Cell(0.0, prediction, message, error=message)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Example],
                      session: LMSession, metric: Metric, *, max_tokens: int = 64,
                      progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[Cell]]:
     """Score one program (or a voting ensemble: each member, then the vote) on examples outside
-    any search budget (held-out test, baselines)."""
+    any search budget (held-out test, baselines). A repeated example is scored once
+    (:func:`unique_examples`): the scores and cells follow the de-duplicated order."""
+    examples = unique_examples(examples)
     if isinstance(program, EnsembleProgram):
         runs = [evaluate_program(m, examples, session, metric, max_tokens=max_tokens,
                                  progress=progress)[1] for m in program.members]
@@ -237,4 +356,5 @@ def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Exam
 
 
 __all__ = ["Budget", "BudgetExhausted", "Cell", "Evaluator", "Score", "ScoreMatrix",
-           "evaluate_program"]
+           "cell_failures", "error_kind", "evaluate_program", "failures_from_errors",
+           "format_failures", "unique_examples"]

@@ -25,7 +25,7 @@ from evo.kernels import text as _text
 from evo.program import Prediction
 
 __all__ = ["Metric", "Score", "TokenMetric", "as_score", "contains", "exact_match", "f1",
-           "normalized_exact_match", "numeric_match"]
+           "metric_name", "normalized_exact_match", "numeric_match"]
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,32 @@ Metric = Callable[[Example, Prediction], "float | tuple[float, str] | Score"]
 
 def as_score(result: object) -> Score:
     """Normalize what a user metric returned: a finite real number (Python or numpy), a
-    ``(number, feedback)`` pair or a :class:`Score`. Raises TypeError / ValueError naming the bad
-    value (the evaluator records it as a metric error on that cell)."""
+    ``(number, feedback)`` pair or a :class:`Score`. Raises TypeError / ValueError saying what
+    is wrong with the value (the evaluator records it as a metric error on that cell, naming
+    the metric and the value)."""
     if isinstance(result, Score):
         value, feedback = result.value, result.feedback
-    elif isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
+    elif isinstance(result, tuple):
+        if len(result) != 2 or not isinstance(result[1], str):
+            raise TypeError(f"a metric's tuple must be (number, feedback text), got "
+                            f"{len(result)} item(s)" + (f" ending in {type(result[1]).__name__}"
+                                                        if len(result) == 2 else ""))
         value, feedback = result
     else:
         value, feedback = result, ""
     if isinstance(value, numbers.Real):  # bool, int, float and numpy scalars
         value = float(value)
         if math.isfinite(value):
-            return Score(value, feedback)
-        raise ValueError(f"a metric returned {value}: scores must be finite")
-    raise TypeError(f"a metric must return a number, (number, feedback) or Score, got {result!r}")
+            return Score(value, feedback if isinstance(feedback, str) else str(feedback))
+        raise ValueError(f"scores must be finite, got {value}")
+    raise TypeError(f"a metric must return a number, (number, feedback) or Score; the score "
+                    f"was {type(value).__name__}")
+
+
+def metric_name(metric: object) -> str:
+    """How a metric is named in messages: its function name, quoted (``'exact_match'``)."""
+    name = getattr(metric, "__name__", None) or type(metric).__name__
+    return repr(str(name))
 
 
 def _norm(text: str) -> str:

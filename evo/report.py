@@ -24,13 +24,17 @@ import difflib
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from evo.compare import format_p
 from evo.data import DataError
+from evo.errors import DamagedFileError
+from evo.evaluate import failures_from_errors, format_failures
 from evo.store import CHECKPOINT_FILE, EVENTS_FILE, RUN_FILE
 
 _CSS = """
@@ -46,7 +50,7 @@ img{max-width:100%;border:1px solid #eee;margin:.4rem 0}
 .step .head{font-weight:600} .text{white-space:pre-wrap;font-family:ui-monospace,Menlo,monospace;
 font-size:.85rem} ins{background:#d4f7d4;text-decoration:none} del{background:#f9d0d0}
 .win{color:#137333;font-weight:600} .loss{color:#b3261e;font-weight:600}
-.note{color:#666;font-size:.88rem}
+.note{color:#666;font-size:.88rem} .warn{color:#b3261e;font-weight:600}
 """
 
 
@@ -58,8 +62,13 @@ def _png(fig: Any) -> str:
     return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+class _Html(str):
+    """Markup evo built itself (escaped parts only): rendered as is. Anything else is text
+    and is escaped, whatever file it was read from."""
+
+
 def _e(x: Any) -> str:
-    return html.escape(str(x))
+    return x if isinstance(x, _Html) else html.escape(str(x), quote=True)
 
 
 def _table(head: list[str], rows: list[list[Any]], num: set[int] = frozenset()) -> str:
@@ -67,7 +76,7 @@ def _table(head: list[str], rows: list[list[Any]], num: set[int] = frozenset()) 
                         if any(head) else "")]
     for row in rows:
         out.append("<tr>" + "".join(
-            f'<td class="num">{_e(v)}</td>' if i in num else f"<td>{v}</td>"
+            f'<td class="num">{_e(v)}</td>' if i in num else f"<td>{_e(v)}</td>"
             for i, v in enumerate(row)) + "</tr>")
     return "".join(out) + "</table>"
 
@@ -83,39 +92,292 @@ def word_diff(old: str, new: str) -> str:
             out.append(f"<del>{_e(' '.join(a[i1:i2]))}</del>")
         if op in ("insert", "replace"):
             out.append(f"<ins>{_e(' '.join(b[j1:j2]))}</ins>")
-    return " ".join(x for x in out if x)
+    return _Html(" ".join(x for x in out if x))
+
+
+# ---- reading a run directory: every file is untrusted ----------------------------------------
+# A run directory can be hand-edited, damaged or cut short; its files are validated into these
+# shapes (numbers given as numeric strings are read as numbers), and anything else is one
+# DamagedFileError naming the file and the field. The event log, an append-only stream that a
+# kill can cut, is read line by line: an unreadable line is skipped and the page says so.
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Candidate(_Loose):
+    id: int
+    genome: list[int] = []
+    parents: list[int] = []
+    op: str = ""
+    iteration: int = 0
+    val_score: float | None = None
+    note: str = ""
+
+
+class _Instruction(_Loose):
+    text: str
+
+
+class _ValExample(_Loose):
+    id: str = ""
+    inputs: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+
+
+class _CellError(_Loose):
+    candidate: int | None = None
+    example: str = ""
+    error: str
+
+
+class _Usage(_Loose):
+    calls: int = 0
+    cache_hits: int = 0
+    replayed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reused_prompt_tokens: int = 0
+    by_purpose: dict[str, int] = {}
+
+
+class _Sitting(_Loose):
+    sitting: int | str = ""
+    answers: int = 0
+    paid: int = 0
+    failed: int = 0
+    shared_cache: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    lm_seconds: float = 0.0
+
+
+class _Summary(_Loose):
+    stop_reason: str = ""
+    optimizer: str = ""
+    budget: int | None = None
+    seed: int | str | None = None
+    seconds: float | None = None
+    lm_share: float = 0.0
+    usage: _Usage | None = None
+    sittings: list[_Sitting] = []
+
+
+class _Best(_Loose):
+    candidate: int | None = None
+
+
+class _Tradeoff(_Loose):
+    candidate: int
+
+
+class _Record(_Loose):
+    candidates: list[_Candidate]
+    instructions: list[_Instruction]
+    scores: list[list[float | None]]
+    val_example_ids: list[str]
+    cell_errors: list[_CellError] = []
+    summary: _Summary = _Summary()
+    best_candidate: int | None = None
+    best: _Best | None = None
+    stop_reason: str = ""
+    prompt_chars: dict[int, float] = {}
+    tradeoff: list[_Tradeoff] = []
+    val_examples: list[_ValExample] = []
+    replies: dict[str, list[str | None]] = {}
+    usage: _Usage | None = None
+    sittings: list[_Sitting] = []
+
+
+class _Budget(_Loose):
+    metric_calls: int | None = None
+
+
+class _OptimizerSpec(_Loose):
+    optimizer: str | None = None
+    budget: _Budget = _Budget()
+
+
+class _Spec(_Loose):
+    model: str = "?"
+    seed: int | str | None = None
+    optimizer: _OptimizerSpec = _OptimizerSpec()
+
+
+class _Cli(_Loose):
+    task: str | None = None
+    data: str | None = None
+
+
+class _RunInfo(_Loose):
+    spec: _Spec = _Spec()
+    cli: _Cli | None = None
+
+
+class _Failures(_Loose):
+    cells: int = 0
+    failed: int = 0
+    failed_share: float = 0.0
+    by_kind: dict[str, int] = {}
+    unparseable: int = 0
+
+
+class _Test(_Loose):
+    n: int
+    baseline: float
+    optimized: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    baseline_scores: list[float] = []
+    optimized_scores: list[float] = []
+    test_usage: _Usage = _Usage()
+    test_seconds: float = 0.0
+    failures: dict[str, _Failures] = {}
+    meaningless: bool = False
+
+
+class _Evaluated(_Loose):
+    val_score: float
+    metric_calls: float = 0
+    lm_calls: float | None = None
 
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedFileError(path, f"not valid JSON ({exc}); truncated or edited?") from None
+    except RecursionError:
+        raise DamagedFileError(path, "not valid JSON (nested too deeply)") from None
 
 
-def _load(run_dir: Path) -> tuple[dict, dict, list[dict], dict | None, bool]:
+def _validated(model: type[_Loose], data: Any, path: Path) -> dict[str, Any]:
+    """``data`` in ``model``'s shape as plain dicts, or one DamagedFileError naming the file and
+    the first fields that do not fit."""
+    from evo.program import _loc
+    try:
+        return model.model_validate(data).model_dump()
+    except ValidationError as exc:
+        problems = [f"{_loc(e['loc'])}: {'missing' if e['type'] == 'missing' else e['msg']}"
+                    for e in exc.errors()]
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise DamagedFileError(path, "not an evo run file of the expected shape: "
+                               + "; ".join(problems[:3]) + more) from None
+
+
+def _check_record(record: dict[str, Any], src: Path) -> None:
+    """The references inside a search record point at things it holds."""
+    n_inst, scores = len(record["instructions"]), record["scores"]
+    width = {len(row) for row in scores}
+    if len(width) > 1:
+        raise DamagedFileError(src, f"scores: rows of different lengths {sorted(width)}")
+    if scores and width != {len(record["val_example_ids"])}:
+        raise DamagedFileError(src, f"scores: {width.pop()} columns for "
+                                    f"{len(record['val_example_ids'])} val_example_ids")
+    ids = [c["id"] for c in record["candidates"]]
+    if len(set(ids)) != len(ids):
+        raise DamagedFileError(src, "candidates: a candidate id is repeated")
+    if 0 not in ids:
+        raise DamagedFileError(src, "candidates: no seed candidate (id 0)")
+    for k, c in enumerate(record["candidates"]):
+        if c["id"] < 0 or (scores and c["id"] >= len(scores)):
+            raise DamagedFileError(src, f"candidates[{k}].id: {c['id']} has no row in scores "
+                                        f"({len(scores)} rows)")
+        genome = c["genome"]
+        if genome and (len(genome) < 3 or not 0 <= genome[0] < n_inst):
+            raise DamagedFileError(src, f"candidates[{k}].genome: {genome[:4]} does not name one "
+                                        f"of the {n_inst} instructions")
+
+
+def _load(run_dir: Path) -> tuple[dict, dict, list[dict], dict | None, bool, list[str]]:
     if not (run_dir / RUN_FILE).exists() and not (run_dir / "result.json").exists():
         raise DataError(f"{run_dir}: not a run directory (no {RUN_FILE} or result.json)")
-    info = _read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else {}
+    info = {"spec": {}, "cli": None}
+    if (run_dir / RUN_FILE).exists():
+        raw = _read_json(run_dir / RUN_FILE)
+        if not isinstance(raw, dict):
+            raise DamagedFileError(run_dir / RUN_FILE, "not a JSON object")
+        info = _validated(_RunInfo, raw, run_dir / RUN_FILE)
     finished = (run_dir / "result.json").exists()
     src = run_dir / ("result.json" if finished else CHECKPOINT_FILE)
     if not src.exists():
         raise DataError(f"{run_dir}: the run has not evaluated anything yet (no {src.name})")
-    record = _read_json(src)
+    raw = _read_json(src)
     missing = [k for k in ("candidates", "instructions", "scores", "val_example_ids")
-               if not isinstance(record, dict) or k not in record]
+               if not isinstance(raw, dict) or k not in raw]
     if missing:
-        raise DataError(f"{src}: not an evo search record (no {', '.join(missing)}); "
-                        "`evo report` reads the directory of `evo run` or evo.optimize(run_dir=)")
-    events = []
+        raise DamagedFileError(src, f"not an evo search record (no {', '.join(missing)})",
+                               hint="`evo report` reads the directory of `evo run` or "
+                                    "evo.optimize(run_dir=)")
+    record = _validated(_Record, raw, src)
+    _check_record(record, src)
+    notes: list[str] = []
+    events, bad = [], 0
     if (run_dir / EVENTS_FILE).exists():
-        for n, line in enumerate((run_dir / EVENTS_FILE).read_text().splitlines(), 1):
+        text = (run_dir / EVENTS_FILE).read_bytes().decode("utf-8", errors="replace")
+        for line in text.splitlines():
             try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise DataError(f"{run_dir / EVENTS_FILE}, line {n}: not JSON") from None
-    test = _read_json(run_dir / "report.json") if (run_dir / "report.json").exists() else None
-    return info, record, events, test, finished
+                event = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                event = None
+            if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+                bad += 1
+                continue
+            if event["event"] == "candidate_evaluated" and event.get("val_score") is not None:
+                try:
+                    event = {"event": event["event"], **_Evaluated.model_validate(event)
+                             .model_dump()}
+                except ValidationError:
+                    bad += 1
+                    continue
+            events.append(event)
+    if bad:
+        notes.append(f"{bad} line(s) of {run_dir / EVENTS_FILE} could not be read (damaged or "
+                     "of the wrong shape): left out of the plots.")
+    test = None
+    if (run_dir / "report.json").exists():
+        test = _validated(_Test, _read_json(run_dir / "report.json"), run_dir / "report.json")
+    return info, record, events, test, finished, notes
+
+
+def _failures_section(record: dict[str, Any], scores: np.ndarray, test: dict | None
+                      ) -> list[str]:
+    """Failed cells (LM, parser or metric errors, scored 0) per kind: the search's validation
+    cells and each program's test cells, a warning when most failed, and a few of the errors."""
+    search = failures_from_errors(int(np.isfinite(scores).sum()) if scores.size else 0,
+                                  [e["error"] for e in record["cell_errors"]])
+    rows = [["search (validation cells)", format_failures(search)]]
+    shares = [search["failed_share"]]
+    for who, label in (("baseline", "test: baseline"), ("optimized", "test: optimized")):
+        if test and who in test["failures"]:
+            rows.append([label, format_failures(test["failures"][who])])
+            shares.append(test["failures"][who]["failed_share"])
+    out = ["<h2>Failed cells</h2>", _table(["", "failed cells (LM, parser or metric errors)"],
+                                           rows)]
+    if max(shares) > 0.5 or (test and test["meaningless"]):
+        out.append(f"<p class='warn'><b>Most cells failed ({max(shares):.0%}): these scores say "
+                   "nothing about the prompts.</b></p>")
+    errors = record["cell_errors"]
+    if errors:
+        shown = errors[:10]
+        out.append(_table(["candidate", "example", "error"],
+                          [[f"#{e['candidate']}", e["example"], e["error"][:300]]
+                           for e in shown]))
+        if len(errors) > len(shown):
+            out.append(f"<p class='note'>… and {len(errors) - len(shown)} more in "
+                       "cell_errors.</p>")
+    return out
+
+
+def _f3(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def _reply(replies: dict[str, list[str | None]], who: str, j: int) -> str:
+    got = replies.get(who) or []
+    return (got[j] if j < len(got) else None) or ""
 
 
 def _lineage(candidates: list[dict], best: int) -> list[int]:
@@ -148,8 +410,8 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    info, record, events, test, finished = _load(run_dir)
-    spec, cli = info.get("spec", {}), info.get("cli") or {}
+    info, record, events, test, finished, notes = _load(run_dir)
+    spec, cli = info["spec"], info["cli"] or {}
     cands = record["candidates"]
     texts = [i["text"] for i in record["instructions"]]
     scores = np.array([[np.nan if v is None else v for v in row] for row in record["scores"]],
@@ -164,23 +426,29 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     if best is None:
         best = max(validated, key=lambda c: (c["val_score"], -c["id"]))["id"]
     by_id = {c["id"]: c for c in cands}
-    seed_val = by_id[0]["val_score"]
-    best_val = by_id[best]["val_score"]
+    src_name = "result.json" if finished else CHECKPOINT_FILE
+    if best not in by_id:
+        raise DamagedFileError(run_dir / src_name,
+                               f"the best candidate #{best} is not among its candidates")
+    seed_val = _f3(by_id[0]["val_score"])
+    best_val = _f3(by_id[best]["val_score"])
     task = cli.get("task") or cli.get("data") or "your data"
-    optimizer = (spec.get("optimizer") or {}).get("optimizer", summary.get("optimizer", "?"))
-    budget = ((spec.get("optimizer") or {}).get("budget") or {}).get("metric_calls",
-                                                                    summary.get("budget"))
+    optimizer = spec["optimizer"]["optimizer"] or summary["optimizer"] or "?"
+    budget = spec["optimizer"]["budget"]["metric_calls"]
+    budget = summary["budget"] if budget is None else budget
+    seed = spec["seed"] if spec["seed"] is not None else summary["seed"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>evo run: {_e(task)}"
              f"</title><style>{_CSS}</style></head><body>",
              f"<h1>evo run: {_e(task)}</h1>",
              f"<p class='sub'>{_e(run_dir)} · model {_e(spec.get('model', '?'))} · optimizer "
-             f"{_e(optimizer)} · seed {_e(spec.get('seed', summary.get('seed', '?')))} · budget "
-             f"{_e(budget)} metric calls" + ("" if finished else
-                                            " · <b>unfinished</b> (read from the checkpoint)")
+             f"{_e(optimizer)} · seed {_e('?' if seed is None else seed)} · budget "
+             f"{_e('?' if budget is None else budget)} metric calls" + (
+                 "" if finished else " · <b>unfinished</b> (read from the checkpoint)")
              + "</p>"]
+    parts += [f"<p class='warn'>{_e(note)}</p>" for note in notes]
 
     # ---- outcome --------------------------------------------------------------------------
-    rows = [["validation accuracy, baseline → best", f"{seed_val:.3f} → {best_val:.3f}",
+    rows = [["validation accuracy, baseline → best", f"{seed_val} → {best_val}",
              f"{len(record['val_example_ids'])} examples"]]
     if test:
         p = format_p(test["p_value"])
@@ -190,8 +458,9 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
                      f"[{test['ci_low']:+.3f}, {test['ci_high']:+.3f}] (95% paired bootstrap), "
                      f"paired permutation test {p}"])
     rows.append(["candidates generated / validated", f"{len(cands)} / {len(validated)}",
-                 _e(summary.get("stop_reason") or record.get("stop_reason") or "")])
+                 summary["stop_reason"] or record["stop_reason"]])
     parts += ["<h2>Outcome</h2>", _table(["", "", ""], rows)]
+    parts += _failures_section(record, scores, test)
     parts.append(f"<p>Best candidate #{best}: {_e(_genome_text(by_id[best]['genome']))}.</p>"
                  f"<div class='step text'>{_e(texts[by_id[best]['genome'][0]]) if by_id[best]['genome'] else ''}</div>")
 
@@ -202,7 +471,7 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
         for ax, key, label in ((axes[0], "metric_calls", "metric calls"),
                                (axes[1], "lm_calls", "LM calls (cache hits and replays included)")):
-            xs = [e.get(key, e["metric_calls"]) for e in evald]
+            xs = [e["metric_calls"] if e.get(key) is None else e[key] for e in evald]
             ys = [e["val_score"] for e in evald]
             ax.scatter(xs, ys, s=18, color="#4a7bd0", alpha=.7, label="validated candidate")
             ax.step(xs, np.maximum.accumulate(ys), where="post", color="#d0534a",
@@ -242,7 +511,7 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
                      "that score best on at least one validation example.</p>")
         parts.append(_table(["candidate", "operator", "val accuracy",
                              "examples where it is best (ties included)"],
-                            [[f"#{cid}", _e(by_id[cid]["op"]), f"{by_id[cid]['val_score']:.3f}",
+                            [[f"#{cid}", by_id[cid]["op"], f"{by_id[cid]['val_score']:.3f}",
                               n] for n, cid in inst[:15]], num={3}))
 
     # ---- lineage --------------------------------------------------------------------------
@@ -293,7 +562,10 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     # ---- per-example wins and losses ------------------------------------------------------
     exs = record.get("val_examples") or []
     replies = record.get("replies") or {}
-    if exs and scores.size:
+    if exs and scores.size and len(exs) != scores.shape[1]:
+        parts.append(f"<p class='warn'>{_e(src_name)}: {len(exs)} val_examples for "
+                     f"{scores.shape[1]} score columns: the per-example table is left out.</p>")
+    elif exs and scores.size:
         base_row, best_row = scores[0], scores[best]
         win = [j for j in range(len(exs)) if best_row[j] > base_row[j]]
         loss = [j for j in range(len(exs)) if best_row[j] < base_row[j]]
@@ -312,11 +584,10 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
             for j in js:
                 ex = exs[j]
                 inputs = "; ".join(f"{k}: {v}" for k, v in ex["inputs"].items())
-                rows.append([f"<span class='{tag}'>{tag}</span>",
-                             _e(inputs[:220] + ("…" if len(inputs) > 220 else "")),
-                             _e(", ".join(ex["outputs"].values())),
-                             _e((replies.get("baseline") or [None] * len(exs))[j] or ""),
-                             _e((replies.get("best") or [None] * len(exs))[j] or "")])
+                rows.append([_Html(f"<span class='{tag}'>{tag}</span>"),
+                             inputs[:220] + ("…" if len(inputs) > 220 else ""),
+                             ", ".join(ex["outputs"].values()),
+                             _reply(replies, "baseline", j), _reply(replies, "best", j)])
         parts.append(_table(["", "input", "gold", "baseline replied", "best replied"], rows))
 
     # ---- usage and cost -------------------------------------------------------------------
@@ -338,8 +609,8 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
                  f"{usage.get('prompt_tokens', 0):,} / {usage.get('completion_tokens', 0):,}"],
                 ["prompt tokens reused from the KV cache",
                  f"{usage.get('reused_prompt_tokens', 0):,}"],
-                ["paid calls by purpose", _e(usage.get("by_purpose", {}))]]
-        if "seconds" in summary:
+                ["paid calls by purpose", usage.get("by_purpose", {})]]
+        if summary["seconds"] is not None:
             rows.append(["search wall time (last sitting)",
                          f"{summary['seconds']:.0f} s, {summary.get('lm_share', 0):.0%} in the LM"])
         paid_in = sum(s["prompt_tokens"] for s in sittings) if sittings else \
@@ -353,8 +624,9 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
                          "tokens"])
         else:
             rows.append(["cost of the search (all sittings)",
-                         f"{paid_in:,} prompt + {paid_out:,} completion tokens (give "
-                         "<code>--price IN,OUT</code> in $ per million tokens for dollars)"])
+                         _Html(f"{paid_in:,} prompt + {paid_out:,} completion tokens (give "
+                               "<code>--price IN,OUT</code> in $ per million tokens for "
+                               "dollars)")])
         if test:
             tu = test.get("test_usage", {})
             rows.append(["test pass", f"{tu.get('calls', 0)} paid calls, "
@@ -367,11 +639,19 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *,
                  price: tuple[float, float] | None = None) -> Path:
-    """Write the report of ``run_dir`` to ``out`` (default ``RUN/report.html``)."""
+    """Write the report of ``run_dir`` to ``out`` (default ``RUN/report.html``; an existing
+    folder gets ``report.html`` inside it). The page is written whole or not at all: a
+    temporary file beside it, renamed into place, and removed should anything fail."""
     page = build(run_dir, price=price)
     out = Path(out) if out else Path(run_dir) / "report.html"
+    if out.is_dir():
+        out = out / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out

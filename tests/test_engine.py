@@ -194,7 +194,8 @@ def test_bad_metric_values_are_recorded_once_not_fatal(bad):
     col = {ex.id: j for j, ex in enumerate(VAL)}[make(104).id]
     assert not np.isnan(result.matrix.scores[:, col]).all()
     cell = result.matrix.cells[(0, col)]
-    assert cell.score == 0 and cell.error.startswith("metric raised")
+    assert cell.score == 0 and cell.error.startswith("metric 'metric' returned ")
+    assert cell.kind == "metric"
     asked = [c for c in lm.calls if c.purpose == "task" and "item 104 " in c.messages[-1].content]
     assert len(asked) == len({c.key("m") for c in asked})  # never paid twice
 

@@ -124,7 +124,7 @@ def test_compare_pairs_two_programs_on_the_same_examples(tmp_path):
     assert len(cmp.b_wins) == 20 and cmp.a_wins == []
     same = evo.compare(strong, strong, TEST, lm=ScriptedLM(respond), cache=False)
     assert same.b_minus_a == 0 and same.p_value == 1.0 and not same.significant
-    with pytest.raises(ValueError, match="cannot run on example 1"):
+    with pytest.raises(ValueError, match="data for program, row 1: .* lacks field"):
         evo.compare(weak, strong, [evo.Example(inputs={"q": "x"}, outputs={"label": "pos"})],
                     lm=ScriptedLM(respond), cache=False)
 
