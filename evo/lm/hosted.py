@@ -106,8 +106,11 @@ def _describe(exc: BaseException, model: str) -> str:
             break
         if isinstance(getattr(cur, "code", None), str) and str(cur).strip():
             text = str(cur).strip().splitlines()[0].strip()
-            return text.removeprefix(f"[{model}] ").removeprefix(
-                f"[{model.split('/', 1)[-1]}] ")
+            text = text.removeprefix(f"[{model}] ").removeprefix(f"[{model.split('/', 1)[-1]}] ")
+            status = _status(exc)
+            if status is not None and f"HTTP {status}" not in text:
+                text += f" (HTTP {status})"
+            return text
         cur = cur.__cause__ or cur.__context__
     return root_message(exc)
 

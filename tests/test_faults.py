@@ -1,0 +1,458 @@
+"""Fault injection: a real loopback OpenAI-compatible server whose fault is chosen per request
+(5xx, 429 with Retry-After, hangs, empty and garbage bodies, no choices, null content, dropped
+connections), driven through the real client (``evo.lm.hosted`` → dspy → HTTP).
+
+Every failure is visible (a failed cell with a message that says what happened), retried, never
+cached, and a resumed run asks transient failures again while paying nothing twice. Loopback only;
+every wait is bounded (client timeouts of a fraction of a second, hangs of 1.5 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import evo
+from evo.evaluate import evaluate_program
+from evo.lm import LMError, LMRequest, LMSession, LMUnavailableError, Message, ResponseCache
+from evo.lm.base import LMResponse, LMTransientError
+from evo.lm.journal import Journal
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
+                                reason="dspy not installed")
+
+HANG_S = 1.5  # a hung request sleeps this long (the client gives up first), then its thread ends
+TIMEOUT_S = 0.5  # the client's per-attempt timeout in these tests
+
+
+def answer(messages: list[dict]) -> str:
+    """The 'model': right on every labelled text; anything else gets a reflection-style rule."""
+    last = str(messages[-1].get("content", ""))
+    if "Reply with the single word" in last:
+        return "OK"
+    if "good" in last or "bad" in last:
+        return "label: " + ("pos" if "good" in last else "neg")
+    return "- Say pos when the text says good.\n- Say neg when the text says bad."
+
+
+class FaultServer(ThreadingHTTPServer):
+    """``POST /v1/chat/completions``; each request's fault comes from :attr:`rule` (a function
+    of the request body returning a fault name or None) or else the :attr:`queue`."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.queue: deque[str] = deque()
+        self.rule: Callable[[dict], str | None] | None = None
+        self.retry_after = "1"
+        self.hits: list[tuple[str, str]] = []  # (fault or "ok", the request's messages)
+        self.lock = threading.Lock()
+        self.name = "A"  # answers carry no server name unless tagged (see tag)
+        self.tag = False
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def fault_for(self, body: dict) -> str:
+        with self.lock:
+            fault = self.rule(body) if self.rule is not None else None
+            if fault is None and self.queue:
+                fault = self.queue.popleft()
+            fault = fault or "ok"
+            self.hits.append((fault, json.dumps(body["messages"], sort_keys=True)))
+            return fault
+
+    def asked(self, needle: str) -> list[str]:
+        """The faults met by requests whose messages contain ``needle``."""
+        with self.lock:
+            return [f for f, text in self.hits if needle in text]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: FaultServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def reply(self, status: int, data: bytes, ctype: str = "application/json",
+              headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        fault = self.server.fault_for(body)
+        text = answer(body["messages"])
+        if self.server.tag:
+            text = f"{text} [{self.server.name}]"
+        ok = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+              "choices": [{"index": 0, "finish_reason": "stop",
+                           "message": {"role": "assistant", "content": text}}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+        if fault == "ok":
+            self.reply(200, json.dumps(ok).encode())
+        elif fault in ("500", "503"):
+            self.reply(int(fault), b'{"error": {"message": "upstream exploded", '
+                                   b'"type": "server_error"}}')
+        elif fault == "429":
+            self.reply(429, b'{"error": {"message": "slow down", "type": "rate_limit"}}',
+                       headers=(("Retry-After", self.server.retry_after),))
+        elif fault == "hang":
+            time.sleep(HANG_S)  # longer than the client waits; then the thread just ends
+            self.close_connection = True
+        elif fault == "empty_body":
+            self.reply(200, b"")
+        elif fault == "garbage":
+            self.reply(200, b"<html><body>502 Bad Gateway (nginx)</body></html>", "text/html")
+        elif fault == "no_choices":
+            self.reply(200, json.dumps({**ok, "choices": []}).encode())
+        elif fault in ("null_content", "empty_content"):
+            ok["choices"][0]["message"]["content"] = None if fault == "null_content" else ""
+            self.reply(200, json.dumps(ok).encode())
+        elif fault == "drop":  # close the socket without a reply
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            raise AssertionError(f"unknown fault {fault!r}")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback only: dspy would otherwise try to refresh litellm's model-price map online."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    srv = FaultServer()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def server_b() -> Iterator[FaultServer]:
+    srv = FaultServer()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+def client(srv: FaultServer, **kw: object) -> evo.lm.DSPyLM:
+    return evo.lm.hosted("openai/fault", api_base=srv.base, api_key="x",
+                         timeout=kw.pop("timeout", TIMEOUT_S), **kw)  # type: ignore[arg-type]
+
+
+def session(srv: FaultServer, *, retries: int = 0, cache: ResponseCache | None = None,
+            **kw: object) -> LMSession:
+    s = LMSession(client(srv), retries=retries, backoff_s=0.01, cache=cache,
+                  **kw)  # type: ignore[arg-type]
+    s.preflight()  # like every run: the first call succeeds, the LM is known to answer
+    return s
+
+
+def ask(text: str) -> LMRequest:
+    return LMRequest(messages=(Message("system", "Classify."), Message("user", text)))
+
+
+# --- one request, one fault ----------------------------------------------------------------
+
+FAULTS = {  # fault -> what the error must say
+    "500": r"upstream exploded.*HTTP 500",
+    "503": r"upstream exploded.*HTTP 503",
+    "garbage": r"HTTP 200, text/html.*not JSON.*<html>",
+    "empty_body": r"not JSON",
+    "no_choices": r"empty reply from openai/fault at http://127\.0\.0\.1:\d+/v1",
+    "null_content": r"empty reply from openai/fault at http://127\.0\.0\.1",
+    "empty_content": r"empty reply from openai/fault at http://127\.0\.0\.1",
+    "drop": r"(?i)closed|disconnect|connection",
+    "hang": r"(?i)timed out|timeout",
+    "429": r"slow down",
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_fault_is_a_transient_failure_that_says_what_happened(server, tmp_path, fault):
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    s = session(server, cache=cache, max_wait_s=0.05)
+    server.queue.append(fault)
+    t0 = time.perf_counter()
+    with pytest.raises(LMTransientError, match=FAULTS[fault]) as info:
+        s.complete(ask("item 1 is good stuff"))
+    assert time.perf_counter() - t0 < 3 * TIMEOUT_S + 1
+    assert "call failed after 1 attempt" in str(info.value)
+    assert not isinstance(info.value, LMUnavailableError) and s.unavailable is None
+    # one request reached the server: neither dspy nor litellm retried on their own
+    assert server.asked("item 1 ") == [fault]
+    assert len(cache) == 1  # only the preflight's answer: no failure was cached
+    assert (s.usage.calls, s.usage.errors) == (1, 1)
+    # the server works again: the same request is asked again, answered and cached
+    assert s.complete(ask("item 1 is good stuff")).text == "label: pos"
+    assert server.asked("item 1 ") == [fault, "ok"] and len(cache) == 2
+
+
+def test_failed_attempts_are_retried_until_an_answer(server, tmp_path):
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    s = session(server, retries=4, cache=cache)
+    server.queue.extend(["503", "empty_body", "null_content", "drop"])
+    assert s.complete(ask("item 2 is bad stuff")).text == "label: neg"
+    assert server.asked("item 2 ") == ["503", "empty_body", "null_content", "drop", "ok"]
+    assert (s.usage.calls, s.usage.retries, s.usage.errors) == (2, 4, 0)
+    assert s.complete(ask("item 2 is bad stuff")).cached  # the answer, not a failure, is cached
+
+
+def test_retry_after_is_waited_for_and_capped(server):
+    s = session(server, retries=1)
+    server.retry_after = "1"
+    server.queue.append("429")
+    t0 = time.perf_counter()
+    assert s.complete(ask("item 3 is good stuff")).text == "label: pos"
+    assert time.perf_counter() - t0 >= 0.95  # backoff alone (0.01 s) would not wait this long
+    assert server.asked("item 3 ") == ["429", "ok"]
+
+    capped = session(server, retries=1, max_wait_s=0.2)
+    server.retry_after = "3600"  # an hour: the cap bounds it
+    server.queue.append("429")
+    t0 = time.perf_counter()
+    assert capped.complete(ask("item 4 is good stuff")).text == "label: pos"
+    assert time.perf_counter() - t0 < 2
+
+
+def test_a_hung_endpoint_costs_bounded_time(server):
+    s = session(server, retries=1)
+    server.queue.extend(["hang", "hang"])
+    t0 = time.perf_counter()
+    with pytest.raises(LMTransientError, match="call failed after 2 attempt"):
+        s.complete(ask("item 5 is good stuff"))
+    assert time.perf_counter() - t0 < 2 * TIMEOUT_S + 1.5
+    assert evo.lm.hosted("openai/fault", api_base=server.base).dspy_lm.kwargs["timeout"] == 60
+    assert client(server, timeout=7).dspy_lm.kwargs["timeout"] == 7
+    with pytest.raises(evo.errors.ConfigError, match="timeout"):
+        evo.lm.hosted("openai/fault", api_base=server.base, timeout=-1)
+
+
+def test_the_litellm_engine_adds_no_retries_and_reads_retry_after(server):
+    lm = client(server, engine="litellm")
+    s = LMSession(lm, retries=1, backoff_s=0.01)
+    s.preflight()
+    server.retry_after = "1"
+    server.queue.append("429")
+    t0 = time.perf_counter()
+    assert s.complete(ask("item 6 is good stuff")).text == "label: pos"
+    assert time.perf_counter() - t0 >= 0.95 and server.asked("item 6 ") == ["429", "ok"]
+    server.queue.extend(["500", "500"])
+    with pytest.raises(LMTransientError, match="call failed after 2 attempt"):
+        s.complete(ask("item 7 is good stuff"))
+    assert server.asked("item 7 ") == ["500", "500"]  # one request per attempt
+
+
+def test_a_non_json_body_at_preflight_is_unavailable_and_says_why(server):
+    server.rule = lambda body: "garbage"
+    s = LMSession(client(server), retries=1, backoff_s=0.01)
+    with pytest.raises(LMUnavailableError) as info:
+        s.preflight()
+    msg = str(info.value)
+    assert msg.startswith(f"could not reach openai/fault at {server.base}: "), msg
+    assert "not JSON" in msg and "text/html" in msg and not msg.endswith(": 0"), msg
+    assert msg.count("openai/fault at") == 1, msg
+
+
+def test_a_custom_lm_returning_no_text_is_a_failure_not_a_zero(tmp_path):
+    class Broken:
+        model_id = "custom"
+
+        def __init__(self, text: object) -> None:
+            self.text, self.calls = text, 0
+
+        def complete(self, request: LMRequest) -> LMResponse:
+            self.calls += 1
+            return LMResponse(text=self.text)  # type: ignore[arg-type]
+
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    for text, message in ((None, "empty reply from custom"), (42, "text of type int")):
+        lm = Broken(text)
+        s = LMSession(lm, retries=1, backoff_s=0.0, cache=cache)
+        with pytest.raises(LMError, match=message):
+            s.complete(ask("x"))
+        assert lm.calls == 2 and len(cache) == 0
+
+
+# --- the cache key names the server, the journal key does not --------------------------------
+
+def test_two_servers_under_one_model_name_do_not_share_answers(server, server_b, tmp_path):
+    server.tag, server_b.tag, server_b.name = True, True, "B"
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    a = session(server, cache=cache).complete(ask("item 8 is good stuff"))
+    b = session(server_b, cache=cache).complete(ask("item 8 is good stuff"))
+    assert (a.text, b.text, b.cached) == ("label: pos [A]", "label: pos [B]", False)
+    again = session(server_b, cache=cache).complete(ask("item 8 is good stuff"))
+    assert (again.text, again.cached) == ("label: pos [B]", True)
+    # a backend without a URL (a local model file) keeps the key older caches were written with
+    local = LMSession(evo.lm.ScriptedLM({}, model_id="m.gguf:1", endpoint="/models/m.gguf"))
+    assert local.cache_scope is None
+    assert session(server).cache_scope == server.base
+
+
+# --- the session with a run's journal --------------------------------------------------------
+
+def test_transient_failures_are_journaled_but_not_replayed(server, tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.begin_sitting()
+    s = session(server)
+    s.journal = journal
+    server.queue.append("503")
+    with pytest.raises(LMTransientError):
+        s.complete(ask("item 9 is good stuff"))
+    assert journal.ledger()[0]["failed"] == 1  # visible in the run's ledger
+    # the next sitting asks it again, and its answer takes the failure's place
+    s2 = session(server)
+    s2.journal = journal
+    assert s2.complete(ask("item 9 is good stuff")).text == "label: pos"
+    assert server.asked("item 9 ") == ["503", "ok"] and len(journal) == 1
+    assert s2.complete(ask("item 9 is good stuff")).cached  # now replayed from the journal
+    # a request error (the prompt is too long) is still journaled for good and replayed
+    key = ask("long").key("openai/fault")
+    journal.fail(key, "context window exceeded")
+    with pytest.raises(LMError, match="context window"):
+        s2.complete(ask("long"))
+    assert server.asked("long") == []
+    # and the journal's unique key still proves nothing is paid twice
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.put(key, LMResponse("late"), source="paid")
+
+
+# --- a response cache another process holds locked -------------------------------------------
+
+HOLD_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes our stdin (or 20 s pass)
+"""
+
+
+def test_a_locked_cache_costs_seconds_not_minutes(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    ResponseCache(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        lm = evo.lm.ScriptedLM({"": "fine"})
+        s = LMSession(lm, cache=ResponseCache(path))
+        t0 = time.perf_counter()
+        with pytest.warns(RuntimeWarning, match="locked by another process") as caught:
+            for i in range(5):
+                assert s.complete(ask(f"q{i}")).text == "fine"
+        assert time.perf_counter() - t0 < 8  # one short busy wait, then writes are skipped
+        assert len([w for w in caught if "locked" in str(w.message)]) == 1
+        assert (s.usage.calls, s.usage.errors) == (5, 0)
+    finally:
+        holder.communicate(timeout=20)
+    assert LMSession(lm, cache=ResponseCache(path)).complete(ask("q0")).text == "fine"
+
+
+# --- end to end: evaluate and a resumed search -----------------------------------------------
+
+def examples(ids: range) -> list[evo.Example]:
+    return [evo.Example(inputs={"text": f"item {i} is {'good' if i % 2 else 'bad'} stuff"},
+                        outputs={"label": "pos" if i % 2 else "neg"}) for i in ids]
+
+
+def program() -> evo.Program:
+    return evo.Program(signature="text -> label", labels=("pos", "neg"))
+
+
+def test_evaluate_records_failures_retries_and_caches_only_answers(server, tmp_path):
+    """Item 11 fails for good (503 every time), 12 is throttled once (Retry-After), 13 gets an
+    empty reply once, 14 a garbage body once: one failed cell, the rest right."""
+    script = {"item 12 ": deque(["429"]), "item 13 ": deque(["empty_content"]),
+              "item 14 ": deque(["garbage"])}
+
+    def rule(body: dict) -> str | None:
+        last = str(body["messages"][-1]["content"])
+        if "item 11 " in last:
+            return "503"
+        return next((q.popleft() for k, q in script.items() if k in last and q), None)
+
+    server.rule, server.retry_after = rule, "0.3"
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    s = session(server, retries=2, cache=cache)
+    data = examples(range(10, 16))
+    scores, cells = evaluate_program(program(), data, s, evo.metrics.exact_match)
+    failed = [c for c in cells if c.error]
+    assert len(failed) == 1 and "upstream exploded" in failed[0].error
+    assert "call failed after 3 attempt" in failed[0].error
+    assert scores.tolist() == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert server.asked("item 11 ") == ["503"] * 3
+    assert server.asked("item 12 ") == ["429", "ok"]
+    assert len(cache) == 1 + 5  # the preflight and five answers; no failure
+    # a later run with the endpoint fixed asks only the failed request again
+    server.rule = None
+    again = session(server, retries=0, cache=cache)
+    scores, _ = evaluate_program(program(), data, again, evo.metrics.exact_match)
+    assert scores.tolist() == [1.0] * 6 and again.usage.calls == 1  # item 11; the rest cached
+    assert server.asked("item 11 ") == ["503"] * 3 + ["ok"]
+
+
+def test_a_resumed_search_asks_transient_failures_again_and_pays_nothing_twice(
+        server, server_b, tmp_path):
+    """A search whose LM throttles and fails some requests for good in its first sitting; the
+    resume, against the same model at another address (``--resume --api-base``), replays every
+    answer, asks the transient failures again and pays for no answered request twice."""
+    failing = ("item 103 ", "item 105 ")
+    server.rule = lambda body: "503" if any(
+        k in str(body["messages"][-1]["content"]) for k in failing) else None
+    opt = evo.Evolution(budget=evo.Budget(metric_calls=40), knn=False, encoder="hashing")
+    train, val = examples(range(0, 8)), examples(range(100, 108))
+
+    def search(srv: FaultServer) -> evo.Result:
+        lm = LMSession(client(srv), retries=1, backoff_s=0.01)
+        return evo.optimize(program(), train, val, lm=lm, optimizer=opt, cache=False,
+                            run_dir=tmp_path / "run")
+
+    first = search(server)
+    errors = json.loads((tmp_path / "run" / "result.json").read_text())["cell_errors"]
+    assert errors and all("upstream exploded" in str(e) for e in errors)
+    answered_first = {text for f, text in server.hits if f == "ok"}
+    ledger = Journal(tmp_path / "run" / "journal.sqlite").ledger()
+    assert ledger[0]["failed"] >= 1 and ledger[0]["paid"] == first.sittings[0]["paid"]
+
+    second = search(server_b)  # the endpoint moved and works now
+    asked_again = [text for _, text in server_b.hits
+                   if "Reply with the single word" not in text]
+    assert any(k in t for t in asked_again for k in failing)  # the failures were asked again
+    assert not set(asked_again) & answered_first  # nothing answered before was paid again
+    assert second.usage.replayed > 0
+    assert not json.loads((tmp_path / "run" / "result.json").read_text())["cell_errors"]
