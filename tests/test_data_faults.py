@@ -4,6 +4,7 @@ DataError (or are repaired with a warning), never a silent wrong dataset or a tr
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -18,6 +19,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evo import datasets
 from evo.data import DataError, Dataset, Example, Task
@@ -54,6 +57,13 @@ def test_unterminated_quote_closed_by_a_later_quote_swallows_rows(tmp_path):
     assert "from line 3 over 4 lines" in str(info.value) and "line 4: 'b,neg'" in str(info.value)
 
 
+def test_unterminated_quote_closed_by_a_quote_at_a_line_end(tmp_path):
+    # Before: "missing field 'label'" on line 2, which hid what went wrong.
+    path = write(tmp_path / "d.csv", 'text,label\n"broken,pos\nb,neg\nc,pos"\nd,neg\n')
+    with pytest.raises(DataError, match=r"row 2, field 'text': unterminated quote.*line 3: 'b,neg'"):
+        load_csv(path, **SCHEMA)
+
+
 def test_unterminated_quote_on_the_last_line_without_newline(tmp_path):
     path = write(tmp_path / "d.tsv", 'text\tlabel\nhello\tpos\n"half a\tneg')
     with pytest.raises(DataError, match="over 1 line to the end of the file") as info:
@@ -72,6 +82,22 @@ def test_legal_multiline_quoted_fields_still_load(tmp_path, newline):
         "Dear John,\nthanks, see you\nBye", "12 Main St, Apt 4\nSpringfield, IL\nUSA", "plain",
         'He said "hi",\nthen left']
     assert [ex.label for ex in ds] == ["pos", "neg", "pos", "neg"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts=st.lists(st.text(alphabet='ab ,"\n;\t', min_size=1, max_size=30)
+                      .filter(str.strip), min_size=1, max_size=12, unique=True),
+       ending=st.sampled_from(["\n", "\r\n"]), delimiter=st.sampled_from([",", "\t"]))
+def test_any_file_a_csv_writer_writes_loads_back(tmp_path_factory, texts, ending, delimiter):
+    # The quote check must never refuse a legal file, however its fields mix quotes, delimiters
+    # and line breaks.
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator=ending)
+    writer.writerow(["text", "label"])
+    writer.writerows([t, "pos" if i % 2 else "neg"] for i, t in enumerate(texts))
+    path = write(tmp_path_factory.mktemp("csv") / "d.csv", buffer.getvalue())
+    ds = load_csv(path, **LABELLED, delimiter=delimiter)
+    assert [e.inputs["text"].replace("\r\n", "\n") for e in ds] == texts
 
 
 def test_overlong_quoted_field_names_the_record_where_it_opened(tmp_path):

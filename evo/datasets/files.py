@@ -226,15 +226,17 @@ def _check_quotes(path: Path, start: int, cells: list[str], physical: list[str],
     Python's csv reader (non-strict) reads an unclosed quote silently on to the next quote
     character or the end of the file, merging the rows in between into one field. A legal
     multi-line field is kept; a field is refused when the record ends inside the quote (end of
-    file), or when the record is malformed under strict quoting rules and the lines it took in
-    look like rows of the header's width (all cells non-blank).
+    file), or when the record is malformed (under strict quoting rules, or short of cells) and
+    the lines it took in look like rows of the header's width (all cells non-blank).
     """
     multiline = next((i for i, cell in enumerate(cells) if "\n" in cell or "\r" in cell), None)
     if multiline is None and physical and physical[-1].endswith(("\n", "\r")):
         return
     try:
         list(csv.reader(physical, delimiter=delimiter, strict=True))
-        return
+        at_end = False
+        if len(cells) >= len(header):
+            return
     except csv.Error as err:
         at_end = "end of data" in str(err)
     index = len(cells) - 1 if at_end else multiline
