@@ -10,38 +10,52 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from evo._io import write_json
-from evo.data import DataError, Task
+from evo.data import Task
+from evo.errors import ConfigError, EvoError, RunFailedError
 
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 
 
-def make_lm(spec: str, *, api_base: str | None = None, api_key: str | None = None):
+def make_lm(spec: str, *, api_base: str | None = None, api_key: str | None = None,
+            timeout: float | None = None):
     """A backend from a command-line spec: an embedded model name, a ``.gguf`` path, or a hosted
-    ``provider/model`` string (through dspy / litellm)."""
+    ``provider/model`` string (through dspy / litellm), whose requests give up after ``timeout``
+    seconds (the hosted backend's default when None)."""
     from evo import lm as lms
     from evo.lm.models import MODELS
 
     if spec in MODELS or spec.endswith(".gguf"):
         return lms.local(spec)
     if "/" in spec:
-        kwargs = {k: v for k, v in (("api_base", api_base), ("api_key", api_key)) if v}
+        kwargs = {k: v for k, v in (("api_base", api_base), ("api_key", api_key),
+                                    ("timeout", timeout)) if v}
         return lms.hosted(spec, **kwargs)
-    raise SystemExit(f"evo: unknown model {spec!r}: use one of {', '.join(MODELS)}, a path to a "
-                     ".gguf file, or a hosted model such as openai/gpt-4o-mini")
+    raise ConfigError(f"unknown model {spec!r}: use one of {', '.join(MODELS)}, a path to a "
+                      ".gguf file, or a hosted model such as openai/gpt-4o-mini")
+
+
+def _lm(args: argparse.Namespace, spec: str | None = None):
+    return make_lm(spec or args.model, api_base=args.api_base, api_key=args.api_key,
+                   timeout=args.timeout)
 
 
 def load_task(args: argparse.Namespace) -> Task:
     from evo import datasets
 
+    if args.task and args.data:
+        raise ConfigError(f"--task {args.task} and --data {args.data}: name one source of data, "
+                          "a public task or your own file")
     source = args.task or args.data
     if not source:
-        raise SystemExit("evo: name a task (--task trec) or a file (--data my.jsonl)")
+        raise ConfigError("name a task (--task trec) or a file (--data my.jsonl)")
     kwargs = {}
     if args.data:
         if not args.inputs or not args.outputs:
-            raise SystemExit("evo: --data needs --inputs and --outputs (comma-separated fields)")
+            raise ConfigError("--data needs --inputs and --outputs (comma-separated fields)")
         kwargs = {"inputs": args.inputs.split(","), "outputs": args.outputs.split(",")}
         if args.labels:
             kwargs["labels"] = args.labels.split(",")
@@ -62,11 +76,26 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", help="input fields of --data, comma-separated")
     p.add_argument("--outputs", help="output fields of --data, comma-separated")
     p.add_argument("--labels", help="allowed labels of the output, comma-separated")
-    p.add_argument("--n-train", type=int, help="training (demo pool) examples")
-    p.add_argument("--n-val", type=int, help="validation examples, which decide the winner "
-                   "(evo run default: budget / 6, between 20 and 100)")
-    p.add_argument("--n-test", type=int, help="held-out test examples (reported)")
+    p.add_argument("--n-train", type=_positive(int), help="training (demo pool) examples")
+    p.add_argument("--n-val", type=_positive(int), help="validation examples, which decide the "
+                   "winner (evo run default: budget / 6, between 20 and 100)")
+    p.add_argument("--n-test", type=_positive(int), help="held-out test examples (reported)")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the search")
+
+
+def _positive(kind):
+    """An argparse type: a number of ``kind`` above 0 (a bad one is a usage error, exit 2, before
+    anything runs: `--n-test 0` must not pay for a search that cannot be reported)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def _add_lm_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +103,9 @@ def _add_lm_args(p: argparse.ArgumentParser) -> None:
                    help="embedded model name, .gguf path, or hosted provider/model")
     p.add_argument("--api-base", help="endpoint of a hosted model")
     p.add_argument("--api-key", help="key of a hosted model (else the provider's env variable)")
+    p.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
+                   help="a hosted model's request gives up after this long (then it is retried "
+                        "and, failing that, recorded as a failed cell); default 60")
     p.add_argument("--cache", help="response cache file (default: the user cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
 
@@ -101,16 +133,21 @@ def build_optimizer(args: argparse.Namespace):
     for name, value in flags.items():
         if value is not None:
             if name not in cls.model_fields:
-                raise ValueError(f"optimizer {cls.name!r} has no parameter {name!r} "
+                raise ConfigError(f"optimizer {cls.name!r} has no parameter {name!r} "
                                  f"(see `evo optimizers`)")
             params[name] = value
     for pair in args.set:
         key, sep, text = pair.partition("=")
         if not sep or key not in _params(cls):
-            raise ValueError(f"--set {pair!r}: write NAME=VALUE with a parameter of "
+            raise ConfigError(f"--set {pair!r}: write NAME=VALUE with a parameter of "
                              f"{cls.name!r}: {', '.join(_params(cls))}")
         params[key] = _value(text)
-    return cls(**params)
+    try:
+        return cls(**params)
+    except ValidationError as exc:  # a bad --set value: one line per field, no URL
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})"
+                             for e in exc.errors())
+        raise ConfigError(f"optimizer {cls.name!r}: {problems}") from None
 
 
 def _params(cls) -> list[str]:
@@ -145,6 +182,8 @@ def cmd_optimizers(args: argparse.Namespace) -> int:
 
 # The `evo run` flags that define a run: kept in its run store, so `--resume RUN` needs no other.
 # (--api-key is never written to disk: pass it again, or use the provider's variable.)
+# --api-base says where the model is served, not which model: `--resume RUN --api-base URL`
+# continues a run whose endpoint moved (its journal is keyed by the model, not the endpoint).
 RUN_ARGS = ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val", "n_test", "seed",
             "model", "api_base", "cache", "no_cache", "budget", "reflection_model", "optimizer",
             "set", "reflection_style", "max_demos", "population", "selection", "no_knn",
@@ -157,18 +196,32 @@ def _resume_args(args: argparse.Namespace, parser_defaults: dict) -> None:
 
     run_file = Path(args.resume) / RUN_FILE
     if not run_file.is_file():
-        raise ValueError(f"{args.resume}: not a run directory (no {RUN_FILE})")
+        raise ConfigError(f"{args.resume}: not a run directory (no {RUN_FILE})")
     cli = run_cli(args.resume)
     if not cli:
-        raise ValueError(f"{args.resume} was made from Python (evo.optimize): resume it by "
+        raise ConfigError(f"{args.resume} was made from Python (evo.optimize): resume it by "
                          "calling evo.optimize again with the same inputs and run_dir")
-    given = [k for k in RUN_ARGS if getattr(args, k) != parser_defaults.get(k)]
+    movable = {"api_base": args.api_base}
+    given = [k for k in RUN_ARGS if getattr(args, k) != parser_defaults.get(k)
+             and k not in movable]
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise ValueError(f"--resume takes the run's own settings from {run_file}; drop {flags}")
+        raise ConfigError(f"--resume takes the run's own settings from {run_file}; drop {flags}")
     for key in RUN_ARGS:
         setattr(args, key, cli.get(key, parser_defaults.get(key)))
+    for key, value in movable.items():
+        if value is not None:
+            setattr(args, key, value)
     args.out = args.resume
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    """Make the file flags absolute, so the run store's record of them (and `--resume`) works
+    from any working directory."""
+    for key in ("data", "cache"):
+        value = getattr(args, key, None)
+        if value:
+            setattr(args, key, str(Path(value).expanduser().absolute()))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -176,14 +229,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
-            raise ValueError("--resume RUN continues in RUN: drop --out")
+            raise ConfigError("--resume RUN continues in RUN: drop --out")
         _resume_args(args, _RUN_DEFAULTS)
+    else:
+        _absolute_paths(args)
     task = load_task(args)
     program = evo.Program(signature=task.signature, labels=task.labels)
     optimizer = build_optimizer(args)
     if args.dry_run:
         from evo.projection import project
-        lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
+        lm = _lm(args)
         count = getattr(lm, "count_tokens", None)
         if count is not None:
             try:
@@ -195,8 +250,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               + str(project(program, task.train, task.val, optimizer, count_tokens=count,
                             n_test=len(task.test))))
         return 0
-    lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
-    reflection = (make_lm(args.reflection_model, api_base=args.api_base, api_key=args.api_key)
+    lm = _lm(args)
+    reflection = (_lm(args, args.reflection_model)
                   if args.reflection_model else None)
     out = Path(args.out or f"runs/{task.name}-s{args.seed}")
     print(f"evo: {task.name}: train {len(task.train)}, val {len(task.val)}, "
@@ -244,7 +299,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     program = evo.load_program(args.program)
     task = load_task(args)
     data = {"train": task.train, "val": task.val, "test": task.test}[args.split]
-    lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
+    lm = _lm(args)
     accuracy = evo.evaluate(program, data, lm=lm, cache=_cache(args))
     print(f"{args.program}: {task.name} {args.split} ({len(data)} examples) "
           f"accuracy {accuracy:.3f}")
@@ -273,11 +328,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 print(f"evo: data, splits and model from {run_file}", file=sys.stderr)
                 break
         else:
-            raise ValueError("name the data (--task NAME or --data FILE), or compare programs "
+            raise ConfigError("name the data (--task NAME or --data FILE), or compare programs "
                              "saved in an `evo run` directory (its run.json says which data)")
     task = load_task(args)
     data = {"train": task.train, "val": task.val, "test": task.test}[args.split]
-    lm = make_lm(args.model, api_base=args.api_base, api_key=args.api_key)
+    lm = _lm(args)
     result = compare(args.a, args.b, data, lm=lm, cache=_cache(args), seed=args.seed)
     print(f"{task.name} {args.split} split\n{result}")
     if args.out:
@@ -297,7 +352,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         except ValueError:
             price = ()
         if len(price) != 2:
-            raise ValueError(f"--price {args.price!r}: write IN,OUT in dollars per million "
+            raise ConfigError(f"--price {args.price!r}: write IN,OUT in dollars per million "
                              "prompt and completion tokens, e.g. --price 0.15,0.6")
     path = write_report(args.run, args.out, price=price)
     print(f"report: {path}")
@@ -311,12 +366,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     bad = [pair for pair in args.input if "=" not in pair]
     if bad:
-        raise ValueError(f"--input {bad[0]!r}: write FIELD=TEXT, e.g. --input question='Who ...?'")
+        raise ConfigError(f"--input {bad[0]!r}: write FIELD=TEXT, e.g. --input question='Who ...?'")
     program = evo.load_program(args.program)
     inputs = dict(pair.split("=", 1) for pair in args.input)
     example = evo.Example(inputs=inputs, outputs={f.name: "?" for f in program.signature.outputs})
     program.check_example(example)
-    session = session_for(make_lm(args.model, api_base=args.api_base, api_key=args.api_key),
+    session = session_for(_lm(args),
                           _cache(args))
     members = program.members if isinstance(program, evo.EnsembleProgram) else (program,)
     predictions = [m.parse(session.complete(LMRequest(m.messages(example), max_tokens=48)).text)
@@ -376,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="search for a better prompt, then report on held-out data")
     _add_data_args(run)
     _add_lm_args(run)
-    run.add_argument("--budget", type=int, default=300, help="metric calls for the search")
+    run.add_argument("--budget", type=_positive(int), default=300, help="metric calls for the search")
     run.add_argument("--reflection-model", help="a stronger LM for reflection (default: --model)")
     run.add_argument("--optimizer", default="evolution",
                      help="evolution (default), gepa, miprov2, copro, labeled_fewshot, "
@@ -463,14 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``evo`` command. A user's mistake or an unusable LM or file (an :class:`EvoError`,
+    or a path the system refuses) is one ``evo:`` line and exit status 2; anything else is a bug
+    and keeps its traceback. ``EVO_DEBUG=1`` shows the traceback of the first kind too."""
     args = build_parser().parse_args(argv)
-    from evo.lm.base import LMUnavailableError
-
     try:
         return args.func(args)
-    except (DataError, LMUnavailableError, ValueError, OSError) as exc:
-        # Bad input (data, flags, files) and unusable LMs: one line, no traceback (pydantic's
-        # ValidationError is a ValueError). EVO_DEBUG=1 shows the traceback instead.
+    except (EvoError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, EvoError) and not exc.filename:
+            raise  # an OSError that names no path is not the user's (a socket, a bug): show it
         if os.environ.get("EVO_DEBUG"):
             raise
         print(f"evo: {exc}", file=sys.stderr)

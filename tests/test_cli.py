@@ -42,9 +42,11 @@ def test_unreachable_hosted_lm_is_one_clear_error(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_unknown_model_names_the_choices():
-    with pytest.raises(SystemExit, match="qwen2.5-coder-0.5b"):
-        from evo.cli import make_lm
+def test_unknown_model_names_the_choices(capsys):
+    from evo.cli import make_lm
+    from evo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="qwen2.5-coder-0.5b"):
         make_lm("gpt5")
 
 
@@ -61,3 +63,48 @@ def test_user_mistakes_are_one_line_errors(argv, says, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["run", "--quiet"], "name a task"),
+    (["run", "--task", "trec", "--data", "x.jsonl", "--inputs", "a", "--outputs", "b"],
+     "name one source"),
+    (["run", "--data", "x.jsonl"], "--data needs --inputs and --outputs"),
+    (["run", "--task", "trec", "--set", "nonsense"], "NAME=VALUE"),
+    (["run", "--task", "trec", "--set", "population_size=many"], "population_size"),
+    (["run", "--resume", "/nonexistent/run"], "not a run directory"),
+    (["report", "/nonexistent/run", "--price", "1"], "IN,OUT"),
+])
+def test_cli_mistakes_exit_2_with_one_line(argv, says, capsys, tmp_path, monkeypatch):
+    """Mistakes found after parsing say `evo: ...` and exit 2 (not 1, as `SystemExit(text)`
+    did), before any data is fetched or any LM is called."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evo: ") and says in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag", ["--n-test", "--n-val", "--n-train", "--budget"])
+@pytest.mark.parametrize("value", ["0", "-3", "lots"])
+def test_non_positive_sizes_are_usage_errors(flag, value, capsys, tmp_path, monkeypatch):
+    """`--n-test 0` used to pay for the whole search before failing; now argparse refuses it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--task", "trec", flag, value])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only user-facing errors become one line: an internal error propagates."""
+    import evo.cli
+
+    def broken(args):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(evo.cli, "load_task", broken)
+    with pytest.raises(KeyError):
+        main(["run", "--task", "trec"])
