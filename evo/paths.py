@@ -22,10 +22,8 @@ def protected_dir(path: str | os.PathLike[str]) -> str | None:
     real = Path(path).expanduser().resolve()
     if real.parent == real:
         return "a filesystem root"
-    try:
-        home = Path.home().resolve()
-    except (RuntimeError, KeyError):  # no home directory known
-        home = None
+    known = os.path.expanduser("~")
+    home = Path(known).resolve() if known not in ("", "~") else None  # None: no home known
     if home is not None and real == home:
         return "your home directory"
     if home is not None and home.is_relative_to(real):

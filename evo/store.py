@@ -259,7 +259,9 @@ class RunStore:
     """Open (or create) the run directory ``path`` for the run described by ``spec``.
 
     ``spec`` identifies the run (:func:`evo.api.optimize` builds it); reopening a directory with
-    another spec raises :class:`RunMismatchError` naming what differs. ``cli`` is kept beside it
+    another spec raises :class:`RunMismatchError` naming what differs; a folder evo did not
+    make (not empty, or a root, home or a folder above it) raises :class:`UnsafeRunDirError`
+    before anything is written there. ``cli`` is kept beside it
     so ``evo run --resume RUN`` can rebuild the run from the directory alone.
 
     >>> # store = RunStore("runs/trec-s0", spec); store.attach(session)
