@@ -388,17 +388,27 @@ class CandidateStore(Callback):
         src = run_dir / "result.json"
         if not src.exists():
             src = run_dir / "checkpoint.json"
-        record = json.loads(src.read_text())
-        texts = [i["text"] for i in record["instructions"]]
+        from evo.errors import DamagedFileError
+        try:
+            record = json.loads(src.read_text())
+            texts = [str(i["text"]) for i in record["instructions"]]
+            entries = []
+            for c, row in zip(record["candidates"], record["scores"], strict=False):
+                seen = [float(v) for v in row if v is not None]
+                if not c["genome"] or not seen:
+                    continue
+                text = texts[int(c["genome"][0])]
+                if c["val_score"] is not None:
+                    entries.append((text, float(c["val_score"]), "validation", int(c["id"])))
+                else:
+                    entries.append((text, float(np.mean(seen)), "minibatch", int(c["id"])))
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
+            # (json's decode error is a ValueError) a damaged or hand-edited record
+            raise DamagedFileError(src, f"not a readable search record ({type(exc).__name__}: "
+                                        f"{exc})") from None
         store = cls(encoder)
-        for c, row in zip(record["candidates"], record["scores"], strict=False):
-            seen = [v for v in row if v is not None]
-            if not c["genome"] or not seen:
-                continue
-            if c["val_score"] is not None:
-                store.add(texts[c["genome"][0]], c["val_score"], "validation", c["id"])
-            else:
-                store.add(texts[c["genome"][0]], float(np.mean(seen)), "minibatch", c["id"])
+        for entry in entries:
+            store.add(*entry)
         return store
 
 

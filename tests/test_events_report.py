@@ -96,6 +96,21 @@ def test_candidate_store_finds_instructions_by_similarity(tmp_path):
     assert sorted(e[0] for e in from_run.entries) == sorted(e[0] for e in store.entries)
 
 
+def test_candidate_store_from_a_damaged_run_names_the_file(tmp_path):
+    from evo.errors import DamagedFileError
+
+    run = tmp_path / "run"
+    search(run_dir=run)
+    record = json.loads((run / "result.json").read_text())
+    record["candidates"][1]["genome"] = ["x"]
+    (run / "result.json").write_text(json.dumps(record))
+    with pytest.raises(DamagedFileError, match="result.json: not a readable search record"):
+        evo.CandidateStore.from_run(run, encoder="hashing")
+    (run / "result.json").write_text("{")
+    with pytest.raises(DamagedFileError, match="result.json"):
+        evo.CandidateStore.from_run(run, encoder="hashing")
+
+
 def test_mlflow_logs_params_metrics_and_the_best_program(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
