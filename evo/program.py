@@ -201,7 +201,7 @@ class Program(BaseModel):
 
         >>> Program(signature="q -> label", labels=["yes", "no"]).check_labels(["maybe", "yes"])
         Traceback (most recent call last):
-        evo.errors.ConfigError: the data has gold label(s) 'maybe' that the program cannot answer: its labels are 'yes', 'no' (a program made for other data?)
+        evo.errors.ConfigError: the data has gold label(s) 'maybe' that the program cannot ...
         """
         if self.labels is None:
             return
