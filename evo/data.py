@@ -95,7 +95,11 @@ class Example(BaseModel):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Examples sharing one schema. ``labels`` is the allowed set for a single class output."""
+    """Examples sharing one schema. ``labels`` is the allowed set for a single class output.
+
+    Repeats of an example (same id) are dropped with one warning: the score matrix keys on ids,
+    and a repeat could otherwise land in two splits.
+    """
 
     name: str
     examples: tuple[Example, ...]
@@ -255,7 +259,11 @@ def _stratified(examples: Sequence[Example], field: str, sizes: Sequence[int],
 
 @dataclass(frozen=True)
 class Task:
-    """A ready task: train / val / test splits of one dataset plus what a program needs to know."""
+    """A ready task: train / val / test splits of one dataset plus what a program needs to know.
+
+    No example is in two splits: one found in test is dropped from val and train, one in val
+    from train (with a warning).
+    """
 
     name: str
     train: Dataset

@@ -11,6 +11,10 @@ Value rules (the same for both formats):
   objects are rejected, since there is no single obvious text for them (``true`` vs ``"True"``).
 * With ``labels``, the single output field must hold one of the allowed labels (exact match).
 * Extra fields/columns are ignored.
+* Every file is untrusted: a byte that is not UTF-8 is reported on its line and column, a line
+  over :data:`MAX_LINE_BYTES` or JSON nested too deeply is one error, and a CSV quote that never
+  closes (the csv module would silently merge the rows after it into one field) is refused,
+  naming the line where it opened. Legal multi-line quoted fields load as they are.
 
 Exact duplicate inputs are then removed (first kept) and inputs that occur with conflicting
 outputs are dropped altogether (see :func:`dedupe`): a repeated input could land in both train
