@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 DEMO_ARGS ?= --task trec --budget 300
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not slow'"`.
 PYTEST_ARGS ?=
+# Line coverage of evo/ and embeddings/ (pytest-cov), printed before the test summary;
+# `make test COV=` turns it off.
+COV ?= --cov=evo --cov=embeddings --cov-report=term-missing:skip-covered
 
 .PHONY: setup demo test bench clean distclean
 
@@ -17,7 +20,7 @@ demo: setup
 	$(VENV)/bin/evo run $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(COV) $(PYTEST_ARGS)
 
 # Kernel benchmarks: one table of ratios against the references (gepa, DEAP, dspy, Python loops).
 # BENCH_ARGS="--quick" for a short smoke run.

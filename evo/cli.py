@@ -195,7 +195,7 @@ def _resume_args(args: argparse.Namespace, parser_defaults: dict) -> None:
     from evo.store import RUN_FILE, run_cli
 
     run_file = Path(args.resume) / RUN_FILE
-    if not run_file.is_file():
+    if not (run_file.exists() or run_file.is_symlink()):  # a damaged one: run_cli says how
         raise ConfigError(f"{args.resume}: not a run directory (no {RUN_FILE})")
     cli = run_cli(args.resume)
     if not cli:
