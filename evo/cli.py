@@ -235,6 +235,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _absolute_paths(args)
     task = load_task(args)
     program = evo.Program(signature=task.signature, labels=task.labels)
+    from evo.api import check_testset
+    check_testset(program, task.test, what=f"{task.name} test split")  # before paying
     optimizer = build_optimizer(args)
     if args.dry_run:
         from evo.projection import project
@@ -290,6 +292,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     page = write_report(out)
     print(f"\nbest {shown}\n\nsaved: {out / 'best.json'}\nreport: {page}\n"
           f"run it again: {again}")
+    if report.meaningless:  # everything is saved; the exit status says it is not a result
+        raise RunFailedError(f"{out}: {report.warning()}")
     return 0
 
 
