@@ -90,11 +90,8 @@ class Journal:
 
     def _open(self) -> None:
         conn = self._conn
-        conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL is durable against a killed process (the WAL is written before the commit
-        # returns); only a power cut can lose the last answers, which a resume then pays again.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        # A truncated or overwritten file often opens fine and fails on the page it lost:
+        # Check before writing anything (switching to WAL writes the header): a damaged file is
+        # left exactly as it was found. A truncated or overwritten file often opens fine and fails on the page it lost:
         # check every page now (a journal holds answers, not prompts: small and quick).
         problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
         if problems != ["ok"]:
@@ -106,6 +103,10 @@ class Journal:
                 raise DamagedFileError(
                     self.path, f"is not an evo journal (its {table} table lacks "
                     f"{', '.join(sorted(columns - have))})", hint=HINT)
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable against a killed process (the WAL is written before the commit
+        # returns); only a power cut can lose the last answers, which a resume then pays again.
+        conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(_SCHEMA)
         if "kind" not in {r[1] for r in conn.execute("PRAGMA table_info(answers)")}:
             conn.execute("ALTER TABLE answers ADD COLUMN kind TEXT")  # journals before 0.x
