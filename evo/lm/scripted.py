@@ -19,8 +19,10 @@ class ScriptedLM:
     ``respond`` is either ``f(request) -> str`` or a mapping whose keys are matched as substrings
     of the last user message (first match in mapping order wins; no match → ``default``).
     ``fail_every=n`` makes every n-th call raise :class:`LMError`; ``errors(request)`` may return an
-    exception to raise for that request (e.g. a ``ConnectionError`` for some pattern). Every call,
-    failed or not, is recorded in :attr:`calls`. Token counts are whitespace tokens.
+    exception to raise for that request (e.g. a ``ConnectionError`` for some pattern, or an
+    :class:`~evo.lm.base.LMTransientError` for a throttled one). Every call, failed or not, is
+    recorded in :attr:`calls`. Token counts are whitespace tokens. An empty answer (``default``
+    is ``""``) is what an empty reply from a server is: the session counts it a failed attempt.
     """
 
     concurrent = True  # thread-safe; with ``delay_s`` it simulates a parallel API
