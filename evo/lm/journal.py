@@ -91,8 +91,9 @@ class Journal:
     def _open(self) -> None:
         conn = self._conn
         # Check before writing anything (switching to WAL writes the header): a damaged file is
-        # left exactly as it was found. A truncated or overwritten file often opens fine and fails on the page it lost:
-        # check every page now (a journal holds answers, not prompts: small and quick).
+        # left exactly as it was found. A truncated or overwritten file often opens fine and
+        # fails on the page it lost: check every page now (a journal holds answers, not
+        # prompts: small and quick).
         problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
         if problems != ["ok"]:
             raise DamagedFileError(self.path, "is damaged (" + "; ".join(problems) + ")",
@@ -196,8 +197,8 @@ class Journal:
 
     def ledger(self, phase: str | None = "search") -> list[dict[str, float]]:
         """Per sitting, for ``phase`` (None: every phase): answers received, of which paid by
-        the backend (``paid``), failed (``failed``, transient failures included) and from the shared cache, and the
-        prompt / completion tokens and LM seconds paid."""
+        the backend (``paid``), failed (``failed``, transient failures included) and from the
+        shared cache, and the prompt / completion tokens and LM seconds paid."""
         where = "" if phase is None else "AND a.phase = ?"
         with self._lock, self._errors():
             rows = self._conn.execute(
