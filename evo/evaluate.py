@@ -72,13 +72,18 @@ _LM_SUBKINDS = (  # (sub-kind, words of the message that say it), first match wi
     ("throttled", ("429", "rate limit", "ratelimit", "throttl", "too many requests")),
     ("timeout", ("timed out", "timeout")),
     ("request error", ("(request error)", "context window", "context length", "too long")),
+    ("bad reply", ("not json",)),
+    ("server error", ("http 5", "server error")),
+    ("dropped connection", ("closed connection", "disconnect", "connection reset",
+                            "connection aborted")),
 )
 
 
 def error_kind(error: str) -> str:
     """The kind of a cell error message: ``"metric"``, ``"parse"``, or ``"lm"`` with a sub-kind
     when its message tells one (``"lm: timeout"``, ``"lm: throttled"``, ``"lm: empty reply"``,
-    ``"lm: request error"``).
+    ``"lm: request error"``, ``"lm: bad reply"``, ``"lm: server error"``,
+    ``"lm: dropped connection"``).
 
     >>> error_kind("LM error: m: call failed after 3 attempt(s): TimeoutError: timed out")
     'lm: timeout'

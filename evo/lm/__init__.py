@@ -9,8 +9,8 @@ anything imported it.
 
 from __future__ import annotations
 
-from evo.lm.base import (LM, LMError, LMRequest, LMRequestError, LMResponse, LMUnavailableError,
-                         Message)
+from evo.lm.base import (LM, LMError, LMRequest, LMRequestError, LMResponse, LMTransientError,
+                         LMUnavailableError, Message)
 from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.dspy_engine import SessionEngine, to_dspy
 from evo.lm.hosted import DSPyLM, from_dspy, hosted
@@ -20,7 +20,8 @@ from evo.lm.scripted import ScriptedLM
 from evo.lm.session import LMSession, Usage
 
 __all__ = [
-    "LM", "LMRequest", "LMResponse", "Message", "LMError", "LMRequestError", "LMUnavailableError", "LMSession",
+    "LM", "LMRequest", "LMResponse", "Message", "LMError", "LMRequestError", "LMTransientError",
+    "LMUnavailableError", "LMSession",
     "Usage", "ResponseCache", "default_cache_path", "ScriptedLM",
     "LocalLM", "local", "MODELS", "ModelSpec", "ensure_model", "DSPyLM", "hosted", "from_dspy",
     "SessionEngine", "to_dspy",
