@@ -1,0 +1,129 @@
+"""`evo run` end to end against a faulty endpoint (the loopback server of tests/fault_server.py,
+through the real hosted client): a folder evo did not make is left alone, a resume from another
+folder against a moved endpoint asks only what was never answered, and a run whose cells mostly
+failed says so and exits 2 after saving everything."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fault_server import FaultServer, serving
+
+from evo.cli import main
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
+                                reason="dspy not installed")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback only: dspy would otherwise try to refresh litellm's model-price map online."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with serving() as srv:
+        yield srv
+
+
+@pytest.fixture
+def server_b() -> Iterator[FaultServer]:
+    with serving() as srv:
+        yield srv
+
+
+def write_data(path: Path, n: int = 40) -> Path:
+    path.write_text("".join(json.dumps({"text": f"item {i} is {'good' if i % 2 else 'bad'} stuff",
+                                        "label": "pos" if i % 2 else "neg"}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def run_argv(data: str, srv: FaultServer, out: str) -> list[str]:
+    return ["run", "--data", data, "--inputs", "text", "--outputs", "label", "--labels", "pos,neg",
+            "--n-train", "10", "--n-val", "8", "--n-test", "8", "--budget", "40",
+            "--model", "openai/fault", "--api-base", srv.base, "--api-key", "x",
+            "--timeout", "2", "--no-knn", "--encoder", "hashing", "--no-cache", "--quiet",
+            "--out", out]
+
+
+def item(body: dict) -> int | None:
+    """The item number a task request asks about (None for the preflight and reflection)."""
+    last = str(body["messages"][-1]["content"])
+    words = last.split()
+    for i, word in enumerate(words[:-1]):
+        if word == "item" and words[i + 1].isdigit():
+            return int(words[i + 1])
+    return None
+
+
+def test_out_leaves_a_folder_evo_did_not_make_untouched(server, tmp_path, monkeypatch, capsys):
+    data = write_data(tmp_path / "data.jsonl")
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "result.json").write_text("my own results")
+    (mine / "events.jsonl").write_text("my own log\n")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    assert main(run_argv(str(data), server, str(mine))) == 2
+    err = capsys.readouterr().err
+    assert "not an evo run directory" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before  # no lock, no run.json
+    # home (and the folders above it) are refused the same way, before any LM call
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    assert main(run_argv(str(data), server, str(home))) == 2
+    assert "home directory" in capsys.readouterr().err
+    assert list(home.iterdir()) == []
+    assert server.hits == []
+
+
+def test_resume_from_another_folder_against_a_moved_endpoint(server, server_b, tmp_path,
+                                                             monkeypatch, capsys):
+    """The first sitting's endpoint fails every request about items 7, 14, 21 ... (503, retried,
+    then a failed cell). `evo run --resume RUN --api-base B`, from another working directory
+    although --data was relative: B is asked those requests again, and nothing A answered."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    write_data(project / "data.jsonl")
+    server.rule = lambda body: "503" if (item(body) or 1) % 7 == 0 else None
+    monkeypatch.chdir(project)
+    assert main(run_argv("data.jsonl", server, "runs/r")) == 0
+    first = capsys.readouterr()
+    run = project / "runs" / "r"
+    failed_first = [text for fault, text in server.hits if fault == "503"]
+    answered_first = {text for fault, text in server.hits if fault == "ok"}
+    assert failed_first, "no request met the fault: the test would prove nothing"
+    assert "lm: server error" in first.out  # the report counts the failed cells by kind
+
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", "--resume", str(run), "--api-base", server_b.base, "--api-key", "x",
+                 "--quiet"]) == 0
+    # (B is asked the preflight, which checks the new endpoint answers, and no paid request)
+    asked_again = {text for _, text in server_b.hits if "Reply with the single word" not in text}
+    assert set(failed_first) <= asked_again  # every transient failure was asked again
+    assert not asked_again & answered_first  # nothing answered was paid twice
+    assert json.loads((run / "run.json").read_text())["cli"]["data"] == str(
+        project / "data.jsonl")
+
+
+def test_a_run_whose_cells_mostly_failed_exits_2_after_saving(server, tmp_path, capsys):
+    """Two items in three are throttled for good: the run finishes, saves its files and
+    report, prints the failures per kind, and exits 2 saying the scores mean nothing."""
+    data = write_data(tmp_path / "data.jsonl")
+    server.retry_after = "0"
+    server.rule = lambda body: "429" if (item(body) or 0) % 3 else None
+    out = tmp_path / "run"
+    assert main(run_argv(str(data), server, str(out))) == 2
+    captured = capsys.readouterr()
+    assert "most cells failed" in captured.err and "Traceback" not in captured.err
+    assert "lm: throttled" in captured.out
+    for name in ("best.json", "result.json", "report.json", "report.html", "events.jsonl"):
+        assert (out / name).is_file(), name
+    assert "throttled" in (out / "report.html").read_text()
