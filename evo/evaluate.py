@@ -9,6 +9,7 @@ back to back (same prompt prefix, so a local backend reuses its KV cache).
 from __future__ import annotations
 
 import random
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +21,8 @@ import numpy as np
 from evo.data import Example
 from evo.ensemble import EnsembleProgram
 from evo.kernels.matrix import row_stats
-from evo.lm.base import LMError, LMRequest, LMRequestError, LMUnavailableError
+from evo.lm.base import (LMError, LMRequest, LMRequestError, LMTransientError,
+                         LMUnavailableError)
 from evo.lm.session import LMSession
 from evo.metrics import Metric, Score, as_score, metric_name
 from evo.program import Prediction, Program
@@ -64,28 +66,38 @@ class Cell:
         return None if self.error is None else error_kind(self.error)
 
 
-# Cell error messages start with their kind, so an error read back from a checkpoint (text only)
-# is classified the same as a live one.
+# Cell error messages start with their kind, and an LM error with its reason in brackets
+# ("LM error: [throttled] ..."), so an error read back from a checkpoint (text only) is
+# classified the same as a live one, from what raised it rather than from words in the message.
 _LM_PREFIX, _PARSE_PREFIX, _METRIC_PREFIX = "LM error: ", "parse failed: ", "metric "
-_LM_SUBKINDS = (  # (sub-kind, words of the message that say it), first match wins
-    ("empty reply", ("empty reply", "no choices", "null reply", "text=none", "returned none")),
-    ("throttled", ("429", "rate limit", "ratelimit", "throttl", "too many requests")),
-    ("timeout", ("timed out", "timeout")),
-    ("request error", ("(request error)", "context window", "context length", "too long")),
-    ("bad reply", ("not json",)),
-    ("server error", ("http 5", "server error")),
-    ("dropped connection", ("closed connection", "disconnect", "connection reset",
-                            "connection aborted")),
+_LM_TAGGED = re.compile(r"LM error: \[([a-z ]+)\] ")
+# Untagged messages (written before reasons were recorded): words that say the reason, checked
+# in this order; numbers as whole words, so a port or a token count never reads as a status.
+_LM_WORDS = (
+    ("request error", re.compile(r"\(request error\)|context (window|length)")),
+    ("empty reply", re.compile(r"empty reply|no choices")),
+    ("throttled", re.compile(r"\b429\b|rate.?limit|too many requests")),
+    ("timeout", re.compile(r"timed out|\btimeout\b")),
+    ("bad reply", re.compile(r"not json")),
+    ("server error", re.compile(r"\bhttp 5\d\d\b|server error")),
 )
 
 
-def error_kind(error: str) -> str:
-    """The kind of a cell error message: ``"metric"``, ``"parse"``, or ``"lm"`` with a sub-kind
-    when its message tells one (``"lm: timeout"``, ``"lm: throttled"``, ``"lm: empty reply"``,
-    ``"lm: request error"``, ``"lm: bad reply"``, ``"lm: server error"``,
-    ``"lm: dropped connection"``).
+def lm_cell_error(exc: LMError) -> str:
+    """The cell error of a failed LM call, tagged with its reason when it has one:
+    ``"LM error [timeout]: ..."``, ``"LM error [request error]: ..."``."""
+    reason = (exc.reason if isinstance(exc, LMTransientError)
+              else "request error" if isinstance(exc, LMRequestError) else None)
+    return f"{_LM_PREFIX}[{reason}] {exc}" if reason else f"{_LM_PREFIX}{exc}"
 
-    >>> error_kind("LM error: m: call failed after 3 attempt(s): TimeoutError: timed out")
+
+def error_kind(error: str) -> str:
+    """The kind of a cell error message: ``"metric"``, ``"parse"``, or ``"lm"`` with the reason
+    when it is known (``"lm: timeout"``, ``"lm: throttled"``, ``"lm: server error"``,
+    ``"lm: dropped connection"``, ``"lm: bad reply"``, ``"lm: empty reply"``,
+    ``"lm: request error"``).
+
+    >>> error_kind("LM error: [timeout] m at http://127.0.0.1:4290/v1: timed out")
     'lm: timeout'
     >>> error_kind("metric 'f' returned None: a metric must return a number")
     'metric'
@@ -94,11 +106,11 @@ def error_kind(error: str) -> str:
         return "metric"
     if error.startswith(_PARSE_PREFIX):
         return "parse"
+    tagged = _LM_TAGGED.match(error)
+    if tagged:
+        return "lm" if tagged.group(1) == "transient" else f"lm: {tagged.group(1)}"
     low = error.lower()
-    for sub, words in _LM_SUBKINDS:
-        if any(w in low for w in words):
-            return f"lm: {sub}"
-    return "lm"
+    return next((f"lm: {sub}" for sub, words in _LM_WORDS if words.search(low)), "lm")
 
 
 def cell_failures(cells: Iterable[Cell]) -> dict[str, Any]:
@@ -277,12 +289,11 @@ class Evaluator:
         except LMUnavailableError:
             raise
         except LMError as exc:
-            kind = " (request error)" if isinstance(exc, LMRequestError) else ""
-            return _failed(Prediction("", None, str(exc)), f"{_LM_PREFIX}{exc}{kind}")
+            return _failed(Prediction("", None, str(exc)), lm_cell_error(exc))
         text = response.text
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):  # (the session already refuses empty replies)
             return _failed(Prediction("", None, "empty reply"),
-                           f"{_LM_PREFIX}empty reply ({text!r}) from {self.session.model_id}")
+                           f"{_LM_PREFIX}[empty reply] {text!r} from {self.session.model_id}")
         try:
             return program.parse(text)
         except Exception as exc:  # a parser bug must not end a run: record it on the cell

@@ -117,6 +117,17 @@ def test_lm_failures_are_counted_per_kind_and_a_healthy_run_is_not_meaningless()
     ("LM error: m: call failed after 3 attempt(s): ReadTimeout: timed out", "lm: timeout"),
     ("LM error: m: prompt longer than the context window (request error)", "lm: request error"),
     ("LM error: scripted failure on call 3", "lm"),
+    # the reason recorded where the error was raised wins over any word in the message
+    ("LM error: [server error] m at http://127.0.0.1:42917/v1: call failed: HTTP 503",
+     "lm: server error"),
+    ("LM error: [dropped connection] m at http://h:429/v1: server closed connection",
+     "lm: dropped connection"),
+    ("LM error: [transient] m: something new", "lm"),
+    # untagged (older) messages: a port, a token count or a duration is not a status
+    ("LM error: m at http://127.0.0.1:42917/v1: upstream exploded (HTTP 503)",
+     "lm: server error"),
+    ("LM error: m: resulted in 14290 tokens; rate limit? no (request error)", "lm: request error"),
+    ("LM error: m: timed out after 1429 ms", "lm: timeout"),
     ("parse failed: IndexError: list index out of range", "parse"),
     ("metric 'f1' raised ZeroDivisionError: division by zero", "metric"),
 ])
@@ -124,12 +135,18 @@ def test_cell_error_kinds(message, kind):
     assert error_kind(message) == kind
 
 
-def test_an_empty_reply_is_an_lm_failure_not_an_unparseable_answer():
-    lm = ScriptedLM(lambda req: "   " if "item 201 " in req.messages[-1].content else
-                    respond(req))
+def test_an_empty_reply_is_an_lm_failure_and_blank_text_an_unparseable_answer():
+    """Nothing at all is the LM's failure (retried, never cached); a reply of blanks is an
+    answer the program could not parse, whose feedback still tells reflection what was due."""
+    def reply(req):
+        text = req.messages[-1].content
+        return "" if "item 201 " in text else "  \n" if "item 202 " in text else respond(req)
+
     from evo.evaluate import evaluate_program
-    _, cells = evaluate_program(program(), TEST[:4], LMSession(lm, retries=0), evo.exact_match)
+    _, cells = evaluate_program(program(), TEST[:4], LMSession(ScriptedLM(reply), retries=0),
+                                evo.exact_match)
     assert [c.kind for c in cells] == [None, "lm: empty reply", None, None]
+    assert not cells[2].prediction.ok and cells[2].error is None
 
 
 # ---- 3. duplicates never crash; an empty or mismatched test set fails up front --------------

@@ -81,9 +81,15 @@ class LMTransientError(LMError):
     that still fails is a failed cell in this sitting, but a resumed run asks it again instead
     of replaying the failure, and it is never stored as an answer."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    # why, in the words a failed cell is counted by (see evo.evaluate.error_kind)
+    REASONS = ("throttled", "server error", "timeout", "dropped connection", "bad reply",
+               "empty reply", "transient")
+
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 reason: str = "transient") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.reason = reason if reason in self.REASONS else "transient"
 
 
 class LMUnavailableError(LMError, EvoError):

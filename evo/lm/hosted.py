@@ -115,6 +115,23 @@ def _describe(exc: BaseException, model: str) -> str:
     return root_message(exc)
 
 
+def _reason(kinds: set[str], status: int | None, *, timeout: bool, not_json: bool) -> str:
+    """Why a transient failure happened, as :attr:`LMTransientError.reason` names it."""
+    if status == 429 or kinds & {"rate_limit", "RateLimitError"}:
+        return "throttled"
+    if timeout:
+        return "timeout"
+    if (status is not None and status >= 500) or kinds & {
+            "server", "InternalServerError", "ServiceUnavailableError", "BadGatewayError"}:
+        return "server error"
+    if not_json or "JSONDecodeError" in kinds:
+        return "bad reply"
+    if kinds & {"transport", "APIConnectionError", "RemoteProtocolError", "ReadError",
+                "ConnectionResetError"}:
+        return "dropped connection"
+    return "transient"
+
+
 class DSPyLM:
     """Adapts a ``dspy.LM`` to evo's :class:`~evo.lm.base.LM` protocol.
 
@@ -159,7 +176,8 @@ class DSPyLM:
             # answer to cache or score: a failed attempt, asked again.
             reason = getattr(resp, "finish_reason", None)
             raise LMTransientError(f"empty reply from {self._where}"
-                                   + (f" (finish reason {reason!r})" if reason else ""))
+                                   + (f" (finish reason {reason!r})" if reason else ""),
+                                   reason="empty reply")
         with self._lock:
             self._succeeded = True
         usage = getattr(resp, "usage", None)
@@ -188,7 +206,9 @@ class DSPyLM:
             what = _describe(exc, self.model_id)
             if not_json and "json" not in what.lower():
                 what = f"the server's reply was not JSON: {what}"
-            return LMTransientError(f"{self._where}: {what}", retry_after=_retry_after(exc))
+            return LMTransientError(f"{self._where}: {what}", retry_after=_retry_after(exc),
+                                    reason=_reason(kinds, status, timeout=timeout,
+                                                   not_json=not_json))
         return exc
 
     def __repr__(self) -> str:

@@ -232,7 +232,8 @@ class LMSession:
             raise LMError(f"{self.model_id}{where} returned {type(resp).__name__}, "
                           "not an LMResponse")
         if resp.text is None or resp.text == "":
-            raise LMTransientError(f"empty reply from {self.model_id}{where}")
+            raise LMTransientError(f"empty reply from {self.model_id}{where}",
+                                   reason="empty reply")
         if not isinstance(resp.text, str):
             raise LMError(f"{self.model_id}{where} returned text of type "
                           f"{type(resp.text).__name__}, not str")
@@ -288,7 +289,8 @@ class LMSession:
         transient = isinstance(last, LMTransientError)
         message = (f"{self.model_id}: call failed after {self.retries + 1} attempt(s): "
                    f"{type(last).__name__}: {last}")
-        err: LMError = LMTransientError(message) if transient else LMError(message)
+        err: LMError = (LMTransientError(message, reason=last.reason)
+                        if isinstance(last, LMTransientError) else LMError(message))
         err.__cause__ = last
         # The search scores this request 0 and goes on: journal that, so a replay meets the same
         # failure -- unless it was transient (a resume asks it again). If the streak it belongs
