@@ -233,11 +233,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _resume_args(args, _RUN_DEFAULTS)
     else:
         _absolute_paths(args)
+    optimizer = build_optimizer(args)  # (a bad flag is found before any data is fetched)
     task = load_task(args)
     program = evo.Program(signature=task.signature, labels=task.labels)
     from evo.api import check_testset
     check_testset(program, task.test, what=f"{task.name} test split")  # before paying
-    optimizer = build_optimizer(args)
     if args.dry_run:
         from evo.projection import project
         lm = _lm(args)

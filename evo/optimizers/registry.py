@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from evo.errors import ConfigError
+
 if TYPE_CHECKING:
     from evo.engine import Candidate, Search, SearchConfig
     from evo.genome import Genome
@@ -41,7 +43,7 @@ def operator(name: str) -> Operator:
     try:
         return _OPERATORS[name]
     except KeyError:
-        raise ValueError(f"no operator named {name!r}; registered: {sorted(_OPERATORS)}") from None
+        raise ConfigError(f"no operator named {name!r}; registered: {sorted(_OPERATORS)}") from None
 
 
 def names() -> list[str]:
@@ -56,7 +58,7 @@ def optimizer_class(name: str) -> type[SearchConfig]:
     aliases = {cls.__name__.lower(): n for n, cls in _OPTIMIZERS.items()}
     key = aliases.get(key, key)
     if key not in _OPTIMIZERS:
-        raise ValueError(f"no optimizer named {name!r}; choose one of: {', '.join(names())}")
+        raise ConfigError(f"no optimizer named {name!r}; choose one of: {', '.join(names())}")
     return _OPTIMIZERS[key]
 
 
