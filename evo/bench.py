@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from evo._io import write_json
 from evo.compare import Comparison, format_p, paired
 from evo.data import DataError, Example, Task
+from evo.errors import DamagedFileError
 from evo.lm.session import LMSession, Usage
 from evo.metrics import Metric, as_score, exact_match
 from evo.program import Prediction, Program, Signature
@@ -343,7 +344,7 @@ class Cell:
         error: the output folder belongs to one configuration."""
         if not self.result_path.exists():
             return None
-        done = json.loads(self.result_path.read_text())
+        done = read_result(self.result_path)
         splits = [len(self.task.train), len(self.task.val), len(self.task.test)]
         if done.get("model") != self.config.model or done.get("splits") != splits:
             raise DataError(f"was made with model {done.get('model')!r} and splits "
@@ -516,8 +517,23 @@ def run_suite(config: BenchConfig, *, lm: Any = None,
     return results
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """One run's result; a damaged one is a :class:`DamagedFileError` naming it."""
+    hint = "move it away and rerun that cell"
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DamagedFileError(path, f"not a readable result ({type(exc).__name__}: "
+                               f"{str(exc)[:120]})", hint=hint) from None
+    if not isinstance(result, dict) or not {"task", "optimizer", "budget"} <= result.keys():
+        raise DamagedFileError(path, "not an evo bench result (an object with task, optimizer "
+                               "and budget)", hint=hint)
+    return result
+
+
 def load_results(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("*/seed*/*/result.json"))]
+    """Every run result under ``out`` (:func:`read_result`)."""
+    return [read_result(p) for p in sorted(Path(out).glob("*/seed*/*/result.json"))]
 
 
 def _mean_ci(per_seed: list[np.ndarray], seed: int = 0) -> tuple[float, float, float]:

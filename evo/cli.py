@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from evo._io import write_json
 from evo.data import Task
-from evo.errors import ConfigError, EvoError, RunFailedError
+from evo.errors import ConfigError, EvoError, RunFailedError, config_error
 
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
@@ -144,10 +144,8 @@ def build_optimizer(args: argparse.Namespace):
         params[key] = _value(text)
     try:
         return cls(**params)
-    except ValidationError as exc:  # a bad --set value: one line per field, no URL
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})"
-                             for e in exc.errors())
-        raise ConfigError(f"optimizer {cls.name!r}: {problems}") from None
+    except ValidationError as exc:  # a bad --set value
+        raise config_error(exc, f"optimizer {cls.name!r}") from None
 
 
 def _params(cls) -> list[str]:
@@ -394,8 +392,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.report_only and not args.config:  # the results folder is all a report needs
         out = args.out or bench.BenchConfig.model_fields["out"].default
     else:
-        config = bench.BenchConfig.load(args.config, **overrides) if args.config else \
-            bench.BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+        try:
+            config = bench.BenchConfig.load(args.config, **overrides) if args.config else \
+                bench.BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            raise config_error(exc, f"evo bench {args.config or 'flags'}") from None
         out = config.out
         if not args.report_only:
             cells = config.cells()

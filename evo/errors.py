@@ -51,3 +51,17 @@ class StorageError(EvoError, OSError):
 
 class RunFailedError(EvoError):
     """The run finished but most of its cells failed, so its scores mean nothing."""
+
+
+def config_error(exc: Exception, what: str) -> ConfigError:
+    """A :class:`ConfigError` from pydantic's ``ValidationError`` ``exc``: one line, each bad
+    field with what is wrong and the value given (no documentation URL).
+
+    >>> # raise config_error(exc, "optimizer 'gepa'") from None
+    """
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return ConfigError(f"{what}: {exc}")
+    problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ()))) or 'value'}: {e.get('msg')} "
+                         f"(got {e.get('input')!r})" for e in errors())
+    return ConfigError(f"{what}: {problems}")

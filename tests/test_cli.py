@@ -109,3 +109,21 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(evo.cli, "load_task", broken)
     with pytest.raises(KeyError):
         main(["run", "--task", "trec"])
+
+
+def test_bench_mistakes_and_damaged_results_are_one_line(tmp_path, capsys):
+    """A bad suite file and a damaged result under --out are one `evo:` line naming them."""
+    suite = tmp_path / "suite.toml"
+    suite.write_text('tasks = ["trec"]\noptimizers = ["evolution"]\nbudgets = [0]\n')
+    assert main(["bench", "--config", str(suite), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert "budgets" in err and "positive" in err and err.count("\n") == 1
+    cell = tmp_path / "out" / "trec" / "seed0" / "evolution-b300"
+    cell.mkdir(parents=True)
+    (cell / "result.json").write_text('{"task": "trec", "optim')
+    assert main(["bench", "--report-only", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(cell / "result.json") in err and "Traceback" not in err
+    (cell / "result.json").write_text('["a list"]')
+    assert main(["bench", "--report-only", "--out", str(tmp_path / "out")]) == 2
+    assert "not an evo bench result" in capsys.readouterr().err
