@@ -4,9 +4,11 @@ caches under ~/.cache/evo are reused across test runs. Tests that write caches a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fault_server import FaultServer, serving
 
 
 @pytest.fixture
@@ -16,3 +18,26 @@ def tmp_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("EVO_CACHE_DIR", str(path))
     return path
+
+
+# ---- the loopback fault server (tests/fault_server.py) of the fault suites -------------------
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback only: dspy would otherwise try to refresh litellm's model-price map online.
+    The fault suites use it for every test (``pytest.mark.usefixtures("offline")``)."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+@pytest.fixture
+def server(offline: None) -> Iterator[FaultServer]:
+    """A loopback OpenAI-compatible server whose faults the test chooses per request."""
+    with serving() as srv:
+        yield srv
+
+
+@pytest.fixture
+def server_b(offline: None) -> Iterator[FaultServer]:
+    """A second one: the same model at another address."""
+    with serving() as srv:
+        yield srv

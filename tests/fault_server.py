@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HANG_S = 1.5  # a hung request sleeps this long (the client gives up first), then its thread ends
+LENGTH_TOKENS = 64  # completion tokens billed for a "length_empty" reply
 
 
 def answer(messages: list[dict]) -> str:
@@ -42,6 +42,8 @@ class FaultServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.name = "A"  # answers carry no server name unless tagged (see tag)
         self.tag = False
+        self.hang_s = HANG_S  # how long a "hang" lasts (at most: shutting down ends it)
+        self.closing = threading.Event()
 
     @property
     def base(self) -> str:
@@ -97,16 +99,24 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(429, b'{"error": {"message": "slow down", "type": "rate_limit"}}',
                        headers=(("Retry-After", self.server.retry_after),))
         elif fault == "hang":
-            time.sleep(HANG_S)  # longer than the client waits; then the thread just ends
+            self.server.closing.wait(self.server.hang_s)  # longer than the client waits
             self.close_connection = True
         elif fault == "empty_body":
             self.reply(200, b"")
         elif fault == "garbage":
             self.reply(200, b"<html><body>502 Bad Gateway (nginx)</body></html>", "text/html")
         elif fault == "no_choices":
-            self.reply(200, json.dumps({**ok, "choices": []}).encode())
-        elif fault in ("null_content", "empty_content"):
+            self.reply(200, json.dumps({**ok, "choices": [], "usage": {
+                "prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}}).encode())
+        elif fault in ("null_content", "empty_content"):  # a glitch: nothing generated
             ok["choices"][0]["message"]["content"] = None if fault == "null_content" else ""
+            ok["usage"] = {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+            self.reply(200, json.dumps(ok).encode())
+        elif fault == "length_empty":  # a reasoning model spent max_tokens thinking: billed
+            ok["choices"][0].update(finish_reason="length",
+                                    message={"role": "assistant", "content": None})
+            ok["usage"] = {"prompt_tokens": 5, "completion_tokens": LENGTH_TOKENS,
+                           "total_tokens": 5 + LENGTH_TOKENS}
             self.reply(200, json.dumps(ok).encode())
         elif fault == "drop":  # close the socket without a reply
             self.close_connection = True
@@ -124,6 +134,7 @@ def serving() -> Iterator[FaultServer]:
     try:
         yield srv
     finally:
+        srv.closing.set()  # hung requests end now
         srv.shutdown()
         srv.server_close()
         thread.join(timeout=5)

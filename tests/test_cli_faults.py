@@ -7,34 +7,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_server import FaultServer, serving
+from fault_server import FaultServer
 
 from evo.cli import main
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
-                                reason="dspy not installed")
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback only: dspy would otherwise try to refresh litellm's model-price map online."""
-    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-
-@pytest.fixture
-def server() -> Iterator[FaultServer]:
-    with serving() as srv:
-        yield srv
-
-
-@pytest.fixture
-def server_b() -> Iterator[FaultServer]:
-    with serving() as srv:
-        yield srv
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
+                                 reason="dspy not installed"),
+              pytest.mark.usefixtures("offline")]  # the fault server's fixtures: conftest.py
 
 
 def write_data(path: Path, n: int = 40) -> Path:

@@ -1,7 +1,9 @@
 """Damaged LM files: the shared response cache (garbage, truncated, wrong schema, a directory in
-its place) is set aside with one warning and never stops a run; a run's journal in the same
-states is one clear error naming the file and what to do, and is never recreated; a full disk
-while journaling names the journal."""
+its place) is set aside with one warning and never stops a run, while a healthy one that cannot
+be written (read-only) is left where it is; a run's journal in the same states is one clear error
+naming the file and what to do, and is never recreated (an empty one, as a kill leaves it before
+its header, is an empty journal); a full disk while journaling names the journal, and the
+answer paid last is still in the shared cache."""
 
 from __future__ import annotations
 
@@ -101,6 +103,64 @@ def test_a_damaged_cache_that_cannot_be_moved_is_bypassed(tmp_path):
         folder.chmod(0o700)
 
 
+def read_only_by_sqlite(cache: ResponseCache) -> None:
+    """SQLite refuses every write on the cache's connection, as on a file opened read-only."""
+    assert cache._conn is not None
+    cache._conn.execute("PRAGMA query_only = ON")
+
+
+@pytest.mark.parametrize("how", ["query_only", "chmod"])
+def test_a_read_only_cache_is_read_and_never_moved_aside(tmp_path, how):
+    """A shared cache this process may not write (a read-only file) is healthy: answers are
+    read from it, writes are skipped with one warning, and it stays where it is."""
+    path = tmp_path / "lm-cache.sqlite"
+    full_cache(path, n=3)
+    before = path.read_bytes()
+    if how == "chmod":
+        path.chmod(0o444)
+        if os.access(path, os.W_OK):
+            pytest.skip("running as root: a read-only file is still writable")
+    try:
+        cache = ResponseCache(path)
+        if how == "query_only":
+            read_only_by_sqlite(cache)
+        lm = ScriptedLM({"": "fine"})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            s = LMSession(lm, cache=cache)
+            answers = [s.complete(ask(f"new {i}")).text for i in range(3)]
+            old = cache.get("k1")
+        notes = [str(w.message) for w in caught if "response cache" in str(w.message)]
+        assert answers == ["fine"] * 3 and len(lm.calls) == 3
+        assert old is not None and old.text.startswith("answer")
+        assert len(notes) == 1 and "readonly" in notes[0] and "damaged" not in notes[0], notes
+        assert sorted(p.name for p in tmp_path.iterdir() if "damaged" in p.name) == []
+        assert path.read_bytes() == before and cache.bypassed is None
+    finally:
+        path.chmod(0o644)
+
+
+def test_a_cache_set_aside_by_another_process_is_not_moved_again(tmp_path):
+    """Two processes share a default cache that turns out damaged: the first sets it aside and
+    starts afresh; the second, meeting the damage later, must not move the fresh one aside."""
+    path = tmp_path / "lm-cache.sqlite"
+    full_cache(path)
+    second = ResponseCache(path)  # opened while healthy
+    with open(path, "r+b") as f:  # then damaged in place: its data pages are gone
+        f.truncate(8192)
+    with pytest.warns(RuntimeWarning, match="was damaged"):
+        first = ResponseCache(path)
+    first.put("fresh", LMResponse("new answer"), model_id="m", request=ask("fresh"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert second.get("k250") is None  # the damage it meets now is the old file's
+        assert second.get("fresh").text == "new answer"  # and it reads the fresh cache
+    assert not [w for w in caught if "response cache" in str(w.message)]
+    aside = [p for p in tmp_path.iterdir() if p.name.endswith(tuple("0123456789"))]
+    assert len(aside) == 1 and path.is_file()
+    assert ResponseCache(path).get("fresh").text == "new answer"
+
+
 def test_a_cache_that_cannot_be_opened_is_bypassed(tmp_path):
     (tmp_path / "afile").write_text("a file where the cache folder should be")
     with pytest.warns(RuntimeWarning, match="not using the LM response cache"):
@@ -128,11 +188,15 @@ def full_journal(path: Path) -> None:
     assert not Path(f"{path}-wal").exists()
 
 
-@pytest.mark.parametrize("how", ["garbage", "truncated", "cut_header", "zero_bytes",
-                                 "wrong_schema", "directory"])
+@pytest.mark.parametrize("how", ["garbage", "truncated", "cut_header", "wrong_schema",
+                                 "directory", "zero_bytes_with_its_wal"])
 def test_a_damaged_journal_is_one_clear_error_and_is_left_as_it_is(tmp_path, how):
     path = tmp_path / "journal.sqlite"
-    damage(path, how, make=full_journal)
+    if how == "zero_bytes_with_its_wal":  # the answers are in a -wal whose database is gone
+        damage(path, "zero_bytes", make=full_journal)
+        Path(f"{path}-wal").write_bytes(os.urandom(4096))
+    else:
+        damage(path, how, make=full_journal)
     before = None if path.is_dir() else path.read_bytes()
     with pytest.raises(DamagedFileError) as info:
         Journal(path)
@@ -140,6 +204,40 @@ def test_a_damaged_journal_is_one_clear_error_and_is_left_as_it_is(tmp_path, how
     assert msg.startswith(str(path)) and "new run directory" in msg and "backup" in msg, msg
     assert info.value.path == str(path)
     assert before is None or path.read_bytes() == before  # never recreated behind our back
+
+
+@pytest.mark.parametrize("wal", [None, b""])
+def test_an_empty_journal_opens_as_an_empty_journal(tmp_path, wal):
+    """sqlite3.connect makes a 0-byte file and only the first PRAGMA writes its header: a kill in
+    between leaves 0 bytes (and no or an empty -wal), which holds no answer and no damage."""
+    path = tmp_path / "journal.sqlite"
+    path.write_bytes(b"")
+    if wal is not None:
+        Path(f"{path}-wal").write_bytes(wal)
+    journal = Journal(path)
+    assert len(journal) == 0 and journal.ledger() == []
+    journal.begin_sitting()
+    journal.put("k", LMResponse("yes"), source="paid")
+    journal.close()
+    assert Journal(path).get("k").text == "yes"
+
+
+def test_a_run_killed_before_its_journal_had_a_header_resumes(tmp_path):
+    """run.json written, journal.sqlite created (0 bytes), then kill -9: the resume runs the
+    search from the start and gives the result an uninterrupted run gives."""
+    opt = evo.Evolution(budget=evo.Budget(metric_calls=40), knn=False, encoder="hashing")
+    whole = evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), optimizer=opt,
+                         cache=False, run_dir=tmp_path / "whole")
+    if whole.store is not None and not whole.store.closed:
+        whole.store.close()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_bytes((tmp_path / "whole" / "run.json").read_bytes())
+    (run / "journal.sqlite").write_bytes(b"")
+    resumed = evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), optimizer=opt,
+                           cache=False, run_dir=run)
+    assert resumed.best_val == whole.best_val and resumed.best == whole.best
+    assert len(Journal(run / "journal.sqlite")) > 0
 
 
 def test_a_run_with_a_damaged_journal_refuses_to_resume(tmp_path):
@@ -202,3 +300,28 @@ def test_a_full_disk_while_journaling_names_the_journal(tmp_path):
     assert all(isinstance(journal.get(ask(f"q{j}").key("scripted")), LMResponse | type(None))
                for j in range(20))
     assert json.dumps(journal.ledger())  # still readable
+
+
+def test_on_a_full_disk_the_answer_paid_last_is_kept_in_the_shared_cache(tmp_path):
+    """The journal's disk fills up: the run stops, but the answer it had just paid for reaches
+    the shared cache first (often on another disk), so the resume does not pay for it again."""
+    journal = Journal(tmp_path / "run" / "journal.sqlite")
+    journal.begin_sitting()
+    pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
+    journal._conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's own "disk full"
+    cache = ResponseCache(tmp_path / "cache" / "lm-cache.sqlite")
+    lm = ScriptedLM(lambda r: "x" * 20000)
+    s = LMSession(lm, cache=cache)
+    s.journal = journal
+    with pytest.raises(StorageError):
+        for i in range(20):
+            s.complete(ask(f"q{i}"))
+    last = ask(f"q{len(lm.calls) - 1}")
+    assert journal.get(last.key("scripted")) is None  # the journal could not take it ...
+    assert cache.get(last.key("scripted")) is not None  # ... the shared cache has it
+    journal._conn.execute("PRAGMA max_page_count = 1073741823")  # space freed: the resume
+    resumed = LMSession(lm, cache=cache)
+    resumed.journal = journal
+    paid = len(lm.calls)
+    assert resumed.complete(last).cached and len(lm.calls) == paid
+    assert isinstance(journal.get(last.key("scripted")), LMResponse)

@@ -17,8 +17,10 @@ import pytest
 from evo.lm import (
     LMError,
     LMRequest,
+    LMRequestError,
     LMResponse,
     LMSession,
+    LMTransientError,
     LMUnavailableError,
     Message,
     ResponseCache,
@@ -166,6 +168,37 @@ def test_empty_reply_is_a_failed_attempt_never_cached(tmp_path: Path) -> None:
         assert (s.usage.calls, s.usage.errors, s.usage.retries) == (0, 1, 1)
         lm.default = "fixed"  # the endpoint answers again: the next run asks, not replays
         assert LMSession(lm, cache=cache).complete(req("anything")).text == "fixed"
+
+
+def test_an_empty_reply_the_model_spent_tokens_on_fails_for_good(tmp_path: Path) -> None:
+    """Any backend: an empty reply with a finish reason and completion tokens was paid for and
+    would come back the same: one attempt, its tokens booked, nothing cached."""
+    class Thinker:
+        model_id = "thinker"
+
+        def __init__(self, finish: str | None, completion: int) -> None:
+            self.finish, self.completion, self.calls = finish, completion, 0
+
+        def complete(self, request: LMRequest) -> LMResponse:
+            self.calls += 1
+            return LMResponse("", prompt_tokens=7, completion_tokens=self.completion,
+                              finish_reason=self.finish)
+
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        for finish, advice in (("length", "raise max_tokens"), ("stop", "answer nothing"),
+                               ("content_filter", "content filter")):
+            lm = Thinker(finish, 30)
+            s = LMSession(lm, cache=cache, retries=2, backoff_s=0.0)
+            with pytest.raises(LMRequestError, match=f"empty reply from thinker: finish reason "
+                               f"'{finish}' after 30 completion tokens: .*{advice}"):
+                s.complete(req("think hard"))
+            assert lm.calls == 1 and len(cache) == 0
+            assert (s.usage.prompt_tokens, s.usage.completion_tokens) == (7, 30)
+        lm = Thinker("length", 0)  # nothing generated: a glitch, asked again
+        s = LMSession(lm, cache=cache, retries=2, backoff_s=0.0)
+        with pytest.raises(LMTransientError, match="empty reply from thinker"):
+            s.complete(req("think hard"))
+        assert lm.calls == 3 and s.usage.prompt_tokens == 3 * 7
 
 
 def test_cache_write_failure_keeps_the_answer(tmp_path: Path) -> None:

@@ -62,6 +62,8 @@ class LMResponse:
     cached: bool = False
     # Tokens of the prompt that the backend reused from its KV cache (prefix reuse), when it knows.
     reused_prompt_tokens: int = 0
+    # Why the server stopped ("stop", "length", "content_filter"), when it says; not stored.
+    finish_reason: str | None = field(default=None, compare=False)
 
 
 class LMError(RuntimeError):
@@ -70,7 +72,9 @@ class LMError(RuntimeError):
 
 class LMRequestError(LMError):
     """This request cannot be answered as asked (its prompt is longer than the model's context
-    window, say): retrying cannot help, and it says nothing about whether the LM is up."""
+    window, or the model spent all of ``max_tokens`` and answered nothing): retrying cannot
+    help, and it says nothing about whether the LM is up. Journaled for good: a resumed run
+    replays it."""
 
 
 class LMTransientError(LMError):

@@ -11,9 +11,12 @@ a lock around the connection for threads. A connection inherited through ``fork`
 reused: SQLite forbids that, so the child opens its own.
 
 The cache is a convenience, never a reason to stop a run: a file locked by another process is a
-miss (get) or a skipped write (put, one warning); a damaged file (garbage, truncated, of the wrong
-shape, a directory in its place) is set aside as ``<name>.damaged-<time>`` with one warning and a
-fresh cache takes its place; if it cannot be moved, the cache is bypassed with a warning.
+miss (get) or a skipped write (put, one warning); a damaged file (SQLite says corrupt or not a
+database, or it has the wrong schema, or a directory is in its place) is set aside as
+``<name>.damaged-<time>`` with one warning and a fresh cache takes its place; if it cannot be
+moved, the cache is bypassed with a warning. Any other error (a read-only file, a passing I/O
+error) is no sign of damage: the user's cache is never moved for it, only bypassed (or, for
+writes, skipped) with one warning.
 """
 
 from __future__ import annotations
@@ -50,13 +53,42 @@ LOCK_COOLDOWN_S = 10.0  # after a write found the file locked, skip writes this 
 evo_cache_dir = cache_root  # the name the LM modules use
 
 
+Identity = tuple[int, int]  # (st_dev, st_ino): which file a path named when we looked
+
+
 class _Damaged(Exception):
-    """The file at the cache path is not a usable cache (internal)."""
+    """The file at the cache path is not a usable cache (internal). ``found`` is the identity
+    of the file found damaged, or None when the path changed while we looked."""
+
+    def __init__(self, problem: str, found: Identity | None) -> None:
+        super().__init__(problem)
+        self.found = found
+
+
+def _code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of ``exc`` (None when it has none)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
 
 
 def _locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in str(exc).lower() or "busy" in str(exc).lower())
+        _code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        or "locked" in str(exc).lower() or "busy" in str(exc).lower())
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """Only SQLite's own verdict (corrupt, not a database) says a file is damaged: a read-only
+    file or an I/O error says nothing about what the file holds."""
+    return _code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _identity(path: Path) -> Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def default_cache_path() -> Path:
@@ -79,6 +111,9 @@ class ResponseCache:
         self.bypassed: str | None = None
         self._warned_locked = False
         self._locked_until = 0.0
+        self._opened: Identity | None = None  # the file this process's connection reads
+        self._no_writes: str | None = None  # why puts are skipped (a read-only file)
+        self._warned_trouble = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -97,7 +132,7 @@ class ResponseCache:
         try:
             conn = self._open()
         except _Damaged as exc:
-            self._set_aside(str(exc))
+            self._set_aside(str(exc), exc.found)
             if self.bypassed is not None:
                 return None
             try:
@@ -112,8 +147,9 @@ class ResponseCache:
         return conn
 
     def _open(self) -> sqlite3.Connection:
+        before = _identity(self.path)
         if self.path.is_dir():
-            raise _Damaged("a directory is in its place")
+            raise _Damaged("a directory is in its place", before)
         # isolation_level=None: autocommit, so each statement is its own short transaction and no
         # write lock is held between calls (other processes would otherwise time out on it).
         conn = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None,
@@ -129,7 +165,7 @@ class ResponseCache:
                     have = {r[1] for r in conn.execute("PRAGMA table_info(responses)")}
                     if have and not _COLUMNS <= have:
                         raise _Damaged("it has the wrong schema (a responses table without "
-                                       f"{', '.join(sorted(_COLUMNS - have))})")
+                                       f"{', '.join(sorted(_COLUMNS - have))})", before)
                     if not have:
                         conn.execute(_SCHEMA)
                     break
@@ -137,28 +173,32 @@ class ResponseCache:
                     if not _locked(exc) or attempt == 19:
                         raise
                     time.sleep(0.05 * (attempt + 1))
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
             conn.close()
-            if _locked(exc):
-                raise
-            raise _Damaged(str(exc)) from exc
-        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
-            conn.close()
-            raise _Damaged(str(exc)) from exc
+            if not _is_damage(exc):
+                raise  # locked, read-only, an I/O error: not the file's fault
+            after = _identity(self.path)
+            # A path that changed while we looked (another process set the damaged file aside
+            # and made a fresh one) names no file we know to be damaged.
+            raise _Damaged(str(exc), before if before == after else None) from exc
         except BaseException:
             conn.close()
             raise
+        self._opened = before if before == _identity(self.path) else None
         return conn
 
-    def _set_aside(self, problem: str) -> None:
-        """Move a damaged cache (and its -wal/-shm) out of the way; bypass the cache if it cannot
-        be moved."""
+    def _set_aside(self, problem: str, found: Identity | None) -> None:
+        """Move the damaged cache ``found`` (and its -wal/-shm) out of the way; bypass the cache
+        if it cannot be moved. A path that names another file by now (another process moved
+        the damaged one aside and started afresh) is left alone: its fresh cache is reopened."""
         if self._conn is not None and self._pid == os.getpid():
             try:
                 self._conn.close()
             except sqlite3.Error:
                 pass
         self._conn = None
+        if found is None or _identity(self.path) != found:
+            return
         aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
                                     f"-{os.getpid()}")
         try:
@@ -182,9 +222,21 @@ class ResponseCache:
         warnings.warn(f"evo: not using the LM response cache {self.path}: {why}; LM answers "
                       "are not cached in this process", RuntimeWarning, stacklevel=4)
 
-    def _damaged_later(self, exc: sqlite3.DatabaseError) -> None:
-        """A read or write met a damaged page (a truncated file opens fine): set it aside."""
-        self._set_aside(str(exc))
+    def _failed_later(self, exc: sqlite3.DatabaseError, doing: str) -> None:
+        """A read or write failed on an open cache. A damaged page (a truncated file opens fine)
+        sets the file aside; a read-only file turns writes off; anything else (a passing I/O
+        error) loses this one entry. One warning per cache for the latter two."""
+        if _is_damage(exc):
+            self._set_aside(str(exc), self._opened)
+            return
+        if _code(exc) == sqlite3.SQLITE_READONLY and doing == "written":
+            self._no_writes = str(exc)
+        if not self._warned_trouble:
+            self._warned_trouble = True
+            what = ("answers are not cached in this process" if self._no_writes else
+                    "that entry is skipped and the cache stays in use")
+            warnings.warn(f"evo: the LM response cache {self.path} could not be {doing} "
+                          f"({exc}); {what}", RuntimeWarning, stacklevel=4)
 
     # ---- the store ------------------------------------------------------------------------
     def get(self, key: str) -> LMResponse | None:
@@ -198,12 +250,9 @@ class ResponseCache:
                 row = conn.execute(
                     "SELECT text, prompt_tokens, completion_tokens FROM responses WHERE key = ?",
                     (key,)).fetchone()
-            except sqlite3.OperationalError as exc:
-                if not _locked(exc):
-                    self._damaged_later(exc)
-                return None
             except sqlite3.DatabaseError as exc:
-                self._damaged_later(exc)
+                if not _locked(exc):
+                    self._failed_later(exc, "read")
                 return None
         if row is None or not isinstance(row[0], str) or not row[0]:
             return None  # an empty answer (cached by older evo versions) is no answer
@@ -217,7 +266,7 @@ class ResponseCache:
                "max_tokens": request.max_tokens, "temperature": request.temperature,
                "stop": list(request.stop), "seed": request.seed, "purpose": request.purpose}
         with self._lock:
-            if time.monotonic() < self._locked_until:
+            if time.monotonic() < self._locked_until or self._no_writes is not None:
                 return
             conn = self._connect()
             if conn is None:
@@ -227,11 +276,13 @@ class ResponseCache:
                     "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (key, model_id, response.text, response.prompt_tokens,
                      response.completion_tokens, response.seconds, json.dumps(req), time.time()))
-            except sqlite3.OperationalError as exc:
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as exc:
                 if not _locked(exc):
-                    if "full" in str(exc).lower():
+                    if _code(exc) == sqlite3.SQLITE_FULL:
                         raise OSError(f"{self.path}: {exc}") from exc
-                    self._damaged_later(exc)
+                    self._failed_later(exc, "written")
                     return
                 self._locked_until = time.monotonic() + LOCK_COOLDOWN_S
                 if not self._warned_locked:
@@ -239,10 +290,6 @@ class ResponseCache:
                     warnings.warn(f"evo: the LM response cache {self.path} is locked by another "
                                   f"process; answers are not cached while it is ({exc})",
                                   RuntimeWarning, stacklevel=3)
-            except sqlite3.IntegrityError:
-                raise
-            except sqlite3.DatabaseError as exc:
-                self._damaged_later(exc)
 
     def __len__(self) -> int:
         with self._lock:

@@ -138,6 +138,8 @@ class DSPyLM:
     Requests go through dspy's canonical ``lm(dspy.lm15.Request)`` route (the OpenAI-messages
     route is deprecated in dspy 3.4). Auth/configuration errors, and connection errors before
     the first success, raise :class:`LMUnavailableError` naming the model and its ``api_base``.
+    An empty reply comes back as it came (``text=""``, with its tokens and finish reason):
+    :class:`~evo.lm.session.LMSession` decides whether it is transient and books what it cost.
     """
 
     concurrent = True  # a hosted API serves calls in parallel
@@ -170,21 +172,18 @@ class DSPyLM:
             resp = self.dspy_lm(self._request(request))
         except Exception as exc:  # classify, then re-raise
             raise self._classify(exc) from exc
-        text = getattr(resp, "text", None)
-        if not isinstance(text, str) or not text:
-            # No choices, null content, an empty string: the server answered nothing. Not an
-            # answer to cache or score: a failed attempt, asked again.
-            reason = getattr(resp, "finish_reason", None)
-            raise LMTransientError(f"empty reply from {self._where}"
-                                   + (f" (finish reason {reason!r})" if reason else ""),
-                                   reason="empty reply")
         with self._lock:
-            self._succeeded = True
+            self._succeeded = True  # the server answered: it is reachable
+        text = getattr(resp, "text", None)
         usage = getattr(resp, "usage", None)
-        return LMResponse(text=text,
+        finish = getattr(resp, "finish_reason", None)
+        # An empty reply (no choices, null content) is returned as it came, with what it cost:
+        # the session decides what it means (LMSession._checked) and books its tokens.
+        return LMResponse(text=text if isinstance(text, str) else "",
                           prompt_tokens=int(getattr(usage, "input_tokens", 0) or 0),
                           completion_tokens=int(getattr(usage, "output_tokens", 0) or 0),
-                          reused_prompt_tokens=int(getattr(usage, "cache_read_tokens", 0) or 0))
+                          reused_prompt_tokens=int(getattr(usage, "cache_read_tokens", 0) or 0),
+                          finish_reason=str(finish) if finish else None)
 
     def _classify(self, exc: Exception) -> Exception:
         """evo's error for a failed call: unavailable (stop the run), this request's own fault

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -76,7 +76,13 @@ class Journal:
         if self.path.is_dir():
             raise DamagedFileError(self.path, "is a directory, not a journal", hint=HINT)
         if self.path.exists() and self.path.stat().st_size == 0:
-            raise DamagedFileError(self.path, "is empty (0 bytes): truncated", hint=HINT)
+            # sqlite3.connect makes the file, the first PRAGMA below writes its header: a process
+            # killed in between leaves 0 bytes, an empty journal (a loss of answers is caught
+            # by the run store, which compares the journal with checkpoint.json).
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise DamagedFileError(self.path, "is empty (0 bytes) but its -wal file is not: "
+                                       "truncated", hint=HINT)
         self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None,
                                      check_same_thread=False)
         try:
@@ -161,10 +167,14 @@ class Journal:
         self._insert(key, source, response.text, None, response.prompt_tokens,
                      response.completion_tokens, response.reused_prompt_tokens, response.seconds)
 
-    def fail(self, key: str, error: str, *, transient: bool = False) -> None:
-        """Record that ``key`` failed. A ``transient`` failure is not replayed (:meth:`get`
+    def fail(self, key: str, error: str, *, transient: bool = False,
+             spent: Sequence[LMResponse] = ()) -> None:
+        """Record that ``key`` failed; ``spent``: the billed replies its attempts got (empty
+        ones), booked in the ledger. A ``transient`` failure is not replayed (:meth:`get`
         ignores it) and a later answer or failure for ``key`` replaces it."""
-        self._insert(key, "paid", None, error, 0, 0, 0, 0.0,
+        self._insert(key, "paid", None, error, sum(r.prompt_tokens for r in spent),
+                     sum(r.completion_tokens for r in spent),
+                     sum(r.reused_prompt_tokens for r in spent), sum(r.seconds for r in spent),
                      kind="transient" if transient else None)
 
     def _insert(self, key: str, source: str, text: str | None, error: str | None,

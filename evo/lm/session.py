@@ -106,6 +106,24 @@ def root_message(exc: BaseException) -> str:
     return best
 
 
+_SPENT_FINISH = {"length": "raise max_tokens",
+                 "stop": "the model chose to answer nothing",
+                 "content_filter": "the server's content filter withheld it"}
+
+
+def _empty_reply(resp: LMResponse, where: str) -> LMError:
+    """The error of an empty reply from ``where``: for good when the model spent completion
+    tokens and said why it stopped (asking again gets the same), else transient."""
+    finish = resp.finish_reason
+    if finish in _SPENT_FINISH and resp.completion_tokens > 0:
+        return LMRequestError(f"empty reply from {where}: finish reason {finish!r} after "
+                              f"{resp.completion_tokens} completion tokens: "
+                              f"{_SPENT_FINISH[finish]}")
+    return LMTransientError(f"empty reply from {where}"
+                            + (f" (finish reason {finish!r})" if finish else ""),
+                            reason="empty reply")
+
+
 class LMSession:
     """Wraps an :class:`LM` with the response cache, retries and a thread-safe usage ledger.
 
@@ -122,8 +140,11 @@ class LMSession:
     Failed attempts are retried ``retries`` times, waiting ``backoff_s`` doubled each time, or
     what the server asked for (``Retry-After``), at most ``max_wait_s``. A reply that is empty,
     ``None`` or not text is a failed attempt: it is never cached, journaled or scored as an
-    answer. The shared cache keys answers by model and endpoint (a URL), the journal by model
-    only: a run can resume against a server that moved.
+    answer, but the tokens it cost are booked. An empty reply the model spent tokens on
+    (finish reason ``length``, ``stop`` or ``content_filter``) would come back the same: it
+    fails for good (:class:`LMRequestError`, not retried, replayed on resume); one that cost no
+    completion tokens is transient. The shared cache keys answers by model and endpoint (a
+    URL), the journal by model only: a run can resume against a server that moved.
     """
 
     def __init__(self, lm: LM, *, cache: ResponseCache | None = None, retries: int = 2,
@@ -224,24 +245,41 @@ class LMSession:
             self.backoff_s * 2 ** attempt
         return max(0.0, min(float(wait), self.max_wait_s))
 
-    def _checked(self, resp: object) -> LMResponse:
+    def _checked(self, resp: object, seconds: float) -> LMResponse:
         """The backend's reply if it is an answer; an empty or malformed one is a failed
-        attempt (a custom LM returning ``text=None`` must not score 0 silently, nor be cached)."""
+        attempt (a custom LM returning ``text=None`` must not score 0 silently, nor be cached).
+        The error of an empty reply carries the reply as ``paid``: what it cost is booked."""
         where = f" at {self.endpoint}" if self.endpoint else ""
         if not isinstance(resp, LMResponse):
             raise LMError(f"{self.model_id}{where} returned {type(resp).__name__}, "
                           "not an LMResponse")
         if resp.text is None or resp.text == "":
-            raise LMTransientError(f"empty reply from {self.model_id}{where}",
-                                   reason="empty reply")
+            err = _empty_reply(resp, f"{self.model_id}{where}")
+            err.paid = dataclasses.replace(  # type: ignore[attr-defined]
+                resp, seconds=resp.seconds or seconds)
+            raise err
         if not isinstance(resp.text, str):
             raise LMError(f"{self.model_id}{where} returned text of type "
                           f"{type(resp.text).__name__}, not str")
         return resp
 
+    def _book_spent(self, exc: BaseException, spent: list[LMResponse]) -> None:
+        """Book what a failed attempt cost (an empty reply is billed like an answer)."""
+        paid = getattr(exc, "paid", None)
+        if not isinstance(paid, LMResponse):
+            return
+        spent.append(paid)
+        with self._lock:
+            u = self.usage
+            u.prompt_tokens += paid.prompt_tokens
+            u.completion_tokens += paid.completion_tokens
+            u.reused_prompt_tokens += paid.reused_prompt_tokens
+            u.lm_seconds += paid.seconds
+
     def _call(self, request: LMRequest, key: str, cache_key: str) -> LMResponse:
         last: BaseException | None = None
         wait = 0.0
+        spent: list[LMResponse] = []  # what the failed attempts cost
         for attempt in range(self.retries + 1):
             if attempt:
                 with self._lock:
@@ -249,17 +287,20 @@ class LMSession:
                 time.sleep(wait)
             t0 = time.perf_counter()
             try:
-                resp = self._checked(self.lm.complete(request))
+                resp = self.lm.complete(request)
+                resp = self._checked(resp, time.perf_counter() - t0)
             except LMUnavailableError as exc:
                 self._failed(exc, sticky=True)
                 raise
             except LMRequestError as exc:  # this request's own fault: no retry, no streak
+                self._book_spent(exc, spent)
                 with self._lock:
                     self.usage.errors += 1
                     if self.journal is not None and request.purpose != "preflight":
-                        self.journal.fail(key, str(exc))
+                        self.journal.fail(key, str(exc), spent=spent)
                 raise
             except Exception as exc:  # any backend failure is retried
+                self._book_spent(exc, spent)
                 last = exc
                 wait = self._wait_s(exc, attempt)
                 continue
@@ -276,14 +317,16 @@ class LMSession:
                 u.reused_prompt_tokens += resp.reused_prompt_tokens
                 u.lm_seconds += resp.seconds
                 u.by_purpose[request.purpose] = u.by_purpose.get(request.purpose, 0) + 1
-                if self.journal is not None:
-                    self.journal.put(key, resp, source="paid")
+                # The shared cache first: when the journal cannot be written (a full disk) the
+                # run stops, and the answer it paid for is still kept there (often another disk).
                 if self.cache is not None:
                     try:
                         self.cache.put(cache_key, resp, model_id=self.model_id, request=request)
                     except Exception as exc:  # a paid answer is still an answer: keep going
                         warnings.warn(f"evo: could not write the LM cache {self.cache}: {exc}",
                                       RuntimeWarning, stacklevel=2)
+                if self.journal is not None:
+                    self.journal.put(key, resp, source="paid")
             return resp
         assert last is not None
         transient = isinstance(last, LMTransientError)
@@ -297,7 +340,7 @@ class LMSession:
         # to turns out to be an outage, _failed takes it back.
         if self.journal is not None and request.purpose != "preflight":
             with self._lock:
-                self.journal.fail(key, str(err), transient=transient)
+                self.journal.fail(key, str(err), transient=transient, spent=spent)
                 self._streak.append(key)
         self._failed(err, sticky=False)
         raise err
