@@ -109,3 +109,22 @@ def test_a_run_whose_cells_mostly_failed_exits_2_after_saving(server, tmp_path, 
     for name in ("best.json", "result.json", "report.json", "report.html", "events.jsonl"):
         assert (out / name).is_file(), name
     assert "throttled" in (out / "report.html").read_text()
+
+
+def test_cache_naming_a_users_file_or_folder_is_refused_untouched(server, tmp_path, capsys):
+    """`--cache PATH` where PATH is the user's own folder or file (not an evo cache) is one
+    clear error before any LM call; nothing there is moved or written."""
+    data = write_data(tmp_path / "data.jsonl")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("important")
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"mine": true}')
+    for target in (project, settings):
+        argv = [a for a in run_argv(str(data), server, str(tmp_path / "run")) if a != "--no-cache"]
+        before = sorted((str(p), p.stat().st_size) for p in tmp_path.rglob("*"))
+        assert main([*argv, "--cache", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "not a usable evo LM response cache" in err and str(target) in err
+        assert sorted((str(p), p.stat().st_size) for p in tmp_path.rglob("*")) == before
+    assert server.hits == []

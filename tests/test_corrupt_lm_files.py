@@ -26,6 +26,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_engine import TRAIN, VAL, program, respond  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _default_cache_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tmp_path / "lm-cache.sqlite"`` is the default cache, the one evo may set aside."""
+    monkeypatch.setenv("EVO_CACHE_DIR", str(tmp_path))
+
+
 def ask(text: str) -> LMRequest:
     return LMRequest(messages=(Message("user", text),))
 
@@ -85,6 +91,33 @@ def test_a_damaged_cache_is_set_aside_with_one_warning(tmp_path, how):
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("lm-cache.sqlite.damaged-")]
     assert len(aside) == 1 and str(path) in notes[0] and str(aside[0]) in notes[0]
     assert s.cache is not None and s.cache.bypassed is None and path.is_file()
+
+
+@pytest.mark.parametrize("how", ["garbage", "wrong_schema", "directory"])
+def test_a_cache_file_the_user_named_is_never_moved(tmp_path, how):
+    """`--cache PATH` naming something that is not a usable evo cache (the user's own database,
+    a folder, a damaged file) is one clear error before anything is paid; PATH is untouched."""
+    path = tmp_path / "mine" / "notes.db"
+    path.parent.mkdir()
+    damage(path, how, make=full_cache)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(DamagedFileError, match="not a usable evo LM response cache") as info:
+        ResponseCache(path)
+    assert str(path) in str(info.value)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_named_cache_damaged_during_a_run_is_bypassed_and_left(tmp_path):
+    path = tmp_path / "mine.sqlite"
+    full_cache(path)
+    cache = ResponseCache(path)
+    with open(path, "r+b") as f:  # damaged under the running process
+        f.truncate(8192)
+    with pytest.warns(RuntimeWarning, match="left as it is"):
+        assert cache.get("k250") is None
+    s = LMSession(ScriptedLM({"": "fine"}), cache=cache)
+    assert s.complete(ask("q")).text == "fine" and cache.bypassed
+    assert path.stat().st_size == 8192 and not list(tmp_path.glob("*.damaged-*"))
 
 
 def test_a_damaged_cache_that_cannot_be_moved_is_bypassed(tmp_path):

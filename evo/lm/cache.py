@@ -29,6 +29,7 @@ import time
 import warnings
 from pathlib import Path
 
+from evo.errors import DamagedFileError
 from evo.paths import cache_root
 from evo.lm.base import LMRequest, LMResponse
 
@@ -100,10 +101,18 @@ class ResponseCache:
     """A key → :class:`LMResponse` store in SQLite, safe for concurrent threads and processes.
 
     ``timeout_s`` bounds how long a call waits for a file another process has locked (then a
-    get is a miss and a put is skipped); :attr:`bypassed` says why the cache is off, if it is."""
+    get is a miss and a put is skipped); :attr:`bypassed` says why the cache is off, if it is.
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 2.0) -> None:
+    A damaged file is set aside (and a fresh cache started) only where evo owns the file: the
+    default cache (``set_aside=None``, the default, means "the default cache only"). A file the
+    user named that is damaged, or is not an evo cache at all (their own database, a folder), is
+    a :class:`~evo.errors.DamagedFileError` and is left as it is."""
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 2.0,
+                 set_aside: bool | None = None) -> None:
         self.path = Path(path).expanduser()
+        self._may_set_aside = (set_aside if set_aside is not None
+                               else self.path.absolute() == default_cache_path().absolute())
         self._timeout_s = timeout_s
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -197,6 +206,13 @@ class ResponseCache:
             except sqlite3.Error:
                 pass
         self._conn = None
+        if not self._may_set_aside:  # not evo's file to move: the user says what to do
+            if self._opened is None:  # found on opening: before the run pays for anything
+                raise DamagedFileError(self.path, f"not a usable evo LM response cache "
+                                       f"({problem})", hint="name another cache file "
+                                       "(--cache), or move this one away")
+            self._bypass(f"it is damaged ({problem}); it is left as it is")
+            return
         if found is None or _identity(self.path) != found:
             return
         aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
