@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from evo import genome as G
 from evo.data import Example
 from evo.ensemble import EnsembleProgram
-from evo.errors import RunFailedError
+from evo.errors import ConfigError, RunFailedError
 from evo.evaluate import (Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix,
                            cell_failures, failure_minibatch)
 from evo.genome import Archive, Genome
@@ -459,9 +459,9 @@ class Search:
         try:
             self.validate(seed_cand)
         except BudgetExhausted:
-            raise ValueError(f"budget of {self.config.budget.metric_calls} metric calls cannot "
-                             f"validate the seed program on {len(self.valset)} validation "
-                             "examples") from None
+            raise ConfigError(f"budget of {self.config.budget.metric_calls} metric calls "
+                              f"cannot validate the seed program on {len(self.valset)} "
+                              "validation examples") from None
         self._check_metric(seed_cand)
 
     def _check_metric(self, seed_cand: Candidate) -> None:

@@ -148,7 +148,7 @@ def test_unreachable_lm_is_one_clear_error():
 
 
 def test_budget_too_small_for_seed_validation():
-    with pytest.raises(ValueError, match="cannot validate the seed"):
+    with pytest.raises(evo.ConfigError, match="cannot validate the seed"):
         run(ScriptedLM(respond), budget=10, cache=False)
 
 

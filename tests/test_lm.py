@@ -386,3 +386,23 @@ def test_hosted_against_a_fake_openai_server() -> None:
         assert wrapped.dspy_lm.cache is False
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("counts", [dict(prompt_tokens=float("nan")), dict(completion_tokens=-1),
+                                    dict(prompt_tokens="12"), dict(seconds=float("inf"))])
+def test_a_backend_reporting_nonsense_usage_is_a_failed_call(tmp_path, counts):
+    """Token counts that are not whole numbers >= 0 (a custom LM's NaN) would break the ledger
+    and the journal: the reply is a failed call saying so, never booked, cached or journaled."""
+    from evo.lm.journal import Journal
+
+    class Odd:
+        model_id = "odd"
+
+        def complete(self, request):
+            return LMResponse(text="label: pos", **counts)
+
+    s = LMSession(Odd(), retries=0, cache=ResponseCache(tmp_path / "c.sqlite"))
+    s.journal = Journal(tmp_path / "journal.sqlite")
+    with pytest.raises(LMError, match="counts must be whole numbers"):
+        s.complete(req("q"))
+    assert len(s.cache) == 0 and s.usage.calls == 0

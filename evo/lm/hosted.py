@@ -195,7 +195,8 @@ class DSPyLM:
                 not self._succeeded and not timeout
                 and bool(kinds & (_CONNECT_CODES | _CONNECT_NAMES)))
         if fatal:
-            return LMUnavailableError(f"{self._where}: {root_message(exc)}")
+            # (the first line: dspy adds a "To fix:" block of advice after it)
+            return LMUnavailableError(f"{self._where}: {root_message(exc).splitlines()[0]}")
         if kinds & _REQUEST_NAMES:
             return LMRequestError(f"{self.model_id}: {root_message(exc)}")
         status = _status(exc)

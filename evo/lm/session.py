@@ -7,6 +7,7 @@ Every LM call in evo (task calls, reflection, proposals, re-asks, the preflight)
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 import warnings
@@ -253,6 +254,11 @@ class LMSession:
         if not isinstance(resp, LMResponse):
             raise LMError(f"{self.model_id}{where} returned {type(resp).__name__}, "
                           "not an LMResponse")
+        counts = (resp.prompt_tokens, resp.completion_tokens, resp.reused_prompt_tokens)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) \
+                or not (isinstance(resp.seconds, int | float) and 0 <= resp.seconds < math.inf):
+            raise LMError(f"{self.model_id}{where} returned token counts {counts} and seconds "
+                          f"{resp.seconds!r}: counts must be whole numbers >= 0, seconds finite")
         if resp.text is None or resp.text == "":
             err = _empty_reply(resp, f"{self.model_id}{where}")
             err.paid = dataclasses.replace(  # type: ignore[attr-defined]
@@ -387,7 +393,12 @@ class LMSession:
             # backends prefix it with "MODEL at ENDPOINT: ", which we are about to say.
             detail = str(exc) if isinstance(exc, LMUnavailableError) else root_message(exc)
             detail = detail.removeprefix(f"{self.model_id}{where}: ")
-            raise LMUnavailableError(f"could not reach {self.model_id}{where}: {detail}") from exc
+            if isinstance(exc, LMError):
+                raise LMUnavailableError(f"could not reach {self.model_id}{where}: "
+                                         f"{detail}") from exc
+            # Not a failed call: code around it broke (a custom backend's, or a bad argument)
+            raise LMUnavailableError(f"could not use {self.model_id}{where}: "
+                                     f"{type(exc).__name__}: {detail}") from exc
 
     def __repr__(self) -> str:
         return f"LMSession({self.model_id!r}, cache={self.cache!r})"
