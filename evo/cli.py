@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from evo._io import write_json
 from evo.data import Task
-from evo.errors import ConfigError, EvoError, RunFailedError, config_error
+from evo.errors import ConfigError, DamagedFileError, EvoError, RunFailedError, config_error
+from evo.lm.base import LMUnavailableError
 
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
@@ -206,11 +209,35 @@ def _resume_args(args: argparse.Namespace, parser_defaults: dict) -> None:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ConfigError(f"--resume takes the run's own settings from {run_file}; drop {flags}")
     for key in RUN_ARGS:
-        setattr(args, key, cli.get(key, parser_defaults.get(key)))
+        value = cli.get(key, parser_defaults.get(key))
+        if value is not None and not _valid_flag(_RUN_ACTIONS[key], value):
+            raise DamagedFileError(run_file, f"cli.{key}: {value!r} is not a value "
+                                   f"--{key.replace('_', '-')} takes", hint="restore the file, "
+                                   "or start the run again in a new folder")
+        setattr(args, key, value)
     for key, value in movable.items():
         if value is not None:
             setattr(args, key, value)
     args.out = args.resume
+
+
+def _valid_flag(action: argparse.Action, value: object) -> bool:
+    """Whether ``value`` (read back from a run file) is one the flag ``action`` could have
+    parsed: a hand-edited run.json must not reach the search with a wrong type."""
+    if action.nargs == 0:  # store_true
+        return isinstance(value, bool)
+    if isinstance(action, argparse._AppendAction):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False
+    kind = getattr(action.type, "__name__", "str") if action.type else "str"
+    if not isinstance(value, {"str": str, "int": int, "float": int | float}.get(kind, str)):
+        return False
+    try:
+        parsed = action.type(str(value)) if action.type else value
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        return False
+    return not action.choices or parsed in action.choices
 
 
 def _absolute_paths(args: argparse.Namespace) -> None:
@@ -233,7 +260,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _absolute_paths(args)
     optimizer = build_optimizer(args)  # (a bad flag is found before any data is fetched)
     task = load_task(args)
-    program = evo.Program(signature=task.signature, labels=task.labels)
+    try:
+        program = evo.Program(signature=task.signature, labels=task.labels)
+    except ValidationError as exc:  # repeated fields or labels
+        raise config_error(exc, f"{task.name}: the program's fields and labels") from None
     from evo.api import check_testset
     check_testset(program, task.test, what=f"{task.name} test split")  # before paying
     if args.dry_run:
@@ -260,10 +290,17 @@ def cmd_run(args: argparse.Namespace) -> int:
           + (" (resuming)" if (out / "run.json").exists() else ""),
           file=sys.stderr)
     started = time.perf_counter()
-    result = evo.optimize(program, task.train, task.val, lm=lm, optimizer=optimizer,
-                          reflection_lm=reflection, seed=args.seed, cache=_cache(args),
-                          description=task.description, run_dir=out, progress=not args.quiet,
-                          cli={k: getattr(args, k) for k in RUN_ARGS})
+    try:
+        result = evo.optimize(program, task.train, task.val, lm=lm, optimizer=optimizer,
+                              reflection_lm=reflection, seed=args.seed, cache=_cache(args),
+                              description=task.description, run_dir=out,
+                              progress=not args.quiet, cli={k: getattr(args, k) for k in RUN_ARGS})
+    except LMUnavailableError as exc:
+        if args.resume and args.api_base and not args.api_key:
+            raise LMUnavailableError(f"{exc} (an --api-key is never saved in the run: give it "
+                                     "again with --resume, or set the provider's variable)"
+                                     ) from exc
+        raise
     report = result.report(task.test, progress=not args.quiet)
     print(f"\n{task.name} | {args.model} | seed {args.seed}\n{report}")
     source = f"--task {args.task}" if args.task else (
@@ -353,9 +390,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             price = tuple(float(x) for x in args.price.split(","))
         except ValueError:
             price = ()
-        if len(price) != 2:
+        if len(price) != 2 or not all(0 <= x < math.inf for x in price):
             raise ConfigError(f"--price {args.price!r}: write IN,OUT in dollars per million "
-                             "prompt and completion tokens, e.g. --price 0.15,0.6")
+                              "prompt and completion tokens (numbers >= 0), e.g. --price 0.15,0.6")
     path = write_report(args.run, args.out, price=price)
     print(f"report: {path}")
     return 0
@@ -364,20 +401,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import evo
     from evo.api import session_for
-    from evo.lm.base import LMRequest
+    from evo.lm.base import LMError, LMRequest
 
     bad = [pair for pair in args.input if "=" not in pair]
     if bad:
         raise ConfigError(f"--input {bad[0]!r}: write FIELD=TEXT, e.g. --input question='Who ...?'")
     program = evo.load_program(args.program)
     inputs = dict(pair.split("=", 1) for pair in args.input)
-    example = evo.Example(inputs=inputs, outputs={f.name: "?" for f in program.signature.outputs})
-    program.check_example(example)
-    session = session_for(_lm(args),
-                          _cache(args))
+    try:
+        example = evo.Example(inputs=inputs,
+                              outputs={f.name: "?" for f in program.signature.outputs})
+        program.check_example(example)
+    except ValidationError as exc:
+        raise config_error(exc, "--input") from None
+    except ValueError as exc:  # a field the program reads is missing
+        raise ConfigError(f"--input: {exc}") from None
+    session = session_for(_lm(args), _cache(args))
     members = program.members if isinstance(program, evo.EnsembleProgram) else (program,)
-    predictions = [m.parse(session.complete(LMRequest(m.messages(example), max_tokens=48)).text)
-                   for m in members]
+    try:
+        predictions = [m.parse(session.complete(LMRequest(m.messages(example),
+                                                          max_tokens=48)).text)
+                       for m in members]
+    except LMError as exc:  # failed after its retries: nothing to predict from
+        print(f"evo: {exc}", file=sys.stderr)
+        return 2
     prediction = (program.vote_on(predictions) if isinstance(program, evo.EnsembleProgram)
                   else predictions[0])
     print(json.dumps(prediction.outputs) if prediction.ok else f"unparseable: {prediction.error}")
@@ -427,6 +474,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 _RUN_DEFAULTS: dict = {}  # `evo run`'s flag defaults (filled by build_parser)
+_RUN_ACTIONS: dict[str, argparse.Action] = {}  # ... and its flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -463,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
     _RUN_DEFAULTS.update({a.dest: a.default for a in run._actions})
+    _RUN_ACTIONS.update({a.dest: a for a in run._actions})
 
     ev = sub.add_parser("eval", help="score a saved program on a split")
     ev.add_argument("program", help="program JSON written by `evo run`")
@@ -522,13 +571,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """A warning as one line on stderr (``evo: ...``), without Python's file and source line."""
+    text = " ".join(str(message).split())
+    print(text if text.startswith("evo: ") else f"evo: warning: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``evo`` command. A user's mistake or an unusable LM or file (an :class:`EvoError`,
     or a path the system refuses) is one ``evo:`` line and exit status 2; anything else is a bug
     and keeps its traceback. ``EVO_DEBUG=1`` shows the traceback of the first kind too."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            if not os.environ.get("EVO_DEBUG"):
+                warnings.showwarning = _show_warning
+            return args.func(args)
     except (EvoError, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, EvoError) and not exc.filename:
             raise  # an OSError that names no path is not the user's (a socket, a bug): show it

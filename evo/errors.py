@@ -62,6 +62,9 @@ def config_error(exc: Exception, what: str) -> ConfigError:
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return ConfigError(f"{what}: {exc}")
-    problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ()))) or 'value'}: {e.get('msg')} "
-                         f"(got {e.get('input')!r})" for e in errors())
-    return ConfigError(f"{what}: {problems}")
+    def one(e: dict) -> str:
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        loc = ".".join(map(str, e.get("loc", ())))
+        return f"{loc}: {msg} (got {e.get('input')!r})" if loc else msg  # (a whole-object check)
+
+    return ConfigError(f"{what}: {'; '.join(one(e) for e in errors())}")

@@ -105,6 +105,8 @@ def test_a_run_whose_cells_mostly_failed_exits_2_after_saving(server, tmp_path, 
     assert main(run_argv(str(data), server, str(out))) == 2
     captured = capsys.readouterr()
     assert "most cells failed" in captured.err and "Traceback" not in captured.err
+    # warnings too are one `evo:` line each, without Python's file name and source line
+    assert all(line.startswith("evo: ") for line in captured.err.splitlines()), captured.err
     assert "lm: throttled" in captured.out
     for name in ("best.json", "result.json", "report.json", "report.html", "events.jsonl"):
         assert (out / name).is_file(), name
@@ -128,3 +130,41 @@ def test_cache_naming_a_users_file_or_folder_is_refused_untouched(server, tmp_pa
         assert "not a usable evo LM response cache" in err and str(target) in err
         assert sorted((str(p), p.stat().st_size) for p in tmp_path.rglob("*")) == before
     assert server.hits == []
+
+
+@pytest.mark.parametrize("key, value", [("n_train", "ten"), ("labels", 7), ("model", 5),
+                                        ("budget", 0), ("no_knn", "yes"), ("set", "a=1"),
+                                        ("selection", "random")])
+def test_resume_refuses_a_hand_edited_run_file(server, tmp_path, capsys, key, value):
+    """A run.json whose recorded flags were edited into values the flags cannot take is one
+    line naming the file and the field, before any LM call."""
+    data = write_data(tmp_path / "data.jsonl")
+    out = tmp_path / "run"
+    assert main(run_argv(str(data), server, str(out))) == 0
+    run_file = out / "run.json"
+    info = json.loads(run_file.read_text())
+    info["cli"][key] = value
+    run_file.write_text(json.dumps(info))
+    hits = len(server.hits)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--api-key", "x", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cli.{key}" in err and str(run_file) in err and err.count("\n") == 1
+    assert len(server.hits) == hits
+
+
+def test_predict_mistakes_and_failed_calls_are_one_line(server, tmp_path, capsys):
+    data = write_data(tmp_path / "data.jsonl")
+    out = tmp_path / "run"
+    assert main(run_argv(str(data), server, str(out))) == 0
+    capsys.readouterr()
+    base = ["predict", str(out / "best.json"), "--model", "openai/fault", "--api-base",
+            server.base, "--api-key", "x", "--timeout", "2", "--no-cache"]
+    assert main([*base, "--input", "nosuch=x"]) == 2
+    assert "--input" in capsys.readouterr().err
+    assert main([*base, "--input", "text=item 3 is good stuff"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"label": "pos"}
+    server.rule = lambda body: "500"
+    assert main([*base, "--input", "text=item 5 is good stuff"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evo: ") and "HTTP 500" in err and "Traceback" not in err
