@@ -74,7 +74,7 @@ def test_user_mistakes_are_one_line_errors(argv, says, capsys):
     (["run", "--task", "trec", "--set", "population_size=many"], "population_size"),
     (["run", "--resume", "/nonexistent/run"], "not a run directory"),
     (["report", "/nonexistent/run", "--price", "1"], "IN,OUT"),
-    (["report", "/nonexistent/run", "--price", "-1,nan"], "numbers >= 0"),
+    (["report", "/nonexistent/run", "--price=-1,nan"], "numbers >= 0"),
     (["run", "--task", "trec", "--optimizer", "nosuch"], "no optimizer named 'nosuch'"),
 ])
 def test_cli_mistakes_exit_2_with_one_line(argv, says, capsys, tmp_path, monkeypatch):
