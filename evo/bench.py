@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evo._io import write_json
 from evo.compare import Comparison, format_p, paired
@@ -517,17 +517,46 @@ def run_suite(config: BenchConfig, *, lm: Any = None,
     return results
 
 
+class _ResultShape(BaseModel):
+    """The fields of a run's result.json that the tables and plots read (others pass). Strict:
+    ``"40"`` is not a budget, and the dict is used as read."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    task: str
+    optimizer: str
+    side: str
+    budget: int = Field(ge=0)
+    seed: int
+    test: float
+    test_scores: list[float] = Field(min_length=1)
+    metric_calls: float
+    over_budget: float
+    lm_calls: float
+    prompt_tokens: float
+    wall_s: float
+    lm_share: float
+    resumed: bool
+
+
 def read_result(path: Path) -> dict[str, Any]:
-    """One run's result; a damaged one is a :class:`DamagedFileError` naming it."""
+    """One run's result; a damaged one (unreadable, or a field missing or of the wrong type)
+    is a :class:`DamagedFileError` naming it and the field."""
     hint = "move it away and rerun that cell"
     try:
         result = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DamagedFileError(path, f"not a readable result ({type(exc).__name__}: "
                                f"{str(exc)[:120]})", hint=hint) from None
-    if not isinstance(result, dict) or not {"task", "optimizer", "budget"} <= result.keys():
-        raise DamagedFileError(path, "not an evo bench result (an object with task, optimizer "
-                               "and budget)", hint=hint)
+    if not isinstance(result, dict):
+        raise DamagedFileError(path, "not an evo bench result (a JSON object)", hint=hint)
+    try:
+        _ResultShape.model_validate(result)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(map(str, first["loc"])) or "result"
+        raise DamagedFileError(path, f"not an evo bench result: {field}: {first['msg']}",
+                               hint=hint) from None
     return result
 
 
@@ -574,6 +603,12 @@ def summarize(results: list[dict]) -> list[dict]:
     return rows
 
 
+def _md(text: object) -> str:
+    """``text`` as one markdown table cell: its pipes escaped, its line breaks folded (names
+    come from result files, which may have been edited by hand)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def table(rows: list[dict]) -> str:
     """The markdown table: held-out accuracy (mean over seeds, 95% bootstrap CI over the test
     examples; the per-seed values show the spread between seeds) and what each search spent."""
@@ -588,7 +623,7 @@ def table(rows: list[dict]) -> str:
               if q["task"] == r["task"] and len(q["per_seed"]) != len(r["per_seed"])}
     for i, r in enumerate(rows):
         if i == 0 or rows[i - 1]["task"] != r["task"]:
-            lines.append(f"| {r['task']} | *always the most common answer* | – | "
+            lines.append(f"| {_md(r['task'])} | *always the most common answer* | – | "
                          f"{r['majority']:.3f} | | | | | | |")
         over = (f" (**+{r['over_budget']} over**"
                 + (", worst seed)" if len(r["per_seed"]) > 1 else ")")) if r["over_budget"] else ""
@@ -602,7 +637,7 @@ def table(rows: list[dict]) -> str:
                  if r["budget"] else "– | – | – | – | –")  # a baseline searches nothing
         acc = f"**{r['test']:.3f}**" if r["test"] == best[r["task"]] else f"{r['test']:.3f}"
         lines.append(
-            f"| {r['task']} | {r['optimizer']}{mark} | {budget} | {acc} "
+            f"| {_md(r['task'])} | {_md(r['optimizer'])}{mark} | {budget} | {acc} "
             f"[{low:.3f}, {high:.3f}] | {seeds} | {spent} |")
     lines.append("\nCI: resampling of test examples within each seed (test-set noise, not "
                  "seed-to-seed spread). LM calls count cache hits; metric calls = program runs on "
@@ -659,7 +694,8 @@ def head_to_head_table(matches: list[HeadToHead]) -> str:
     for m in matches:
         c = m.comparison
         lines.append(
-            f"| {m.task} | {c.b} − {c.a} | {m.budget} | {', '.join(map(str, m.seeds))} | {c.n} "
+            f"| {_md(m.task)} | {_md(c.b)} − {_md(c.a)} | {m.budget} | "
+            f"{', '.join(map(str, m.seeds))} | {c.n} "
             f"| {c.b_minus_a:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] | {format_p(c.p_value)} "
             f"| {len(c.b_wins)} | {len(c.a_wins)} |")
     lines.append("\nPaired over the same test examples (each seed's own split, pooled over the "

@@ -198,3 +198,24 @@ def test_head_to_head_pairs_evo_and_dspy_over_the_seeds_both_ran():
     assert b.comparison.b_minus_a == pytest.approx((5 - 4) / 8)
     text = bench.head_to_head_table(list(matches.values()))
     assert "| toy | evolution − dspy.b | 300 | 0, 1 | 8 | +0.125 [" in text
+
+
+@pytest.mark.parametrize("field, value", [("seed", None), ("test_scores", []),
+                                          ("test_scores", "abc"), ("budget", "40"),
+                                          ("metric_calls", "x"), ("task", ["a"])])
+def test_a_result_file_of_the_wrong_shape_is_one_error_naming_it(tmp_path, field, value):
+    good = result(0, "evolution", [1.0, 0.0], side="evo")
+    bad = {**good, field: value} if value is not None else {
+        k: v for k, v in good.items() if k != field}
+    for i, data in enumerate((good, bad)):
+        cell = tmp_path / "toy" / f"seed{i}" / "evolution-b300"
+        cell.mkdir(parents=True)
+        (cell / "result.json").write_text(json.dumps(data))
+    with pytest.raises(evo.DamagedFileError, match=f"seed1.*result.json.*{field}"):
+        bench.load_results(tmp_path)
+
+
+def test_names_from_result_files_cannot_break_the_tables():
+    rows = bench.summarize([{**result(0, "dspy.a", [1.0, 0.0]), "task": "to|y\nx"}])
+    line = next(line for line in bench.table(rows).splitlines() if "dspy.a" in line)
+    assert line.startswith("| to\\|y x | dspy.a |") and line.count(" | ") == 9
