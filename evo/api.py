@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from evo._io import write_json
+from evo._io import write_json, write_text
 from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
 from evo.ensemble import EnsembleProgram
 from evo.errors import ConfigError
-from evo.evaluate import (ScoreMatrix, cell_failures, evaluate_program, format_failures,
-                          unique_examples)
+from evo.evaluate import (MEANINGLESS_SHARE, ScoreMatrix, cell_failures, evaluate_program,
+                          format_failures, unique_examples)
 from evo.events import Callback, ProgressBar, dispatch, progress_bar
 from evo.kernels.moo import nondominated_ranks
 from evo.compare import format_p, paired
@@ -46,10 +46,6 @@ def session_for(lm: LM | LMSession, cache: ResponseCache | str | Path | None | b
         cache = ResponseCache(cache)
     # (an empty ResponseCache is falsy: test for the sentinels, not truthiness)
     return LMSession(lm, cache=None if cache is False or cache is None else cache)
-
-
-# Above this share of failed cells (LM, parser or metric errors) a run's scores mean nothing.
-MEANINGLESS_SHARE = 0.5
 
 
 @dataclass
@@ -282,9 +278,8 @@ class Result:
         write_json(run_dir / "result.json", payload, indent=1, default=str)
         if self.store is None or run_dir.resolve() != self.store.path.resolve():
             # (a run store wrote its own log as the run went)
-            with open(run_dir / EVENTS_FILE, "w") as fh:
-                for event in self.events:
-                    fh.write(json.dumps(event, default=str) + "\n")
+            write_text(run_dir / EVENTS_FILE,
+                       "".join(json.dumps(event, default=str) + "\n" for event in self.events))
         return run_dir
 
 
@@ -313,7 +308,11 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     ``run_dir`` resumes it (a killed run continues with no paid call repeated and ends with the
     result an uninterrupted run gives). Other inputs on the same ``run_dir`` raise
     :class:`evo.store.RunMismatchError`. ``cli`` (the command line, from ``evo run``) is kept
-    in the store for ``evo run --resume``.
+    in the store for ``evo run --resume``. The run is known by its data as given, repeats
+    included (the search itself sees each example once), so a list of examples names the run it
+    named before repeats were dropped; a :class:`~evo.data.Dataset` drops its repeats when it is
+    built and is known by the rows it holds. The store stays open for :meth:`Result.report`
+    (its test pass is journaled too) and is closed when ``optimize`` raises.
 
     >>> # result = evo.optimize(program, task.train, task.val, lm=evo.lm.local())
     """
@@ -343,21 +342,35 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
         s.journal = None
     store = None
     if run_dir is not None:  # opened first: a mismatch or a busy directory costs no LM call
-        spec = {"program": program.to_json(), "trainset": data_digest(train),
-                "valset": data_digest(val), "optimizer": optimizer_spec(optimizer),
+        # The data as the user gave it, repeats included: a store made before repeats were
+        # dropped (when the digest was of the rows as given) still resumes.
+        spec = {"program": program.to_json(), "trainset": data_digest(list(trainset)),
+                "valset": data_digest(list(valset)), "optimizer": optimizer_spec(optimizer),
                 "seed": seed, "model": task_session.model_id,
                 "reflection_model": reflection_session.model_id,
                 "metric": _name(metric), "description": description}
         store = RunStore(run_dir, spec, cli=cli)
     try:
-        # Fail once, clearly, if the LM cannot be reached at all, before any work is done
-        # (not journaled: every sitting checks its LM afresh).
-        for s in sessions:
-            s.preflight()
+        return _run(program, train, val, optimizer, metric, task_session, reflection_session,
+                    sessions, store, seed=seed, description=description, progress=progress,
+                    on_event=on_event, callbacks=callbacks)
     except BaseException:
-        if store is not None:
+        if store is not None:  # released, so the run can be resumed at once (here or elsewhere)
+            store.detach(*sessions)
             store.close()
         raise
+
+
+def _run(program: Program, train: list[Example], val: list[Example], optimizer: Optimizer,
+         metric: Metric, task_session: LMSession, reflection_session: LMSession,
+         sessions: list[LMSession], store: RunStore | None, *, seed: int, description: str,
+         progress: bool, on_event: Callable[[dict], None] | None,
+         callbacks: Sequence[Callback]) -> Result:
+    """:func:`optimize` once its inputs are checked and its store is open."""
+    # Fail once, clearly, if the LM cannot be reached at all, before any work is done
+    # (not journaled: every sitting checks its LM afresh).
+    for s in sessions:
+        s.preflight()
     if store is not None:
         store.attach(*sessions)
     before = [s.usage.copy() for s in sessions]
@@ -389,11 +402,8 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     except BaseException as exc:
         for cb in callbacks:  # close bars, end tracking runs as failed
             cb.on_error(exc)
-        if store is not None:
-            if live:
-                store.checkpoint(live[0], spent().to_dict(), force=True)
-            store.detach(*sessions)
-            store.close()
+        if store is not None and live:
+            store.checkpoint(live[0], spent().to_dict(), force=True)
         raise
     usage = spent()
     best = state.best
@@ -402,7 +412,7 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     if failed["failed_share"] > MEANINGLESS_SHARE:
         warnings.warn(f"evo: most of the search's cells failed ({format_failures(failed)}): "
                       "its validation scores say nothing about the prompts",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=3)  # (the caller of optimize)
     result = Result(
         best=best.program, baseline=seed_cand.program, best_val=best.val_score,
         baseline_val=seed_cand.val_score, candidates=state.candidates, matrix=state.matrix,

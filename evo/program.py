@@ -283,20 +283,27 @@ def read_program_file(path: str | Path) -> dict:
 
 
 def validate_program_data(model: type[BaseModel], data: dict, path: str | Path) -> Any:
-    """``model.model_validate(data)``, with a failure named by file and field
-    (``demos[2].outputs: missing``) as one :class:`DamagedFileError`."""
+    """``model.model_validate(data)`` for a program file (:func:`validate_file_data`)."""
+    return validate_file_data(model, data, path, what="a program file", hint=_PROGRAM_HINT)
+
+
+def validate_file_data(model: type[BaseModel], data: Any, path: str | Path, *, what: str,
+                       hint: str = "") -> Any:
+    """``model.model_validate(data)``, with a failure named by file and field as one
+    :class:`DamagedFileError`: ``"not <what> of the expected shape: demos[2].outputs: missing"``
+    (the first three fields that do not fit). Every file evo reads back (program files, the run
+    files ``evo report`` reads) is checked through this."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = [f"{_loc(err['loc'])}: {_problem(err)}" for err in exc.errors()]
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise DamagedFileError(path, "; ".join(problems[:3]) + more,
-                               hint=_PROGRAM_HINT) from None
+        raise DamagedFileError(path, f"not {what} of the expected shape: "
+                               + "; ".join(problems[:3]) + more, hint=hint) from None
     except (ValueError, TypeError) as exc:  # a validator's own check (labels, signature)
-        raise DamagedFileError(path, str(exc), hint=_PROGRAM_HINT) from None
+        raise DamagedFileError(path, str(exc), hint=hint) from None
     except RecursionError:
-        raise DamagedFileError(path, "nested too deeply to be a program file",
-                               hint=_PROGRAM_HINT) from None
+        raise DamagedFileError(path, f"nested too deeply to be {what}", hint=hint) from None
 
 
 def _loc(loc: Sequence[object]) -> str:

@@ -24,17 +24,18 @@ import difflib
 import html
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from evo._io import write_text
 from evo.compare import format_p
 from evo.data import DataError
 from evo.errors import DamagedFileError
-from evo.evaluate import failures_from_errors, format_failures
+from evo.evaluate import MEANINGLESS_SHARE, failures_from_errors, format_failures
+from evo.program import validate_file_data
 from evo.store import CHECKPOINT_FILE, EVENTS_FILE, RUN_FILE
 
 _CSS = """
@@ -256,15 +257,7 @@ def _read_json(path: Path) -> Any:
 def _validated(model: type[_Loose], data: Any, path: Path) -> dict[str, Any]:
     """``data`` in ``model``'s shape as plain dicts, or one DamagedFileError naming the file and
     the first fields that do not fit."""
-    from evo.program import _loc
-    try:
-        return model.model_validate(data).model_dump()
-    except ValidationError as exc:
-        problems = [f"{_loc(e['loc'])}: {'missing' if e['type'] == 'missing' else e['msg']}"
-                    for e in exc.errors()]
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise DamagedFileError(path, "not an evo run file of the expected shape: "
-                               + "; ".join(problems[:3]) + more) from None
+    return validate_file_data(model, data, path, what="an evo run file").model_dump()
 
 
 def _check_record(record: dict[str, Any], src: Path) -> None:
@@ -356,7 +349,7 @@ def _failures_section(record: dict[str, Any], scores: np.ndarray, test: dict | N
             shares.append(test["failures"][who]["failed_share"])
     out = ["<h2>Failed cells</h2>", _table(["", "failed cells (LM, parser or metric errors)"],
                                            rows)]
-    if max(shares) > 0.5 or (test and test["meaningless"]):
+    if max(shares) > MEANINGLESS_SHARE or (test and test["meaningless"]):
         out.append(f"<p class='warn'><b>Most cells failed ({max(shares):.0%}): these scores say "
                    "nothing about the prompts.</b></p>")
     errors = record["cell_errors"]
@@ -461,8 +454,9 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
                  summary["stop_reason"] or record["stop_reason"]])
     parts += ["<h2>Outcome</h2>", _table(["", "", ""], rows)]
     parts += _failures_section(record, scores, test)
-    parts.append(f"<p>Best candidate #{best}: {_e(_genome_text(by_id[best]['genome']))}.</p>"
-                 f"<div class='step text'>{_e(texts[by_id[best]['genome'][0]]) if by_id[best]['genome'] else ''}</div>")
+    genome = by_id[best]["genome"]
+    parts.append(f"<p>Best candidate #{best}: {_e(_genome_text(genome))}.</p>"
+                 f"<div class='step text'>{_e(texts[genome[0]]) if genome else ''}</div>")
 
     # ---- score vs calls -------------------------------------------------------------------
     evald = [e for e in events if e["event"] == "candidate_evaluated"
@@ -640,18 +634,11 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
 def write_report(run_dir: str | Path, out: str | Path | None = None, *,
                  price: tuple[float, float] | None = None) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``RUN/report.html``; an existing
-    folder gets ``report.html`` inside it). The page is written whole or not at all: a
-    temporary file beside it, renamed into place, and removed should anything fail."""
+    folder gets ``report.html`` inside it). The page is written whole or not at all
+    (:func:`evo._io.write_text`); a failed write is a :class:`~evo.errors.StorageError` naming
+    the path."""
     page = build(run_dir, price=price)
     out = Path(out) if out else Path(run_dir) / "report.html"
     if out.is_dir():
         out = out / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_text(out, page)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import evo
-from evo.errors import ConfigError, DamagedFileError, RunFailedError
+from evo.errors import ConfigError, DamagedFileError, RunFailedError, StorageError
 from evo.evaluate import error_kind
 from evo.lm import LMSession, ScriptedLM
 from evo.report import build, write_report
@@ -59,7 +59,8 @@ def test_a_metric_failing_everywhere_stops_after_the_seed_and_is_on_record(tmp_p
     assert all(e["error"].startswith("metric '<lambda>' " if case != "raises"
                                      else "metric '_raises' raised KeyError") for e in errors)
     assert said in errors[0]["error"]
-    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").open()]
+    events = [json.loads(line)
+              for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     seed = next(e for e in events if e["event"] == "candidate_evaluated")
     assert seed["cell_errors"] == {"metric": len(VAL)}
 
@@ -171,6 +172,39 @@ def test_duplicate_examples_are_scored_once_with_one_warning(tmp_path):
     with pytest.warns(UserWarning, match="1 duplicate example dropped"):
         ab = evo.compare(result.baseline, result.best, TEST + TEST[-1:], lm=lm, cache=False)
     assert ab.n == len(TEST)
+
+
+def test_a_store_of_a_trainset_with_repeats_is_known_by_the_data_as_given(tmp_path):
+    # Before: the spec held the digest of the de-duplicated rows ('40:...'), so a run stored
+    # before repeats were dropped (its spec: the rows as given, '43:...') no longer resumed.
+    from evo.store import data_digest
+    train = TRAIN + TRAIN[:3]
+    run = dict(lm=ScriptedLM(respond), optimizer=optimizer(), cache=False,
+               run_dir=tmp_path / "run")
+    with pytest.warns(UserWarning, match="trainset: 3 duplicate examples dropped"):
+        first = evo.optimize(program(), train, VAL, **run)
+    first.store.close()
+    spec = json.loads((tmp_path / "run" / "run.json").read_text())["spec"]
+    assert spec["trainset"] == data_digest(train) and spec["trainset"].startswith("43:")
+    assert spec["valset"] == data_digest(VAL)
+    with pytest.warns(UserWarning, match="trainset: 3 duplicate examples dropped"):
+        again = evo.optimize(program(), train, VAL, **run)  # resumes: no RunMismatchError
+    assert again.best_val == first.best_val and again.usage.calls == 0
+    again.store.close()
+
+
+def test_optimize_releases_its_run_directory_when_it_raises(tmp_path):
+    import fcntl
+
+    def stop(event):
+        if event["event"] == "complete":
+            raise KeyboardInterrupt  # after the search: the result was about to be saved
+    with pytest.raises(KeyboardInterrupt) as info:  # (its traceback holds on to the store)
+        evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), optimizer=optimizer(),
+                     cache=False, run_dir=tmp_path / "run", on_event=stop)
+    assert info.traceback  # released by optimize itself, not by the garbage collector
+    with open(tmp_path / "run" / "lock", "rb") as fh:  # (BlockingIOError while still held)
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_an_empty_test_set_fails_before_any_lm_call():
@@ -300,6 +334,10 @@ def test_report_out_to_a_folder_writes_report_html_and_leaves_no_tmp(run_dir, tm
     assert (folder / "report.html").read_text().startswith("<!doctype html>")
     assert write_report(run_dir, folder) == folder / "report.html"
     assert write_report(run_dir) == run_dir / "report.html"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match=f"{blocker}/report.html: cannot write"):
+        write_report(run_dir, blocker / "report.html")
     left = [p.name for d in (tmp_path, folder, run_dir) for p in d.iterdir()
             if p.name.endswith(".tmp")]
     assert not left
