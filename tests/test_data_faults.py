@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 from evo import datasets
 from evo.data import DataError, Dataset, Example, Task
 from evo.datasets import files, load, load_csv, load_jsonl, public
+from evo.datasets.files import load_file
+from evo.errors import ConfigError
 from evo.errors import ConfigError, EvoError, StorageError
 
 SCHEMA = dict(inputs=["text"], outputs=["label"])
@@ -562,3 +564,52 @@ def test_the_index_login_is_not_sent_to_files_on_another_host(tmp_path, index, m
     (tmp_path / "out").mkdir()
     assert public.download(package, tmp_path / "out").read_bytes() == data
     assert elsewhere == [("/files/probe-1.0.tar.gz", None)]
+
+
+def test_a_needed_column_named_twice_in_the_header_is_refused(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("text,label,label\nitem 0 is good,pos,neg\nitem 1 is bad,neg,pos\n")
+    with pytest.raises(DataError, match=r"twice.csv, row 1, field 'label': .*twice"):
+        load_file(path, inputs=["text"], outputs=["label"])
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_a_path_that_is_not_a_regular_file_says_what_it_is(tmp_path, kind):
+    path = tmp_path / "data.jsonl"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/null")
+    with pytest.raises(DataError, match="folder" if kind == "folder" else "not a regular file"):
+        load_file(path, inputs=["text"], outputs=["label"])
+
+
+def test_a_long_legal_csv_field_loads(tmp_path):
+    path = tmp_path / "long.csv"
+    text = "word " * 60_000  # 300,000 characters, past csv's default 128 KiB field limit
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], [text, "pos"], ["short one", "neg"]])
+    data = load_file(path, inputs=["text"], outputs=["label"])
+    assert [len(ex.inputs["text"]) for ex in data] == [len(text), 9]
+
+
+def test_a_non_finite_number_is_not_text(tmp_path):
+    path = tmp_path / "nan.jsonl"
+    path.write_text('{"text": "fine", "label": "pos"}\n{"text": NaN, "label": "neg"}\n')
+    with pytest.raises(DataError, match=r"nan.jsonl, row 2, field 'text': .*nan"):
+        load_file(path, inputs=["text"], outputs=["label"])
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    (dict(inputs=["text", "text"], outputs=["label"]), "name one field twice"),
+    (dict(inputs=["text"], outputs=["label"], labels=["pos", "pos"]), "name one label twice"),
+    (dict(inputs=["label"], outputs=["label"]), "both input and output"),
+    (dict(inputs=["text"], outputs=["label"], labels=[""]), "non-empty"),
+])
+def test_field_and_label_mistakes_are_config_errors(tmp_path, kwargs, says):
+    path = tmp_path / "ok.jsonl"
+    path.write_text('{"text": "fine", "label": "pos"}\n')
+    with pytest.raises(ConfigError, match=says):
+        load_file(path, **kwargs)

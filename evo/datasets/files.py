@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import reprlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from evo.data import DataError, Dataset, Example, warn_dropped
+from evo.errors import ConfigError
 
 Row = tuple[dict[str, str], dict[str, str]]
 """One normalized record: (inputs, outputs)."""
@@ -113,15 +115,28 @@ def _check_schema(path: Path, inputs: Sequence[str], outputs: Sequence[str],
     if isinstance(inputs, str) or isinstance(outputs, str):
         raise TypeError("inputs and outputs are lists of field names, not strings")
     if not inputs or not outputs:
-        raise ValueError("name at least one input field and one output field")
+        raise ConfigError("name at least one input field and one output field")
+    for kind, names in (("input", inputs), ("output", outputs)):
+        if any(not isinstance(n, str) or not n.strip() for n in names):
+            raise ConfigError(f"{kind} field names must be non-empty: {list(names)}")
+        if len(set(names)) < len(names):
+            raise ConfigError(f"{kind} fields {list(names)} name one field twice")
     if set(inputs) & set(outputs):
-        raise ValueError(f"fields {sorted(set(inputs) & set(outputs))} are both input and output")
+        raise ConfigError(f"fields {sorted(set(inputs) & set(outputs))} are both input and "
+                          "output")
     if labels is not None:
         if len(outputs) != 1:
-            raise ValueError("labels need exactly one output field")
+            raise ConfigError("labels need exactly one output field")
         if not labels or any(not isinstance(x, str) or not x.strip() for x in labels):
-            raise ValueError("labels must be non-empty strings")
-    if not path.is_file():
+            raise ConfigError(f"labels must be non-empty strings: {list(labels)}")
+        if len(set(labels)) < len(labels):
+            raise ConfigError(f"labels {list(labels)} name one label twice")
+    if path.is_dir():
+        raise DataError("is a folder, not a data file", source=str(path))
+    if path.exists() and not path.is_file():
+        raise DataError("is not a regular file (a pipe or a device?): evo reads data files",
+                        source=str(path))
+    if not path.exists():
         raise DataError("file not found", source=str(path))
 
 
@@ -201,6 +216,8 @@ class _RecordLines:
 
 def _csv_records(path: Path, needed: Sequence[str], delimiter: str
                  ) -> Iterator[tuple[int, Mapping[str, object]]]:
+    # a long text field is legal up to the line limit (csv's own default stops at 128 KiB)
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
     with path.open("rb") as handle:
         lines = _RecordLines(_lines(handle, path, bare_cr=True))
         reader = csv.reader(lines, delimiter=delimiter)
@@ -214,6 +231,10 @@ def _csv_records(path: Path, needed: Sequence[str], delimiter: str
             if missing:
                 raise DataError(f"column missing from header {header}", source=str(path), row=1,
                                 field=missing[0])
+            twice = [f for f in needed if header.count(f) > 1]
+            if twice:  # which of the two would be read is a guess: the user must say
+                raise DataError("the column appears twice in the header", source=str(path),
+                                row=1, field=twice[0])
             start = lines.line_no + 1  # a quoted cell may span lines: report where rows start
             for cells in reader:
                 _check_quotes(path, start, cells, lines.take(), header, needed, delimiter)
@@ -287,6 +308,9 @@ def _text(record: Mapping[str, object], field: str, source: str, row: int) -> st
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DataError(f"expected text, got {type(value).__name__} {_preview(value)}",
                         source=source, row=row, field=field)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"expected text, got the number {value}", source=source, row=row,
+                        field=field)
     text = value if isinstance(value, str) else str(value)
     if not text.strip():
         raise DataError("empty value", source=source, row=row, field=field)
