@@ -29,7 +29,7 @@ from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.session import LMSession, Usage
 from evo.metrics import Metric, exact_match
 from evo.program import Program
-from evo.store import EVENTS_FILE, RunStore, data_digest, state_record
+from evo.store import EVENTS_FILE, RunStore, check_run_dir, data_digest, state_record
 
 Data = Dataset | Sequence[Example]
 
@@ -40,6 +40,9 @@ def session_for(lm: LM | LMSession, cache: ResponseCache | str | Path | None | b
     user cache; a path: that file; ``False``/``None``: no cache)."""
     if isinstance(lm, LMSession):
         return lm
+    if not (cache is None or isinstance(cache, bool | str | Path | ResponseCache)):
+        raise ConfigError(f"cache={cache!r}: give True (the default cache), a file path, a "
+                          "ResponseCache, or False / None for no cache")
     if cache is True:
         cache = ResponseCache(default_cache_path())
     elif isinstance(cache, str | Path):
@@ -250,8 +253,12 @@ class Result:
 
     def save(self, run_dir: str | Path) -> Path:
         """Write best.json, baseline.json, result.json (summary, candidates, matrix) and
-        events.jsonl into ``run_dir``."""
+        events.jsonl into ``run_dir``: the run's own directory, a new or empty folder, or
+        another run directory (:func:`evo.store.check_run_dir`); any other folder is refused
+        before anything is written, as ``optimize(run_dir=...)`` refuses it."""
         run_dir = Path(run_dir)
+        if self.store is None or run_dir.resolve() != self.store.path.resolve():
+            check_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.best.save(run_dir / "best.json")
         self.baseline.save(run_dir / "baseline.json")
@@ -495,6 +502,37 @@ def check_testset(program: Program | EnsembleProgram, testset: Data, *,
     return examples
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A program scored on a dataset: its accuracy over ``n`` examples and its failed cells
+    per kind (:func:`evo.evaluate.cell_failures`). :attr:`meaningless` when more than half of
+    the cells failed: the accuracy then says nothing about the program."""
+
+    accuracy: float
+    n: int
+    failures: dict[str, Any]
+
+    @property
+    def meaningless(self) -> bool:
+        return self.failures.get("failed_share", 0.0) > MEANINGLESS_SHARE
+
+    def __str__(self) -> str:
+        return (f"accuracy {self.accuracy:.3f} ({self.n} examples); failed cells: "
+                f"{format_failures(self.failures)}")
+
+
+def evaluation(program: Program | EnsembleProgram, dataset: Data, *, lm: LM | LMSession,
+               metric: Metric | None = None,
+               cache: ResponseCache | str | Path | bool | None = True,
+               max_tokens: int = 48) -> Evaluation:
+    """``program`` scored on ``dataset``, with the cells that failed (see :func:`evaluate`)."""
+    examples = check_testset(program, dataset, what="data")
+    session = session_for(lm, cache)
+    scores, cells = evaluate_program(program, examples, session, metric or exact_match,
+                                     max_tokens=max_tokens)
+    return Evaluation(float(scores.mean()), len(examples), cell_failures(cells))
+
+
 def evaluate(program: Program | EnsembleProgram, dataset: Data, *, lm: LM | LMSession,
              metric: Metric | None = None, cache: ResponseCache | str | Path | bool | None = True,
              max_tokens: int = 48) -> float:
@@ -503,13 +541,11 @@ def evaluate(program: Program | EnsembleProgram, dataset: Data, *, lm: LM | LMSe
     The data is checked first (:func:`check_testset`): an empty set, or gold labels the program
     does not have, is a :class:`~evo.errors.ConfigError` before any LM call, and a repeated
     example is scored once (with a warning). When most cells fail (LM, parser or metric
-    errors) a RuntimeWarning says so: the accuracy then means nothing."""
-    examples = check_testset(program, dataset, what="data")
-    session = session_for(lm, cache)
-    scores, cells = evaluate_program(program, examples, session, metric or exact_match,
-                                     max_tokens=max_tokens)
-    failed = cell_failures(cells)
-    if failed["failed_share"] > MEANINGLESS_SHARE:
-        warnings.warn(f"evo: most cells failed ({format_failures(failed)}): the accuracy says "
-                      "nothing about the program", RuntimeWarning, stacklevel=2)
-    return float(scores.mean())
+    errors) a RuntimeWarning says so: the accuracy then means nothing. :func:`evaluation`
+    returns the failed cells too."""
+    result = evaluation(program, dataset, lm=lm, metric=metric, cache=cache,
+                        max_tokens=max_tokens)
+    if result.meaningless:
+        warnings.warn(f"evo: most cells failed ({format_failures(result.failures)}): the "
+                      "accuracy says nothing about the program", RuntimeWarning, stacklevel=2)
+    return result.accuracy

@@ -325,6 +325,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                indent=1, default=str)
     from evo.report import write_report
     page = write_report(out)
+    if result.store is not None:
+        result.store.close()  # the run directory is free for `evo report` or a resume
     print(f"\nbest {shown}\n\nsaved: {out / 'best.json'}\nreport: {page}\n"
           f"run it again: {again}")
     if report.meaningless:  # everything is saved; the exit status says it is not a result
@@ -338,10 +340,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     program = evo.load_program(args.program)
     task = load_task(args)
     data = {"train": task.train, "val": task.val, "test": task.test}[args.split]
-    lm = _lm(args)
-    accuracy = evo.evaluate(program, data, lm=lm, cache=_cache(args))
-    print(f"{args.program}: {task.name} {args.split} ({len(data)} examples) "
-          f"accuracy {accuracy:.3f}")
+    from evo.api import evaluation
+    result = evaluation(program, data, lm=_lm(args), cache=_cache(args))
+    print(f"{args.program}: {task.name} {args.split} {result}")
+    if result.meaningless:
+        raise RunFailedError("most cells failed: the accuracy says nothing about the program")
     return 0
 
 
@@ -378,6 +381,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         write_json(args.out, {**result.to_dict(), "task": task.name, "split": args.split,
                               "model": args.model})
         print(f"saved: {args.out}")
+    if result.meaningless:
+        raise RunFailedError("most cells of a program failed: the comparison says nothing "
+                             "about the prompts")
     return 0
 
 

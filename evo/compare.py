@@ -9,8 +9,9 @@ the same examples, so the test reads the per-example differences, not two noisy 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from evo.data import Example
 from evo.ensemble import EnsembleProgram
-from evo.evaluate import evaluate_program
+from evo.errors import RunFailedError
+from evo.evaluate import MEANINGLESS_SHARE, cell_failures, evaluate_program, format_failures
 from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
 from evo.lm.base import LM
 from evo.lm.session import LMSession
@@ -44,6 +46,16 @@ class Comparison:
     scores_a: list[float]
     scores_b: list[float]
     example_ids: list[str]
+    # Failed cells of each program ({"a": ..., "b": ...}, :func:`evo.evaluate.cell_failures`)
+    # and the examples left out of the pairing because a cell of either program failed there.
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)
+
+    @property
+    def meaningless(self) -> bool:
+        """Whether more than half of either program's cells failed."""
+        return any(f.get("failed_share", 0.0) > MEANINGLESS_SHARE
+                   for f in self.failures.values())
 
     @property
     def significant(self) -> bool:
@@ -67,6 +79,11 @@ class Comparison:
                  f"{len(self.b_wins)} / {len(self.a_wins)} / "
                  f"{self.n - len(self.b_wins) - len(self.a_wins)}"),
                 ("verdict (95%)", verdict)]
+        for side, name in (("a", "A"), ("b", "B")):
+            if side in self.failures:
+                rows.append((f"failed cells {name}", format_failures(self.failures[side])))
+        if self.left_out:
+            rows.append(("left out (a cell failed)", f"{len(self.left_out)} examples"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -118,6 +135,19 @@ def compare(a: Program | EnsembleProgram | str | Path, b: Program | EnsembleProg
     session = session_for(lm, cache)
     session.preflight()
     metric = metric or exact_match
-    sa, _ = evaluate_program(pa, examples, session, metric, max_tokens=max_tokens)
-    sb, _ = evaluate_program(pb, examples, session, metric, max_tokens=max_tokens)
-    return paired(name_a, name_b, sa, sb, [ex.id for ex in examples], seed=seed)
+    sa, cells_a = evaluate_program(pa, examples, session, metric, max_tokens=max_tokens)
+    sb, cells_b = evaluate_program(pb, examples, session, metric, max_tokens=max_tokens)
+    # A failed cell (the LM or the metric failed) says nothing about either prompt: that
+    # example is left out of the pairing rather than counted as a win for the other side.
+    keep = [i for i, (x, y) in enumerate(zip(cells_a, cells_b, strict=True))
+            if x.error is None and y.error is None]
+    failures = {"a": cell_failures(cells_a), "b": cell_failures(cells_b)}
+    kept = set(keep)
+    left_out = [ex.id for i, ex in enumerate(examples) if i not in kept]
+    if not keep:
+        raise RunFailedError(f"every example had a failed cell (A: "
+                             f"{format_failures(failures['a'])}; B: "
+                             f"{format_failures(failures['b'])}): nothing to compare")
+    result = paired(name_a, name_b, sa[keep], sb[keep], [examples[i].id for i in keep],
+                    seed=seed)
+    return dataclasses.replace(result, failures=failures, left_out=left_out)

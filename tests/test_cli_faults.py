@@ -168,3 +168,38 @@ def test_predict_mistakes_and_failed_calls_are_one_line(server, tmp_path, capsys
     assert main([*base, "--input", "text=item 5 is good stuff"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("evo: ") and "HTTP 500" in err and "Traceback" not in err
+
+
+def test_eval_and_compare_show_failed_cells_and_leave_them_out(server, tmp_path, capsys):
+    """A failed cell is counted in `evo eval`'s line and left out of `evo compare`'s pairing
+    (not a win for the other program); most cells failing is exit 2."""
+    data = write_data(tmp_path / "data.jsonl")
+    out = tmp_path / "run"
+    assert main(run_argv(str(data), server, str(out))) == 0
+    capsys.readouterr()
+    split = ["--data", str(data), "--inputs", "text", "--outputs", "label", "--labels", "pos,neg",
+             "--n-train", "10", "--n-val", "8", "--n-test", "8"]
+    lm = ["--model", "openai/fault", "--api-base", server.base, "--api-key", "x",
+          "--timeout", "2", "--no-cache"]
+    server.retry_after = "0"
+    server.rule = lambda body: "429" if (item(body) or 0) % 4 == 1 else None
+    assert main(["eval", str(out / "best.json"), *split, *lm]) == 0
+    said = capsys.readouterr().out
+    assert "failed cells: none" not in said and "lm: throttled" in said
+    assert main(["compare", str(out / "baseline.json"), str(out / "best.json"), *split, *lm]) == 0
+    said = capsys.readouterr().out
+    assert "left out (a cell failed)" in said and "failed cells A" in said
+    answered = []  # from here on, only the first task request of each command is answered
+
+    def first_only(body: dict) -> str | None:
+        if item(body) is None:
+            return None
+        answered.append(item(body))
+        return None if len(answered) == 1 else "429"
+
+    server.rule = first_only
+    assert main(["eval", str(out / "best.json"), *split, *lm]) == 2
+    assert "most cells failed" in capsys.readouterr().err
+    answered.clear()
+    assert main(["compare", str(out / "baseline.json"), str(out / "best.json"), *split, *lm]) == 2
+    assert "nothing to compare" in capsys.readouterr().err

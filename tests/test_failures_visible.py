@@ -341,3 +341,23 @@ def test_report_out_to_a_folder_writes_report_html_and_leaves_no_tmp(run_dir, tm
     left = [p.name for d in (tmp_path, folder, run_dir) for p in d.iterdir()
             if p.name.endswith(".tmp")]
     assert not left
+
+
+def test_result_save_refuses_a_folder_evo_did_not_make(tmp_path):
+    """`Result.save(DIR)` follows the run-directory rule of `optimize(run_dir=...)`: a folder
+    holding the user's files is refused before anything is written."""
+    result = evo.optimize(program(), TRAIN, VAL, lm=LMSession(ScriptedLM(respond)),
+                          optimizer=optimizer(), cache=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "result.json").write_text("my own")
+    with pytest.raises(evo.UnsafeRunDirError, match="not an evo run directory"):
+        result.save(mine)
+    assert [p.name for p in mine.iterdir()] == ["result.json"]
+    assert (result.save(tmp_path / "new") / "best.json").is_file()
+
+
+@pytest.mark.parametrize("cache", [5, ["x"], object()])
+def test_a_cache_argument_of_the_wrong_kind_is_a_config_error(cache):
+    with pytest.raises(evo.ConfigError, match="cache="):
+        evo.evaluate(program(), TEST[:2], lm=ScriptedLM(respond), cache=cache)
