@@ -1,6 +1,7 @@
 """Writing files so a reader never sees half of one, and a failed write names its path.
 
-Every write goes to ``NAME.tmp`` beside the file and is renamed over it; a write that fails
+Every write goes to a new ``NAME.tmp`` beside the file and is renamed over it (so a symbolic
+link at ``NAME`` or ``NAME.tmp`` is replaced, never written through); a write that fails
 (disk full, no permission, read-only filesystem, a folder in the way) removes its temporary file
 and raises :class:`~evo.errors.StorageError` naming the path and the reason.
 """
@@ -45,7 +46,14 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            tmp.write_bytes(data)
+            # A leftover NAME.tmp (a killed write, or a link planted there) is removed, never
+            # written through: O_EXCL makes a new regular file or fails.
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            # The rename replaces a link at ``path`` itself, never the file it points to.
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
