@@ -21,7 +21,8 @@ reading, not for restoring. Files are replaced atomically and the journal is SQL
 so a process killed at any moment leaves a store a resume can read.
 
 Every file here is read as untrusted: a damaged or wrong-shaped one is one
-:class:`~evo.errors.DamagedFileError` naming it, never a traceback. A store is created by evo or
+:class:`~evo.errors.DamagedFileError` naming it, never a traceback; one that is a symbolic link
+is refused, so evo never writes through it into a file elsewhere. A store is created by evo or
 refused (:class:`~evo.errors.UnsafeRunDirError`): evo writes only into a new or empty folder or a
 run directory it made, never into a filesystem root, the home directory or a folder above it. A
 journal holding fewer answers than the checkpoint saw (a copy made without
@@ -30,6 +31,7 @@ journal holding fewer answers than the checkpoint saw (a copy made without
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -38,6 +40,7 @@ import re
 import sqlite3
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +63,11 @@ JOURNAL_FILE = "journal.sqlite"
 CHECKPOINT_FILE = "checkpoint.json"
 EVENTS_FILE = "events.jsonl"
 LOCK_FILE = "lock"
+# Every file evo writes into a run directory (`evo run` adds the report files). None may be a
+# symbolic link: evo would write its lock, log or journal into the file it points to.
+RUN_FILES = (RUN_FILE, JOURNAL_FILE, JOURNAL_FILE + "-wal", JOURNAL_FILE + "-shm",
+             CHECKPOINT_FILE, EVENTS_FILE, LOCK_FILE, "result.json", "best.json",
+             "baseline.json", "report.json", "report.html")
 _MAX_READ = 256 * 2**20  # a run file or checkpoint larger than this is not one evo wrote
 _NEW_RUN_HINT = "start a new run directory"
 
@@ -77,7 +85,7 @@ def run_cli(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     was made from Python (``evo.optimize``); a damaged run file is one clear
     :class:`DamagedFileError`."""
     run_file = Path(run_dir) / RUN_FILE
-    if not run_file.exists():
+    if not run_file.exists() and not run_file.is_symlink():  # a dangling link is no absence
         return None
     return read_run_file(run_file).get("cli")
 
@@ -102,6 +110,7 @@ def read_run_file(run_file: str | os.PathLike[str]) -> dict[str, Any]:
     ``evo_run`` marker, a ``spec`` object and a ``cli`` object (or null). Anything else is one
     :class:`DamagedFileError` naming the file."""
     run_file = Path(run_file)
+    _refuse_link(run_file)
     hint = (f"if {run_file.parent} is an evo run directory, its run file is damaged: "
             f"{_NEW_RUN_HINT}; otherwise choose another folder")
     try:
@@ -120,9 +129,33 @@ def read_run_file(run_file: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
+def _refuse_link(path: Path) -> None:
+    """Refuse a symbolic link in place of a run file (:class:`UnsafeRunDirError` naming it)."""
+    if path.is_symlink():
+        raise UnsafeRunDirError(
+            f"{path} is a symbolic link (to {os.readlink(path)}): evo does not read or write "
+            "run files through links, which could overwrite the file they point to; replace "
+            f"it with the file itself, or {_NEW_RUN_HINT}")
+
+
+def _open_run_file(path: Path, flags: int, mode: str) -> Any:
+    """``path`` opened with ``flags`` (plus O_CREAT, O_NOFOLLOW) as a text file in ``mode``:
+    never through a link, even one made after :func:`check_run_dir` looked."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _refuse_link(path)
+        raise storage_error(path, exc, "open") from exc
+    return os.fdopen(fd, mode, errors="replace")
+
+
 def _is_leftover(path: Path) -> bool:
     """Whether ``path`` is a file evo leaves in a run directory before its run file: the lock
-    (empty or ``pid N``) of a run killed at its start, or a half-written run file."""
+    (empty or ``pid N``) of a run killed at its start, or a half-written run file. A link is
+    never one."""
+    if path.is_symlink():
+        return False
     if path.name == RUN_FILE + ".tmp":
         return path.is_file()
     if path.name != LOCK_FILE or not path.is_file() or path.stat().st_size > 64:
@@ -136,9 +169,11 @@ def check_run_dir(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
     Refused with :class:`UnsafeRunDirError`: a filesystem root, the home directory or a folder
     above it or above the current directory; a file; a folder evo did not make that is not
-    empty. A run file of the wrong shape is a :class:`DamagedFileError`."""
+    empty; a run file that is a symbolic link. A run file of the wrong shape is a
+    :class:`DamagedFileError`. The directory itself may be a link (``runs -> /data/runs``):
+    where it leads is what is checked."""
     path = Path(path)
-    why = protected_dir(path)
+    why = protected_dir(path)  # resolved: a link to home or a root is refused too
     if why is not None:
         raise UnsafeRunDirError(f"{path} is {why}: evo will not write its run files there "
                                 "(give a new folder for the run, e.g. runs/NAME)")
@@ -148,6 +183,8 @@ def check_run_dir(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         raise UnsafeRunDirError(f"{path} exists and is not a folder: a run directory is a "
                                 "folder (choose another path)")
     if (path / RUN_FILE).exists() or (path / RUN_FILE).is_symlink():
+        for name in RUN_FILES:
+            _refuse_link(path / name)
         info = read_run_file(path / RUN_FILE)
         for name in (JOURNAL_FILE, JOURNAL_FILE + "-wal", JOURNAL_FILE + "-shm",
                      CHECKPOINT_FILE, EVENTS_FILE, LOCK_FILE):
@@ -247,12 +284,33 @@ def _lost_answers(path: Path, seen: int, have: int) -> DamagedFileError:
         f"delete {CHECKPOINT_FILE}")
 
 
-def _replace_bytes(path: Path, data: bytes) -> None:
-    """Replace a file's content atomically (a temporary file, then a rename)."""
-    write_bytes(path, data)
+# Stores open in this process, by resolved path. Weak: a store nobody holds is closed (see
+# _Handles), and its directory released.
+_OPEN: weakref.WeakValueDictionary[Path, RunStore] = weakref.WeakValueDictionary()
 
 
-_OPEN: dict[Path, RunStore] = {}  # stores open in this process, by resolved path
+class _Handles:
+    """What a store holds open: closed once, by RunStore.close() or when the store is collected
+    (a Result dropped without closing its store releases the directory all the same)."""
+
+    def __init__(self) -> None:
+        self.lock: Any = None
+        self.events: Any = None
+        self.journal: Journal | None = None
+
+    def close_events(self) -> None:
+        if self.events is not None and not self.events.closed:
+            try:
+                self.events.close()
+            except OSError:  # what a full disk kept from the log: a resume cuts the partial line
+                pass
+
+    def close(self) -> None:
+        self.close_events()
+        if self.journal is not None:
+            self.journal.close()
+        if self.lock is not None and not self.lock.closed:
+            self.lock.close()  # releases the flock
 
 
 class RunStore:
@@ -281,31 +339,30 @@ class RunStore:
         earlier = _OPEN.pop(self.path.resolve(), None)
         if earlier is not None:
             earlier.close()
+        self._handles = _Handles()
+        self._release = weakref.finalize(self, self._handles.close)
         lock = self.path / LOCK_FILE
+        self._handles.lock = _open_run_file(lock, os.O_RDWR, "r+")
         try:
-            self._lock_fh = open(lock, "a+", errors="replace")  # noqa: SIM115 (see close())
-        except OSError as exc:
-            raise storage_error(lock, exc, "open") from exc
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._handles.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._lock_fh.seek(0)
-            holder = self._lock_fh.read(80).strip() or "another process"
-            self._lock_fh.close()
+            self._handles.lock.seek(0)
+            holder = self._handles.lock.read(80).strip() or "another process"
+            self._release()
             raise RunInUseError(f"{self.path} is in use by {holder}: one process per run "
                                 "directory (wait for it, or stop it and resume)") from None
         _OPEN[self.path.resolve()] = self
         try:
             try:
-                self._lock_fh.seek(0)
-                self._lock_fh.truncate()
-                self._lock_fh.write(f"pid {os.getpid()}")
-                self._lock_fh.flush()
+                self._handles.lock.seek(0)
+                self._handles.lock.truncate()
+                self._handles.lock.write(f"pid {os.getpid()}")
+                self._handles.lock.flush()
             except OSError as exc:
                 raise storage_error(lock, exc) from exc
             self._open(spec, cli)
         except BaseException:
-            self._unlock()
+            self.close()
             raise
 
     def _open(self, spec: dict[str, Any], cli: dict[str, Any] | None) -> None:
@@ -327,10 +384,7 @@ class RunStore:
                                           if self.resumed else None)
         self._events_path = self.path / EVENTS_FILE
         self._on_file = self._trim_events()
-        try:
-            self._events_fh = open(self._events_path, "a")  # noqa: SIM115 (see close())
-        except OSError as exc:
-            raise storage_error(self._events_path, exc, "open") from exc
+        self._open_events()
         self._seen = 0
         self._last_checkpoint = 0.0
 
@@ -402,8 +456,11 @@ class RunStore:
             events.append(_signature(event))
         keep = b"".join(keep.splitlines(keepends=True)[:len(events)])
         if len(keep) != len(data):
-            _replace_bytes(path, keep)
+            write_bytes(path, keep)
         return events
+
+    def _open_events(self) -> None:
+        self._handles.events = _open_run_file(self._events_path, os.O_WRONLY | os.O_APPEND, "a")
 
     def record(self, event: dict[str, Any]) -> bool:
         """Append ``event`` to the log. A resumed run re-emits its earlier events while it
@@ -418,15 +475,12 @@ class RunStore:
                 return True
             self.close_events()
             lines = self._events_path.read_bytes().split(b"\n")
-            _replace_bytes(self._events_path, b"".join(line + b"\n" for line in lines[:i]))
+            write_bytes(self._events_path, b"".join(line + b"\n" for line in lines[:i]))
             self._on_file = self._on_file[:i]
-            try:
-                self._events_fh = open(self._events_path, "a")  # noqa: SIM115
-            except OSError as exc:
-                raise storage_error(self._events_path, exc, "open") from exc
+            self._open_events()
         try:
-            self._events_fh.write(json.dumps(event, default=str) + "\n")
-            self._events_fh.flush()
+            self._handles.events.write(json.dumps(event, default=str) + "\n")
+            self._handles.events.flush()
         except OSError as exc:  # a partial line is cut off on resume
             raise storage_error(self._events_path, exc) from exc
         return False
@@ -463,28 +517,29 @@ class RunStore:
         finally:
             self.journal.phase = before
 
+    # ---- handles: in self._handles, so they are closed even if close() never is -----------
+    @property
+    def journal(self) -> Journal:
+        assert self._handles.journal is not None, "the store's journal is not open"
+        return self._handles.journal
+
+    @journal.setter
+    def journal(self, journal: Journal) -> None:
+        self._handles.journal = journal
+
     def close_events(self) -> None:
-        if not self._events_fh.closed:
-            try:
-                self._events_fh.close()
-            except OSError:  # what a full disk kept from the log: a resume cuts the partial line
-                pass
+        """Close the event log (the journal stays open, e.g. for the report's test pass)."""
+        self._handles.close_events()
 
     @property
     def closed(self) -> bool:
-        return self._lock_fh.closed
+        return not self._release.alive
 
     def close(self) -> None:
-        """Close the log and the journal and release the directory."""
-        if getattr(self, "_events_fh", None) is not None:
-            self.close_events()
-        if getattr(self, "journal", None) is not None:
-            self.journal.close()
-        self._unlock()
-
-    def _unlock(self) -> None:
-        if not self._lock_fh.closed:
-            self._lock_fh.close()  # releases the flock
+        """Close the log and the journal and release the directory (again: nothing)."""
+        self._release()  # runs _Handles.close once, whoever calls first (close() or the GC)
+        if _OPEN.get(self.path.resolve()) is self:
+            del _OPEN[self.path.resolve()]
         if _OPEN.get(self.path.resolve()) is self:
             del _OPEN[self.path.resolve()]
 
