@@ -17,7 +17,7 @@ from evo.lm.journal import Journal
 from evo.store import read_run_file, run_cli
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import TRAIN, VAL, program, respond  # noqa: E402
+from test_engine import TRAIN, VAL, program, respond
 
 BUDGET = 60
 DEEP = b"[" * 100_000 + b"]" * 100_000  # nested 100k deep
@@ -78,12 +78,14 @@ def resumes_correctly(runs, run_dir: Path) -> None:
     assert kinds == [e["event"] for e in result.events]
 
 
-def refused(run_dir: Path, name: str, match: str = "") -> evo.EvoError:
-    """Reopening ``run_dir`` is one EvoError naming ``name``, with no LM call."""
+def refused(run_dir: Path, name: str, match: str = "",
+            kind: type[evo.EvoError] = evo.DamagedFileError) -> evo.EvoError:
+    """Reopening ``run_dir`` is one error of exactly the class ``kind`` naming ``name``, with no
+    LM call."""
     lm = ScriptedLM(respond)
     with pytest.raises(evo.EvoError) as info:
         search(lm, run_dir)
-    assert type(info.value).__module__ == "evo.errors" or isinstance(info.value, evo.EvoError)
+    assert type(info.value) is kind, repr(info.value)
     assert f"{run_dir / name}" in str(info.value), str(info.value)
     assert match in str(info.value)
     assert lm.calls == []
@@ -132,8 +134,7 @@ def copy(runs, tmp_path):
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_a_damaged_run_file_is_one_clear_error(copy, damage):
     DAMAGES[damage](copy / "run.json")
-    err = refused(copy, "run.json")
-    assert isinstance(err, evo.DamagedFileError)
+    refused(copy, "run.json")
     if damage != "a folder":  # run_cli (evo run --resume, evo compare) says the same
         with pytest.raises(evo.DamagedFileError, match="run.json"):
             run_cli(copy)
@@ -145,7 +146,7 @@ def test_a_damaged_run_file_is_one_clear_error(copy, damage):
     {"evo_run": 1, "spec": {}, "cli": "x"}])
 def test_a_run_file_of_the_wrong_shape_is_one_clear_error(copy, shape):
     (copy / "run.json").write_text(json.dumps(shape))
-    assert isinstance(refused(copy, "run.json"), evo.DamagedFileError)
+    refused(copy, "run.json")
     with pytest.raises(evo.DamagedFileError, match="run.json"):
         run_cli(copy)
     with pytest.raises(evo.DamagedFileError, match="run.json"):
@@ -221,7 +222,6 @@ def test_a_damaged_or_lost_journal_is_one_clear_error(copy, damage):
     else:
         DAMAGES[damage](path)
     err = refused(copy, "journal.sqlite")
-    assert isinstance(err, evo.DamagedFileError)
     if damage == "missing":
         assert "answers are missing" in str(err) and "journal.sqlite-wal" in str(err)
 
@@ -284,3 +284,51 @@ def test_a_killed_run_resumes_with_no_false_alarm(runs, copy):
                for s in json.loads((copy / "checkpoint.json").read_text())["sittings"])
     assert 0 < seen <= paid(copy)
     resumes_correctly(runs, copy)
+
+
+# ---- a symbolic link in place of a run file: refused, its target never written -----------------
+
+RUN_FILES = ("run.json", "journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm",
+             "checkpoint.json", "events.jsonl", "lock", "result.json", "best.json",
+             "baseline.json", "report.json", "report.html")
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_a_symlinked_run_file_is_refused_and_its_target_untouched(copy, tmp_path, name):
+    """A link (to a copy of the real file, outside the run directory) is refused before evo
+    opens anything: evo never writes its lock, journal, log or results through a link."""
+    target = tmp_path / "elsewhere" / name
+    target.parent.mkdir()
+    if (copy / name).exists():
+        shutil.move(copy / name, target)
+    elif name.startswith("journal.sqlite-"):  # a live run's WAL files, copied elsewhere
+        shutil.copy2(copy / "journal.sqlite", target)
+    else:
+        target.write_text("precious")
+    before = target.read_bytes()
+    (copy / name).symlink_to(target)
+    refused(copy, name, "symbolic link", kind=evo.UnsafeRunDirError)
+    assert target.read_bytes() == before
+    assert (copy / name).is_symlink()
+
+
+def test_a_dangling_symlinked_run_file_is_one_clear_error(copy, tmp_path):
+    (copy / "run.json").unlink()
+    (copy / "run.json").symlink_to(tmp_path / "nowhere.json")
+    refused(copy, "run.json", "symbolic link", kind=evo.UnsafeRunDirError)
+    # run_cli (evo run --resume) names the file, rather than "made from Python"
+    with pytest.raises(evo.EvoError, match="run.json.*symbolic link"):
+        run_cli(copy)
+
+
+def test_a_symlinked_journal_into_another_database_is_left_untouched(copy, tmp_path):
+    """A journal.sqlite link to someone else's SQLite file: evo creates no table in it."""
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE mine (x)")
+    conn.close()
+    before = other.read_bytes()
+    (copy / "journal.sqlite").unlink()
+    (copy / "journal.sqlite").symlink_to(other)
+    refused(copy, "journal.sqlite", "symbolic link", kind=evo.UnsafeRunDirError)
+    assert other.read_bytes() == before

@@ -19,8 +19,8 @@ from evo.store import RunInUseError, RunMismatchError
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from resume import kill_at_random_moments  # noqa: E402
-from test_engine import TRAIN, VAL, program, respond  # noqa: E402
+from resume import kill_at_random_moments
+from test_engine import TRAIN, VAL, program, respond
 
 
 def search(lm, run_dir, *, budget=120, seed=0, cache=False, **kw):
@@ -176,12 +176,14 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     sitting with another hash seed: the store is always readable, and the resumed result is the
     uninterrupted one, with every request paid once."""
     tests = str(Path(__file__).parent)
+    started: list[subprocess.Popen] = []
 
     def start(run: Path, sitting: int = 0) -> subprocess.Popen:
         code = SCRIPT.format(tests=tests, run=str(run))
-        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONHASHSEED": str(100 + sitting)})
+        started.append(subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONHASHSEED": str(100 + sitting)}))
+        return started[-1]
 
     out, err = start(tmp_path / "whole").communicate(timeout=300)
     assert "finished" in out, err
@@ -189,6 +191,9 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     kills = kill_at_random_moments(start, tmp_path / "killed", random.Random(7), 4,
                                    paid_whole // 6)
     assert kills == 4
+    for proc in started:  # the killed sittings' pipes
+        proc.stdout.close()
+        proc.stderr.close()
     out, err = start(tmp_path / "killed", 9).communicate(timeout=300)
     assert "finished" in out, err
     same_run(tmp_path / "whole", tmp_path / "killed")
@@ -199,9 +204,10 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
 
 def test_a_run_directory_is_used_by_one_process_at_a_time(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom evo.store import RunStore\n"
-         f"s = RunStore({str(tmp_path / 'run')!r}, {{'seed': 0}})\nprint('open', flush=True)\n"
-         "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", ("import sys, time\nfrom evo.store import RunStore\n"
+                                f"s = RunStore({str(tmp_path / 'run')!r}, {{'seed': 0}})\n"
+                                "print('open', flush=True)\ntime.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
         lm = ScriptedLM(respond)
@@ -211,6 +217,7 @@ def test_a_run_directory_is_used_by_one_process_at_a_time(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     search(ScriptedLM(respond), tmp_path / "other", budget=60)
     search(ScriptedLM(respond), tmp_path / "other", budget=60)  # same process, again: fine
 
@@ -373,7 +380,6 @@ def test_roots_home_and_folders_above_home_or_here_are_refused(tmp_path, monkeyp
         with pytest.raises(evo.UnsafeRunDirError, match=why):
             evo.RunStore(where, {"seed": 0})
         assert existed == {name: (where.expanduser() / name).exists() for name in existed}
-    monkeypatch.chdir(home / "work")
     (home / "work" / "sub").mkdir()
     monkeypatch.chdir(home / "work" / "sub")
     with pytest.raises(evo.UnsafeRunDirError, match="above the current directory"):
@@ -392,14 +398,73 @@ def test_a_new_an_empty_or_an_evo_folder_is_accepted(tmp_path):
     assert json.loads((started / "run.json").read_text())["evo_run"] == 1
 
 
+def test_a_lock_or_run_file_link_in_a_new_folder_is_refused_and_its_target_untouched(tmp_path):
+    """Links that look like what a killed run leaves (its lock, a half-written run file) are no
+    leftovers: the folder is refused, and nothing is written through them."""
+    lock, half = tmp_path / "precious.txt", tmp_path / "precious.json"
+    lock.write_text("pid 7")
+    half.write_text("{")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "lock").symlink_to(lock)
+    (new / "run.json.tmp").symlink_to(half)
+    refused_untouched(new, r"not empty \(lock, run\.json\.tmp\)")
+    assert (lock.read_text(), half.read_text()) == ("pid 7", "{")
+
+
+def test_a_symlinked_run_directory_is_used_unless_it_leads_somewhere_protected(
+        tmp_path, monkeypatch):
+    data = tmp_path / "data" / "runs"
+    data.mkdir(parents=True)
+    (tmp_path / "runs").symlink_to(data)  # e.g. runs -> /data/runs
+    search(ScriptedLM(respond), tmp_path / "runs" / "a", budget=60)
+    (tmp_path / "a").symlink_to(data / "a")  # the run directory itself a link: resumed
+    again = ScriptedLM(respond)
+    search(again, tmp_path / "a", budget=60)
+    assert len(again.calls) == 1  # the preflight
+    assert (data / "a" / "result.json").is_file()
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "to-home").symlink_to(home)
+    refused_untouched(tmp_path / "to-home", "your home directory")
+    (tmp_path / "to-root").symlink_to("/")
+    with pytest.raises(evo.UnsafeRunDirError, match="filesystem root"):
+        evo.RunStore(tmp_path / "to-root", {"seed": 0})
+
+
+def test_a_run_store_is_released_when_its_result_is_dropped(tmp_path):
+    """optimize keeps the store open for Result.report(); dropping the result releases the
+    directory (lock, log, journal) without a ResourceWarning; close() may be called twice."""
+    import fcntl
+    import gc
+    import warnings
+
+    result = search(ScriptedLM(respond), tmp_path / "run", budget=60)
+    assert not result.store.closed
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        del result
+        gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
+    with open(tmp_path / "run" / "lock") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no one holds it now
+    store = evo.RunStore(tmp_path / "other", {"seed": 0})
+    store.close()
+    store.close()
+    assert store.closed
+
+
 # ---- a failed write names its path and leaves no temporary file --------------------------------
 
-def test_a_failed_write_is_a_storage_error_naming_the_path(tmp_path, monkeypatch):
+def test_a_failed_atomic_write_is_a_storage_error_naming_the_path(tmp_path, monkeypatch):
+    """evo._io's writers (run files, reports): a folder where the file should go, a path that
+    cannot be made, a full disk. (`evo report --out DIR` itself: tests/test_failures_visible.py.)"""
     import errno
 
     from evo._io import write_json, write_text
 
-    folder = tmp_path / "report.html"  # `evo report --out DIR` with a folder
+    folder = tmp_path / "report.html"  # a folder where the file should go
     folder.mkdir()
     for write in (write_text, write_json):
         with pytest.raises(evo.StorageError, match=f"{folder}: cannot write.*folder is in the way"):
@@ -426,7 +491,8 @@ def test_a_full_disk_stops_the_run_naming_the_file_and_the_run_resumes(tmp_path,
     whole = search(ScriptedLM(respond), tmp_path / "whole", budget=60)
     # the event log on a full disk (the real /dev/full)
     store = evo.RunStore(tmp_path / "log", {"seed": 0})
-    store._events_fh = open("/dev/full", "a")  # noqa: SIM115
+    store.close_events()  # the log's own handle, swapped for one on the full disk
+    store._handles.events = open("/dev/full", "a")  # noqa: SIM115 (closed by store.close())
     with pytest.raises(evo.StorageError, match=r"events\.jsonl: cannot write.*disk is full"):
         store.record({"event": "start"})
     store.close()
@@ -447,3 +513,20 @@ def test_a_full_disk_stops_the_run_naming_the_file_and_the_run_resumes(tmp_path,
     resumed = search(lm, tmp_path / "run", budget=60)
     assert resumed.best_val == whole.best_val
     assert sum(s["paid"] for s in resumed.sittings) == whole.sittings[0]["paid"]
+
+
+def test_an_atomic_write_replaces_a_link_never_its_target(tmp_path):
+    from evo._io import write_json, write_text
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    (tmp_path / "best.json").symlink_to(precious)
+    write_json(tmp_path / "best.json", {"a": 1})  # the rename replaces the link itself
+    assert precious.read_text() == "mine"
+    assert not (tmp_path / "best.json").is_symlink()
+    assert json.loads((tmp_path / "best.json").read_text()) == {"a": 1}
+    (tmp_path / "report.html.tmp").symlink_to(precious)  # a link at the temporary name
+    write_text(tmp_path / "report.html", "<p>")
+    assert precious.read_text() == "mine"
+    assert (tmp_path / "report.html").read_text() == "<p>"
+    assert not (tmp_path / "report.html.tmp").exists()
