@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evo._io import write_json
 from evo.errors import DamagedFileError
-from evo.program import (_PROGRAM_HINT, Prediction, Program, Signature, read_program_file,
-                         validate_program_data)
+from evo.program import (_PROGRAM_HINT, PROGRAM_FORMAT, Prediction, Program, Signature,
+                         check_format, read_program_file, validate_program_data)
 
 
 def _vote_key(outputs: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -92,7 +92,7 @@ class EnsembleProgram(BaseModel):
                 "members": [m.to_json() for m in self.members]}
 
     def save(self, path: str | Path) -> Path:
-        return write_json(path, {"evo_ensemble": 1, **self.to_json()})
+        return write_json(path, {"evo_ensemble": PROGRAM_FORMAT, **self.to_json()})
 
 
 def load_program(path: str | Path) -> Program | EnsembleProgram:
@@ -102,10 +102,10 @@ def load_program(path: str | Path) -> Program | EnsembleProgram:
     ``best.json: members[1].demos[2].outputs: missing``."""
     data = read_program_file(path)
     if "evo_ensemble" in data:
-        data.pop("evo_ensemble")
+        check_format(data, "evo_ensemble", path)
         return validate_program_data(EnsembleProgram, data, path)
     if "evo_program" in data:
-        data.pop("evo_program")
+        check_format(data, "evo_program", path)
         return validate_program_data(Program, data, path)
     raise DamagedFileError(path, "not an evo program file (neither an 'evo_program' nor an "
                                  "'evo_ensemble' key)", hint=_PROGRAM_HINT)

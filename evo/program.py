@@ -122,6 +122,14 @@ class Program(BaseModel):
                 raise ValueError("labels need a signature with exactly one output field")
             if len(set(self.labels)) != len(self.labels) or not self.labels:
                 raise ValueError(f"labels must be distinct and non-empty: {self.labels}")
+        fields = ([f.name for f in self.signature.inputs], [f.name for f in self.signature.outputs])
+        for i, demo in enumerate(self.demos):  # a demo is shown with every field of the signature
+            for names, have, kind in ((fields[0], demo.inputs, "inputs"),
+                                      (fields[1], demo.outputs, "outputs")):
+                missing = [n for n in names if n not in have]
+                if missing:
+                    raise ValueError(f"demos[{i}].{kind} lacks {missing} of the signature "
+                                     f"'{self.signature}'")
         return self
 
     # ---- rendering -------------------------------------------------------------------------
@@ -233,7 +241,7 @@ class Program(BaseModel):
         return data
 
     def save(self, path: str | Path) -> Path:
-        return write_json(path, {"evo_program": 1, **self.to_json()})
+        return write_json(path, {"evo_program": PROGRAM_FORMAT, **self.to_json()})
 
     @classmethod
     def load(cls, path: str | Path) -> Program:
@@ -244,7 +252,7 @@ class Program(BaseModel):
         if "evo_program" not in data:
             raise DamagedFileError(path, "not an evo program file (no 'evo_program' key)",
                                    hint=_PROGRAM_HINT)
-        data.pop("evo_program")
+        check_format(data, "evo_program", path)
         return validate_program_data(cls, data, path)
 
     def prompt_chars(self) -> int:
@@ -256,6 +264,19 @@ class Program(BaseModel):
 
 _PROGRAM_HINT = ("a program file is the best.json / baseline.json an `evo run` writes "
                  "(or Program.save)")
+
+
+PROGRAM_FORMAT = 1  # the program-file format this evo writes and reads
+
+
+def check_format(data: dict, key: str, path: str | Path) -> None:
+    """Take the format marker ``key`` out of ``data``: a format this evo does not know (a
+    newer evo's, or not a number) is a :class:`DamagedFileError`, not a silent misreading."""
+    version = data.pop(key)
+    if type(version) is not int or not 1 <= version <= PROGRAM_FORMAT:
+        raise DamagedFileError(path, f"{key} is {version!r}: this evo reads program files of "
+                               f"format 1 to {PROGRAM_FORMAT}", hint="update evo, or save the "
+                               "program again with this one")
 
 
 def read_program_file(path: str | Path) -> dict:

@@ -128,6 +128,9 @@ def _broken(tmp_path, name, text) -> Path:
     ("signature_not_text", "signature"),
     ("bad_signature", "must have the form"),
     ("not_utf8", "not text"),
+    ("demo_wrong_field", "demos[0].inputs lacks ['question']"),
+    ("newer_format", "evo_program is 99"),
+    ("format_not_a_number", "evo_program is '1'"),
 ])
 def test_damaged_program_files_are_one_clear_error(tmp_path, case, where):
     from evo import load_program
@@ -138,6 +141,8 @@ def test_damaged_program_files_are_one_clear_error(tmp_path, case, where):
         del demos[2]["outputs"]
     if case == "demo_wrong_type":
         demos[1]["inputs"] = ["question", "Where?"]
+    if case == "demo_wrong_field":
+        demos[0]["inputs"] = {"text": "Who?"}
     texts = {
         "deep": '{"evo_program": 1, "instruction": ' + "[" * 100_000 + "]" * 100_000 + "}",
         "truncated": json.dumps(ok)[:-40],
@@ -149,6 +154,9 @@ def test_damaged_program_files_are_one_clear_error(tmp_path, case, where):
         "no_signature": {k: v for k, v in ok.items() if k != "signature"},
         "signature_not_text": {**ok, "signature": 7},
         "bad_signature": {**ok, "signature": "question label"},
+        "demo_wrong_field": {**ok, "demos": demos},
+        "newer_format": {**ok, "evo_program": 99},
+        "format_not_a_number": {**ok, "evo_program": "1"},
     }
     if case == "not_utf8":
         path = tmp_path / "p.json"
