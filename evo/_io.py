@@ -43,6 +43,10 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     folder if needed. Raises :class:`StorageError` naming ``path``; leaves no temporary file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    if path.exists() and not path.is_symlink() and not path.is_file() and not path.is_dir():
+        # a device or a pipe (--out /dev/null): the rename would put a file in its place
+        raise StorageError(f"{path} is not a regular file (a device or a pipe): evo writes a "
+                           "file by replacing it, and will not replace that; name a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -5,6 +5,7 @@ failures; request errors are neither retried nor taken for an unreachable LM."""
 import json
 import os
 import random
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -530,3 +531,19 @@ def test_an_atomic_write_replaces_a_link_never_its_target(tmp_path):
     assert precious.read_text() == "mine"
     assert (tmp_path / "report.html").read_text() == "<p>"
     assert not (tmp_path / "report.html.tmp").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_atomic_write_never_replaces_a_device_or_a_pipe(tmp_path, kind):
+    """`evo report RUN --out /dev/null` (as root) once replaced /dev/null with a file."""
+    from evo._io import write_text
+
+    path = tmp_path / "out"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    with pytest.raises(evo.StorageError, match="not a regular file"):
+        write_text(path, "<html>")
+    assert not path.is_file() and (stat.S_ISFIFO if kind == "fifo" else stat.S_ISCHR)(
+        path.stat().st_mode)
