@@ -406,3 +406,27 @@ def test_a_backend_reporting_nonsense_usage_is_a_failed_call(tmp_path, counts):
     with pytest.raises(LMError, match="counts must be whole numbers"):
         s.complete(req("q"))
     assert len(s.cache) == 0 and s.usage.calls == 0
+
+
+def test_a_replayed_request_error_is_still_a_request_error(tmp_path):
+    """A request that failed by its own fault (context overflow, a reply cut at max_tokens) is
+    replayed on resume as the same kind of failure, so its cell is counted the same."""
+    from evo.lm.base import LMRequestError
+    from evo.lm.journal import Journal
+
+    class TooLong:
+        model_id = "m"
+
+        def complete(self, request):
+            raise LMRequestError("m: prompt longer than the context window")
+
+    first = LMSession(TooLong(), retries=0)
+    first.journal = Journal(tmp_path / "journal.sqlite")
+    with pytest.raises(LMRequestError):
+        first.complete(req("q"))
+    first.journal.close()
+    again = LMSession(ScriptedLM({"": "never asked"}, model_id="m"), retries=0)
+    again.journal = Journal(tmp_path / "journal.sqlite")
+    with pytest.raises(LMRequestError, match="context window"):
+        again.complete(req("q"))
+    assert again.lm.calls == []

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from evo.errors import DamagedFileError, StorageError
-from evo.lm.base import LMResponse
+from evo.lm.base import LMError, LMRequestError, LMResponse
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS answers (
     reused_prompt_tokens INTEGER NOT NULL,
     seconds REAL NOT NULL,
     created REAL NOT NULL,
-    kind TEXT                      -- 'transient' for a failure a resumed run asks again
+    kind TEXT                      -- 'transient' for a failure a resumed run asks again,
+                                   -- 'request' for the request's own fault
 );
 CREATE TABLE IF NOT EXISTS sittings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -149,9 +150,10 @@ class Journal:
                 (time.time(), os.getpid())).lastrowid or 1)
         return self.sitting
 
-    def get(self, key: str) -> LMResponse | str | None:
-        """The journaled answer for ``key`` (``cached=True``), its error text if the request failed
-        for good, or ``None`` if this run never asked it or its failure was transient."""
+    def get(self, key: str) -> LMResponse | LMError | None:
+        """The journaled answer for ``key`` (``cached=True``), its failure if the request failed
+        for good (an :class:`LMRequestError` when it was the request's own fault, as it was
+        first raised), or ``None`` if this run never asked it or its failure was transient."""
         with self._lock, self._errors():
             row = self._conn.execute(
                 "SELECT text, error, prompt_tokens, completion_tokens, kind FROM answers "
@@ -159,7 +161,7 @@ class Journal:
         if row is None or (row[0] is None and row[4] == "transient"):
             return None
         if row[0] is None:
-            return str(row[1])
+            return (LMRequestError if row[4] == "request" else LMError)(str(row[1]))
         return LMResponse(text=row[0], prompt_tokens=row[2], completion_tokens=row[3],
                           seconds=0.0, cached=True)
 
@@ -167,15 +169,16 @@ class Journal:
         self._insert(key, source, response.text, None, response.prompt_tokens,
                      response.completion_tokens, response.reused_prompt_tokens, response.seconds)
 
-    def fail(self, key: str, error: str, *, transient: bool = False,
+    def fail(self, key: str, error: str, *, transient: bool = False, request: bool = False,
              spent: Sequence[LMResponse] = ()) -> None:
         """Record that ``key`` failed; ``spent``: the billed replies its attempts got (empty
         ones), booked in the ledger. A ``transient`` failure is not replayed (:meth:`get`
-        ignores it) and a later answer or failure for ``key`` replaces it."""
+        ignores it) and a later answer or failure for ``key`` replaces it; a ``request`` failure
+        (the request's own fault) is replayed as one."""
         self._insert(key, "paid", None, error, sum(r.prompt_tokens for r in spent),
                      sum(r.completion_tokens for r in spent),
                      sum(r.reused_prompt_tokens for r in spent), sum(r.seconds for r in spent),
-                     kind="transient" if transient else None)
+                     kind="transient" if transient else "request" if request else None)
 
     def _insert(self, key: str, source: str, text: str | None, error: str | None,
                 prompt: int, completion: int, reused: int, seconds: float,

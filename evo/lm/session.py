@@ -202,9 +202,9 @@ class LMSession:
         # Caller holds self._lock.
         if self.journal is not None:
             old = self.journal.get(key)
-            if isinstance(old, str):  # an earlier sitting saw this request fail for good:
+            if isinstance(old, LMError):  # an earlier sitting saw this request fail for good:
                 self.usage.errors += 1  # booked as it was then (an error, not a request)
-                raise LMError(old)
+                raise old
             if old is not None:
                 self.usage.replayed += 1
                 return old
@@ -303,7 +303,7 @@ class LMSession:
                 with self._lock:
                     self.usage.errors += 1
                     if self.journal is not None and request.purpose != "preflight":
-                        self.journal.fail(key, str(exc), spent=spent)
+                        self.journal.fail(key, str(exc), request=True, spent=spent)
                 raise
             except Exception as exc:  # any backend failure is retried
                 self._book_spent(exc, spent)
