@@ -61,6 +61,12 @@ def damage(path: Path, how: str, *, make: object) -> None:
         path.write_bytes(data[:60])
     elif how == "zero_bytes":
         path.write_bytes(b"")
+    elif how == "other_database":  # the user's own: no responses table at all
+        path.unlink()
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE t (x)")
+            conn.execute("INSERT INTO t VALUES (1)")
+        conn.close()
     elif how == "wrong_schema":
         path.unlink()
         with sqlite3.connect(path) as conn:
@@ -93,18 +99,18 @@ def test_a_damaged_cache_is_set_aside_with_one_warning(tmp_path, how):
     assert s.cache is not None and s.cache.bypassed is None and path.is_file()
 
 
-@pytest.mark.parametrize("how", ["garbage", "wrong_schema", "directory"])
+@pytest.mark.parametrize("how", ["garbage", "wrong_schema", "directory", "other_database"])
 def test_a_cache_file_the_user_named_is_never_moved(tmp_path, how):
     """`--cache PATH` naming something that is not a usable evo cache (the user's own database,
     a folder, a damaged file) is one clear error before anything is paid; PATH is untouched."""
     path = tmp_path / "mine" / "notes.db"
     path.parent.mkdir()
     damage(path, how, make=full_cache)
-    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    before = sorted((str(p), p.is_file() and p.read_bytes()) for p in tmp_path.rglob("*"))
     with pytest.raises(DamagedFileError, match="not a usable evo LM response cache") as info:
         ResponseCache(path)
     assert str(path) in str(info.value)
-    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert sorted((str(p), p.is_file() and p.read_bytes()) for p in tmp_path.rglob("*")) == before
 
 
 def test_a_named_cache_damaged_during_a_run_is_bypassed_and_left(tmp_path):

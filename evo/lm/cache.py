@@ -169,12 +169,19 @@ class ResponseCache:
             # even with the busy timeout, so retry a little (the mode is persistent once set).
             for attempt in range(20):
                 try:
-                    conn.execute("PRAGMA journal_mode = WAL")
-                    conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL; faster
+                    # What the file holds is checked before anything is written to it (the WAL
+                    # switch included): another program's database is not ours to change.
+                    tables = {r[0] for r in conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    if tables and "responses" not in tables:
+                        raise _Damaged("it is another database (tables: "
+                                       f"{', '.join(sorted(tables)[:5])})", before)
                     have = {r[1] for r in conn.execute("PRAGMA table_info(responses)")}
                     if have and not _COLUMNS <= have:
                         raise _Damaged("it has the wrong schema (a responses table without "
                                        f"{', '.join(sorted(_COLUMNS - have))})", before)
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL; faster
                     if not have:
                         conn.execute(_SCHEMA)
                     break
