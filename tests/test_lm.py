@@ -430,3 +430,19 @@ def test_a_replayed_request_error_is_still_a_request_error(tmp_path):
     with pytest.raises(LMRequestError, match="context window"):
         again.complete(req("q"))
     assert again.lm.calls == []
+
+
+def test_a_hosted_lm_makes_dspy_read_its_bundled_price_table(monkeypatch):
+    """dspy fetches a price table from the network on start (5 s at most, a warning line when
+    offline) unless told not to: evo keeps its own ledger and tells it, unless the user chose."""
+    pytest.importorskip("dspy")
+    import os
+
+    from evo.lm import hosted
+
+    monkeypatch.delenv("LITELLM_LOCAL_MODEL_COST_MAP", raising=False)
+    hosted("openai/x", api_base="http://127.0.0.1:9/v1", api_key="x")
+    assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "False")
+    hosted("openai/x", api_base="http://127.0.0.1:9/v1", api_key="x")
+    assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "False"

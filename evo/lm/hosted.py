@@ -9,6 +9,7 @@ existing one and switches its cache and retries off (on a copy, the caller's LM 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -235,8 +236,13 @@ def hosted(model: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, **kwargs: A
     (``api_base``, ``api_key``, ...); ``cache`` and ``num_retries`` are forced off because the
     session does both, and dspy/lm15/litellm add no retries of their own then.
 
+    dspy's price table is read from its bundled copy: evo keeps its own ledger, and the only
+    address a hosted LM makes evo call is the model's (set ``LITELLM_LOCAL_MODEL_COST_MAP=False``
+    to let dspy fetch the newest table on start, up to 5 s).
+
     >>> lm = hosted("openai/my-model", api_base="http://127.0.0.1:8000/v1", timeout=30)
     """
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
         import dspy
     except ImportError as exc:
