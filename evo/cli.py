@@ -208,17 +208,25 @@ def _resume_args(args: argparse.Namespace, parser_defaults: dict) -> None:
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ConfigError(f"--resume takes the run's own settings from {run_file}; drop {flags}")
-    for key in RUN_ARGS:
-        value = cli.get(key, parser_defaults.get(key))
+    _take_recorded(args, cli, run_file, RUN_ARGS, parser_defaults)
+    for key, value in movable.items():
+        if value is not None:
+            setattr(args, key, value)
+    args.out = args.resume
+
+
+def _take_recorded(args: argparse.Namespace, cli: dict, run_file: Path, keys: tuple[str, ...],
+                   defaults: dict | None = None) -> None:
+    """Set ``args.KEY`` for each of ``keys`` from the flags ``evo run`` recorded in
+    ``run_file``; a value the flag could not have taken (a hand-edited file) is one
+    :class:`DamagedFileError` naming the file and the field."""
+    for key in keys:
+        value = cli.get(key, (defaults or {}).get(key))
         if value is not None and not _valid_flag(_RUN_ACTIONS[key], value):
             raise DamagedFileError(run_file, f"cli.{key}: {value!r} is not a value "
                                    f"--{key.replace('_', '-')} takes", hint="restore the file, "
                                    "or start the run again in a new folder")
         setattr(args, key, value)
-    for key, value in movable.items():
-        if value is not None:
-            setattr(args, key, value)
-    args.out = args.resume
 
 
 def _valid_flag(action: argparse.Action, value: object) -> bool:
@@ -309,7 +317,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The same split arguments, or `evo eval` would cut a different test split.
     again = (f"evo eval {out / 'best.json'} {source} --seed {args.seed} --n-train "
              f"{len(task.train)} --n-val {len(task.val)} --n-test {len(task.test)} "
-             f"--model {args.model}" + (f" --cache {args.cache}" if args.cache else "")
+             f"--model {args.model}"
+             + "".join(f" --{k.replace('_', '-')} {getattr(args, k)}"
+                       for k in ("api_base", "timeout", "cache") if getattr(args, k))
              + (" --no-cache" if args.no_cache else ""))
     best = result.best
     if isinstance(best, evo.EnsembleProgram):
@@ -350,10 +360,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from evo.compare import compare
-    from evo.store import RUN_FILE, run_cli
+    from evo.store import RUN_FILE, RunMismatchError, read_run_file, run_cli
 
     if args.data in ("train", "val", "test") and not Path(args.data).exists():
         args.split, args.data = args.data, None  # `--data test`: the split, not a file
+    spec = None
     if not args.task and not args.data:
         # Programs from a run directory: its run.json says which data, splits, seed and model.
         for program in (args.a, args.b):
@@ -362,17 +373,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if cli:
                 # (budget too: `evo run`'s default validation size follows it, and the test
                 # split depends on every split size)
-                for key in ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val",
-                            "n_test", "seed", "budget"):
-                    setattr(args, key, cli.get(key))
-                if args.model == DEFAULT_MODEL:
-                    args.model = cli.get("model") or args.model
+                _take_recorded(args, cli, run_file, ("task", "data", "inputs", "outputs",
+                                                     "labels", "n_train", "n_val", "n_test",
+                                                     "seed", "budget"))
+                if args.model == DEFAULT_MODEL and cli.get("model"):
+                    _take_recorded(args, cli, run_file, ("model",))
+                if not args.api_base:  # where the run's model was served
+                    _take_recorded(args, cli, run_file, ("api_base",))
+                spec = read_run_file(run_file)["spec"]
                 print(f"evo: data, splits and model from {run_file}", file=sys.stderr)
                 break
         else:
             raise ConfigError("name the data (--task NAME or --data FILE), or compare programs "
-                             "saved in an `evo run` directory (its run.json says which data)")
+                              "saved in an `evo run` directory (its run.json says which data)")
     task = load_task(args)
+    if spec is not None:  # the run's own splits, or its test split is not this one
+        from evo.store import data_digest
+        changed = [name for name, split in (("trainset", task.train), ("valset", task.val))
+                   if spec.get(name) not in (None, data_digest(split))]
+        if changed:
+            raise RunMismatchError(f"{run_file}: the data has changed since the run (its "
+                                   f"{' and '.join(changed)} differ), so this test split is not "
+                                   "the run's: name the data and splits to compare on")
     data = {"train": task.train, "val": task.val, "test": task.test}[args.split]
     lm = _lm(args)
     result = compare(args.a, args.b, data, lm=lm, cache=_cache(args), seed=args.seed)

@@ -203,3 +203,26 @@ def test_eval_and_compare_show_failed_cells_and_leave_them_out(server, tmp_path,
     answered.clear()
     assert main(["compare", str(out / "baseline.json"), str(out / "best.json"), *split, *lm]) == 2
     assert "nothing to compare" in capsys.readouterr().err
+
+
+def test_compare_from_a_run_directory_uses_its_endpoint_and_data(server, tmp_path, capsys):
+    """`evo compare RUN/baseline.json RUN/best.json --data test` asks the run's own endpoint
+    (its --api-base is in run.json), and refuses when the data file changed since the run
+    (the test split would not be the run's)."""
+    data = write_data(tmp_path / "data.jsonl")
+    out = tmp_path / "run"
+    assert main(run_argv(str(data), server, str(out))) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert f"--api-base {server.base}" in report["eval_command"]
+    assert "--timeout 2" in report["eval_command"]
+    capsys.readouterr()
+    hits = len(server.hits)
+    argv = ["compare", str(out / "baseline.json"), str(out / "best.json"), "--data", "test",
+            "--api-key", "x"]
+    assert main(argv) == 0
+    assert "examples (paired)" in capsys.readouterr().out
+    assert len(server.hits) > hits  # the run's server answered, not a public endpoint
+    data.write_text(data.read_text().replace("stuff", "things"))  # every row edited
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "data has changed since the run" in err and "Traceback" not in err
