@@ -18,7 +18,7 @@ from evo._io import write_json, write_text
 from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
 from evo.ensemble import EnsembleProgram
-from evo.errors import ConfigError
+from evo.errors import ConfigError, UnsafeRunDirError
 from evo.evaluate import (MEANINGLESS_SHARE, ScoreMatrix, cell_failures, evaluate_program,
                           format_failures, unique_examples)
 from evo.events import Callback, ProgressBar, dispatch, progress_bar
@@ -28,8 +28,10 @@ from evo.lm.base import LM
 from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.session import LMSession, Usage
 from evo.metrics import Metric, exact_match
+from evo.paths import protected_dir
 from evo.program import Program
-from evo.store import EVENTS_FILE, RunStore, check_run_dir, data_digest, state_record
+from evo.store import (EVENTS_FILE, RUN_FILE, RunStore, check_run_dir, data_digest,
+                       state_record)
 
 Data = Dataset | Sequence[Example]
 
@@ -253,12 +255,13 @@ class Result:
 
     def save(self, run_dir: str | Path) -> Path:
         """Write best.json, baseline.json, result.json (summary, candidates, matrix) and
-        events.jsonl into ``run_dir``: the run's own directory, a new or empty folder, or
-        another run directory (:func:`evo.store.check_run_dir`); any other folder is refused
-        before anything is written, as ``optimize(run_dir=...)`` refuses it."""
+        events.jsonl into ``run_dir``: the run's own directory, a new or empty folder, or one an
+        earlier ``save`` wrote. Anything else is refused before anything is written
+        (:class:`~evo.errors.UnsafeRunDirError`): another run's directory, whose files would be
+        replaced, and any folder evo did not make (:func:`evo.store.check_run_dir`)."""
         run_dir = Path(run_dir)
         if self.store is None or run_dir.resolve() != self.store.path.resolve():
-            check_run_dir(run_dir)
+            _check_save_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.best.save(run_dir / "best.json")
         self.baseline.save(run_dir / "baseline.json")
@@ -269,6 +272,7 @@ class Result:
                     for j in range(len(self.matrix.examples))]
 
         payload = {
+            "evo_result": 1,  # (a folder of saved files is recognised by it: _saved_by_evo)
             "summary": self.search_summary(),
             "tradeoff": [{"candidate": c.id, "val_score": c.val_score,
                           "prompt_chars": c.program.prompt_chars()} for c in self.tradeoff()],
@@ -288,6 +292,36 @@ class Result:
             write_text(run_dir / EVENTS_FILE,
                        "".join(json.dumps(event, default=str) + "\n" for event in self.events))
         return run_dir
+
+
+SAVED_FILES = ("best.json", "baseline.json", "result.json", EVENTS_FILE, "report.json",
+               "report.html")  # what Result.save (and `evo run`, `evo report`) write
+
+
+def _saved_by_evo(folder: Path) -> bool:
+    """Whether ``folder`` holds only what an earlier :meth:`Result.save` wrote there (no run
+    store: that is a run's directory)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    files = list(folder.iterdir())
+    names = {f.name for f in files}
+    if "result.json" not in names or not names <= set(SAVED_FILES):
+        return False
+    if any(f.is_symlink() or not f.is_file() for f in files):
+        return False
+    try:
+        return json.loads((folder / "result.json").read_text()).get("evo_result") == 1
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return False
+
+
+def _check_save_dir(folder: Path) -> None:
+    why = protected_dir(folder)
+    if why is None and _saved_by_evo(folder):
+        return
+    if check_run_dir(folder) is not None:  # (also refuses a protected or foreign folder)
+        raise UnsafeRunDirError(f"{folder} holds another run ({RUN_FILE}): saving there would "
+                                "replace its files; save into a new folder")
 
 
 def _bar(total: int, desc: str, enabled: bool):

@@ -355,6 +355,15 @@ def test_result_save_refuses_a_folder_evo_did_not_make(tmp_path):
         result.save(mine)
     assert [p.name for p in mine.iterdir()] == ["result.json"]
     assert (result.save(tmp_path / "new") / "best.json").is_file()
+    assert result.save(tmp_path / "new")  # its own earlier save may be replaced
+    other = evo.optimize(program(), TRAIN, VAL, lm=LMSession(ScriptedLM(respond)),
+                         optimizer=optimizer(), cache=False, run_dir=tmp_path / "other")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "other").iterdir() if p.is_file()}
+    with pytest.raises(evo.UnsafeRunDirError, match="holds another run"):
+        result.save(tmp_path / "other")  # another run's directory: its files are not replaced
+    assert {p.name: p.read_bytes() for p in (tmp_path / "other").iterdir()
+            if p.is_file()} == before
+    assert other.save(tmp_path / "other")  # ... but that run's own result may be saved there
 
 
 @pytest.mark.parametrize("cache", [5, ["x"], object()])
