@@ -17,7 +17,7 @@ import numpy as np
 from evo._io import write_json, write_text
 from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
-from evo.ensemble import EnsembleProgram
+from evo.ensemble import EnsembleProgram, load_program
 from evo.errors import ConfigError, UnsafeRunDirError
 from evo.evaluate import (MEANINGLESS_SHARE, ScoreMatrix, cell_failures, evaluate_program,
                           format_failures, unique_examples)
@@ -363,8 +363,8 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     optimizer = optimizer or Evolution()
     train, val = unique_examples(trainset, "trainset"), unique_examples(valset, "valset")
     if not val:
-        raise ValueError("valset is empty: the search needs validation examples to compare "
-                         "candidates")
+        raise ConfigError("valset is empty: the search needs validation examples to compare "
+                          "candidates")
     for name, examples in (("trainset", train), ("valset", val)):
         for row, ex in enumerate(examples, 1):
             try:
@@ -555,11 +555,16 @@ class Evaluation:
                 f"{format_failures(self.failures)}")
 
 
-def evaluation(program: Program | EnsembleProgram, dataset: Data, *, lm: LM | LMSession,
-               metric: Metric | None = None,
+def evaluation(program: Program | EnsembleProgram | str | Path, dataset: Data, *,
+               lm: LM | LMSession, metric: Metric | None = None,
                cache: ResponseCache | str | Path | bool | None = True,
                max_tokens: int = 48) -> Evaluation:
-    """``program`` scored on ``dataset``, with the cells that failed (see :func:`evaluate`)."""
+    """``program`` (or a saved program file) scored on ``dataset``, with the cells that failed
+    (see :func:`evaluate`)."""
+    if isinstance(program, str | Path):
+        program = load_program(program)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ConfigError(f"max_tokens must be a whole number above 0, got {max_tokens!r}")
     examples = check_testset(program, dataset, what="data")
     session = session_for(lm, cache)
     scores, cells = evaluate_program(program, examples, session, metric or exact_match,
@@ -567,8 +572,9 @@ def evaluation(program: Program | EnsembleProgram, dataset: Data, *, lm: LM | LM
     return Evaluation(float(scores.mean()), len(examples), cell_failures(cells))
 
 
-def evaluate(program: Program | EnsembleProgram, dataset: Data, *, lm: LM | LMSession,
-             metric: Metric | None = None, cache: ResponseCache | str | Path | bool | None = True,
+def evaluate(program: Program | EnsembleProgram | str | Path, dataset: Data, *,
+             lm: LM | LMSession, metric: Metric | None = None,
+             cache: ResponseCache | str | Path | bool | None = True,
              max_tokens: int = 48) -> float:
     """Accuracy (mean metric) of ``program`` on ``dataset``.
 

@@ -8,6 +8,7 @@ back to back (same prompt prefix, so a local backend reuses its KV cache).
 
 from __future__ import annotations
 
+import numbers
 import random
 import re
 from collections import Counter
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from evo.data import Example, distinct_examples
+from evo.errors import ConfigError
 from evo.ensemble import EnsembleProgram
 from evo.kernels.matrix import row_stats
 from evo.lm.base import (LMError, LMRequest, LMRequestError, LMTransientError,
@@ -41,10 +43,13 @@ class Budget:
     lm_calls: int | None = None
 
     def __post_init__(self) -> None:
-        if self.metric_calls <= 0:
-            raise ValueError(f"Budget.metric_calls must be positive, got {self.metric_calls}")
-        if self.lm_calls is not None and self.lm_calls <= 0:
-            raise ValueError(f"Budget.lm_calls must be positive, got {self.lm_calls}")
+        for name in ("metric_calls", "lm_calls"):
+            value = getattr(self, name)
+            if name == "lm_calls" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ConfigError(f"Budget.{name} must be a whole number above 0, got "
+                                  f"{value!r}")
 
 
 @dataclass(frozen=True)

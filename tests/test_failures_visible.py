@@ -370,3 +370,24 @@ def test_result_save_refuses_a_folder_evo_did_not_make(tmp_path):
 def test_a_cache_argument_of_the_wrong_kind_is_a_config_error(cache):
     with pytest.raises(evo.ConfigError, match="cache="):
         evo.evaluate(program(), TEST[:2], lm=ScriptedLM(respond), cache=cache)
+
+
+@pytest.mark.parametrize("make_call, says", [
+    (lambda: evo.Budget(metric_calls=0), "metric_calls"),
+    (lambda: evo.Budget(metric_calls="x"), "metric_calls"),
+    (lambda: evo.Budget(metric_calls=10, lm_calls=-1), "lm_calls"),
+    (lambda: evo.evaluate(program(), TEST[:2], lm=ScriptedLM(respond), max_tokens=0),
+     "max_tokens"),
+    (lambda: evo.optimize(program(), TRAIN, [], lm=ScriptedLM(respond), cache=False),
+     "valset is empty"),
+])
+def test_api_mistakes_are_config_errors_before_any_call(make_call, says):
+    with pytest.raises(evo.ConfigError, match=says):
+        make_call()
+
+
+def test_evaluate_takes_a_saved_program_file(tmp_path):
+    path = program().save(tmp_path / "p.json")
+    lm = ScriptedLM(respond)
+    assert evo.evaluate(path, TEST[:4], lm=lm, cache=False) == evo.evaluate(
+        program(), TEST[:4], lm=lm, cache=False)
