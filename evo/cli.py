@@ -455,8 +455,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     prediction = (program.vote_on(predictions) if isinstance(program, evo.EnsembleProgram)
                   else predictions[0])
-    print(json.dumps(prediction.outputs) if prediction.ok else f"unparseable: {prediction.error}")
-    return 0 if prediction.ok else 1
+    if not prediction.ok:  # the program ran, its reply is no answer: exit 1, not a mistake (2)
+        print(f"evo: the reply could not be parsed: {prediction.error}", file=sys.stderr)
+        return 1
+    print(json.dumps(prediction.outputs))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
