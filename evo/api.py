@@ -19,8 +19,8 @@ from evo.data import DataError, Dataset, Example
 from evo.engine import Candidate, Evolution, Optimizer
 from evo.ensemble import EnsembleProgram, load_program
 from evo.errors import ConfigError, UnsafeRunDirError
-from evo.evaluate import (MEANINGLESS_SHARE, ScoreMatrix, cell_failures, evaluate_program,
-                          format_failures, unique_examples)
+from evo.evaluate import (ScoreMatrix, cell_failures, evaluate_program, format_failures,
+                          meaningless, unique_examples)
 from evo.events import Callback, ProgressBar, dispatch, progress_bar
 from evo.kernels.moo import nondominated_ranks
 from evo.compare import format_p, paired
@@ -94,7 +94,7 @@ class Report:
     @property
     def meaningless(self) -> bool:
         """Whether more than half of the cells of the search or of either test pass failed."""
-        return self.failed_share > MEANINGLESS_SHARE
+        return meaningless(*self.failures.values())
 
     def warning(self) -> str | None:
         """The warning a meaningless report ends with (None when the report means something)."""
@@ -196,6 +196,7 @@ class Result:
         return self.tradeoff()
 
     def search_summary(self) -> dict[str, Any]:
+        failures = cell_failures(self.matrix.cells.values())
         return {"baseline_val": self.baseline_val, "best_val": self.best_val,
                 "metric_calls": self.metric_calls, "budget": self.budget,
                 "usage": self.usage.to_dict(), "seconds": self.seconds,
@@ -204,8 +205,7 @@ class Result:
                 "accepted": sum(c.accepted for c in self.candidates),
                 # cells scored 0 because the LM call, the parser or the metric failed (each is
                 # listed in result.json's cell_errors); per kind in cell_failures
-                "cell_errors": sum(cell.error is not None for cell in self.matrix.cells.values()),
-                "cell_failures": cell_failures(self.matrix.cells.values()),
+                "cell_errors": failures["failed"], "cell_failures": failures,
                 "stop_reason": self.stop_reason, "seed": self.seed, "optimizer": self.optimizer,
                 "sittings": self.sittings,
                 "paid_calls_all_sittings": (sum(s["paid"] for s in self.sittings)
@@ -260,7 +260,8 @@ class Result:
         (:class:`~evo.errors.UnsafeRunDirError`): another run's directory, whose files would be
         replaced, and any folder evo did not make (:func:`evo.store.check_run_dir`)."""
         run_dir = Path(run_dir)
-        if self.store is None or run_dir.resolve() != self.store.path.resolve():
+        elsewhere = self.store is None or run_dir.resolve() != self.store.path.resolve()
+        if elsewhere:
             _check_save_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.best.save(run_dir / "best.json")
@@ -287,8 +288,7 @@ class Result:
             "replies": {"baseline": replies(0), "best": replies(best_id)},
         }
         write_json(run_dir / "result.json", payload, indent=1, default=str)
-        if self.store is None or run_dir.resolve() != self.store.path.resolve():
-            # (a run store wrote its own log as the run went)
+        if elsewhere:  # (a run store wrote its own log as the run went)
             write_text(run_dir / EVENTS_FILE,
                        "".join(json.dumps(event, default=str) + "\n" for event in self.events))
         return run_dir
@@ -450,7 +450,7 @@ def _run(program: Program, train: list[Example], val: list[Example], optimizer: 
     best = state.best
     seed_cand = state.candidates[0]
     failed = cell_failures(state.matrix.cells.values())
-    if failed["failed_share"] > MEANINGLESS_SHARE:
+    if meaningless(failed):
         warnings.warn(f"evo: most of the search's cells failed ({format_failures(failed)}): "
                       "its validation scores say nothing about the prompts",
                       RuntimeWarning, stacklevel=3)  # (the caller of optimize)
@@ -548,7 +548,7 @@ class Evaluation:
 
     @property
     def meaningless(self) -> bool:
-        return self.failures.get("failed_share", 0.0) > MEANINGLESS_SHARE
+        return meaningless(self.failures)
 
     def __str__(self) -> str:
         return (f"accuracy {self.accuracy:.3f} ({self.n} examples); failed cells: "

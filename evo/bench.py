@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evo._io import write_json
 from evo.compare import Comparison, format_p, paired
@@ -39,7 +39,7 @@ from evo.data import DataError, Example, Task
 from evo.errors import DamagedFileError
 from evo.lm.session import LMSession, Usage
 from evo.metrics import Metric, as_score, exact_match
-from evo.program import Prediction, Program, Signature
+from evo.program import Prediction, Program, Signature, validate_file_data
 
 DSPY_PREFIX = "dspy."
 # Reply cap of DSPy task calls: ChatAdapter's field markers take ~20 tokens around a short answer
@@ -550,13 +550,7 @@ def read_result(path: Path) -> dict[str, Any]:
                                f"{str(exc)[:120]})", hint=hint) from None
     if not isinstance(result, dict):
         raise DamagedFileError(path, "not an evo bench result (a JSON object)", hint=hint)
-    try:
-        _ResultShape.model_validate(result)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(map(str, first["loc"])) or "result"
-        raise DamagedFileError(path, f"not an evo bench result: {field}: {first['msg']}",
-                               hint=hint) from None
+    validate_file_data(_ResultShape, result, path, what="an evo bench result", hint=hint)
     return result
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from evo.data import Example
 from evo.ensemble import EnsembleProgram
 from evo.errors import RunFailedError
-from evo.evaluate import MEANINGLESS_SHARE, cell_failures, evaluate_program, format_failures
+from evo.evaluate import cell_failures, evaluate_program, format_failures, meaningless
 from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
 from evo.lm.base import LM
 from evo.lm.session import LMSession
@@ -54,8 +54,7 @@ class Comparison:
     @property
     def meaningless(self) -> bool:
         """Whether more than half of either program's cells failed."""
-        return any(f.get("failed_share", 0.0) > MEANINGLESS_SHARE
-                   for f in self.failures.values())
+        return meaningless(*self.failures.values())
 
     @property
     def significant(self) -> bool:

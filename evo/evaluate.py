@@ -121,6 +121,12 @@ def error_kind(error: str) -> str:
 MEANINGLESS_SHARE = 0.5
 
 
+def meaningless(*summaries: dict[str, Any]) -> bool:
+    """Whether more than :data:`MEANINGLESS_SHARE` of the cells of any of ``summaries``
+    (:func:`cell_failures`) failed: its scores then say nothing about the prompts."""
+    return any(s.get("failed_share", 0.0) > MEANINGLESS_SHARE for s in summaries)
+
+
 def cell_failures(cells: Iterable[Cell]) -> dict[str, Any]:
     """How many of ``cells`` failed, per kind: ``{"cells": n, "failed": k, "failed_share":
     k / n, "by_kind": {"metric": ..., "lm: timeout": ...}, "unparseable": u}``. An unparseable
@@ -368,6 +374,6 @@ def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Exam
     return scores, [matrix.cells[(row, j)] for j in range(len(examples))]
 
 
-__all__ = ["MEANINGLESS_SHARE", "Budget", "BudgetExhausted", "Cell", "Evaluator", "Score",
+__all__ = ["MEANINGLESS_SHARE", "meaningless", "Budget", "BudgetExhausted", "Cell", "Evaluator", "Score",
            "ScoreMatrix", "cell_failures", "error_kind", "evaluate_program", "failures_from_errors",
            "format_failures", "unique_examples"]

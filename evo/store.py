@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 import time
 import warnings
 import weakref
@@ -402,12 +401,7 @@ class RunStore:
             if seen is not None and have < seen:
                 raise _lost_answers(path, seen, have)
             self.sitting = journal.begin_sitting()
-        except sqlite3.DatabaseError as exc:
-            if journal is not None:
-                journal.close()
-            raise DamagedFileError(path, f"not a readable journal ({exc})",
-                                   hint=_NEW_RUN_HINT) from None
-        except BaseException:
+        except BaseException:  # (the journal turns SQLite's errors into evo's itself)
             if journal is not None:
                 journal.close()
             raise
@@ -538,10 +532,9 @@ class RunStore:
     def close(self) -> None:
         """Close the log and the journal and release the directory (again: nothing)."""
         self._release()  # runs _Handles.close once, whoever calls first (close() or the GC)
-        if _OPEN.get(self.path.resolve()) is self:
-            del _OPEN[self.path.resolve()]
-        if _OPEN.get(self.path.resolve()) is self:
-            del _OPEN[self.path.resolve()]
+        key = self.path.resolve()
+        if _OPEN.get(key) is self:
+            del _OPEN[key]
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r}, sitting={self.sitting})"

@@ -84,8 +84,9 @@ class Journal:
             if wal.exists() and wal.stat().st_size > 0:
                 raise DamagedFileError(self.path, "is empty (0 bytes) but its -wal file is not: "
                                        "truncated", hint=HINT)
-        self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                     check_same_thread=False)
+        with self._errors():
+            self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                         check_same_thread=False)
         try:
             with self._errors():
                 self._open()

@@ -67,6 +67,13 @@ class Usage:
                  reused_share=self.reused_share)
         return d
 
+    def book(self, response: LMResponse) -> None:
+        """Add what ``response`` cost: its tokens and LM seconds (the caller counts the call)."""
+        self.prompt_tokens += response.prompt_tokens
+        self.completion_tokens += response.completion_tokens
+        self.reused_prompt_tokens += response.reused_prompt_tokens
+        self.lm_seconds += response.seconds
+
     def copy(self) -> Usage:
         return dataclasses.replace(self, by_purpose=dict(self.by_purpose))
 
@@ -218,7 +225,8 @@ class LMSession:
     def complete(self, request: LMRequest) -> LMResponse:
         """Answer ``request`` from the cache or the backend (with retries); see the class doc."""
         key = request.key(self.model_id)  # the journal's: model only (see the class doc)
-        cache_key = request.key(self.model_id, self.cache_scope)
+        scope = self.cache_scope if self.cache is not None else None
+        cache_key = key if scope is None else request.key(self.model_id, scope)
         while True:
             with self._lock:
                 if self._unavailable is not None:
@@ -276,11 +284,7 @@ class LMSession:
             return
         spent.append(paid)
         with self._lock:
-            u = self.usage
-            u.prompt_tokens += paid.prompt_tokens
-            u.completion_tokens += paid.completion_tokens
-            u.reused_prompt_tokens += paid.reused_prompt_tokens
-            u.lm_seconds += paid.seconds
+            self.usage.book(paid)
 
     def _call(self, request: LMRequest, key: str, cache_key: str) -> LMResponse:
         last: BaseException | None = None
@@ -318,10 +322,7 @@ class LMSession:
                 self._ever_succeeded = True
                 u = self.usage
                 u.calls += 1
-                u.prompt_tokens += resp.prompt_tokens
-                u.completion_tokens += resp.completion_tokens
-                u.reused_prompt_tokens += resp.reused_prompt_tokens
-                u.lm_seconds += resp.seconds
+                u.book(resp)
                 u.by_purpose[request.purpose] = u.by_purpose.get(request.purpose, 0) + 1
                 # The shared cache first: when the journal cannot be written (a full disk) the
                 # run stops, and the answer it paid for is still kept there (often another disk).
@@ -338,8 +339,8 @@ class LMSession:
         transient = isinstance(last, LMTransientError)
         message = (f"{self.model_id}: call failed after {self.retries + 1} attempt(s): "
                    f"{type(last).__name__}: {last}")
-        err: LMError = (LMTransientError(message, reason=last.reason)
-                        if isinstance(last, LMTransientError) else LMError(message))
+        err: LMError = (LMTransientError(message, reason=last.reason)  # type: ignore[union-attr]
+                        if transient else LMError(message))
         err.__cause__ = last
         # The search scores this request 0 and goes on: journal that, so a replay meets the same
         # failure -- unless it was transient (a resume asks it again). If the streak it belongs
