@@ -32,7 +32,8 @@ def run_one(name: str, args: argparse.Namespace, task, lm, out: Path) -> dict:
     from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
 
     run_dir = out / name
-    # A fresh measurement: no response cache and no run store (whose journal would replay).
+    # A fresh measurement: no response cache and no run store (whose journal would replay). The
+    # run store is a folder of its own (it accepts only an empty or evo-made folder).
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     cache = run_dir / "cache.sqlite"
@@ -41,7 +42,7 @@ def run_one(name: str, args: argparse.Namespace, task, lm, out: Path) -> dict:
     started = time.perf_counter()
     result = evo.optimize(program, task.train, task.val, lm=lm, optimizer=optimizer,
                           seed=args.seed, cache=cache, description=task.description,
-                          run_dir=run_dir, progress=False)
+                          run_dir=run_dir / "run", progress=False)
     search_s = time.perf_counter() - started
     test_session = session_for(lm, out / "test-cache.sqlite")
     test = list(task.test)
