@@ -32,8 +32,8 @@ try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.benc
 except ImportError:  # pragma: no cover
     from benchmarks._timing import HEADER, Row, best_time
 
-from embeddings import VectorIndex, l2_normalize
-from embeddings.index import EF_SEARCH, HNSW_THRESHOLD
+from evo.embeddings import VectorIndex, l2_normalize
+from evo.embeddings.index import EF_SEARCH, HNSW_THRESHOLD
 
 D = 384
 
@@ -317,7 +317,7 @@ def sweep_table(results: list[dict]) -> str:
 def real_vectors() -> np.ndarray:
     """MiniLM vectors of the ~23.3k distinct inputs of trec, sms_spam and rotten_tomatoes (encoded
     once, ~2 min on 2 cores, then read from the embedding cache)."""
-    from embeddings import default_encoder
+    from evo.embeddings import default_encoder
     from evo.datasets import fetch
 
     texts: list[str] = []

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 def run_one(name: str, args: argparse.Namespace, task, lm, out: Path) -> dict:
     import evo
-    from evo.api import session_for
-    from evo.evaluate import evaluate_program
+    from evo.lm import session_for
+    from evo.search.evaluate import evaluate_program
     from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
 
     run_dir = out / name
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import evo
-    from evo.cli import make_lm
+    from evo.lm import make_lm
 
     out = Path(args.out)
     names = args.only if args.only is not None else evo.optimizers.names()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddings import VectorIndex, l2_normalize
+from evo.embeddings import VectorIndex, l2_normalize
 
 N, D, K, NQ = 10_000, 384, 10, 32
 

@@ -8,28 +8,41 @@
 >>> print(result.report(task.test))                                     # doctest: +SKIP
 """
 
-from evo import datasets, events, lm, optimizers
+from evo import datasets, lm, optimizers
+from evo.runs import events
 from evo.api import Report, Result, evaluate, optimize
-from evo.compare import Comparison, compare
+from evo.analysis.compare import Comparison, compare
 from evo.data import DataError, Dataset, Example, Task
-from evo.dspy_module import ModuleResult, optimize_module
-from evo.engine import Evolution, Search, SearchConfig
+from evo.optimizers.evolution import Evolution
+from evo.search.engine import Search, SearchConfig
 from evo.errors import (ConfigError, DamagedFileError, EvoError, RunFailedError, StorageError,
                         UnsafeRunDirError)
-from evo.ensemble import EnsembleProgram, load_program
-from evo.events import Callback, CandidateStore, JSONLLog, MLflowLogger, ProgressBar
-from evo.evaluate import Budget, ScoreMatrix
+from evo.program.ensemble import EnsembleProgram, load_program
+from evo.runs.events import Callback, CandidateStore, JSONLLog, MLflowLogger, ProgressBar
+from evo.search.evaluate import Budget, ScoreMatrix
 from evo.metrics import (Score, TokenMetric, contains, exact_match, f1, normalized_exact_match,
                          numeric_match)
 from evo.optimizers import (COPRO, DE, GA, GEPA, BootstrapFewShot,
                             BootstrapFewShotWithRandomSearch, Ensemble, EvoPrompt, KNNFewShot,
                             LabeledFewShot, MIPROv2, register_operator, register_optimizer)
 from evo.program import Prediction, Program, Signature
-from evo.projection import Projection, project
-from evo.report import write_report
-from evo.store import RunMismatchError, RunStore
+from evo.analysis.projection import Projection, project
+from evo.analysis.report import write_report
+from evo.runs.store import RunMismatchError, RunStore
 
 __version__ = "0.1.0"
+
+# The DSPy bridge is bound on first use: ``import evo`` does not import dspy.
+_DSPY = {"optimize_module", "ModuleResult", "to_dspy"}
+
+
+def __getattr__(name: str):
+    if name in _DSPY:
+        from evo.integrations import dspy as bridge  # deferred: imports the dspy bridge on use
+
+        return getattr(bridge, name)
+    raise AttributeError(f"module 'evo' has no attribute {name!r}")
+
 
 __all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
            "Budget", "Callback", "CandidateStore", "Comparison", "ConfigError", "DamagedFileError",
@@ -39,4 +52,4 @@ __all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWit
            "Program", "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig",
            "Signature", "Task", "TokenMetric", "compare", "contains", "datasets", "events", "evaluate", "exact_match",
            "f1", "lm", "load_program", "normalized_exact_match", "numeric_match", "optimize", "optimize_module",
-           "optimizers", "project", "register_operator", "write_report", "register_optimizer"]
+           "optimizers", "project", "to_dspy", "register_operator", "write_report", "register_optimizer"]

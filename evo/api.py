@@ -16,41 +16,25 @@ import numpy as np
 
 from evo._io import write_json, write_text
 from evo.data import DataError, Dataset, Example
-from evo.engine import Candidate, Evolution, Optimizer
-from evo.ensemble import EnsembleProgram, load_program
+from evo.optimizers.evolution import Evolution
+from evo.search.engine import Candidate, Optimizer, SearchConfig, jsonable
+from evo.program.ensemble import EnsembleProgram, load_program
 from evo.errors import ConfigError, UnsafeRunDirError
-from evo.evaluate import (ScoreMatrix, cell_failures, evaluate_program, format_failures,
+from evo.search.evaluate import (check_testset, ScoreMatrix, cell_failures, evaluate_program, format_failures,
                           meaningless, unique_examples)
-from evo.events import Callback, ProgressBar, dispatch, progress_bar
+from evo.runs.events import Callback, ProgressBar, dispatch, progress_bar
 from evo.kernels.moo import nondominated_ranks
-from evo.compare import format_p, paired
+from evo.analysis.compare import format_p, paired
 from evo.lm.base import LM
 from evo.lm.cache import ResponseCache, default_cache_path
-from evo.lm.session import LMSession, Usage
+from evo.lm.session import LMSession, Usage, session_for
 from evo.metrics import Metric, exact_match
 from evo.paths import protected_dir
 from evo.program import Program
-from evo.store import (EVENTS_FILE, RUN_FILE, RunStore, check_run_dir, data_digest,
+from evo.runs.store import (EVENTS_FILE, RUN_FILE, RunStore, check_run_dir, data_digest,
                        state_record)
 
 Data = Dataset | Sequence[Example]
-
-
-def session_for(lm: LM | LMSession, cache: ResponseCache | str | Path | None | bool = True
-                ) -> LMSession:
-    """Wrap a backend in a session with the persistent response cache (``True``: the default
-    user cache; a path: that file; ``False``/``None``: no cache)."""
-    if isinstance(lm, LMSession):
-        return lm
-    if not (cache is None or isinstance(cache, bool | str | Path | ResponseCache)):
-        raise ConfigError(f"cache={cache!r}: give True (the default cache), a file path, a "
-                          "ResponseCache, or False / None for no cache")
-    if cache is True:
-        cache = ResponseCache(default_cache_path())
-    elif isinstance(cache, str | Path):
-        cache = ResponseCache(cache)
-    # (an empty ResponseCache is falsy: test for the sentinels, not truthiness)
-    return LMSession(lm, cache=None if cache is False or cache is None else cache)
 
 
 @dataclass
@@ -59,7 +43,7 @@ class Report:
     of its cells failed.
 
     ``failures`` counts the failed cells (scored 0 because the LM call, the parser or the metric
-    failed; :func:`evo.evaluate.cell_failures`) of the search's validation matrix
+    failed; :func:`evo.search.evaluate.cell_failures`) of the search's validation matrix
     (``"search"``) and of each program's test pass (``"baseline"``, ``"optimized"``), per kind.
     :attr:`meaningless` is True when more than half of the cells of any of them failed: the
     figures then say nothing about the prompts (``evo run`` exits with an error).
@@ -78,7 +62,7 @@ class Report:
     example_ids: list[str] = field(default_factory=list)
     baseline_scores: list[float] = field(default_factory=list)
     optimized_scores: list[float] = field(default_factory=list)
-    # "search" / "baseline" / "optimized" -> evo.evaluate.cell_failures(...)
+    # "search" / "baseline" / "optimized" -> evo.search.evaluate.cell_failures(...)
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -171,9 +155,9 @@ class Result:
     metric: Metric = field(repr=False)
     max_tokens: int = 48
     optimizer: str = ""
-    # the state as JSON data (evo.store.state_record): instructions, lineage, score matrix
+    # the state as JSON data (evo.runs.store.state_record): instructions, lineage, score matrix
     record: dict[str, Any] = field(default_factory=dict, repr=False)
-    # per sitting of a stored run (evo.store): what each process received and paid for
+    # per sitting of a stored run (evo.runs.store): what each process received and paid for
     sittings: list[dict[str, Any]] = field(default_factory=list)
     best_id: int = 0  # the best candidate's row in the score matrix
     store: RunStore | None = field(default=None, repr=False)  # the run store, if any
@@ -258,7 +242,7 @@ class Result:
         events.jsonl into ``run_dir``: the run's own directory, a new or empty folder, or one an
         earlier ``save`` wrote. Anything else is refused before anything is written
         (:class:`~evo.errors.UnsafeRunDirError`): another run's directory, whose files would be
-        replaced, and any folder evo did not make (:func:`evo.store.check_run_dir`)."""
+        replaced, and any folder evo did not make (:func:`evo.runs.store.check_run_dir`)."""
         run_dir = Path(run_dir)
         elsewhere = self.store is None or run_dir.resolve() != self.store.path.resolve()
         if elsewhere:
@@ -340,15 +324,15 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     ``trainset`` is the demo pool, ``valset`` decides which candidate wins. Every LM call goes
     through one cached session. The same seed and answers reproduce the same result.
 
-    ``callbacks`` receive typed events as the search goes (:mod:`evo.events`: start, candidate
+    ``callbacks`` receive typed events as the search goes (:mod:`evo.runs.events`: start, candidate
     generated / evaluated, new best, budget exhausted, complete); ``on_event`` receives the same
     events as JSON-ready dicts; ``progress`` adds a progress bar.
 
-    With ``run_dir`` the run lives in a run store (:mod:`evo.store`): its state, event log and
+    With ``run_dir`` the run lives in a run store (:mod:`evo.runs.store`): its state, event log and
     LM journal are written as it goes, and calling ``optimize`` again with the same inputs and
     ``run_dir`` resumes it (a killed run continues with no paid call repeated and ends with the
     result an uninterrupted run gives). Other inputs on the same ``run_dir`` raise
-    :class:`evo.store.RunMismatchError`. ``cli`` (the command line, from ``evo run``) is kept
+    :class:`evo.runs.store.RunMismatchError`. ``cli`` (the command line, from ``evo run``) is kept
     in the store for ``evo run --resume``. The run is known by its data as given, repeats
     included (the search itself sees each example once), so a list of examples names the run it
     named before repeats were dropped; a :class:`~evo.data.Dataset` drops its repeats when it is
@@ -497,9 +481,8 @@ def _name(fn: Any) -> str:
 
 def optimizer_spec(optimizer: Optimizer) -> dict[str, Any]:
     """An optimizer's identity for a run store: its name and every parameter, budget included."""
-    from evo.engine import SearchConfig, _jsonable
     if isinstance(optimizer, SearchConfig):
-        return {**_jsonable(optimizer, name=_name), "budget": dict(optimizer.budget.__dict__)}
+        return {**jsonable(optimizer, name=_name), "budget": dict(optimizer.budget.__dict__)}
     return {"optimizer": _name(type(optimizer)),
             "budget": dict(getattr(getattr(optimizer, "budget", None), "__dict__", {}))}
 
@@ -509,37 +492,10 @@ def _takes(fn: Callable[..., Any], name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def check_testset(program: Program | EnsembleProgram, testset: Data, *,
-                  what: str = "testset") -> list[Example]:
-    """The examples of ``testset`` that ``program`` can be scored on, checked before any LM call:
-    a repeated example is kept once (one warning says how many were dropped); an empty set, or
-    gold labels the program does not have (:meth:`Program.check_labels`), is a
-    :class:`~evo.errors.ConfigError`; an example lacking a field the program reads is a
-    :class:`~evo.data.DataError` naming the row.
-
-    >>> # evo.api.check_testset(program, task.test)  # before paying for a search
-    """
-    examples = unique_examples(testset, what)
-    if not examples:
-        raise ConfigError(f"{what} is empty: there is nothing to score the program on "
-                          "(give some held-out examples, e.g. --n-test 50)")
-    first = program.members[0] if isinstance(program, EnsembleProgram) else program
-    if first.labels is not None:
-        field_name = first.signature.outputs[0].name
-        first.check_labels((ex.outputs[field_name] for ex in examples
-                            if field_name in ex.outputs), source=what)
-    for row, ex in enumerate(examples, 1):
-        try:
-            first.check_example(ex, outputs=True)
-        except ValueError as exc:
-            raise DataError(str(exc), source=what, row=row) from None
-    return examples
-
-
 @dataclass(frozen=True)
 class Evaluation:
     """A program scored on a dataset: its accuracy over ``n`` examples and its failed cells
-    per kind (:func:`evo.evaluate.cell_failures`). :attr:`meaningless` when more than half of
+    per kind (:func:`evo.search.evaluate.cell_failures`). :attr:`meaningless` when more than half of
     the cells failed: the accuracy then says nothing about the program."""
 
     accuracy: float

@@ -11,8 +11,8 @@ field; run directory; model and endpoint).
     ├── DataError            bad rows or data files (evo.data)
     ├── ConfigError          bad flags, parameters or program files
     ├── DamagedFileError     a file evo wrote earlier is unreadable or of the wrong shape
-    ├── RunMismatchError     the run directory holds another run (evo.store)
-    ├── RunInUseError        another process has the run directory open (evo.store)
+    ├── RunMismatchError     the run directory holds another run (evo.runs.store)
+    ├── RunInUseError        another process has the run directory open (evo.runs.store)
     ├── UnsafeRunDirError    a run directory evo did not create, or a filesystem root / home
     ├── StorageError         the disk is full or a path cannot be written (names the path)
     ├── RunFailedError       most cells failed: the result means nothing

@@ -19,8 +19,8 @@ from typing import Literal
 import dspy
 
 import evo
-from evo.bench import to_dspy_examples
-from evo.cli import make_lm
+from evo_bench import to_dspy_examples
+from evo.lm import make_lm
 
 
 class Classify(dspy.Signature):
@@ -77,8 +77,8 @@ def main() -> None:
     task = evo.datasets.load("rotten_tomatoes", seed=args.seed, n_train=30, n_val=args.n_val,
                              n_test=args.n_test)
     train, val, test = (to_dspy_examples(s) for s in (task.train, task.val, task.test))
-    session = evo.api.session_for(make_lm(args.model))  # one cache and ledger for everything
-    lm = evo.lm.to_dspy(session, max_tokens=256)
+    session = evo.lm.session_for(make_lm(args.model))  # one cache and ledger for everything
+    lm = evo.to_dspy(session, max_tokens=256)
 
     before, _ = accuracy(ClassifyThenVerify(), test, lm)
     result = evo.optimize_module(ClassifyThenVerify(), train, val, metric, lm=session,

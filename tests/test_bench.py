@@ -8,7 +8,7 @@ import pytest
 
 import evo
 import evo.cli
-from evo import bench
+import evo_bench as bench
 from evo.data import Dataset, Task
 from evo.lm import ScriptedLM
 from test_engine import LABELS, TRAIN, VAL

@@ -43,7 +43,7 @@ def test_unreachable_hosted_lm_is_one_clear_error(tmp_path, capsys):
 
 
 def test_unknown_model_names_the_choices(capsys):
-    from evo.cli import make_lm
+    from evo.lm import make_lm
     from evo.errors import ConfigError
 
     with pytest.raises(ConfigError, match="qwen2.5-coder-0.5b"):

@@ -14,7 +14,7 @@ import pytest
 import evo
 from evo.lm import ScriptedLM
 from evo.lm.journal import Journal
-from evo.store import read_run_file, run_cli
+from evo.runs.store import read_run_file, run_cli
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine import TRAIN, VAL, program, respond

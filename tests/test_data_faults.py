@@ -214,7 +214,7 @@ def test_dataset_drops_repeated_examples_with_one_warning():
 
 def test_a_different_example_under_a_repeated_id_is_an_error_not_a_duplicate():
     # Before: unique_examples kept the first by id and warned that the second was identical.
-    from evo.evaluate import unique_examples
+    from evo.search.evaluate import unique_examples
     q1 = Example(id="q1", inputs={"text": "2+2"}, outputs={"label": "pos"})
     other = Example(id="q1", inputs={"text": "capital of France"}, outputs={"label": "pos"})
     with pytest.raises(DataError, match="trainset, row 2: id 'q1' also names the different"):

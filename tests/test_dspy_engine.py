@@ -3,7 +3,8 @@
 import pytest
 
 import evo
-from evo.lm import LMSession, ScriptedLM, to_dspy
+from evo.integrations.dspy import to_dspy
+from evo.lm import LMSession, ScriptedLM
 
 dspy = pytest.importorskip("dspy")
 
@@ -69,7 +70,7 @@ def test_dspy_runs_on_the_embedded_local_model(tmp_path):
 
 
 def test_dspy_examples_and_metric_drive_an_evo_search():
-    from evo import dspy_compat
+    from evo.integrations.dspy import compat as dspy_compat
 
     raw = [dspy.Example(text=f"item {i} is {'good' if i % 2 else 'bad'} stuff",
                         label="pos" if i % 2 else "neg").with_inputs("text") for i in range(60)]
@@ -100,14 +101,14 @@ def test_dspy_examples_and_metric_drive_an_evo_search():
 
 
 def test_dspy_examples_without_inputs_is_one_clear_error():
-    from evo import dspy_compat
+    from evo.integrations.dspy import compat as dspy_compat
 
     with pytest.raises(evo.DataError, match="row 1.*with_inputs"):
         dspy_compat.examples([dspy.Example(question="q", answer="a")])
 
 
 def test_dspy_metric_may_take_two_arguments_and_must_be_finite():
-    from evo import dspy_compat
+    from evo.integrations.dspy import compat as dspy_compat
 
     ex = evo.Example(inputs={"text": "good"}, outputs={"label": "pos"})
     two = dspy_compat.metric(lambda gold, pred: gold.label == pred.label)

@@ -111,7 +111,7 @@ def test_result_round_trips_through_dspy_save_and_load(tmp_path):
                                  strict=True):
         assert a.signature.instructions == b.signature.instructions, name
         assert [dict(d) for d in a.demos] == [dict(d) for d in b.demos], name
-    lm = evo.lm.to_dspy(ScriptedLM(respond), cache=False)
+    lm = evo.to_dspy(ScriptedLM(respond), cache=False)
     with dspy.context(lm=lm):
         for ex in data(range(40, 50)):
             assert fresh(text=ex.text).final_label == ex.final_label

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from embeddings import (
+from evo.embeddings import (
     HNSW_THRESHOLD,
     CachedEncoder,
     EmbeddingCache,
@@ -28,7 +28,7 @@ from embeddings import (
     default_encoder,
     l2_normalize,
 )
-from embeddings.index import BLAS_MIN_WORK, EF_GRID, EF_SEARCH, TARGET_RECALL
+from evo.embeddings.index import BLAS_MIN_WORK, EF_GRID, EF_SEARCH, TARGET_RECALL
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -442,7 +442,7 @@ def test_default_cache_follows_evo_cache_dir(tmp_cache_dir):
 
 _HASHING_CHILD = """
 import json, sys
-from embeddings import HashingEncoder
+from evo.embeddings import HashingEncoder
 v = HashingEncoder(dim=64).encode(["Who wrote Hamlet?", "naïve café", ""])
 print(json.dumps({"v": v.tolist(), "torch": "torch" in sys.modules}))
 """

@@ -168,8 +168,8 @@ def test_events_and_run_dir(tmp_path):
 
 
 def test_reflection_adds_rules_and_rejects_answers():
-    from evo.reflection import propose, split_rules
-    from evo.evaluate import Cell
+    from evo.proposers.reflection import propose, split_rules
+    from evo.search.evaluate import Cell
 
     p = program()
     failures = [(make(1), Cell(0.0, p.parse("label: pos"), "Wrong: correct is neg"))]
@@ -240,7 +240,7 @@ def test_missing_outputs_and_unknown_labels_are_data_errors():
 
 
 def test_split_rules_never_cuts_a_users_instruction():
-    from evo.reflection import join_rules, split_rules
+    from evo.proposers.reflection import join_rules, split_rules
 
     mine = "Classify.\nRules:\n1. be brief\nAlways answer in lowercase."
     assert split_rules(mine) == (mine, [])

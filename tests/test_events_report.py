@@ -12,7 +12,7 @@ import pytest
 
 import evo
 from evo.cli import main
-from evo.events import (CandidateEvaluated, CandidateGenerated, NewBest, SearchCompleted,
+from evo.runs.events import (CandidateEvaluated, CandidateGenerated, NewBest, SearchCompleted,
                         SearchStarted)
 from evo.lm import ScriptedLM
 
@@ -220,13 +220,13 @@ def test_report_of_a_killed_run_reads_its_checkpoint(tmp_path):
                     else respond(r))
     with pytest.raises(Killed):
         search(lm, budget=300, run_dir=tmp_path / "run")
-    from evo.report import build
+    from evo.analysis.report import build
     page = build(tmp_path / "run")
     assert "unfinished" in page and "From the seed to the best" in page
 
 
 def test_lineage_diff_marks_the_words_a_mutation_changed():
-    from evo.report import word_diff
+    from evo.analysis.report import word_diff
     html = word_diff("Classify the text.", "Classify the text. Say pos when it says good.")
     assert "<ins>" in html and "Say pos" in html and "<del>" not in html
     assert "<del>text.</del>" in word_diff("Classify the text.", "Classify the message.")

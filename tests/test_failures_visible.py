@@ -12,9 +12,9 @@ import pytest
 
 import evo
 from evo.errors import ConfigError, DamagedFileError, RunFailedError, StorageError
-from evo.evaluate import error_kind
+from evo.search.evaluate import error_kind
 from evo.lm import LMSession, ScriptedLM
-from evo.report import build, write_report
+from evo.analysis.report import build, write_report
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine import TEST, TRAIN, VAL, make, program, respond  # noqa: E402
@@ -143,7 +143,7 @@ def test_an_empty_reply_is_an_lm_failure_and_blank_text_an_unparseable_answer():
         text = req.messages[-1].content
         return "" if "item 201 " in text else "  \n" if "item 202 " in text else respond(req)
 
-    from evo.evaluate import evaluate_program
+    from evo.search.evaluate import evaluate_program
     _, cells = evaluate_program(program(), TEST[:4], LMSession(ScriptedLM(reply), retries=0),
                                 evo.exact_match)
     assert [c.kind for c in cells] == [None, "lm: empty reply", None, None]
@@ -177,7 +177,7 @@ def test_duplicate_examples_are_scored_once_with_one_warning(tmp_path):
 def test_a_store_of_a_trainset_with_repeats_is_known_by_the_data_as_given(tmp_path):
     # Before: the spec held the digest of the de-duplicated rows ('40:...'), so a run stored
     # before repeats were dropped (its spec: the rows as given, '43:...') no longer resumed.
-    from evo.store import data_digest
+    from evo.runs.store import data_digest
     train = TRAIN + TRAIN[:3]
     run = dict(lm=ScriptedLM(respond), optimizer=optimizer(), cache=False,
                run_dir=tmp_path / "run")
@@ -210,7 +210,7 @@ def test_optimize_releases_its_run_directory_when_it_raises(tmp_path):
 def test_an_empty_test_set_fails_before_any_lm_call():
     lm = ScriptedLM(respond)
     with pytest.raises(ConfigError, match="testset is empty"):
-        evo.api.check_testset(program(), [])
+        evo.search.evaluate.check_testset(program(), [])
     with pytest.raises(ConfigError, match="data is empty"):
         evo.evaluate(program(), [], lm=lm, cache=False)
     result = evo.optimize(program(), TRAIN, VAL, lm=lm, optimizer=optimizer(), cache=False)

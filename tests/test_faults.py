@@ -23,7 +23,7 @@ import pytest
 from fault_server import LENGTH_TOKENS, FaultServer
 
 import evo
-from evo.evaluate import evaluate_program
+from evo.search.evaluate import evaluate_program
 from evo.lm import LMError, LMRequest, LMSession, LMUnavailableError, Message, ResponseCache
 from evo.lm.base import LMRequestError, LMResponse, LMTransientError
 from evo.lm.journal import Journal

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evo import Example, Program
-from evo import genome as G
+from evo.search import genome as G
 
 LABELS = ("a", "b", "c")
 

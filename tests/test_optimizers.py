@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import evo
-from evo.engine import Search
+from evo.search.engine import Search
 from evo.lm import ScriptedLM
 from evo.lm.base import LMRequest
 from evo.optimizers.ensemble import vote_ensemble
@@ -85,7 +85,7 @@ def test_bootstrap_random_search_reuses_teacher_runs_across_rounds():
 
 
 def test_bootstrapped_free_text_trace_becomes_a_trace_demo():
-    archive = evo.genome.Archive(program(), tuple(TRAIN))
+    archive = evo.search.genome.Archive(program(), tuple(TRAIN))
     ex = TRAIN[0]
     assert archive.demo_id(ex) == 0 and archive.demo_id(ex, dict(ex.outputs)) == 0
     i = archive.demo_id(ex, {"label": "neg" if ex.label == "pos" else "pos"})
@@ -121,7 +121,7 @@ def test_gepa_merge_takes_each_component_from_the_descendant_that_changed_it():
     for c in (a, b):
         search.validate(c)
     merged = merge_genomes(a, b, ancestor, search)
-    assert evo.genome.key(merged) == (i1, (0, 1), 0)
+    assert evo.search.genome.key(merged) == (i1, (0, 1), 0)
     assert merge_genomes(a, a, ancestor, search) is None  # nothing new to merge
 
 
@@ -317,7 +317,7 @@ def test_readme_extension_examples_run():
         if g[1] == 0:
             return None
         g[3] = search.rng.randrange(len(search.archive.pool))
-        return evo.genome.repair(g, search.archive, search.rng)
+        return evo.search.genome.repair(g, search.archive, search.rng)
 
     result, _ = run("evolution", knn=False, operators={"replace_first_demo": 0.5})
     assert any(c.op == "replace_first_demo" for c in result.candidates)

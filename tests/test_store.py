@@ -16,7 +16,7 @@ import evo
 from evo.lm import LMRequestError, LMSession, ScriptedLM
 from evo.lm.base import LMRequest, LMResponse
 from evo.lm.journal import Journal
-from evo.store import RunInUseError, RunMismatchError
+from evo.runs.store import RunInUseError, RunMismatchError
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
@@ -205,7 +205,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
 
 def test_a_run_directory_is_used_by_one_process_at_a_time(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys, time\nfrom evo.store import RunStore\n"
+        [sys.executable, "-c", ("import sys, time\nfrom evo.runs.store import RunStore\n"
                                 f"s = RunStore({str(tmp_path / 'run')!r}, {{'seed': 0}})\n"
                                 "print('open', flush=True)\ntime.sleep(60)")],
         stdout=subprocess.PIPE, text=True)

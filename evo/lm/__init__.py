@@ -9,20 +9,37 @@ anything imported it.
 
 from __future__ import annotations
 
+from evo.errors import ConfigError
 from evo.lm.base import (LM, LMError, LMRequest, LMRequestError, LMResponse, LMTransientError,
                          LMUnavailableError, Message)
 from evo.lm.cache import ResponseCache, default_cache_path
-from evo.lm.dspy_engine import SessionEngine, to_dspy
 from evo.lm.hosted import DSPyLM, from_dspy, hosted
 from evo.lm.local import LocalLM, local
 from evo.lm.models import MODELS, ModelSpec, ensure_model
 from evo.lm.scripted import ScriptedLM
-from evo.lm.session import LMSession, Usage
+from evo.lm.session import LMSession, Usage, session_for
 
 __all__ = [
     "LM", "LMRequest", "LMResponse", "Message", "LMError", "LMRequestError", "LMTransientError",
-    "LMUnavailableError", "LMSession",
+    "LMUnavailableError", "LMSession", "session_for", "make_lm",
     "Usage", "ResponseCache", "default_cache_path", "ScriptedLM",
     "LocalLM", "local", "MODELS", "ModelSpec", "ensure_model", "DSPyLM", "hosted", "from_dspy",
-    "SessionEngine", "to_dspy",
 ]
+
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+
+
+def make_lm(spec: str, *, api_base: str | None = None, api_key: str | None = None,
+            timeout: float | None = None):
+    """A backend from a command-line spec: an embedded model name, a ``.gguf`` path, or a hosted
+    ``provider/model`` string (through dspy / litellm), whose requests give up after ``timeout``
+    seconds (the hosted backend's default when None)."""
+    if spec in MODELS or spec.endswith(".gguf"):
+        return local(spec)
+    if "/" in spec:
+        kwargs = {k: v for k, v in (("api_base", api_base), ("api_key", api_key),
+                                    ("timeout", timeout)) if v}
+        return hosted(spec, **kwargs)
+    raise ConfigError(f"unknown model {spec!r}: use one of {', '.join(MODELS)}, a path to a "
+                      ".gguf file, or a hosted model such as openai/gpt-4o-mini")

@@ -85,7 +85,7 @@ class LMTransientError(LMError):
     that still fails is a failed cell in this sitting, but a resumed run asks it again instead
     of replaying the failure, and it is never stored as an answer."""
 
-    # why, in the words a failed cell is counted by (see evo.evaluate.error_kind)
+    # why, in the words a failed cell is counted by (see evo.search.evaluate.error_kind)
     REASONS = ("throttled", "server error", "timeout", "dropped connection", "bad reply",
                "empty reply", "transient")
 

@@ -3,7 +3,7 @@
 Where the shared :class:`~evo.lm.cache.ResponseCache` is a convenience (any run may read it, a user
 may delete it or turn it off), the journal belongs to one run directory and is what makes that run
 resumable: a resumed run answers each request found here without calling the LM, so it retraces
-the same decisions and continues from where it stopped (:mod:`evo.store`). Failed requests are
+the same decisions and continues from where it stopped (:mod:`evo.runs.store`). Failed requests are
 journaled too, so a replay meets the same failures the first sitting met; a *transient* failure
 (throttled, 5xx, timeout, empty reply) is kept for the ledger but not replayed: a resumed run
 asks it again, and its answer then takes the failure's place.

@@ -16,7 +16,10 @@ from typing import Any
 
 from evo.lm.base import (LM, LMError, LMRequest, LMRequestError, LMResponse, LMTransientError,
                          LMUnavailableError, Message)
-from evo.lm.cache import ResponseCache
+from pathlib import Path
+
+from evo.errors import ConfigError
+from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.journal import Journal
 
 
@@ -403,3 +406,20 @@ class LMSession:
 
     def __repr__(self) -> str:
         return f"LMSession({self.model_id!r}, cache={self.cache!r})"
+
+
+def session_for(lm: LM | LMSession, cache: ResponseCache | str | Path | None | bool = True
+                ) -> LMSession:
+    """Wrap a backend in a session with the persistent response cache (``True``: the default
+    user cache; a path: that file; ``False``/``None``: no cache)."""
+    if isinstance(lm, LMSession):
+        return lm
+    if not (cache is None or isinstance(cache, bool | str | Path | ResponseCache)):
+        raise ConfigError(f"cache={cache!r}: give True (the default cache), a file path, a "
+                          "ResponseCache, or False / None for no cache")
+    if cache is True:
+        cache = ResponseCache(default_cache_path())
+    elif isinstance(cache, str | Path):
+        cache = ResponseCache(cache)
+    # (an empty ResponseCache is falsy: test for the sentinels, not truthiness)
+    return LMSession(lm, cache=None if cache is False or cache is None else cache)

@@ -1,4 +1,4 @@
-"""The optimizer family, each a short ``run(search)`` on the shared engine (:mod:`evo.engine`).
+"""The optimizer family, each a short ``run(search)`` on the shared engine (:mod:`evo.search.engine`).
 
 ======================================  ============================================================
 name (``evo run --optimizer``)          what it searches
@@ -20,7 +20,8 @@ name (``evo run --optimizer``)          what it searches
 :func:`register_operator` add a user's own.
 """
 
-from evo.engine import Evolution, Search, SearchConfig
+from evo.optimizers.evolution import Evolution
+from evo.search.engine import Search, SearchConfig
 from evo.optimizers.copro import COPRO
 from evo.optimizers.ensemble import Ensemble, vote_ensemble
 from evo.optimizers.evoprompt import DE, GA, EvoPrompt

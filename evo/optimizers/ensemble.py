@@ -4,7 +4,7 @@
 matrix, cache and budget (each member gets an equal share of what is left when its turn comes,
 so a member that stops early leaves its rest to the next), and a prompt one member already
 judged is never paid for again by another. The result is then either the best candidate any
-member found (``combine="best"``) or a voting :class:`~evo.ensemble.EnsembleProgram` of up to
+member found (``combine="best"``) or a voting :class:`~evo.program.ensemble.EnsembleProgram` of up to
 ``size`` validated candidates, chosen by greedy forward selection (Caruana et al., 2004) on the
 validation predictions already in the matrix, no LM call needed; the vote is kept only when it
 beats the best single candidate on validation.
@@ -27,10 +27,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from evo.engine import Candidate, Evolution, Search, SearchConfig
-from evo.genome import key
-from evo.ensemble import EnsembleProgram
-from evo.evaluate import BudgetExhausted, Cell
+from evo.optimizers.evolution import Evolution
+from evo.search.engine import Candidate, Search, SearchConfig
+from evo.search.genome import key
+from evo.program.ensemble import EnsembleProgram
+from evo.search.evaluate import BudgetExhausted, Cell
 from evo.optimizers.fewshot import BootstrapFewShotWithRandomSearch, KNNFewShot
 from evo.optimizers.registry import register_optimizer
 from evo.program import Program
@@ -90,7 +91,7 @@ def _run_parallel(search: Search, members: list[SearchConfig]) -> None:
     """Each member on its own search in a thread, then merged into ``search`` (module doc)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from evo.evaluate import Budget
+    from evo.search.evaluate import Budget
 
     share = search.remaining() // len(members)
     seed_cells = {col: search.matrix.cells[(0, col)] for col in search.all_cols}

@@ -22,10 +22,11 @@ from typing import ClassVar, Literal
 from deap import tools
 from pydantic import Field
 
-from evo import genome as G
-from evo.engine import Candidate, Search, SearchConfig, _Individual, screen
+from evo.search import genome as G
+from evo.optimizers.evolution import screen
+from evo.search.engine import Candidate, Search, SearchConfig, _Individual
 from evo.optimizers.registry import register_optimizer
-from evo.proposers import evoprompt_instruction, paraphrase
+from evo.proposers.instructions import evoprompt_instruction, paraphrase
 
 
 class EvoPrompt(SearchConfig):

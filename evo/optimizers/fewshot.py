@@ -15,8 +15,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from evo.engine import Candidate, Search, SearchConfig
-from evo.genome import INSTRUCTION, Genome
+from evo.search.engine import Candidate, Search, SearchConfig
+from evo.search.genome import INSTRUCTION, Genome
 from evo.optimizers.registry import register_optimizer
 
 
@@ -164,7 +164,7 @@ class BootstrapFewShotWithRandomSearch(SearchConfig):
 @register_optimizer
 class KNNFewShot(SearchConfig):
     """Per-input demos: each input gets its ``k`` nearest training examples (MiniLM embeddings,
-    FAISS index: :mod:`evo.knn`). DSPy's KNNFewShot retrieves the same way and then compiles
+    FAISS index: :mod:`evo.embeddings.knn`). DSPy's KNNFewShot retrieves the same way and then compiles
     BootstrapFewShot per input; here the neighbours are shown with their gold labels (no LM
     call). With ``ks`` several k are validated and the best kept."""
 

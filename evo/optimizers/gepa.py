@@ -23,11 +23,12 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from evo import genome as G
-from evo.engine import Candidate, Search, SearchConfig, reflect
+from evo.search import genome as G
+from evo.optimizers.evolution import reflect
+from evo.search.engine import Candidate, Search, SearchConfig
 from evo.kernels.pareto import pareto_frequencies
 from evo.optimizers.registry import register_optimizer
-from evo.reflection import ReflectionStyle
+from evo.proposers.reflection import ReflectionStyle
 
 
 @register_optimizer

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from evo.errors import ConfigError
 
 if TYPE_CHECKING:
-    from evo.engine import Candidate, Search, SearchConfig
-    from evo.genome import Genome
+    from evo.search.engine import Candidate, Search, SearchConfig
+    from evo.search.genome import Genome
 
     Operator = Callable[[Candidate, Search], Genome | None]
 
@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 
 def register_optimizer(cls: T) -> T:
-    """Class decorator: make an optimizer (a :class:`~evo.engine.SearchConfig` subclass with a
+    """Class decorator: make an optimizer (a :class:`~evo.search.engine.SearchConfig` subclass with a
     ``name`` class attribute and a ``run(search)`` method) available by name, to
     :func:`get` and ``evo run --optimizer NAME``."""
     name = getattr(cls, "name", "")

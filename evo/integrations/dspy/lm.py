@@ -1,6 +1,6 @@
 """Run DSPy on evo's LMs: a ``dspy.LM`` whose calls go through an evo :class:`LMSession`.
 
-``evo.lm.to_dspy(lm)`` wraps any evo backend — the embedded llama.cpp model included — as a
+``evo.to_dspy(lm)`` wraps any evo backend — the embedded llama.cpp model included — as a
 ``dspy.LM("llamacpp/<model>", engine=...)``. Every DSPy call then shares evo's response cache,
 retries and usage ledger, so a DSPy optimizer and an evo optimizer run on the very same model and
 their LM calls are counted the same way (``session.usage``). DSPy's own cache is off: evo's is
@@ -10,7 +10,7 @@ DSPy asks for several samples of the same prompt at temperature > 0 (distinguish
 ``rollout_id`` that never reaches the engine). The engine numbers repeated identical requests:
 the n-th gets seed n, so samples differ and a rerun in the same order replays them from the cache.
 
->>> # import dspy; dspy.configure(lm=evo.lm.to_dspy(evo.lm.local()))
+>>> # import dspy; dspy.configure(lm=evo.to_dspy(evo.lm.local()))
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def to_dspy(lm: LM | LMSession, *, cache: Any = True, purpose: str = "dspy", **l
     ``dspy.LM`` (e.g. ``max_tokens``, ``temperature``)."""
     import dspy
 
-    from evo.api import session_for
+    from evo.lm import session_for
 
     session = session_for(lm, cache)
     engine = SessionEngine(session, purpose=purpose)

@@ -1,7 +1,7 @@
 """Optimize a ``dspy.Module``: every predictor's instruction and demos form the genome.
 
 ``optimize_module(module, trainset, valset, metric, lm=...)`` runs the module itself under DSPy
-(on any evo LM through :func:`evo.lm.to_dspy`, the embedded GGUF included), so the search sees
+(on any evo LM through :func:`evo.to_dspy`, the embedded GGUF included), so the search sees
 exactly what the user's program does: its adapters, its control flow, all its predictors.
 
 * **Bootstrap** (DSPy's BootstrapFewShot): the module runs on training examples; every predictor
@@ -11,7 +11,7 @@ exactly what the user's program does: its adapters, its control flow, all its pr
   validation score matrix (:func:`evo.kernels.pareto.select_from_pareto_front`); one predictor,
   round robin, is varied: a new demo set from its bootstrapped pool, or a reflective rules update
   of its instruction from the parent's failures (that predictor's own inputs and outputs plus the
-  metric's feedback, :mod:`evo.reflection`). A child that beats its parent on a minibatch (half
+  metric's feedback, :mod:`evo.proposers.reflection`). A child that beats its parent on a minibatch (half
   parent failures) is validated in full. Cells are paid once; the budget counts metric calls.
 
 The result is a deep copy of the module with the best instructions and demos set: DSPy's own
@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 
 from evo.data import Example
-from evo.dspy_compat import call_metric, metric_value
-from evo.evaluate import BudgetExhausted, Cell, ScoreMatrix, failure_minibatch
+from evo.integrations.dspy.compat import call_metric, metric_value
+from evo.search.evaluate import BudgetExhausted, Cell, ScoreMatrix, failure_minibatch
 from evo.kernels.pareto import select_from_pareto_front
 from evo.lm.base import LM, LMUnavailableError
 from evo.lm.session import LMSession, Usage
 from evo.program import Prediction, Program
-from evo.reflection import propose
+from evo.proposers.reflection import propose
 
 Step = tuple[str, dict[str, Any], dict[str, Any]]  # (predictor name, its inputs, its outputs)
 
@@ -84,7 +84,7 @@ class ModuleResult:
     stop_reason: str
 
     def summary(self) -> str:
-        from evo.bench import efficiency_line
+        from evo_bench import efficiency_line
 
         return (f"validation {self.baseline_val:.3f} -> {self.best_val:.3f} "
                 f"({self.best.op}, candidate {self.best.id} of {len(self.candidates)}); "
@@ -99,8 +99,8 @@ class ModuleSearch:
                  metric: Callable[..., Any], session: LMSession, reflection: LMSession, *,
                  budget: int, seed: int, max_demos: int, description: str,
                  max_tokens: int) -> None:
-        from evo.dspy_compat import examples as to_evo
-        from evo.lm import to_dspy
+        from evo.integrations.dspy.compat import examples as to_evo
+        from evo.integrations.dspy.lm import to_dspy
 
         self.module, self.metric = module, call_metric(metric)
         self.train, self.val = list(trainset), list(valset)
@@ -283,7 +283,7 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
     docstring). ``trainset`` / ``valset`` are ``dspy.Example`` lists (``with_inputs`` set),
     ``metric(gold, pred, trace=None)`` a DSPy metric (a number, or a Prediction with ``score``
     and ``feedback``). ``budget`` counts metric calls, bootstrapping included."""
-    from evo.api import session_for
+    from evo.lm import session_for
 
     if not valset:
         raise ValueError("valset is empty: the search needs validation examples")

@@ -1,6 +1,6 @@
 """``evo report RUN``: one self-contained HTML page about a stored run.
 
-What it shows, read from the run store (:mod:`evo.store`) alone:
+What it shows, read from the run store (:mod:`evo.runs.store`) alone:
 
 * the outcome: validation baseline -> best, and the held-out test figures with their paired
   bootstrap interval and permutation p-value when ``evo run`` wrote ``report.json``;
@@ -31,12 +31,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from evo._io import write_text
-from evo.compare import format_p
+from evo.analysis.compare import format_p
 from evo.data import DataError
 from evo.errors import DamagedFileError
-from evo.evaluate import MEANINGLESS_SHARE, failures_from_errors, format_failures
+from evo.search.evaluate import MEANINGLESS_SHARE, failures_from_errors, format_failures
 from evo.program import validate_file_data
-from evo.store import CHECKPOINT_FILE, EVENTS_FILE, RUN_FILE
+from evo.runs.store import CHECKPOINT_FILE, EVENTS_FILE, RUN_FILE
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;

@@ -54,7 +54,7 @@ from evo.lm.journal import Journal
 from evo.paths import protected_dir
 
 if TYPE_CHECKING:
-    from evo.engine import SearchState
+    from evo.search.engine import SearchState
     from evo.lm.session import LMSession
 
 RUN_FILE = "run.json"

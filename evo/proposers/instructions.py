@@ -1,4 +1,4 @@
-"""LM operators that write instruction texts (besides reflection, :mod:`evo.reflection`).
+"""LM operators that write instruction texts (besides reflection, :mod:`evo.proposers.reflection`).
 
 * :func:`grounded_instruction` — MIPROv2's grounded proposer: a dataset summary, the program's
   description, the candidate's demos, earlier proposals and a random tip go into one prompt.
@@ -8,7 +8,7 @@
   (mutate the differences of two prompts, combine with the best, cross over with the base).
 * :func:`paraphrase` — EvoPrompt's resampling of a prompt, to seed a population.
 
-Every operator returns a :class:`~evo.reflection.Proposal`: the text, or None with the reason it
+Every operator returns a :class:`~evo.proposers.reflection.Proposal`: the text, or None with the reason it
 failed the sanity filter shared with reflection (not a label, not an answer, not a quote of an
 example, not a copy of its sources). A small model often fails it; a failed proposal costs its
 LM call, never a metric call.
@@ -23,7 +23,7 @@ from evo.data import Example
 from evo.lm.base import LMError, LMRequest, LMUnavailableError, Message
 from evo.lm.session import LMSession
 from evo.program import Program
-from evo.reflection import Proposal, _bad_text, _jaccard, describe_task
+from evo.proposers.reflection import Proposal, _bad_text, _jaccard, describe_task
 
 # MIPROv2's proposal tips (dspy/propose/grounded_proposer.py), one drawn per proposal.
 TIPS = {

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from evo.data import Example, distinct_examples
+from evo.data import DataError, Dataset, Example, distinct_examples
 from evo.errors import ConfigError
-from evo.ensemble import EnsembleProgram
+from evo.program.ensemble import EnsembleProgram
 from evo.kernels.matrix import row_stats
 from evo.lm.base import (LMError, LMRequest, LMRequestError, LMTransientError,
                          LMUnavailableError)
@@ -377,3 +377,30 @@ def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Exam
 __all__ = ["MEANINGLESS_SHARE", "meaningless", "Budget", "BudgetExhausted", "Cell", "Evaluator", "Score",
            "ScoreMatrix", "cell_failures", "error_kind", "evaluate_program", "failures_from_errors",
            "format_failures", "unique_examples"]
+
+
+def check_testset(program: Program | EnsembleProgram, testset: Dataset | Sequence[Example], *,
+                  what: str = "testset") -> list[Example]:
+    """The examples of ``testset`` that ``program`` can be scored on, checked before any LM call:
+    a repeated example is kept once (one warning says how many were dropped); an empty set, or
+    gold labels the program does not have (:meth:`Program.check_labels`), is a
+    :class:`~evo.errors.ConfigError`; an example lacking a field the program reads is a
+    :class:`~evo.data.DataError` naming the row.
+
+    >>> # evo.search.evaluate.check_testset(program, task.test)  # before paying for a search
+    """
+    examples = unique_examples(testset, what)
+    if not examples:
+        raise ConfigError(f"{what} is empty: there is nothing to score the program on "
+                          "(give some held-out examples, e.g. --n-test 50)")
+    first = program.members[0] if isinstance(program, EnsembleProgram) else program
+    if first.labels is not None:
+        field_name = first.signature.outputs[0].name
+        first.check_labels((ex.outputs[field_name] for ex in examples
+                            if field_name in ex.outputs), source=what)
+    for row, ex in enumerate(examples, 1):
+        try:
+            first.check_example(ex, outputs=True)
+        except ValueError as exc:
+            raise DataError(str(exc), source=what, row=row) from None
+    return examples

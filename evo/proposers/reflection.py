@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from evo.data import Example
-from evo.evaluate import Cell
+from evo.search.evaluate import Cell
 from evo.lm.base import LMError, LMRequest, LMUnavailableError, Message
 from evo.lm.session import LMSession
 from evo.program import Program

@@ -1,6 +1,6 @@
 """Text embeddings for evo: encoders, a persistent embedding cache and a FAISS vector index.
 
-    from embeddings import default_encoder, VectorIndex
+    from evo.embeddings import default_encoder, VectorIndex
     enc = default_encoder()                 # MiniLM (d=384) behind ~/.cache/evo/embeddings/
     vecs = enc.encode(["a question", ...])  # float32 (n, 384), L2-normalized
     index = VectorIndex(enc.dim); index.add(vecs, ids)
@@ -11,8 +11,8 @@
 Importing this package is cheap: torch/sentence-transformers load on the first MiniLM encode.
 """
 
-from embeddings.cache import EmbeddingCache, cache_root, default_cache, default_cache_path, text_key
-from embeddings.encoder import (
+from evo.embeddings.cache import EmbeddingCache, cache_root, default_cache, default_cache_path, text_key
+from evo.embeddings.encoder import (
     CachedEncoder,
     Encoder,
     HashingEncoder,
@@ -20,7 +20,7 @@ from embeddings.encoder import (
     default_encoder,
     l2_normalize,
 )
-from embeddings.index import HNSW_THRESHOLD, VectorIndex
+from evo.embeddings.index import HNSW_THRESHOLD, VectorIndex
 
 __all__ = [
     "HNSW_THRESHOLD",

@@ -1,14 +1,14 @@
 """Search events, typed, and the callbacks that receive them.
 
-The engine emits one event per step of a search (:meth:`evo.engine.Search.emit`); each is a
+The engine emits one event per step of a search (:meth:`evo.search.engine.Search.emit`); each is a
 JSON-ready dict on the wire (the event log, ``on_event``) and a typed :class:`Event` for
 callbacks. A callback subclasses :class:`Callback` and overrides the hooks it needs::
 
     class Print(evo.Callback):
-        def on_new_best(self, event: evo.events.NewBest) -> None:
+        def on_new_best(self, event: evo.runs.events.NewBest) -> None:
             print(event.candidate, event.val_score)
 
-    evo.optimize(program, train, val, lm=lm, callbacks=[Print(), evo.events.JSONLLog("ev.jsonl")])
+    evo.optimize(program, train, val, lm=lm, callbacks=[Print(), evo.runs.events.JSONLLog("ev.jsonl")])
 
 Built-in sinks: :class:`ProgressBar`, :class:`JSONLLog`, :class:`MLflowLogger` (optional
 dependency) and :class:`CandidateStore` (every evaluated instruction, searchable by
@@ -312,7 +312,7 @@ class CandidateStore(Callback):
     """
 
     def __init__(self, encoder: str = "minilm") -> None:
-        from evo.knn import encoder_for
+        from evo.embeddings.knn import encoder_for
         self.encoder_name = encoder
         self._encoder = encoder_for(encoder)
         self._index: Any = None
@@ -339,7 +339,7 @@ class CandidateStore(Callback):
         """Record a score of ``instruction``; a validation score outranks minibatch scores."""
         row = self._row.get(instruction)
         if row is None:
-            from embeddings.index import VectorIndex
+            from evo.embeddings.index import VectorIndex
             vec = np.asarray(self._encoder.encode([instruction]), dtype=np.float32)
             if self._index is None:
                 self._index = VectorIndex(vec.shape[1])

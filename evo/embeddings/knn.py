@@ -1,7 +1,7 @@
 """KNN demos: each input gets the ``k`` training examples nearest to it as its demos.
 
 The pool is embedded once (persistent embedding cache, so a text is never encoded twice) into a
-FAISS :class:`~embeddings.VectorIndex`; the inputs about to be evaluated are retrieved in one
+FAISS :class:`~evo.embeddings.index.VectorIndex`; the inputs about to be evaluated are retrieved in one
 batched query and memoized, so a candidate that uses KNN demos costs no LM call to build its
 prompts (DSPy's ``KNNFewShot`` instead re-runs ``BootstrapFewShot`` on every call).
 
@@ -15,15 +15,14 @@ import hashlib
 import threading
 from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from evo.data import Example
+from evo.embeddings.encoder import Encoder, HashingEncoder, default_encoder
+from evo.embeddings.index import VectorIndex
 
-if TYPE_CHECKING:  # pragma: no cover
-    from embeddings import Encoder
 
 # How many neighbours a retriever memoizes per input: enough for any k a genome can ask for.
 MAX_K = 16
@@ -44,15 +43,13 @@ def encoder_for(name: str) -> Encoder:
     behind the persistent embedding cache) or ``"hashing"`` (lexical, no torch)."""
     with _lock:
         if name not in _encoders:
-            import embeddings
-
             if name == "minilm":
-                _encoders[name] = embeddings.default_encoder()
+                _encoders[name] = default_encoder()
             elif name == "hashing":
-                _encoders[name] = embeddings.HashingEncoder()
+                _encoders[name] = HashingEncoder()
             else:
                 raise ValueError(f"unknown encoder {name!r}: use 'minilm', 'hashing' or "
-                                 "evo.knn.register_encoder(name, encoder)")
+                                 "evo.embeddings.knn.register_encoder(name, encoder)")
         return _encoders[name]
 
 
@@ -65,7 +62,6 @@ class DemoRetriever:
     """A FAISS index over one pool; nearest-neighbour lists memoized per input text."""
 
     def __init__(self, pool: Sequence[Example], fields: Sequence[str], encoder: Encoder) -> None:
-        from embeddings import VectorIndex
 
         if not pool:
             raise ValueError("KNN demos need a non-empty pool of training examples")

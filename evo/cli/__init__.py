@@ -17,28 +17,9 @@ from pydantic import ValidationError
 from evo._io import write_json
 from evo.data import Task
 from evo.errors import ConfigError, DamagedFileError, EvoError, RunFailedError, config_error
+from evo.lm import DEFAULT_MODEL, make_lm
 from evo.lm.base import LMUnavailableError
 
-
-DEFAULT_MODEL = "qwen2.5-coder-0.5b"
-
-
-def make_lm(spec: str, *, api_base: str | None = None, api_key: str | None = None,
-            timeout: float | None = None):
-    """A backend from a command-line spec: an embedded model name, a ``.gguf`` path, or a hosted
-    ``provider/model`` string (through dspy / litellm), whose requests give up after ``timeout``
-    seconds (the hosted backend's default when None)."""
-    from evo import lm as lms
-    from evo.lm.models import MODELS
-
-    if spec in MODELS or spec.endswith(".gguf"):
-        return lms.local(spec)
-    if "/" in spec:
-        kwargs = {k: v for k, v in (("api_base", api_base), ("api_key", api_key),
-                                    ("timeout", timeout)) if v}
-        return lms.hosted(spec, **kwargs)
-    raise ConfigError(f"unknown model {spec!r}: use one of {', '.join(MODELS)}, a path to a "
-                      ".gguf file, or a hosted model such as openai/gpt-4o-mini")
 
 
 def _lm(args: argparse.Namespace, spec: str | None = None):
@@ -193,7 +174,7 @@ RUN_ARGS = ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val", "
 
 def _resume_args(args: argparse.Namespace, parser_defaults: dict) -> None:
     """Fill ``args`` from the run store ``args.resume`` (flags given as well are an error)."""
-    from evo.store import RUN_FILE, run_cli
+    from evo.runs.store import RUN_FILE, run_cli
 
     run_file = Path(args.resume) / RUN_FILE
     if not (run_file.exists() or run_file.is_symlink()):  # a damaged one: run_cli says how
@@ -272,10 +253,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         program = evo.Program(signature=task.signature, labels=task.labels)
     except ValidationError as exc:  # repeated fields or labels
         raise config_error(exc, f"{task.name}: the program's fields and labels") from None
-    from evo.api import check_testset
+    from evo.search.evaluate import check_testset
     check_testset(program, task.test, what=f"{task.name} test split")  # before paying
     if args.dry_run:
-        from evo.projection import project
+        from evo.analysis.projection import project
         lm = _lm(args)
         count = getattr(lm, "count_tokens", None)
         if count is not None:
@@ -333,7 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                            "test": len(task.test)},
                 "eval_command": again, "wall_seconds": time.perf_counter() - started},
                indent=1, default=str)
-    from evo.report import write_report
+    from evo.analysis.report import write_report
     page = write_report(out)
     if result.store is not None:
         result.store.close()  # the run directory is free for `evo report` or a resume
@@ -359,8 +340,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evo.compare import compare
-    from evo.store import RUN_FILE, RunMismatchError, read_run_file, run_cli
+    from evo.analysis.compare import compare
+    from evo.runs.store import RUN_FILE, RunMismatchError, read_run_file, run_cli
 
     if args.data in ("train", "val", "test") and not Path(args.data).exists():
         args.split, args.data = args.data, None  # `--data test`: the split, not a file
@@ -388,7 +369,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               "saved in an `evo run` directory (its run.json says which data)")
     task = load_task(args)
     if spec is not None:  # the run's own splits, or its test split is not this one
-        from evo.store import data_digest
+        from evo.runs.store import data_digest
         changed = [name for name, split in (("trainset", task.train), ("valset", task.val))
                    if spec.get(name) not in (None, data_digest(split))]
         if changed:
@@ -410,7 +391,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from evo.report import write_report
+    from evo.analysis.report import write_report
 
     price = None
     if args.price:
@@ -428,7 +409,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import evo
-    from evo.api import session_for
+    from evo.lm import session_for
     from evo.lm.base import LMError, LMRequest
 
     bad = [pair for pair in args.input if "=" not in pair]
@@ -463,7 +444,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from evo import bench
+    import evo_bench as bench
 
     overrides = {k: getattr(args, k) for k in ("tasks", "optimizers", "budgets", "seeds",
                                                "n_train", "n_val", "n_test", "model", "out")}

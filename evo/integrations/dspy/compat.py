@@ -1,7 +1,7 @@
 """DSPy-style data and metrics for evo: ``dspy.Example`` lists and ``(gold, pred, trace)`` metrics.
 
->>> # train = evo.dspy_compat.examples(dspy_trainset)            # dspy.Example -> evo.Example
->>> # metric = evo.dspy_compat.metric(my_dspy_metric)            # (gold, pred, trace=None) -> evo
+>>> # train = evo.integrations.dspy.compat.examples(dspy_trainset)            # dspy.Example -> evo.Example
+>>> # metric = evo.integrations.dspy.compat.metric(my_dspy_metric)            # (gold, pred, trace=None) -> evo
 """
 
 from __future__ import annotations

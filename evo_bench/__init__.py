@@ -1,7 +1,7 @@
 """``evo bench``: tasks x optimizers x budgets x seeds, evo's optimizers and DSPy's, one ledger.
 
 Every cell of the grid runs one optimizer on one task split (seeded) under a budget of metric
-calls, on the very same LM for both sides: DSPy's optimizers get ``evo.lm.to_dspy(session)``, so
+calls, on the very same LM for both sides: DSPy's optimizers get ``evo.to_dspy(session)``, so
 their LM calls (task, proposals, reflection, adapter re-asks) land in the same evo session ledger
 as an evo search's. Each cell then scores its program on the held-out test split and writes
 ``OUT/TASK/seedS/OPTIMIZER-bBUDGET/result.json``.
@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evo._io import write_json
-from evo.compare import Comparison, format_p, paired
+from evo.analysis.compare import Comparison, format_p, paired
 from evo.data import DataError, Example, Task
 from evo.errors import DamagedFileError
 from evo.lm.session import LMSession, Usage
@@ -335,7 +335,7 @@ class Cell:
         return self.dir / "result.json"
 
     def data_digests(self) -> dict[str, str]:
-        from evo.store import data_digest
+        from evo.runs.store import data_digest
 
         return {k: data_digest(getattr(self.task, k)) for k in ("train", "val", "test")}
 
@@ -363,7 +363,7 @@ class Cell:
         return done
 
     def run(self) -> dict[str, Any]:
-        from evo.api import session_for
+        from evo.lm import session_for
 
         self.dir.mkdir(parents=True, exist_ok=True)
         resumed = (self.dir / "cache.sqlite").exists()
@@ -414,7 +414,7 @@ class Cell:
 
     def _run_evo(self, session: LMSession):
         import evo
-        from evo.evaluate import evaluate_program
+        from evo.search.evaluate import evaluate_program
 
         base = Program(signature=self.task.signature, labels=self.task.labels)
 
@@ -434,7 +434,7 @@ class Cell:
     def _run_dspy(self, session: LMSession):
         import dspy
 
-        from evo.lm import to_dspy
+        from evo.integrations.dspy.lm import to_dspy
         from evo.program import default_instruction
 
         instruction = default_instruction(self.signature)
@@ -470,7 +470,7 @@ def run_suite(config: BenchConfig, *, lm: Any = None,
     config's ``model``, loaded when a cell needs it); return all results. ``load(task, seed)``
     gives a task's splits (default: the public dataset at the config's sizes), e.g. your own."""
     import evo
-    from evo.cli import make_lm
+    from evo.lm import make_lm
     from evo.lm.base import LMUnavailableError
 
     def public(name: str, seed: int) -> Task:

@@ -6,7 +6,7 @@ Layout of a genome with room for ``K`` demos::
 
 Only the first ``n_demos`` demo genes are expressed (in order: demo order is part of the prompt).
 ``knn_k > 0`` adds, per input, its ``knn_k`` nearest pool examples as further demos (see
-:mod:`evo.knn`); ``n_demos + knn_k <= K``.
+:mod:`evo.embeddings.knn`); ``n_demos + knn_k <= K``.
 Cheap variation (DEAP's integer operators) works on these vectors; LM operators add texts to the
 archive and point a gene at them. Two genomes that express the same prompt share one
 :func:`key`, so the engine never evaluates the same prompt twice.
@@ -23,7 +23,7 @@ import numpy as np
 from deap import tools
 
 from evo.data import Example
-from evo.knn import MAX_K, KNNDemos, encoder_for
+from evo.embeddings.knn import MAX_K, KNNDemos, encoder_for
 from evo.program import Program
 
 INSTRUCTION, N_DEMOS, KNN, DEMOS = 0, 1, 2, 3

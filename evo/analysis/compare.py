@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from evo.data import Example
-from evo.ensemble import EnsembleProgram
+from evo.program.ensemble import EnsembleProgram
 from evo.errors import RunFailedError
-from evo.evaluate import cell_failures, evaluate_program, format_failures, meaningless
+from evo.search.evaluate import cell_failures, evaluate_program, format_failures, meaningless
 from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
 from evo.lm.base import LM
 from evo.lm.session import LMSession
@@ -46,7 +46,7 @@ class Comparison:
     scores_a: list[float]
     scores_b: list[float]
     example_ids: list[str]
-    # Failed cells of each program ({"a": ..., "b": ...}, :func:`evo.evaluate.cell_failures`)
+    # Failed cells of each program ({"a": ..., "b": ...}, :func:`evo.search.evaluate.cell_failures`)
     # and the examples left out of the pairing because a cell of either program failed there.
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
     left_out: list[str] = field(default_factory=list)
@@ -114,15 +114,16 @@ def compare(a: Program | EnsembleProgram | str | Path, b: Program | EnsembleProg
             cache: Any = True, max_tokens: int = 48, seed: int = 0) -> Comparison:
     """Evaluate programs ``a`` and ``b`` (objects or saved program files) on every example of
     ``dataset`` and compare them, paired by example. The data is checked first for both
-    programs (:func:`evo.api.check_testset`): an empty set or gold labels a program cannot
+    programs (:func:`evo.search.evaluate.check_testset`): an empty set or gold labels a program cannot
     answer is a :class:`~evo.errors.ConfigError` before any LM call; a repeated example is
     compared once, with a warning.
 
     >>> # print(evo.compare("runs/trec-s0/baseline.json", "runs/trec-s0/best.json", task.test,
     >>> #                   lm=evo.lm.local()))
     """
-    from evo.api import check_testset, session_for
-    from evo.ensemble import load_program
+    from evo.lm import session_for
+    from evo.search.evaluate import check_testset
+    from evo.program.ensemble import load_program
 
     def load(p):
         return (load_program(p), str(p)) if isinstance(p, str | Path) else (p, "program")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from evo._io import write_json
 from evo.data import Example
 from evo.errors import ConfigError, DamagedFileError
-from evo.knn import KNNDemos
+from evo.embeddings.knn import KNNDemos
 from evo.lm.base import Message
 
 FieldType = Literal["str", "int", "float", "bool"]

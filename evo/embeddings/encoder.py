@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from embeddings.cache import EmbeddingCache
+    from evo.embeddings.cache import EmbeddingCache
 
 
 @runtime_checkable
@@ -222,6 +222,6 @@ class CachedEncoder:
 
 def default_encoder() -> CachedEncoder:
     """The project's default: MiniLM behind the persistent on-disk cache (see ``default_cache``)."""
-    from embeddings.cache import default_cache
+    from evo.embeddings.cache import default_cache
 
     return CachedEncoder(MiniLMEncoder(), default_cache())
