@@ -9,26 +9,57 @@
 """
 
 from evo import datasets, lm, optimizers
-from evo.runs import events
-from evo.api import Report, Result, evaluate, optimize
 from evo.analysis.compare import Comparison, compare
-from evo.data import DataError, Dataset, Example, Task
-from evo.optimizers.evolution import Evolution
-from evo.search.engine import Search, SearchConfig
-from evo.errors import (ConfigError, DamagedFileError, EvoError, RunFailedError, StorageError,
-                        UnsafeRunDirError)
-from evo.program.ensemble import EnsembleProgram, load_program
-from evo.runs.events import Callback, CandidateStore, JSONLLog, MLflowLogger, ProgressBar
-from evo.search.evaluate import Budget, ScoreMatrix
-from evo.metrics import (Score, TokenMetric, contains, exact_match, f1, normalized_exact_match,
-                         numeric_match)
-from evo.optimizers import (COPRO, DE, GA, GEPA, BootstrapFewShot,
-                            BootstrapFewShotWithRandomSearch, Ensemble, EvoPrompt, KNNFewShot,
-                            LabeledFewShot, MIPROv2, register_operator, register_optimizer)
-from evo.program import Prediction, Program, Signature
 from evo.analysis.projection import Projection, project
 from evo.analysis.report import write_report
+from evo.api import Report, Result, evaluate, optimize
+from evo.data import DataError, Dataset, Example, Task
+from evo.errors import (
+    ConfigError,
+    DamagedFileError,
+    EvoError,
+    RunFailedError,
+    StorageError,
+    UnsafeRunDirError,
+)
+from evo.metrics import (
+    Score,
+    TokenMetric,
+    contains,
+    exact_match,
+    f1,
+    normalized_exact_match,
+    numeric_match,
+)
+from evo.optimizers import (
+    COPRO,
+    DE,
+    GA,
+    GEPA,
+    BootstrapFewShot,
+    BootstrapFewShotWithRandomSearch,
+    Ensemble,
+    EvoPrompt,
+    KNNFewShot,
+    LabeledFewShot,
+    MIPROv2,
+    register_operator,
+    register_optimizer,
+)
+from evo.optimizers.evolution import Evolution
+from evo.program import Prediction, Program, Signature
+from evo.program.ensemble import EnsembleProgram, load_program
+from evo.runs import events
+from evo.runs.events import (
+    Callback,
+    CandidateStore,
+    JSONLLog,
+    MLflowLogger,
+    ProgressBar,
+)
 from evo.runs.store import RunMismatchError, RunStore
+from evo.search.engine import Search, SearchConfig
+from evo.search.evaluate import Budget, ScoreMatrix
 
 __version__ = "0.1.0"
 
@@ -38,7 +69,9 @@ _DSPY = {"optimize_module", "ModuleResult", "to_dspy"}
 
 def __getattr__(name: str):
     if name in _DSPY:
-        from evo.integrations import dspy as bridge  # deferred: imports the dspy bridge on use
+        from evo.integrations import (
+            dspy as bridge,  # deferred: imports the dspy bridge on use
+        )
 
         return getattr(bridge, name)
     raise AttributeError(f"module 'evo' has no attribute {name!r}")

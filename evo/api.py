@@ -15,24 +15,38 @@ from typing import Any
 import numpy as np
 
 from evo._io import write_json, write_text
-from evo.data import DataError, Dataset, Example
-from evo.optimizers.evolution import Evolution
-from evo.search.engine import Candidate, Optimizer, SearchConfig, jsonable
-from evo.program.ensemble import EnsembleProgram, load_program
-from evo.errors import ConfigError, UnsafeRunDirError
-from evo.search.evaluate import (check_testset, ScoreMatrix, cell_failures, evaluate_program, format_failures,
-                          meaningless, unique_examples)
-from evo.runs.events import Callback, ProgressBar, dispatch, progress_bar
-from evo.kernels.moo import nondominated_ranks
 from evo.analysis.compare import format_p, paired
+from evo.data import DataError, Dataset, Example
+from evo.errors import ConfigError, UnsafeRunDirError
+from evo.kernels.moo import nondominated_ranks
 from evo.lm.base import LM
 from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.session import LMSession, Usage, session_for
 from evo.metrics import Metric, exact_match
+from evo.optimizers import get
+from evo.optimizers.evolution import Evolution
 from evo.paths import protected_dir
 from evo.program import Program
-from evo.runs.store import (EVENTS_FILE, RUN_FILE, RunStore, check_run_dir, data_digest,
-                       state_record)
+from evo.program.ensemble import EnsembleProgram, load_program
+from evo.runs.events import Callback, ProgressBar, dispatch, progress_bar
+from evo.runs.store import (
+    EVENTS_FILE,
+    RUN_FILE,
+    RunStore,
+    check_run_dir,
+    data_digest,
+    state_record,
+)
+from evo.search.engine import Candidate, Optimizer, SearchConfig, jsonable
+from evo.search.evaluate import (
+    ScoreMatrix,
+    cell_failures,
+    check_testset,
+    evaluate_program,
+    format_failures,
+    meaningless,
+    unique_examples,
+)
 
 Data = Dataset | Sequence[Example]
 
@@ -342,7 +356,6 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     >>> # result = evo.optimize(program, task.train, task.val, lm=evo.lm.local())
     """
     if isinstance(optimizer, str):
-        from evo.optimizers import get
         optimizer = get(optimizer)
     optimizer = optimizer or Evolution()
     train, val = unique_examples(trainset, "trainset"), unique_examples(valset, "valset")

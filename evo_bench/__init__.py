@@ -33,13 +33,27 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+import evo
 from evo._io import write_json
 from evo.analysis.compare import Comparison, format_p, paired
 from evo.data import DataError, Example, Task
 from evo.errors import DamagedFileError
+from evo.integrations.dspy.lm import to_dspy
+from evo.kernels.stats import bootstrap_means
+from evo.lm import make_lm, session_for
+from evo.lm.base import LMUnavailableError
 from evo.lm.session import LMSession, Usage
 from evo.metrics import Metric, as_score, exact_match
-from evo.program import Prediction, Program, Signature, validate_file_data
+from evo.optimizers import names
+from evo.program import (
+    Prediction,
+    Program,
+    Signature,
+    default_instruction,
+    validate_file_data,
+)
+from evo.runs.store import data_digest
+from evo.search.evaluate import evaluate_program
 
 DSPY_PREFIX = "dspy."
 # Reply cap of DSPy task calls: ChatAdapter's field markers take ~20 tokens around a short answer
@@ -75,8 +89,6 @@ class BenchConfig(BaseModel):
     @field_validator("optimizers")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
-        from evo.optimizers import names
-
         known = set(names()) | set(DSPY_OPTIMIZERS)
         unknown = [v for v in value if v not in known]
         if unknown:
@@ -256,7 +268,6 @@ def dspy_evaluate(program: Any, examples: Sequence[Example], lm: Any, metric: Me
     reply scores 0, as in ``dspy.Evaluate``)."""
     import dspy
 
-    from evo.lm.base import LMUnavailableError
 
     scores = np.zeros(len(examples))
     with dspy.context(lm=lm):
@@ -287,15 +298,6 @@ def majority_rate(examples: Sequence[Example], outputs: Sequence[str]) -> float:
     for ex in examples:
         counts[tuple(ex.outputs[k] for k in outputs)] += 1
     return max(counts.values()) / len(examples) if examples else 0.0
-
-
-def efficiency_line(usage: Usage, wall: float) -> str:
-    """The engine-efficiency figures printed with every run."""
-    share = usage.lm_share(wall)
-    return (f"wall {wall:.0f} s: {share:.0%} in the LM, {1 - share:.0%} in "
-            f"evo/DSPy code; cache hits {usage.cache_hits}/{usage.requests} "
-            f"({usage.cache_hit_rate:.0%}); prompt tokens reused from the KV cache "
-            f"{usage.reused_prompt_tokens}/{usage.prompt_tokens} ({usage.reused_share:.0%})")
 
 
 @contextlib.contextmanager
@@ -335,8 +337,6 @@ class Cell:
         return self.dir / "result.json"
 
     def data_digests(self) -> dict[str, str]:
-        from evo.runs.store import data_digest
-
         return {k: data_digest(getattr(self.task, k)) for k in ("train", "val", "test")}
 
     def done(self) -> dict[str, Any] | None:
@@ -363,8 +363,6 @@ class Cell:
         return done
 
     def run(self) -> dict[str, Any]:
-        from evo.lm import session_for
-
         self.dir.mkdir(parents=True, exist_ok=True)
         resumed = (self.dir / "cache.sqlite").exists()
         session = session_for(self.lm, self.dir / "cache.sqlite")
@@ -406,16 +404,13 @@ class Cell:
             "program": learned,
         }
         write_json(self.result_path, result)
-        result["efficiency"] = efficiency_line(usage, wall)
+        result["efficiency"] = usage.efficiency_line(wall)
         return result
 
     def _metric(self) -> Metric:
         return exact_match
 
     def _run_evo(self, session: LMSession):
-        import evo
-        from evo.search.evaluate import evaluate_program
-
         base = Program(signature=self.task.signature, labels=self.task.labels)
 
         def evaluate(program, examples, test_session):
@@ -434,8 +429,6 @@ class Cell:
     def _run_dspy(self, session: LMSession):
         import dspy
 
-        from evo.integrations.dspy.lm import to_dspy
-        from evo.program import default_instruction
 
         instruction = default_instruction(self.signature)
         runs = Counter()
@@ -469,10 +462,6 @@ def run_suite(config: BenchConfig, *, lm: Any = None,
     """Run every cell not done yet (in :meth:`BenchConfig.cells` order) on ``lm`` (default: the
     config's ``model``, loaded when a cell needs it); return all results. ``load(task, seed)``
     gives a task's splits (default: the public dataset at the config's sizes), e.g. your own."""
-    import evo
-    from evo.lm import make_lm
-    from evo.lm.base import LMUnavailableError
-
     def public(name: str, seed: int) -> Task:
         return evo.datasets.load(name, seed=seed, n_train=config.n_train, n_val=config.n_val,
                                  n_test=config.n_test)
@@ -562,8 +551,6 @@ def load_results(out: Path) -> list[dict]:
 def _mean_ci(per_seed: list[np.ndarray], seed: int = 0) -> tuple[float, float, float]:
     """Mean over seeds of the test accuracy and a 95% bootstrap CI that resamples test
     examples within each seed (each seed keeps its own split)."""
-    from evo.kernels.stats import bootstrap_means
-
     means = np.array([s.mean() for s in per_seed])
     draws = np.mean([bootstrap_means(s - s.mean(), 4000, seed + i)
                      for i, s in enumerate(per_seed)], axis=0)

@@ -18,14 +18,21 @@ from typing import Any
 import numpy as np
 
 from evo.data import Example
-from evo.program.ensemble import EnsembleProgram
 from evo.errors import RunFailedError
-from evo.search.evaluate import cell_failures, evaluate_program, format_failures, meaningless
 from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
+from evo.lm import session_for
 from evo.lm.base import LM
 from evo.lm.session import LMSession
 from evo.metrics import Metric, exact_match
 from evo.program import Program
+from evo.program.ensemble import EnsembleProgram, load_program
+from evo.search.evaluate import (
+    cell_failures,
+    check_testset,
+    evaluate_program,
+    format_failures,
+    meaningless,
+)
 
 
 @dataclass(frozen=True)
@@ -121,10 +128,6 @@ def compare(a: Program | EnsembleProgram | str | Path, b: Program | EnsembleProg
     >>> # print(evo.compare("runs/trec-s0/baseline.json", "runs/trec-s0/best.json", task.test,
     >>> #                   lm=evo.lm.local()))
     """
-    from evo.lm import session_for
-    from evo.search.evaluate import check_testset
-    from evo.program.ensemble import load_program
-
     def load(p):
         return (load_program(p), str(p)) if isinstance(p, str | Path) else (p, "program")
 

@@ -34,9 +34,9 @@ from evo._io import write_text
 from evo.analysis.compare import format_p
 from evo.data import DataError
 from evo.errors import DamagedFileError
-from evo.search.evaluate import MEANINGLESS_SHARE, failures_from_errors, format_failures
 from evo.program import validate_file_data
 from evo.runs.store import CHECKPOINT_FILE, EVENTS_FILE, RUN_FILE
+from evo.search.evaluate import MEANINGLESS_SHARE, failures_from_errors, format_failures
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;

@@ -14,12 +14,33 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+import evo
+import evo_bench as bench
+from evo import datasets
 from evo._io import write_json
+from evo.analysis.compare import compare
+from evo.analysis.projection import project
+from evo.analysis.report import write_report
+from evo.api import evaluation
 from evo.data import Task
-from evo.errors import ConfigError, DamagedFileError, EvoError, RunFailedError, config_error
-from evo.lm import DEFAULT_MODEL, make_lm
-from evo.lm.base import LMUnavailableError
-
+from evo.errors import (
+    ConfigError,
+    DamagedFileError,
+    EvoError,
+    RunFailedError,
+    config_error,
+)
+from evo.lm import DEFAULT_MODEL, make_lm, session_for
+from evo.lm.base import LMError, LMRequest, LMUnavailableError
+from evo.lm.models import MODELS
+from evo.runs.store import (
+    RUN_FILE,
+    RunMismatchError,
+    data_digest,
+    read_run_file,
+    run_cli,
+)
+from evo.search.evaluate import check_testset
 
 
 def _lm(args: argparse.Namespace, spec: str | None = None):
@@ -28,8 +49,6 @@ def _lm(args: argparse.Namespace, spec: str | None = None):
 
 
 def load_task(args: argparse.Namespace) -> Task:
-    from evo import datasets
-
     if args.task and args.data:
         raise ConfigError(f"--task {args.task} and --data {args.data}: name one source of data, "
                           "a public task or your own file")
@@ -107,8 +126,6 @@ def _value(text: str):
 
 def build_optimizer(args: argparse.Namespace):
     """The optimizer named by ``--optimizer`` with the flags it has and every ``--set K=V``."""
-    import evo
-
     cls = evo.optimizers.optimizer_class(args.optimizer)
     params = {"budget": evo.Budget(metric_calls=args.budget)}
     flags = {"max_demos": args.max_demos, "population_size": args.population,
@@ -137,8 +154,6 @@ def _params(cls) -> list[str]:
 
 
 def cmd_optimizers(args: argparse.Namespace) -> int:
-    import evo
-
     def default(cls, key):
         f = cls.model_fields[key]
         return f.default_factory() if f.default_factory else f.default
@@ -174,8 +189,6 @@ RUN_ARGS = ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val", "
 
 def _resume_args(args: argparse.Namespace, parser_defaults: dict) -> None:
     """Fill ``args`` from the run store ``args.resume`` (flags given as well are an error)."""
-    from evo.runs.store import RUN_FILE, run_cli
-
     run_file = Path(args.resume) / RUN_FILE
     if not (run_file.exists() or run_file.is_symlink()):  # a damaged one: run_cli says how
         raise ConfigError(f"{args.resume}: not a run directory (no {RUN_FILE})")
@@ -239,8 +252,6 @@ def _absolute_paths(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import evo
-
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise ConfigError("--resume RUN continues in RUN: drop --out")
@@ -253,10 +264,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         program = evo.Program(signature=task.signature, labels=task.labels)
     except ValidationError as exc:  # repeated fields or labels
         raise config_error(exc, f"{task.name}: the program's fields and labels") from None
-    from evo.search.evaluate import check_testset
     check_testset(program, task.test, what=f"{task.name} test split")  # before paying
     if args.dry_run:
-        from evo.analysis.projection import project
         lm = _lm(args)
         count = getattr(lm, "count_tokens", None)
         if count is not None:
@@ -314,7 +323,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                            "test": len(task.test)},
                 "eval_command": again, "wall_seconds": time.perf_counter() - started},
                indent=1, default=str)
-    from evo.analysis.report import write_report
     page = write_report(out)
     if result.store is not None:
         result.store.close()  # the run directory is free for `evo report` or a resume
@@ -326,12 +334,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import evo
-
     program = evo.load_program(args.program)
     task = load_task(args)
     data = {"train": task.train, "val": task.val, "test": task.test}[args.split]
-    from evo.api import evaluation
     result = evaluation(program, data, lm=_lm(args), cache=_cache(args))
     print(f"{args.program}: {task.name} {args.split} {result}")
     if result.meaningless:
@@ -340,9 +345,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evo.analysis.compare import compare
-    from evo.runs.store import RUN_FILE, RunMismatchError, read_run_file, run_cli
-
     if args.data in ("train", "val", "test") and not Path(args.data).exists():
         args.split, args.data = args.data, None  # `--data test`: the split, not a file
     spec = None
@@ -369,7 +371,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               "saved in an `evo run` directory (its run.json says which data)")
     task = load_task(args)
     if spec is not None:  # the run's own splits, or its test split is not this one
-        from evo.runs.store import data_digest
         changed = [name for name, split in (("trainset", task.train), ("valset", task.val))
                    if spec.get(name) not in (None, data_digest(split))]
         if changed:
@@ -391,8 +392,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from evo.analysis.report import write_report
-
     price = None
     if args.price:
         try:
@@ -408,10 +407,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import evo
-    from evo.lm import session_for
-    from evo.lm.base import LMError, LMRequest
-
     bad = [pair for pair in args.input if "=" not in pair]
     if bad:
         raise ConfigError(f"--input {bad[0]!r}: write FIELD=TEXT, e.g. --input question='Who ...?'")
@@ -444,8 +439,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import evo_bench as bench
-
     overrides = {k: getattr(args, k) for k in ("tasks", "optimizers", "budgets", "seeds",
                                                "n_train", "n_val", "n_test", "model", "out")}
     if args.report_only and not args.config:  # the results folder is all a report needs
@@ -470,16 +463,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from evo import datasets
-
     for name in datasets.names():
         print(name)
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from evo.lm.models import MODELS
-
     for name, spec in MODELS.items():
         print(f"{name}\t{getattr(spec, 'size', '')}")
     return 0

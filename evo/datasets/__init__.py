@@ -16,9 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from evo.data import DataError, Task
-from evo.errors import ConfigError
 from evo.datasets.files import dedupe, load_csv, load_file, load_jsonl
-from evo.datasets.public import SPECS, DatasetUnavailableError, cache_dir, cache_meta, fetch
+from evo.datasets.public import (
+    SPECS,
+    DatasetUnavailableError,
+    cache_dir,
+    cache_meta,
+    fetch,
+)
+from evo.errors import ConfigError
 
 __all__ = [
     "DataError", "DatasetUnavailableError", "cache_dir", "cache_meta", "dedupe",

@@ -11,7 +11,13 @@
 Importing this package is cheap: torch/sentence-transformers load on the first MiniLM encode.
 """
 
-from evo.embeddings.cache import EmbeddingCache, cache_root, default_cache, default_cache_path, text_key
+from evo.embeddings.cache import (
+    EmbeddingCache,
+    cache_root,
+    default_cache,
+    default_cache_path,
+    text_key,
+)
 from evo.embeddings.encoder import (
     CachedEncoder,
     Encoder,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+from evo.embeddings.cache import default_cache
 
 if TYPE_CHECKING:  # pragma: no cover
     from evo.embeddings.cache import EmbeddingCache
@@ -222,6 +223,4 @@ class CachedEncoder:
 
 def default_encoder() -> CachedEncoder:
     """The project's default: MiniLM behind the persistent on-disk cache (see ``default_cache``)."""
-    from evo.embeddings.cache import default_cache
-
     return CachedEncoder(MiniLMEncoder(), default_cache())

@@ -23,7 +23,6 @@ from evo.data import Example
 from evo.embeddings.encoder import Encoder, HashingEncoder, default_encoder
 from evo.embeddings.index import VectorIndex
 
-
 # How many neighbours a retriever memoizes per input: enough for any k a genome can ask for.
 MAX_K = 16
 

@@ -10,8 +10,16 @@ anything imported it.
 from __future__ import annotations
 
 from evo.errors import ConfigError
-from evo.lm.base import (LM, LMError, LMRequest, LMRequestError, LMResponse, LMTransientError,
-                         LMUnavailableError, Message)
+from evo.lm.base import (
+    LM,
+    LMError,
+    LMRequest,
+    LMRequestError,
+    LMResponse,
+    LMTransientError,
+    LMUnavailableError,
+    Message,
+)
 from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.hosted import DSPyLM, from_dspy, hosted
 from evo.lm.local import LocalLM, local

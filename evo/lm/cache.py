@@ -30,8 +30,8 @@ import warnings
 from pathlib import Path
 
 from evo.errors import DamagedFileError
-from evo.paths import cache_root
 from evo.lm.base import LMRequest, LMResponse
+from evo.paths import cache_root
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (

@@ -15,8 +15,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from evo.errors import ConfigError
-from evo.lm.base import (LMRequest, LMRequestError, LMResponse, LMTransientError,
-                         LMUnavailableError)
+from evo.lm.base import (
+    LMRequest,
+    LMRequestError,
+    LMResponse,
+    LMTransientError,
+    LMUnavailableError,
+)
 from evo.lm.session import root_message
 
 DEFAULT_TIMEOUT_S = 60.0  # per attempt: a hung endpoint costs bounded time

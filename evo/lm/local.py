@@ -17,7 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from evo.lm.base import LMError, LMRequest, LMRequestError, LMResponse, LMUnavailableError
+from evo.lm.base import (
+    LMError,
+    LMRequest,
+    LMRequestError,
+    LMResponse,
+    LMUnavailableError,
+)
 from evo.lm.models import MODELS, ensure_model
 
 _INSTALL_HINT = ("llama-cpp-python is not installed; install it with "

@@ -12,13 +12,20 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from evo.lm.base import (LM, LMError, LMRequest, LMRequestError, LMResponse, LMTransientError,
-                         LMUnavailableError, Message)
-from pathlib import Path
-
 from evo.errors import ConfigError
+from evo.lm.base import (
+    LM,
+    LMError,
+    LMRequest,
+    LMRequestError,
+    LMResponse,
+    LMTransientError,
+    LMUnavailableError,
+    Message,
+)
 from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.journal import Journal
 
@@ -44,6 +51,14 @@ class Usage:
     retries: int = 0
     reused_prompt_tokens: int = 0
     by_purpose: dict[str, int] = field(default_factory=dict)
+
+    def efficiency_line(self, wall: float) -> str:
+        """The engine-efficiency figures printed with every bench run and module search."""
+        share = self.lm_share(wall)
+        return (f"wall {wall:.0f} s: {share:.0%} in the LM, {1 - share:.0%} in "
+                f"evo/DSPy code; cache hits {self.cache_hits}/{self.requests} "
+                f"({self.cache_hit_rate:.0%}); prompt tokens reused from the KV cache "
+                f"{self.reused_prompt_tokens}/{self.prompt_tokens} ({self.reused_share:.0%})")
 
     @property
     def requests(self) -> int:

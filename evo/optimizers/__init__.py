@@ -20,17 +20,26 @@ name (``evo run --optimizer``)          what it searches
 :func:`register_operator` add a user's own.
 """
 
-from evo.optimizers.evolution import Evolution
-from evo.search.engine import Search, SearchConfig
 from evo.optimizers.copro import COPRO
 from evo.optimizers.ensemble import Ensemble, vote_ensemble
+from evo.optimizers.evolution import Evolution
 from evo.optimizers.evoprompt import DE, GA, EvoPrompt
-from evo.optimizers.fewshot import (BootstrapFewShot, BootstrapFewShotWithRandomSearch,
-                                    KNNFewShot, LabeledFewShot)
+from evo.optimizers.fewshot import (
+                                    BootstrapFewShot,
+                                    BootstrapFewShotWithRandomSearch,
+                                    KNNFewShot,
+                                    LabeledFewShot,
+)
 from evo.optimizers.gepa import GEPA
 from evo.optimizers.mipro import MIPROv2
-from evo.optimizers.registry import (get, names, optimizer_class, register_operator,
-                                     register_optimizer)
+from evo.optimizers.registry import (
+                                    get,
+                                    names,
+                                    optimizer_class,
+                                    register_operator,
+                                    register_optimizer,
+)
+from evo.search.engine import Search, SearchConfig
 
 register_optimizer(Evolution)
 

@@ -13,9 +13,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from evo.search.engine import Search, SearchConfig
 from evo.optimizers.registry import register_optimizer
 from evo.proposers.instructions import copro_instruction
+from evo.search.engine import Search, SearchConfig
 
 
 @register_optimizer

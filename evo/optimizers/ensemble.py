@@ -23,18 +23,19 @@ each member's own search parameters are its own.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from evo.optimizers.evolution import Evolution
-from evo.search.engine import Candidate, Search, SearchConfig
-from evo.search.genome import key
-from evo.program.ensemble import EnsembleProgram
-from evo.search.evaluate import BudgetExhausted, Cell
 from evo.optimizers.fewshot import BootstrapFewShotWithRandomSearch, KNNFewShot
 from evo.optimizers.registry import register_optimizer
 from evo.program import Program
+from evo.program.ensemble import EnsembleProgram
+from evo.search.engine import Candidate, Search, SearchConfig
+from evo.search.evaluate import Budget, BudgetExhausted, Cell
+from evo.search.genome import key
 
 
 def _default_members() -> list[SearchConfig]:
@@ -89,10 +90,6 @@ class Ensemble(SearchConfig):
 
 def _run_parallel(search: Search, members: list[SearchConfig]) -> None:
     """Each member on its own search in a thread, then merged into ``search`` (module doc)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from evo.search.evaluate import Budget
-
     share = search.remaining() // len(members)
     seed_cells = {col: search.matrix.cells[(0, col)] for col in search.all_cols}
     shared = {k: getattr(search.config, k) for k in

@@ -22,11 +22,11 @@ from typing import ClassVar, Literal
 from deap import tools
 from pydantic import Field
 
-from evo.search import genome as G
 from evo.optimizers.evolution import screen
-from evo.search.engine import Candidate, Search, SearchConfig, _Individual
 from evo.optimizers.registry import register_optimizer
 from evo.proposers.instructions import evoprompt_instruction, paraphrase
+from evo.search import genome as G
+from evo.search.engine import Candidate, Search, SearchConfig, _Individual
 
 
 class EvoPrompt(SearchConfig):

@@ -15,9 +15,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from evo.optimizers.registry import register_optimizer
 from evo.search.engine import Candidate, Search, SearchConfig
 from evo.search.genome import INSTRUCTION, Genome
-from evo.optimizers.registry import register_optimizer
 
 
 def try_validate(search: Search, genome: Genome, op: str, parents: tuple[int, ...] = (0,),

@@ -17,18 +17,17 @@ component selection coincide; the merge's "modules" are the genome's components.
 from __future__ import annotations
 
 import math
-
 from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
-from evo.search import genome as G
-from evo.optimizers.evolution import reflect
-from evo.search.engine import Candidate, Search, SearchConfig
 from evo.kernels.pareto import pareto_frequencies
+from evo.optimizers.evolution import reflect
 from evo.optimizers.registry import register_optimizer
 from evo.proposers.reflection import ReflectionStyle
+from evo.search import genome as G
+from evo.search.engine import Candidate, Search, SearchConfig
 
 
 @register_optimizer

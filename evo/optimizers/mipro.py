@@ -27,11 +27,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from evo.search.engine import Candidate, Search, SearchConfig
-from evo.search.genome import INSTRUCTION, Genome, key
 from evo.optimizers.fewshot import _labeled, compile_bootstrap
 from evo.optimizers.registry import register_optimizer
 from evo.proposers.instructions import TIPS, grounded_instruction, summarize_dataset
+from evo.search.engine import Candidate, Search, SearchConfig
+from evo.search.genome import INSTRUCTION, Genome, key
 
 AUTO = {"light": 6, "medium": 12, "heavy": 18}
 

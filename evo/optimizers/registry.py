@@ -48,12 +48,10 @@ def operator(name: str) -> Operator:
 
 def names() -> list[str]:
     """Registered optimizer names."""
-    _load_builtins()
     return sorted(_OPTIMIZERS)
 
 
 def optimizer_class(name: str) -> type[SearchConfig]:
-    _load_builtins()
     key = name.lower().replace("-", "_")
     aliases = {cls.__name__.lower(): n for n, cls in _OPTIMIZERS.items()}
     key = aliases.get(key, key)
@@ -66,6 +64,3 @@ def get(name: str, **params: Any) -> SearchConfig:
     """An optimizer by name (``"gepa"``, ``"miprov2"``, ``"MIPROv2"`` …) with its parameters."""
     return optimizer_class(name)(**params)
 
-
-def _load_builtins() -> None:
-    import evo.optimizers  # noqa: F401  (registers the built-in optimizers)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal, InvalidOperation
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from evo._io import write_json
 from evo.data import Example
-from evo.errors import ConfigError, DamagedFileError
 from evo.embeddings.knn import KNNDemos
+from evo.errors import ConfigError, DamagedFileError
 from evo.lm.base import Message
 
 FieldType = Literal["str", "int", "float", "bool"]

@@ -21,8 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evo._io import write_json
 from evo.errors import DamagedFileError
-from evo.program import (_PROGRAM_HINT, PROGRAM_FORMAT, Prediction, Program, Signature,
-                         check_format, read_program_file, validate_program_data)
+from evo.program import (
+    _PROGRAM_HINT,
+    PROGRAM_FORMAT,
+    Prediction,
+    Program,
+    Signature,
+    check_format,
+    read_program_file,
+    validate_program_data,
+)
 
 
 def _vote_key(outputs: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from evo.data import Example
-from evo.search.evaluate import Cell
 from evo.lm.base import LMError, LMRequest, LMUnavailableError, Message
 from evo.lm.session import LMSession
 from evo.program import Program
+from evo.search.evaluate import Cell
 
 ReflectionStyle = Literal["rules", "rewrite"]
 RULES_HEADER = "Rules:"

@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from evo.embeddings.knn import encoder_for
+from evo.embeddings.index import VectorIndex
+from evo._io import write_json
+from evo.errors import DamagedFileError
 
 
 @dataclass(frozen=True)
@@ -312,7 +316,6 @@ class CandidateStore(Callback):
     """
 
     def __init__(self, encoder: str = "minilm") -> None:
-        from evo.embeddings.knn import encoder_for
         self.encoder_name = encoder
         self._encoder = encoder_for(encoder)
         self._index: Any = None
@@ -339,7 +342,6 @@ class CandidateStore(Callback):
         """Record a score of ``instruction``; a validation score outranks minibatch scores."""
         row = self._row.get(instruction)
         if row is None:
-            from evo.embeddings.index import VectorIndex
             vec = np.asarray(self._encoder.encode([instruction]), dtype=np.float32)
             if self._index is None:
                 self._index = VectorIndex(vec.shape[1])
@@ -368,7 +370,6 @@ class CandidateStore(Callback):
 
     def save(self, path: str | Path) -> Path:
         """Write the entries (JSON); :meth:`load` re-embeds them (embeddings are cached)."""
-        from evo._io import write_json
         return write_json(path, {"encoder": self.encoder_name, "entries": self.entries})
 
     @classmethod
@@ -388,7 +389,6 @@ class CandidateStore(Callback):
         src = run_dir / "result.json"
         if not src.exists():
             src = run_dir / "checkpoint.json"
-        from evo.errors import DamagedFileError
         try:
             record = json.loads(src.read_text())
             texts = [str(i["text"]) for i in record["instructions"]]

@@ -29,19 +29,26 @@ import numpy as np
 from deap import base, tools
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from evo.search import genome as G
 from evo.data import Example
-from evo.program.ensemble import EnsembleProgram
 from evo.errors import ConfigError, RunFailedError
-from evo.search.evaluate import (Budget, BudgetExhausted, Cell, Evaluator, ScoreMatrix,
-                           cell_failures, failure_minibatch)
-from evo.search.genome import Archive, Genome
 from evo.kernels.matrix import row_stats
 from evo.kernels.moo import crowding_distance, nondominated_ranks, select_nsga2
 from evo.kernels.pareto import select_from_pareto_front
 from evo.lm.session import LMSession
 from evo.metrics import Metric
 from evo.program import Program
+from evo.program.ensemble import EnsembleProgram
+from evo.search import genome as G
+from evo.search.evaluate import (
+    Budget,
+    BudgetExhausted,
+    Cell,
+    Evaluator,
+    ScoreMatrix,
+    cell_failures,
+    failure_minibatch,
+)
+from evo.search.genome import Archive, Genome
 
 Objective = Literal["accuracy", "prompt_chars"]
 # A program-level fitness: the candidate's validation score row (one score per example, all

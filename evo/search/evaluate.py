@@ -20,13 +20,18 @@ import numpy as np
 
 from evo.data import DataError, Dataset, Example, distinct_examples
 from evo.errors import ConfigError
-from evo.program.ensemble import EnsembleProgram
 from evo.kernels.matrix import row_stats
-from evo.lm.base import (LMError, LMRequest, LMRequestError, LMTransientError,
-                         LMUnavailableError)
+from evo.lm.base import (
+    LMError,
+    LMRequest,
+    LMRequestError,
+    LMTransientError,
+    LMUnavailableError,
+)
 from evo.lm.session import LMSession
 from evo.metrics import Metric, Score, as_score, metric_name
 from evo.program import Prediction, Program
+from evo.program.ensemble import EnsembleProgram
 
 
 class BudgetExhausted(Exception):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from evo.lm import session_for
 from evo.lm.base import LM, LMRequest, Message
 from evo.lm.session import LMSession
 
@@ -88,7 +89,6 @@ def to_dspy(lm: LM | LMSession, *, cache: Any = True, purpose: str = "dspy", **l
     ``dspy.LM`` (e.g. ``max_tokens``, ``temperature``)."""
     import dspy
 
-    from evo.lm import session_for
 
     session = session_for(lm, cache)
     engine = SessionEngine(session, purpose=purpose)

@@ -34,12 +34,15 @@ import numpy as np
 
 from evo.data import Example
 from evo.integrations.dspy.compat import call_metric, metric_value
-from evo.search.evaluate import BudgetExhausted, Cell, ScoreMatrix, failure_minibatch
+from evo.integrations.dspy.compat import examples as to_evo
+from evo.integrations.dspy.lm import to_dspy
 from evo.kernels.pareto import select_from_pareto_front
+from evo.lm import session_for
 from evo.lm.base import LM, LMUnavailableError
 from evo.lm.session import LMSession, Usage
 from evo.program import Prediction, Program
 from evo.proposers.reflection import propose
+from evo.search.evaluate import BudgetExhausted, Cell, ScoreMatrix, failure_minibatch
 
 Step = tuple[str, dict[str, Any], dict[str, Any]]  # (predictor name, its inputs, its outputs)
 
@@ -84,12 +87,10 @@ class ModuleResult:
     stop_reason: str
 
     def summary(self) -> str:
-        from evo_bench import efficiency_line
-
         return (f"validation {self.baseline_val:.3f} -> {self.best_val:.3f} "
                 f"({self.best.op}, candidate {self.best.id} of {len(self.candidates)}); "
                 f"{self.metric_calls}/{self.budget} metric calls, {self.usage.requests} LM "
-                f"calls; {self.stop_reason}\n{efficiency_line(self.usage, self.seconds)}")
+                f"calls; {self.stop_reason}\n{self.usage.efficiency_line(self.seconds)}")
 
 
 class ModuleSearch:
@@ -99,9 +100,6 @@ class ModuleSearch:
                  metric: Callable[..., Any], session: LMSession, reflection: LMSession, *,
                  budget: int, seed: int, max_demos: int, description: str,
                  max_tokens: int) -> None:
-        from evo.integrations.dspy.compat import examples as to_evo
-        from evo.integrations.dspy.lm import to_dspy
-
         self.module, self.metric = module, call_metric(metric)
         self.train, self.val = list(trainset), list(valset)
         self.session, self.reflection = session, reflection
@@ -283,8 +281,6 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
     docstring). ``trainset`` / ``valset`` are ``dspy.Example`` lists (``with_inputs`` set),
     ``metric(gold, pred, trace=None)`` a DSPy metric (a number, or a Prediction with ``score``
     and ``feedback``). ``budget`` counts metric calls, bootstrapping included."""
-    from evo.lm import session_for
-
     if not valset:
         raise ValueError("valset is empty: the search needs validation examples")
     for name, data in (("trainset", trainset), ("valset", valset)):
