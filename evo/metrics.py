@@ -70,7 +70,10 @@ def metric_name(metric: object) -> str:
     return repr(str(name))
 
 
-def _norm(text: str) -> str:
+def exact_match_key(text: str) -> str:
+    """What :func:`exact_match` compares: lowercase, punctuation but ``.`` and ``-`` removed
+    (``"3.5"`` and ``"e-mail"`` stay distinct from ``"35"`` and ``"email"``), whitespace collapsed.
+    Stricter than label parsing's :func:`evo.program.label_key`, which only has to find a label."""
     return " ".join(re.sub(r"[^\w\s.-]", " ", text.lower()).split())
 
 
@@ -80,15 +83,15 @@ def exact_match(example: Example, prediction: Prediction) -> Score:
     if not prediction.ok:
         return _unusable(example, prediction)
     wrong = [name for name, gold in example.outputs.items()
-             if _norm(prediction.outputs.get(name, "")) != _norm(gold)]
+             if exact_match_key(prediction.outputs.get(name, "")) != exact_match_key(gold)]
     return _exact_verdict(example, prediction, wrong)
 
 
 def _exact_match_batch(examples: Sequence[Example], predictions: Sequence[Prediction]
                        ) -> list[Score]:
-    """:func:`exact_match` on each pair, through the exact-match kernel (``_norm`` tokens)."""
+    """:func:`exact_match` on each pair, through the exact-match kernel (:func:`exact_match_key`)."""
     pairs = _FieldPairs(examples, predictions)
-    equal = _text.exact_match_batch(pairs.said, pairs.gold, normalize=_norm)
+    equal = _text.exact_match_batch(pairs.said, pairs.gold, normalize=exact_match_key)
     scores = []
     for k, (example, prediction) in enumerate(zip(examples, predictions)):
         if not prediction.ok:

@@ -348,7 +348,11 @@ def _problem(err: dict) -> str:
     return f"{err.get('msg', 'invalid')}{shown}"
 
 
-def _norm(text: str) -> str:
+def label_key(text: str) -> str:
+    """How a reply is matched to a label: lowercase ASCII letters and digits, every other run of
+    characters one space (``"**Human.**"`` -> ``"human"``). Looser than the exact-match metric's
+    :func:`evo.metrics.exact_match_key` on purpose: parsing finds which label a reply names;
+    scoring then compares the parsed label exactly."""
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
@@ -375,7 +379,7 @@ def _coerce_value(raw: str, type_: FieldType, labels: tuple[str, ...] | None
     if type_ == "str":
         return (value, None) if value else ("", "empty answer")
     if type_ == "bool":
-        word = _norm(value).split(" ")[0] if _norm(value) else ""
+        word = label_key(value).split(" ")[0] if label_key(value) else ""
         if word in {"yes", "true"}:
             return "yes", None
         if word in {"no", "false"}:
@@ -405,7 +409,7 @@ def _match_label(value: str, labels: tuple[str, ...]) -> tuple[str, str | None]:
     Looser tiers only use labels whose loose form is unique, so "-1" / "1" or "A" / "a" stay
     apart (the stricter tiers tell them apart)."""
     bare = value.strip().rstrip(".!,;:").strip()
-    for fold in (str, str.casefold, _norm):
+    for fold in (str, str.casefold, label_key):
         forms: dict[str, list[str]] = {}
         for label in labels:
             forms.setdefault(fold(label), []).append(label)
@@ -415,7 +419,7 @@ def _match_label(value: str, labels: tuple[str, ...]) -> tuple[str, str | None]:
     by_norm = {n: group[0] for n, group in forms.items() if n and len(group) == 1}
     # Labels named as whole words inside the answer ("The label is Human."); a label contained in
     # another found label ("positive" in "not positive") does not count on its own.
-    padded = f" {_norm(value)} "
+    padded = f" {label_key(value)} "
     named = [n for n in by_norm if f" {n} " in padded]
     named = [n for n in named if not any(n != m and f" {n} " in f" {m} " for m in named)]
     found = [(padded.find(f" {n} "), by_norm[n]) for n in named]
