@@ -312,3 +312,117 @@ def test_near_duplicate_reflections_are_not_paid_for():
                             for e in rejected)
     task_calls = [c for c in lm.calls if c.purpose == "task"]
     assert len(task_calls) == result.metric_calls  # nothing paid for the copies
+
+
+# ---- the engine's own methods: optimizers ask, the engine alone changes the state -----------
+
+def _search(budget=400, **config):
+    from evo.search.engine import Search
+    session = LMSession(ScriptedLM(respond))
+    config = evo.Evolution(budget=evo.Budget(metric_calls=budget),
+                           **{"knn": False, "encoder": "hashing", **config})
+    search = Search(program(), TRAIN, VAL, config=config, task_session=session,
+                    reflection_session=session, metric=evo.exact_match)
+    search.start()
+    return search
+
+
+def _child(search, demos):
+    cand = search.add(search.archive.genome(0, demos), (0,), "test")
+    search.validate(cand)
+    return cand
+
+
+def test_engine_counts_iterations_and_records_the_stop_reason():
+    from evo.search.engine import StopReason
+
+    search = _search()
+    assert search.iteration == 0
+    assert search.next_iteration() == 1 and search.iteration == 1
+    cand = search.add(search.archive.genome(0, [0, 1]), (0,), "test")
+    assert cand.iteration == 1  # a candidate carries the iteration it was made in
+    search.stop(StopReason.BUDGET)
+    search.finish()
+    assert search.state.stop_reason is StopReason.BUDGET
+    last = search.state.events[-1]
+    # the enum's values are the strings run records and events always carried
+    assert last["event"] == "budget_exhausted" and last["reason"] == "budget exhausted"
+    assert type(last["reason"]) is str and json.dumps(StopReason.CONVERGED) == '"converged"'
+    fresh = _search()
+    fresh.finish()  # budget left and no reason given: the optimizer ran out of candidates
+    assert fresh.state.stop_reason == "converged" and fresh.state.events[-1]["event"] == "converged"
+    with pytest.raises(ValueError):
+        search.stop("tired")
+
+
+def test_population_views_are_read_only_and_replacement_goes_through_the_engine():
+    search = _search(population_size=3)
+    a, b = _child(search, [0, 1]), _child(search, [2, 3])
+    assert isinstance(search.population, tuple) and set(search.population) == {0, a.id, b.id}
+    assert search.validated == (0, a.id, b.id)
+    with pytest.raises(AttributeError):
+        search.population.append(7)
+    search.replace_in_population(search.seed_candidate, a)
+    assert 0 not in search.population and a.id in search.population
+    search.replace_in_population(search.seed_candidate, a)  # not in it any more: nothing to do
+    pending = search.add(search.archive.genome(0, [4, 5]), (0,), "test")
+    search.replace_in_population(a, pending)  # an unvalidated child replaces nobody
+    assert a.id in search.population and search.validated == (0, a.id, b.id)
+
+
+def test_candidate_for_finds_the_candidate_of_a_known_prompt():
+    search = _search()
+    genome = search.archive.genome(0, [0, 1])
+    assert search.candidate_for(genome) is None
+    cand = search.add(genome, (0,), "test")
+    assert search.candidate_for(list(genome)) is cand
+    padded = genome[:3] + [0, 1] + [9] * (len(genome) - 5)  # unexpressed genes differ
+    assert search.candidate_for(padded) is cand
+    assert search.candidate_for(search.archive.seed_genome()) is search.seed_candidate
+
+
+def test_val_failures_are_the_cells_below_one_in_paid_order():
+    search = _search()
+    seed = search.seed_candidate
+    failures = search.val_failures(seed)
+    assert len(failures) == 15 and all(cell.score < 1.0 for _, cell in failures)
+    assert [ex for ex, _ in failures] == [ex for ex in VAL if ex.label == "pos"]
+
+
+def test_score_replies_and_accept_with_cells_charge_nothing():
+    search = _search()
+    spent = search.evaluator.metric_calls
+    preds = [search.matrix.cells[(0, c)].prediction for c in search.all_cols]
+    cells = search.score_replies(preds)
+    assert [c.score for c in cells] == list(search.matrix.scores[0])
+    copy = search.add_program(search.seed_candidate.program, "a copy of the seed", (0,), "test")
+    search.accept(copy, dict(zip(search.all_cols, cells, strict=True)))
+    assert copy.accepted and copy.val_score == search.seed_candidate.val_score
+    assert search.evaluator.metric_calls == spent  # no LM call, no metric call charged
+    assert copy.id in search.validated and copy.id not in search.population  # not a parent
+
+
+def test_merge_takes_a_sub_search_candidates_cells_and_spend():
+    from evo.search.engine import Search
+
+    main = _search(budget=400)
+    seed_cells = {c: main.matrix.cells[(0, c)] for c in main.all_cols}
+    sub = Search(program(), TRAIN, VAL, config=main.config, task_session=main.task_session,
+                 reflection_session=main.reflection_session, metric=evo.exact_match, seed=5)
+    sub.start(seed_cells)  # the seed's cells are given, not paid
+    assert sub.evaluator.metric_calls == 0
+    iid, _ = sub.archive.add_instruction("Say pos when the text says good.", {"op": "test"})
+    kid = sub.add(sub.archive.genome(iid, [3, 4]), (0,), "reflection", "from sub")
+    sub.validate(kid)
+    half = sub.add(sub.archive.genome(0, [5]), (kid.id,), "mutate_demos")
+    sub.evaluate(half, [0, 1, 2])
+    before = main.evaluator.metric_calls
+    main.merge(sub, "member 1")
+    assert main.evaluator.metric_calls == before + sub.evaluator.metric_calls == before + 33
+    merged = main.candidates[-2:]
+    assert [c.op for c in merged] == ["reflection", "mutate_demos"]
+    assert merged[0].note == "member 1: from sub" and merged[1].parents == (merged[0].id,)
+    assert merged[0].accepted and merged[0].val_score == kid.val_score == 1.0
+    assert main.archive.instructions[merged[0].genome[0]] == "Say pos when the text says good."
+    assert not merged[1].accepted and np.isfinite(main.matrix.scores[merged[1].id]).sum() == 3
+    assert main.best is merged[0]

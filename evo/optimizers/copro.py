@@ -37,7 +37,7 @@ class COPRO(SearchConfig):
         seed = search.seed_candidate
         base = search.archive.program(seed.genome)
         for depth in range(self.depth + 1):
-            search.state.iteration += 1
+            search.next_iteration()
             attempts = sorted(((search.archive.instructions[c.genome[0]], c.val_score)
                                for c in search.candidates if c.accepted and c.genome),
                               key=lambda a: a[1])[-self.breadth:]

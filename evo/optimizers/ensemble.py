@@ -35,7 +35,6 @@ from evo.program import Program
 from evo.program.ensemble import EnsembleProgram
 from evo.search.engine import Candidate, Search, SearchConfig
 from evo.search.evaluate import Budget, BudgetExhausted, Cell
-from evo.search.genome import key
 
 
 def _default_members() -> list[SearchConfig]:
@@ -115,31 +114,7 @@ def _run_parallel(search: Search, members: list[SearchConfig]) -> None:
     with ThreadPoolExecutor(max_workers=len(members)) as pool:
         subs = list(pool.map(one, range(len(members)), members))
     for i, sub in enumerate(subs):  # merged in member order: the result is thread-independent
-        _merge_search(search, sub, i)
-
-
-def _merge_search(search: Search, sub: Search, member: int) -> None:
-    """Copy ``sub``'s candidates (genomes translated to ``search``'s archive), their validation
-    cells and its spend into ``search``."""
-    ids = {0: 0}
-    for cand in sub.candidates[1:]:
-        instruction, demo_ids, knn_k = key(cand.genome)
-        iid, _ = search.archive.add_instruction(sub.archive.instructions[instruction],
-                                                sub.archive.origins[instruction], dedupe=False)
-        demos = [search.archive.demo_index(sub.archive.demo(d)) for d in demo_ids]
-        genome = search.archive.genome(iid, demos, knn_k)
-        parents = tuple(ids.get(p, 0) for p in cand.parents)
-        new = search.add(genome, parents, cand.op, f"member {member}: {cand.note}".strip())
-        if new is None:
-            ids[cand.id] = search.state.by_key[key(genome)]
-            continue
-        ids[cand.id] = new.id
-        for (row, col), cell in sub.matrix.cells.items():
-            if row == cand.id:
-                search.matrix.set(new.id, col, cell)
-        if cand.accepted:
-            search.accept(new)
-    search.evaluator.metric_calls += sub.evaluator.metric_calls
+        search.merge(sub, f"member {i}")
 
 
 def vote_cells(search: Search, program: EnsembleProgram, members: list[Candidate]
@@ -148,7 +123,7 @@ def vote_cells(search: Search, program: EnsembleProgram, members: list[Candidate
     their predictions in the matrix: no LM call."""
     predictions = [program.vote_on([search.matrix.cells[(m.id, col)].prediction
                                     for m in members]) for col in search.all_cols]
-    return search.evaluator.score(search.valset, predictions)
+    return search.score_replies(predictions)
 
 
 def _ensemble_program(members: list[Candidate], vote: str) -> EnsembleProgram:
@@ -193,7 +168,5 @@ def vote_ensemble(search: Search, size: int, vote: str = "majority") -> Candidat
                               tuple(m.id for m in members), "ensemble", f"vote={vote}")
     if cand is None:
         return None
-    for col, cell in zip(search.all_cols, cells, strict=True):
-        search.matrix.set(cand.id, col, cell)
-    search.accept(cand)
+    search.accept(cand, dict(zip(search.all_cols, cells, strict=True)))
     return cand

@@ -72,14 +72,14 @@ class Evolution(SearchConfig):
 
 def evolve(search: Search, config: Evolution, *, stale_limit: int = 50) -> None:
     """The evolutionary loop of :class:`Evolution` (module docstring, steps 1-4)."""
-    archive, state = search.archive, search.state
+    archive = search.archive
     extra = {name: operator(name) for name in config.operators}  # unknown names fail here
     extra_rng = random.Random(search.seed + 1)  # user operators do not shift the default stream
     n_init = (config.initial_demo_sets + archive.knn) if archive.max_demos else 0
     tries = 0  # first-phase proposals made (a duplicate counts: the phase always ends)
     stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
     while search.can_validate() and stale < stale_limit:
-        state.iteration += 1
+        search.next_iteration()
         # While the first random demo sets are tried, each must beat the best so far (not just
         # the zero-shot seed), or every one of them would be paid a full validation.
         initialising = tries < n_init
@@ -128,7 +128,7 @@ def screen(search: Search, child: Candidate, parent: Candidate, batch: list[int]
 
 def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bool,
           first: bool) -> tuple[Genome | None, str, str]:
-    archive, state, rng = search.archive, search.state, search.rng
+    archive, rng = search.archive, search.rng
     genome = list(parent.genome)
     if initialising:
         k = min(archive.max_demos, len(archive.pool))
@@ -143,14 +143,12 @@ def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bo
         return archive.genome(parent.genome[G.INSTRUCTION], demos), "random_demos", ""
     roll = rng.random()
     if roll < config.reflection_rate:
-        failures = [(state.matrix.examples[col], cell)
-                    for (row, col), cell in state.matrix.cells.items()
-                    if row == parent.id and cell.score < 1.0]
+        failures = search.val_failures(parent)
         if failures:
             shown = rng.sample(failures, min(config.reflection_minibatch, len(failures)))
             return reflect(search, parent, shown, config.reflection_style)
-    if roll < config.reflection_rate + config.crossover_rate and len(state.population) > 1:
-        mate = state.candidates[rng.choice([i for i in state.population if i != parent.id])]
+    if roll < config.reflection_rate + config.crossover_rate and len(search.population) > 1:
+        mate = search.candidates[rng.choice([i for i in search.population if i != parent.id])]
         return G.crossover(genome, mate.genome, archive, rng), "crossover", f"mate={mate.id}"
     if archive.max_demos and (len(archive.instructions) == 1 or rng.random() < 0.8):
         return G.mutate_demos(genome, archive, rng), "mutate_demos", ""
@@ -170,6 +168,6 @@ def reflect(search: Search, parent: Candidate, shown: Sequence[tuple[Example, Ce
     genome = list(parent.genome)
     genome[G.INSTRUCTION], dup = search.archive.add_instruction(
         proposal.instruction, {"op": "reflection", "parent": parent.id,
-                               "iteration": search.state.iteration})
+                               "iteration": search.iteration})
     return genome, "reflection", dup
 

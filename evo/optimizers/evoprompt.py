@@ -45,11 +45,11 @@ class EvoPrompt(SearchConfig):
         archive, rng = search.archive, search.rng
         seed = search.seed_candidate
         attempts = 0
-        while len(search.state.population) < self.population_size and \
+        while len(search.population) < self.population_size and \
                 attempts < 3 * self.population_size and search.can_validate():
             attempts += 1
-            search.state.iteration += 1
-            source = search.candidates[rng.choice(search.state.population)]
+            search.next_iteration()
+            source = search.candidates[rng.choice(search.population)]
             proposal = paraphrase(search.reflection_session, search.archive.base,
                                   archive.instructions[source.genome[G.INSTRUCTION]],
                                   seed=rng.randrange(2**31))
@@ -64,7 +64,7 @@ class EvoPrompt(SearchConfig):
                 search.validate(cand)
         stale = step = 0
         while search.can_validate() and stale < 50:
-            search.state.iteration += 1
+            search.next_iteration()
             step += 1
             parent, child = self._offspring(search, step)
             if child is None:
@@ -72,13 +72,12 @@ class EvoPrompt(SearchConfig):
                 continue
             stale = 0
             if screen(search, child, parent, search.minibatch(parent, self.minibatch_size)) \
-                    and self.variant == "de" and child.val_score > parent.val_score \
-                    and parent.id in search.state.population:
-                search.state.population.remove(parent.id)  # DE: the child replaces its base
+                    and self.variant == "de" and child.val_score > parent.val_score:
+                search.replace_in_population(parent, child)  # DE: the child replaces its base
 
     def _offspring(self, search: Search, step: int) -> tuple[Candidate, Candidate | None]:
         archive, rng = search.archive, search.rng
-        pop = [search.candidates[i] for i in search.state.population]
+        pop = [search.candidates[i] for i in search.population]
         text = lambda c: archive.instructions[c.genome[G.INSTRUCTION]]  # noqa: E731
         if self.variant == "ga" or len(pop) < 3:
             individuals = [_Individual(c.genome, c.id, (c.val_score + 1e-6, 0.0)) for c in pop]

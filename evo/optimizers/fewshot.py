@@ -135,7 +135,7 @@ class BootstrapFewShotWithRandomSearch(SearchConfig):
         n = len(search.trainset)
         instruction = search.seed_candidate.genome[INSTRUCTION]
         for seed in range(-3, self.num_candidate_programs):
-            search.state.iteration += 1
+            search.next_iteration()
             if not search.can_validate():
                 break
             rng = random.Random(search.seed * 10_007 + seed)
@@ -185,5 +185,5 @@ class KNNFewShot(SearchConfig):
             if not 1 <= k <= limit:
                 raise ValueError(f"KNNFewShot k={k} must be between 1 and {limit} "
                                  "(max_demos and the training set size)")
-            search.state.iteration += 1
+            search.next_iteration()
             try_validate(search, search.archive.genome(instruction, [], k), "knn_demos")

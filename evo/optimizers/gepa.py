@@ -27,7 +27,7 @@ from evo.optimizers.evolution import reflect
 from evo.optimizers.registry import register_optimizer
 from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
-from evo.search.engine import Candidate, Search, SearchConfig
+from evo.search.engine import Candidate, Search, SearchConfig, StopReason
 
 
 @register_optimizer
@@ -65,7 +65,7 @@ class GEPA(SearchConfig):
         tried_merges: set[tuple[int, int, int]] = set()
         k = min(k, len(search.trainset))
         while search.remaining() >= len(search.valset) + 2 * k and stale < 50:
-            search.state.iteration += 1
+            search.next_iteration()
             if self.use_merge and merges_due and merges_done < self.max_merge_invocations:
                 merges_due -= 1
                 if _merge(search, self, tried_merges):
@@ -104,7 +104,7 @@ class GEPA(SearchConfig):
                 search.validate(child)
                 merges_due += 1
         if stale < 50:
-            search.state.stop_reason = "budget exhausted"
+            search.stop(StopReason.BUDGET)
 
 
 def ancestors(search: Search, cid: int) -> set[int]:
@@ -139,7 +139,7 @@ def merge_genomes(a: Candidate, b: Candidate, ancestor: Candidate, search: Searc
 
 def _merge(search: Search, config: GEPA, tried: set[tuple[int, int, int]]) -> bool:
     """Try one merge of two Pareto-front candidates; True if a merge was evaluated."""
-    rows = [r for r in search.state.validated if search.candidates[r].genome]
+    rows = [r for r in search.validated if search.candidates[r].genome]
     if len(rows) < 3:
         return False
     agg = np.array([search.candidates[r].val_score for r in rows])

@@ -30,7 +30,7 @@ from pydantic import Field
 from evo.optimizers.fewshot import _labeled, compile_bootstrap
 from evo.optimizers.registry import register_optimizer
 from evo.proposers.instructions import TIPS, grounded_instruction, summarize_dataset
-from evo.search.engine import Candidate, Search, SearchConfig
+from evo.search.engine import Candidate, Search, SearchConfig, StopReason
 from evo.search.genome import INSTRUCTION, Genome, key
 
 AUTO = {"light": 6, "medium": 12, "heavy": 18}
@@ -98,19 +98,19 @@ class MIPROv2(SearchConfig):
 
         for trial in range(1, trials + 1):
             if search.remaining() < size + len(search.valset):
-                search.state.stop_reason = "budget exhausted"
+                search.stop(StopReason.BUDGET)
                 break  # keep enough to validate the best estimate in full
-            search.state.iteration += 1
+            search.next_iteration()
             combo = self._propose(search, combos, rows, estimate)
             if combo is None:
                 break
             cand = rows.get(combo)
             if cand is None:
                 genome_ = genome(combo)
+                # None: the same prompt as another combination (e.g. equal demo sets)
                 cand = search.add(genome_, (0,), "mipro_trial", f"instruction {combo[0]}, "
-                                  f"demo set {combo[1]}")
-                if cand is None:  # the same prompt as another combination (e.g. equal sets)
-                    cand = search.candidates[search.state.by_key[key(genome_)]]
+                                  f"demo set {combo[1]}") or search.candidate_for(genome_)
+                assert cand is not None
                 rows[combo] = cand
             batch = sorted(search.rng.sample(search.all_cols, size))
             scores = search.evaluate(cand, batch)

@@ -10,6 +10,11 @@ minibatch, ``validate`` it in full, ``select_parent``) and the operators of :mod
 and :mod:`evo.proposers.instructions`. Every optimizer therefore shares the response cache, the budget, the
 kernels, the "never pay for a (prompt, example) pair twice" rule and the events.
 
+Optimizers ask and decide; the context alone changes the search state: it counts iterations
+(:meth:`Search.next_iteration`), metric calls and the population, and records why the search
+stopped (:meth:`Search.stop` with a :class:`StopReason`). An optimizer reads the state through
+read-only views (``population``, ``validated``, ``iteration``, ``candidates``, ``matrix``).
+
 The budget counts (candidate, example) evaluations, validation and training cells alike. A
 proposal is only started while the budget can still validate it fully, so no candidate is left
 half-judged and the spend never exceeds it.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from enum import StrEnum
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +42,7 @@ from evo.kernels.moo import crowding_distance, nondominated_ranks, select_nsga2
 from evo.kernels.pareto import select_from_pareto_front
 from evo.lm.session import LMSession
 from evo.metrics import Metric
-from evo.program import Program
+from evo.program import Prediction, Program
 from evo.program.ensemble import EnsembleProgram
 from evo.search import genome as G
 from evo.search.evaluate import (
@@ -56,6 +62,13 @@ Objective = Literal["accuracy", "prompt_chars"]
 # search maximizes instead of the mean.
 Fitness = Callable[[np.ndarray, Any], float]
 Callback = Callable[[dict[str, Any]], None]
+
+
+class StopReason(StrEnum):
+    """Why a search stopped. The values are the strings run records and events carry."""
+
+    BUDGET = "budget exhausted"  # the budget cannot validate another candidate
+    CONVERGED = "converged"  # the optimizer ran out of new candidates to try
 
 
 class SearchConfig(BaseModel):
@@ -169,7 +182,7 @@ class SearchState:
     events: list[dict[str, Any]] = field(default_factory=list)
     evaluator: Evaluator | None = None
     iteration: int = 0
-    stop_reason: str = ""
+    stop_reason: StopReason | Literal[""] = ""  # "" until the search has stopped
 
     @property
     def best(self) -> Candidate:
@@ -235,6 +248,31 @@ class Search:
         return self.state.candidates[0]
 
     @property
+    def population(self) -> tuple[int, ...]:
+        """The candidates kept as parents (ids, best first; NSGA-II's survivors with two
+        objectives)."""
+        return tuple(self.state.population)
+
+    @property
+    def validated(self) -> tuple[int, ...]:
+        """Every fully validated candidate (ids, in the order they were validated)."""
+        return tuple(self.state.validated)
+
+    @property
+    def iteration(self) -> int:
+        return self.state.iteration
+
+    def candidate_for(self, genome: Genome) -> Candidate | None:
+        """The candidate that expresses ``genome``'s prompt, if one was generated."""
+        row = self.state.by_key.get(G.key(genome))
+        return None if row is None else self.candidates[row]
+
+    def val_failures(self, cand: Candidate) -> list[tuple[Example, Cell]]:
+        """``cand``'s validation cells that scored below 1, in the order they were paid."""
+        return [(self.matrix.examples[col], cell) for (row, col), cell in self.matrix.cells.items()
+                if row == cand.id and cell.score < 1.0]
+
+    @property
     def multi_objective(self) -> bool:
         return len(self.config.objectives) > 1
 
@@ -245,6 +283,22 @@ class Search:
         self.state.events.append(event)
         if self.on_event is not None:
             self.on_event(event)
+
+    # ---- the optimizer's decisions ----------------------------------------------------------
+    def next_iteration(self) -> int:
+        """Start the next iteration (the number events and new candidates carry)."""
+        self.state.iteration += 1
+        return self.state.iteration
+
+    def stop(self, reason: StopReason) -> None:
+        """Record why the optimizer stops (:meth:`finish` reports it)."""
+        self.state.stop_reason = StopReason(reason)
+
+    def replace_in_population(self, old: Candidate, new: Candidate) -> None:
+        """``new`` (validated) takes ``old``'s place: ``old`` leaves the population, if it is in
+        it (EvoPrompt-DE's replacement of a base by the child that beat it)."""
+        if new.accepted and old.id in self.state.population:
+            self.state.population.remove(old.id)
 
     # ---- budget ---------------------------------------------------------------------------
     def remaining(self) -> int:
@@ -318,8 +372,12 @@ class Search:
         self.evaluate(cand, self.all_cols)
         return self.accept(cand)
 
-    def accept(self, cand: Candidate) -> float:
-        """Book a candidate whose validation row is complete (see :meth:`validate`)."""
+    def accept(self, cand: Candidate, cells: dict[int, Cell] | None = None) -> float:
+        """Book a candidate whose validation row is complete (see :meth:`validate`); ``cells``
+        (column -> cell, e.g. a vote's, made from its members' predictions) fill it in free
+        first."""
+        for col, cell in (cells or {}).items():
+            self.matrix.set(cand.id, col, cell)
         cand.val_score = self.fitness(self.matrix.scores[cand.id], cand.program)
         cand.accepted = True
         best_before = self.best.val_score if self.state.validated else float("-inf")
@@ -348,6 +406,12 @@ class Search:
         if self.config.fitness is not None:
             return float(self.config.fitness(np.array(row, dtype=np.float64), program))
         return float(row_stats(np.array(row, dtype=np.float64)[None, :]).mean[0])
+
+    def score_replies(self, predictions: Sequence[Prediction]) -> list[Cell]:
+        """Validation cells for replies that cost no LM call (one per validation example, e.g.
+        a vote of candidates' predictions already in the matrix): scored by the metric, not
+        charged to the budget."""
+        return self.evaluator.score(self.valset, predictions)
 
     def _objectives(self, ids: Sequence[int]) -> np.ndarray:
         return np.array([[self.candidates[i].val_score, self.candidates[i].program.prompt_chars()]
@@ -443,8 +507,7 @@ class Search:
                   config=jsonable(self.config))
         seed_cand = self.add(self.archive.seed_genome(), (), "seed")
         assert seed_cand is not None
-        for col, cell in (seed_cells or {}).items():
-            self.matrix.set(seed_cand.id, col, cell)
+        self._fill(seed_cand, seed_cells or {})
         try:
             self.validate(seed_cand)
         except BudgetExhausted:
@@ -452,6 +515,34 @@ class Search:
                               f"cannot validate the seed program on {len(self.valset)} "
                               "validation examples") from None
         self._check_metric(seed_cand)
+
+    def _fill(self, cand: Candidate, cells: dict[int, Cell]) -> None:
+        for col, cell in cells.items():
+            self.matrix.set(cand.id, col, cell)
+
+    def merge(self, sub: Search, label: str) -> None:
+        """Take in another search over the same data and seed (a parallel ensemble member's):
+        its candidates, genomes translated to this archive and notes prefixed with ``label``;
+        their validation cells; and its spend, charged to this budget."""
+        ids = {0: 0}
+        for cand in sub.candidates[1:]:
+            instruction, demo_ids, knn_k = G.key(cand.genome)
+            iid, _ = self.archive.add_instruction(sub.archive.instructions[instruction],
+                                                  sub.archive.origins[instruction], dedupe=False)
+            demos = [self.archive.demo_index(sub.archive.demo(d)) for d in demo_ids]
+            genome = self.archive.genome(iid, demos, knn_k)
+            parents = tuple(ids.get(p, 0) for p in cand.parents)
+            new = self.add(genome, parents, cand.op, f"{label}: {cand.note}".strip())
+            if new is None:
+                ids[cand.id] = self.state.by_key[G.key(genome)]
+                continue
+            ids[cand.id] = new.id
+            for (row, col), cell in sub.matrix.cells.items():
+                if row == cand.id:
+                    self.matrix.set(new.id, col, cell)
+            if cand.accepted:
+                self.accept(new)
+        self.evaluator.metric_calls += sub.evaluator.metric_calls
 
     def _check_metric(self, seed_cand: Candidate) -> None:
         """Stop before the search is paid for when the metric failed on every seed cell that
@@ -465,15 +556,15 @@ class Search:
                 f"answered, e.g. {usable[0].error}; fix the metric (only the seed's "
                 f"validation was paid for)")
 
-    def finish(self, reason: str | None = None) -> None:
-        """Record why the search stopped: ``reason``, else one an optimizer set in
-        ``state.stop_reason``, else whether the budget can still validate a candidate."""
+    def finish(self, reason: StopReason | None = None) -> None:
+        """Record why the search stopped: ``reason``, else the optimizer's (:meth:`stop`), else
+        whether the budget can still validate a candidate."""
         exhausted = self.evaluator.remaining() < len(self.valset)
-        self.state.stop_reason = reason or self.state.stop_reason or (
-            "budget exhausted" if exhausted else "converged")
-        exhausted = self.state.stop_reason == "budget exhausted"
+        self.state.stop_reason = StopReason(reason or self.state.stop_reason or (
+            StopReason.BUDGET if exhausted else StopReason.CONVERGED))
+        exhausted = self.state.stop_reason is StopReason.BUDGET
         self.emit("budget_exhausted" if exhausted else "converged",
-                  remaining=self.evaluator.remaining(), reason=self.state.stop_reason,
+                  remaining=self.evaluator.remaining(), reason=self.state.stop_reason.value,
                   cell_failures=cell_failures(self.matrix.cells.values()))
 
 
