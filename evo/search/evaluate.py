@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -227,6 +227,21 @@ def failure_minibatch(row: np.ndarray, size: int, rng: random.Random) -> list[in
     return sorted(batch)
 
 
+@runtime_checkable
+class RunsItself(Protocol):
+    """The Evaluator's extension point for programs that are not one prompt: a program with a
+    ``run`` method (e.g. a ``dspy.Module`` adapter,
+    :class:`evo.integrations.dspy.module.ModuleProgram`) is run by it instead of
+    ``messages`` / ``parse``. Every LM call it makes must go through ``session`` (the cache,
+    the run's journal and the budget's LM-call count then apply, so a killed run resumes
+    without repeating a paid call), with replies of at most ``max_tokens``. It returns the
+    prediction (outputs None when it has no usable reply) or a failed :class:`Cell`; an
+    :class:`~evo.lm.base.LMError` or another exception it raises fails the cell."""
+
+    def run(self, example: Example, session: LMSession, max_tokens: int
+            ) -> Prediction | Cell: ...
+
+
 @dataclass
 class Evaluator:
     """Fills score-matrix cells through one LM session, under one budget.
@@ -290,7 +305,10 @@ class Evaluator:
 
     def _predict(self, program: Program, example: Example) -> Prediction | Cell:
         """The parsed reply, or the failed cell when the LM or the parser failed. An empty
-        reply (or none) is an LM failure: no prompt asks for one."""
+        reply (or none) is an LM failure: no prompt asks for one. A program that runs itself
+        (:class:`RunsItself`) is run by its own ``run`` instead."""
+        if isinstance(program, RunsItself):
+            return self._run_itself(program, example)
         request = LMRequest(program.messages(example), max_tokens=self.max_tokens, purpose="task")
         try:
             response = self.session.complete(request)
@@ -306,6 +324,20 @@ class Evaluator:
             return program.parse(text)
         except Exception as exc:  # a parser bug must not end a run: record it on the cell
             return _failed(Prediction(text, None, str(exc)),
+                           f"{_PARSE_PREFIX}{type(exc).__name__}: {exc}")
+
+    def _run_itself(self, program: RunsItself, example: Example) -> Prediction | Cell:
+        """``program.run`` on one example: an LM error after the session's retries fails the
+        cell (an unreachable LM stops the run), and so does any other exception of the
+        program's own (recorded as a parse failure: the program could not make a reply)."""
+        try:
+            return program.run(example, self.session, self.max_tokens)
+        except LMUnavailableError:
+            raise
+        except LMError as exc:
+            return _failed(Prediction("", None, str(exc)), lm_cell_error(exc))
+        except Exception as exc:  # noqa: BLE001 - a program's bug must not end a run
+            return _failed(Prediction("", None, str(exc)),
                            f"{_PARSE_PREFIX}{type(exc).__name__}: {exc}")
 
     def score(self, examples: Sequence[Example], replies: Sequence[Prediction | Cell]
@@ -379,9 +411,9 @@ def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Exam
     return scores, [matrix.cells[(row, j)] for j in range(len(examples))]
 
 
-__all__ = ["MEANINGLESS_SHARE", "meaningless", "Budget", "BudgetExhausted", "Cell", "Evaluator", "Score",
-           "ScoreMatrix", "cell_failures", "error_kind", "evaluate_program", "failures_from_errors",
-           "format_failures", "unique_examples"]
+__all__ = ["MEANINGLESS_SHARE", "Budget", "BudgetExhausted", "Cell", "Evaluator", "RunsItself",
+           "Score", "ScoreMatrix", "cell_failures", "error_kind", "evaluate_program",
+           "failures_from_errors", "format_failures", "meaningless", "unique_examples"]
 
 
 def check_testset(program: Program | EnsembleProgram, testset: Dataset | Sequence[Example], *,
