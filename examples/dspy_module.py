@@ -19,8 +19,8 @@ from typing import Literal
 import dspy
 
 import evo
-from evo_bench import to_dspy_examples
 from evo.lm import make_lm
+from evo_bench import to_dspy_examples
 
 
 class Classify(dspy.Signature):
@@ -69,6 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--budget", type=int, default=40, help="metric calls (module runs)")
+    parser.add_argument("--optimizer", default=None, help="any evo optimizer (default: evolution)")
+    parser.add_argument("--run-dir", default=None, help="a run store: rerun to resume a killed run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-val", type=int, default=12)
     parser.add_argument("--n-test", type=int, default=40)
@@ -83,7 +85,7 @@ def main() -> None:
     before, _ = accuracy(ClassifyThenVerify(), test, lm)
     result = evo.optimize_module(ClassifyThenVerify(), train, val, metric, lm=session,
                                  budget=args.budget, seed=args.seed, description=task.description,
-                                 log=print)
+                                 optimizer=args.optimizer, run_dir=args.run_dir, log=print)
     print(result.summary())
     for name, predictor in result.program.named_predictors():
         print(f"\n[{name}] {len(predictor.demos)} demos; instruction:\n"

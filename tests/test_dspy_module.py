@@ -1,14 +1,33 @@
 """evo optimizes a two-predictor dspy.Module (ChainOfThought classifier + verifier) on a scripted
-LM that speaks DSPy's ChatAdapter format, and the result round-trips through DSPy's save/load."""
+LM that speaks DSPy's ChatAdapter format, on the one engine: any optimizer, events, the run store
+with kill-and-resume, dry run; the result round-trips through DSPy's save/load."""
 
+import json
+import os
+import random
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import evo
+from evo.integrations.dspy.module import (
+    ModuleProgram,
+    joint_instruction,
+    module_program,
+    split_instruction,
+)
 from evo.lm import LMSession, ScriptedLM
+from evo.lm.journal import Journal
+from evo.runs.events import JSONLLog
+from evo.search.evaluate import evaluate_program
 
 dspy = pytest.importorskip("dspy")
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from resume import kill_at_random_moments  # noqa: E402
 
 
 def field(text: str, name: str) -> str | None:
@@ -23,11 +42,13 @@ def parity(text: str) -> str:
 def respond(req) -> str:
     """The classifier (a ChainOfThought) is right only when it is shown demos; the verifier
     copies the draft label, except that it calls every multiple of 3 odd, unless its
-    instruction carries a rule about parity."""
+    instruction carries a rule about parity. Instruction proposals get a short instruction."""
     system = req.messages[0].content
     user = req.messages[-1].content
     if req.purpose == "reflection":
         return "- Check the parity of the number before you answer.\n- Use lowercase labels."
+    if req.purpose not in ("task", "dspy"):
+        return "Decide whether the number in the text is even or odd."
     if "`final_label`" in system:
         text = field(user, "text")
         label = field(user, "label") or "odd"
@@ -58,47 +79,104 @@ def data(numbers):
             .with_inputs("text") for n in numbers]
 
 
+TRAIN, VAL = data(range(100, 130)), data(range(1, 21))
+
+
 def metric(gold, pred, trace=None):
     return gold.final_label == pred.final_label
 
 
-def run(tmp_path, **kw):
-    lm = ScriptedLM(respond)
-    result = evo.optimize_module(ClassifyThenVerify(), data(range(100, 130)), data(range(1, 21)),
-                                 metric, lm=lm, cache=tmp_path / "cache.sqlite",
+def optimizer(name="evolution", budget=150, **kw):
+    """An optimizer by name, offline (hashing embeddings, no KNN demos)."""
+    return evo.optimizers.get(name, budget=evo.Budget(metric_calls=budget), knn=False,
+                              encoder="hashing", max_tokens=256, **kw)
+
+
+def run(tmp_path=None, lm=None, **kw):
+    lm = lm or ScriptedLM(respond)
+    cache = tmp_path / "cache.sqlite" if tmp_path is not None else False
+    result = evo.optimize_module(ClassifyThenVerify(), TRAIN, VAL, metric, lm=lm, cache=cache,
                                  **{"budget": 150, **kw})
     return result, lm
 
 
-def test_both_predictors_are_optimized_within_the_budget(tmp_path):
-    result, _ = run(tmp_path)
+# ---- the adapter ------------------------------------------------------------------------------
+
+def test_the_joint_instruction_names_each_predictor_and_parses_back():
+    names, seed = ["classify.predict", "verify"], ["Classify.", "Verify."]
+    text = joint_instruction(names, seed)
+    assert "[predictor: verify]" in text
+    assert split_instruction(text, names, seed) == seed
+    # a rewrite of one section, and reflection's rules appended at the end (for every predictor)
+    edited = text.replace("Verify.", "Verify the parity.") + "\n\nRules:\n- Be careful."
+    assert split_instruction(edited, names, seed) == [
+        "Classify.\n\nRules:\n- Be careful.", "Verify the parity.\n\nRules:\n- Be careful."]
+    # a text without sections is shared guidance before each predictor's own instruction
+    assert split_instruction("Think.", names, seed) == ["Think.\n\nClassify.", "Think.\n\nVerify."]
+    assert split_instruction("Only one.", ["p"], ["Old."]) == ["Only one."]
+
+
+def test_the_evaluator_runs_a_module_program_through_the_session():
+    train = evo.integrations.dspy.compat.examples(TRAIN)
+    program = module_program(ClassifyThenVerify(), train)
+    assert isinstance(program, ModuleProgram) and str(program.signature) == "text -> final_label"
+    lm = ScriptedLM(respond)
+    session = LMSession(lm)
+    scores, cells = evaluate_program(program, train[:4], session,
+                                     evo.integrations.dspy.compat.metric(metric), max_tokens=99)
+    assert len(lm.calls) == 8 and session.usage.requests == 8  # two predictors per example
+    assert all(r.max_tokens == 99 for r in lm.calls)
+    assert cells[0].prediction.outputs == {"final_label": "odd"}
+    assert "classify.predict -> reasoning: Look at the number." in cells[0].prediction.text
+    # with demos each predictor sees its own call of a run that gave the demo's outputs
+    demo = next(ex for ex, c in zip(train[:4], cells, strict=True)
+                if c.prediction.outputs == ex.outputs)
+    module = program.model_copy(update={"demos": (demo,)}).to_module()
+    shown = {name: [dict(d) for d in p.demos] for name, p in module.named_predictors()}
+    assert set(shown["classify.predict"][0]) == {"text", "reasoning", "label"}
+    assert set(shown["verify"][0]) == {"text", "label", "final_label"}
+    # a demo no run gave: the labeled fields each predictor has
+    other = train[10]
+    module = program.model_copy(update={"demos": (other,)}).to_module()
+    assert [dict(d) for d in dict(module.named_predictors())["verify"].demos] == [
+        {"text": other.inputs["text"], "final_label": other.outputs["final_label"]}]
+    assert program.to_json()["dspy_module"]["predictors"]["verify"]["signature"] == \
+        "text, label -> final_label"
+
+
+# ---- optimize_module on the engine -----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["evolution", "gepa", "miprov2", "bootstrap_fewshot"])
+def test_any_optimizer_runs_on_a_two_predictor_module(name):
+    seen = []
+    result, lm = run(optimizer=optimizer(name), on_event=seen.append)
+    assert result.metric_calls <= result.budget == 150
     assert result.baseline_val == pytest.approx(0.5)
-    assert result.best_val >= 0.85  # demos fix the classifier (the verifier's bug remains)
-    assert result.metric_calls <= result.budget
-    # each predictor got a bootstrapped pool: its own inputs/outputs (the CoT's reasoning too)
-    assert set(result.demo_pool) == {"classify.predict", "verify"}
-    assert {"text", "reasoning", "label"} <= set(result.demo_pool["classify.predict"][0])
-    assert {"text", "label", "final_label"} <= set(result.demo_pool["verify"][0])
-    classify = dict(result.program.named_predictors())["classify.predict"]
-    assert classify.demos  # demos on the classifier are what fixed it
-    ops = {c.op for c in result.candidates}
-    assert {"seed", "demos"} <= ops
+    assert result.best_val > result.baseline_val
+    kinds = [e["event"] for e in seen]
+    assert kinds[0] == "start" and kinds[-1] == "complete" and "candidate_evaluated" in kinds
+    assert result.events[-1]["event"] == "complete"
+    assert isinstance(result.program, ClassifyThenVerify)
 
 
-def test_reflection_reads_the_predictors_own_inputs_and_updates_its_instruction(tmp_path):
+def test_bootstrapped_demos_are_each_predictors_own_trace():
+    result, _ = run(optimizer=optimizer("bootstrap_fewshot"))
+    demos = {n: [dict(d) for d in p.demos] for n, p in result.program.named_predictors()}
+    assert demos["classify.predict"] and demos["verify"]
+    assert {"text", "reasoning", "label"} <= set(demos["classify.predict"][0])
+    assert {"text", "label", "final_label"} <= set(demos["verify"][0])
+
+
+def test_reflection_updates_the_module_instructions(tmp_path):
     result, lm = run(tmp_path, budget=300)
     asks = [r for r in lm.calls if r.purpose == "reflection"]
     assert asks, "no reflection was asked for"
-    # the verifier's reflection shows the verifier's inputs (the draft label), not only the text
-    assert any("label:" in r.messages[-1].content for r in asks)
-    # both predictors take turns at reflection (the classifier is predictor 0, the verifier 1)
-    shown = [r.messages[-1].content for r in asks]
-    assert any("produce the fields `label`" in t for t in shown)
-    assert any("produce the fields `final_label`" in t for t in shown)
-    reflected = [c for c in result.candidates if c.op == "reflection"]
-    assert reflected and any("Rules:" in text for c in reflected
-                             for text in c.genome.instructions)
-    assert result.best_val == 1.0  # the verifier's rule fixed the multiples of 3
+    # reflection is shown the joint instruction (each predictor named) and the predictor calls
+    assert any("[predictor: verify]" in r.messages[-1].content for r in asks)
+    assert any("verify -> final_label:" in r.messages[-1].content for r in asks)
+    assert result.best_val == 1.0  # the rule fixed the verifier's multiples of 3
+    verify = dict(result.program.named_predictors())["verify"]
+    assert "Rules:" in verify.signature.instructions
 
 
 def test_result_round_trips_through_dspy_save_and_load(tmp_path):
@@ -113,8 +191,8 @@ def test_result_round_trips_through_dspy_save_and_load(tmp_path):
         assert [dict(d) for d in a.demos] == [dict(d) for d in b.demos], name
     lm = evo.to_dspy(ScriptedLM(respond), cache=False)
     with dspy.context(lm=lm):
-        for ex in data(range(40, 50)):
-            assert fresh(text=ex.text).final_label == ex.final_label
+        right = sum(fresh(text=ex.text).final_label == ex.final_label for ex in data(range(40, 60)))
+    assert right / 20 == pytest.approx(result.best_val, abs=0.2)
 
 
 def test_rerun_on_the_cache_replays_the_same_search(tmp_path):
@@ -125,32 +203,32 @@ def test_rerun_on_the_cache_replays_the_same_search(tmp_path):
     assert second.best_val == first.best_val
 
 
-def test_bad_input_is_one_clear_error(tmp_path):
-    lm = LMSession(ScriptedLM(respond))
+def test_bad_input_is_one_clear_error():
+    lm = ScriptedLM(respond)
     raw = [dspy.Example(text="the number 3", final_label="odd")]  # no with_inputs
     with pytest.raises(ValueError, match="valset row 1: call .with_inputs"):
         evo.optimize_module(ClassifyThenVerify(), data([1]), raw, metric, lm=lm, cache=False)
     with pytest.raises(ValueError, match="budget 5 cannot validate"):
         evo.optimize_module(ClassifyThenVerify(), data([1]), data(range(10)), metric, lm=lm,
                             budget=5, cache=False)
+    assert not lm.calls
 
 
-def test_lm_failures_are_scored_not_fatal(tmp_path):
+def test_lm_failures_are_scored_not_fatal():
     lm = ScriptedLM(respond, fail_every=7)
-    result = evo.optimize_module(ClassifyThenVerify(), data(range(100, 130)), data(range(1, 21)),
-                                 metric, lm=LMSession(lm, retries=0), budget=80, cache=False)
+    result = evo.optimize_module(ClassifyThenVerify(), TRAIN, VAL, metric,
+                                 lm=LMSession(lm, retries=0), budget=80, cache=False)
     assert result.metric_calls <= 80
-    failed = [cell for cell in result.matrix.cells.values() if "program failed" in cell.feedback]
-    assert failed and all(cell.score == 0.0 for cell in failed)
-    assert result.stop_reason == "budget exhausted"
+    failed = [c for c in result.matrix.cells.values() if c.error is not None]
+    assert failed and all(c.score == 0.0 and c.kind.startswith("lm") for c in failed)
 
 
-def test_a_two_argument_metric_is_accepted(tmp_path):
-    result = evo.optimize_module(ClassifyThenVerify(), data(range(100, 130)), data(range(1, 21)),
+def test_a_two_argument_metric_is_accepted():
+    result = evo.optimize_module(ClassifyThenVerify(), TRAIN, VAL,
                                  lambda gold, pred: gold.final_label == pred.final_label,
                                  lm=ScriptedLM(respond), budget=60, cache=False)
     assert result.baseline_val == pytest.approx(0.5)
-    assert not any("metric raised" in c.feedback for c in result.matrix.cells.values())
+    assert not any(c.error for c in result.matrix.cells.values())
 
 
 def test_an_unreachable_lm_stops_the_search_instead_of_scoring_zeros():
@@ -161,3 +239,123 @@ def test_an_unreachable_lm_stops_the_search_instead_of_scoring_zeros():
     with pytest.raises(evo.lm.LMUnavailableError):
         evo.optimize_module(ClassifyThenVerify(), data([1]), data(range(5)), metric, lm=lm,
                             budget=20, cache=False)
+
+
+def test_dry_run_projects_without_any_lm_call():
+    lm = ScriptedLM(respond)
+    projection = evo.optimize_module(ClassifyThenVerify(), TRAIN, VAL, metric, lm=lm,
+                                     budget=150, dry_run=True)
+    assert not lm.calls
+    assert projection.metric_calls == 150 and projection.task_calls == 300  # 2 predictors
+    assert "metric calls (the budget)" in str(projection)
+
+
+def test_report_on_held_out_dspy_examples(tmp_path):
+    result, _ = run(tmp_path)
+    report = result.report(data(range(40, 60)))
+    assert report.n == 20 and report.optimized >= report.baseline
+
+
+# ---- the run store: events, kill and resume --------------------------------------------------
+
+class Killed(BaseException):
+    """Stands in for a kill inside an LM call (BaseException: nothing catches it)."""
+
+
+def stored(lm, run_dir, name="evolution", **kw):
+    return evo.optimize_module(ClassifyThenVerify(), TRAIN, VAL, metric, lm=lm, cache=False,
+                               optimizer=optimizer(name), run_dir=run_dir, **kw)
+
+
+def same_run(a: Path, b: Path) -> None:
+    assert (a / "best.json").read_text() == (b / "best.json").read_text()
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
+    for key in ("instructions", "candidates", "scores", "cell_errors"):
+        assert ra[key] == rb[key], key
+    kinds = [[json.loads(line)["event"] for line in (d / "events.jsonl").read_text().splitlines()]
+             for d in (a, b)]
+    assert kinds[0] == kinds[1]
+
+
+@pytest.mark.parametrize("name", ["evolution", "gepa", "miprov2", "bootstrap_fewshot"])
+def test_a_killed_run_resumes_with_no_paid_call_repeated(tmp_path, name):
+    whole = stored(ScriptedLM(respond), tmp_path / "whole", name,
+                   callbacks=[JSONLLog(tmp_path / "log.jsonl")])
+    paid_whole = whole.result.sittings[0]["paid"]
+    logged = [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text()
+              .splitlines()]
+    assert logged[0] == "start" and logged[-1] == "complete"
+    calls = 0
+
+    def dies_after(n):
+        def answer(req):
+            nonlocal calls
+            calls += 1
+            if calls > n:
+                raise Killed
+            return respond(req)
+        return answer
+
+    for stop in (paid_whole // 5, paid_whole // 2):
+        calls = 0
+        with pytest.raises(Killed):
+            stored(ScriptedLM(dies_after(stop)), tmp_path / "killed", name)
+    last = ScriptedLM(respond)
+    resumed = stored(last, tmp_path / "killed", name)
+    same_run(tmp_path / "whole", tmp_path / "killed")
+    sittings = resumed.result.sittings
+    assert len(sittings) == 3 and sum(s["paid"] for s in sittings) == paid_whole
+    assert len(last.calls) == 1 + sittings[2]["paid"]  # the preflight, then only new requests
+    assert resumed.best_val == whole.best_val
+
+
+def test_another_module_on_the_same_run_dir_is_refused(tmp_path):
+    stored(ScriptedLM(respond), tmp_path / "run", "bootstrap_fewshot")
+
+    class Other(ClassifyThenVerify):
+        pass
+
+    with pytest.raises(evo.runs.store.RunMismatchError, match="program"):
+        evo.optimize_module(Other(), TRAIN, VAL, metric, lm=ScriptedLM(respond), cache=False,
+                            optimizer=optimizer("bootstrap_fewshot"), run_dir=tmp_path / "run")
+
+
+SCRIPT = r"""
+import sys
+sys.path.insert(0, {tests!r})
+from test_dspy_module import respond, stored
+from evo.lm import ScriptedLM
+stored(ScriptedLM(respond, delay_s=0.004), {run!r}, {name!r})
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("name", ["evolution", "gepa"])
+def test_sigkill_at_random_moments_then_resume(tmp_path, name):
+    """Real processes SIGKILLed at random moments, each sitting with another hash seed: the
+    resumed module search ends with the uninterrupted result, every request paid once."""
+    tests = str(Path(__file__).parent)
+    started: list[subprocess.Popen] = []
+
+    def start(run: Path, sitting: int = 0) -> subprocess.Popen:
+        code = SCRIPT.format(tests=tests, run=str(run), name=name)
+        started.append(subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONHASHSEED": str(100 + sitting)}))
+        return started[-1]
+
+    out, err = start(tmp_path / "whole").communicate(timeout=300)
+    assert "finished" in out, err
+    paid_whole = Journal(tmp_path / "whole" / "journal.sqlite").ledger()[0]["paid"]
+    kills = kill_at_random_moments(start, tmp_path / "killed", random.Random(7), 3,
+                                   paid_whole // 5)
+    assert kills == 3
+    for proc in started:
+        proc.stdout.close()
+        proc.stderr.close()
+    out, err = start(tmp_path / "killed", 9).communicate(timeout=300)
+    assert "finished" in out, err
+    same_run(tmp_path / "whole", tmp_path / "killed")
+    ledger = Journal(tmp_path / "killed" / "journal.sqlite").ledger()
+    assert len(ledger) == 4 and all(s["paid"] for s in ledger[:3])
+    assert sum(s["paid"] for s in ledger) == paid_whole

@@ -3,12 +3,13 @@
 - :mod:`evo.integrations.dspy.compat`: dspy examples and metrics as evo's;
 - :mod:`evo.integrations.dspy.lm`: evo's LM session as a ``dspy.BaseLM`` (cache, journal, budget),
   :func:`to_dspy`;
-- :mod:`evo.integrations.dspy.module`: :func:`optimize_module`, a ``dspy.Module`` search.
+- :mod:`evo.integrations.dspy.module`: :func:`optimize_module`, a ``dspy.Module`` searched by any
+  evo optimizer on the one engine (:class:`ModuleProgram`, its adapter).
 
 ``dspy`` itself is imported on first use, so importing this package is cheap.
 """
 
 from evo.integrations.dspy.lm import SessionEngine, to_dspy
-from evo.integrations.dspy.module import ModuleResult, optimize_module
+from evo.integrations.dspy.module import ModuleProgram, ModuleResult, optimize_module
 
-__all__ = ["ModuleResult", "SessionEngine", "optimize_module", "to_dspy"]
+__all__ = ["ModuleProgram", "ModuleResult", "SessionEngine", "optimize_module", "to_dspy"]

@@ -1,7 +1,7 @@
 """DSPy-style data and metrics for evo: ``dspy.Example`` lists and ``(gold, pred, trace)`` metrics.
 
->>> # train = evo.integrations.dspy.compat.examples(dspy_trainset)            # dspy.Example -> evo.Example
->>> # metric = evo.integrations.dspy.compat.metric(my_dspy_metric)            # (gold, pred, trace=None) -> evo
+>>> # train = evo.integrations.dspy.compat.examples(dspy_trainset)   # dspy.Example -> evo.Example
+>>> # metric = evo.integrations.dspy.compat.metric(my_dspy_metric)   # (gold, pred, trace) -> evo
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def metric_value(result: Any) -> tuple[float, str]:
 
 def metric(fn: Callable[..., Any], *, name: str | None = None
            ) -> Callable[[Example, Prediction], Score]:
-    """An evo metric from a DSPy metric ``fn(gold, pred, trace=None)`` (or ``fn(gold, pred)``). ``gold`` is a
-    ``dspy.Example`` with the example's fields, ``pred`` a ``dspy.Prediction`` of the parsed
+    """An evo metric from a DSPy metric ``fn(gold, pred, trace=None)`` (or ``fn(gold, pred)``).
+    ``gold`` is a ``dspy.Example`` with the example's fields, ``pred`` a ``dspy.Prediction`` of the parsed
     outputs. ``fn`` may return a bool / number, or a ``dspy.Prediction`` with ``score`` and
     ``feedback`` (GEPA's feedback metrics); the feedback reaches evo's reflection. An unparseable
     reply scores 0 without calling ``fn``."""
@@ -89,4 +89,7 @@ def metric(fn: Callable[..., Any], *, name: str | None = None
         return Score(value, feedback)
 
     evo_metric.__name__ = name or getattr(fn, "__name__", "dspy_metric")
+    # a run spec names the metric by module and qualified name: the user's, not this wrapper's
+    evo_metric.__qualname__ = name or getattr(fn, "__qualname__", evo_metric.__name__)
+    evo_metric.__module__ = getattr(fn, "__module__", None) or __name__
     return evo_metric

@@ -1,358 +1,387 @@
-"""Optimize a ``dspy.Module``: every predictor's instruction and demos form the genome.
+"""Optimize a ``dspy.Module`` on evo's one engine: the module is a program like any other.
 
-``optimize_module(module, trainset, valset, metric, lm=...)`` runs the module itself under DSPy
-(on any evo LM through :func:`evo.to_dspy`, the embedded GGUF included), so the search sees
-exactly what the user's program does: its adapters, its control flow, all its predictors.
+gepa's ``DspyAdapter`` is the pattern: the engine knows nothing of DSPy, and an adapter tells it
+how to build and run a candidate. Here that adapter is :class:`ModuleProgram`, an
+:class:`evo.program.Program` that carries the module, so the archive, the genome, the search,
+every optimizer, the run store (kill and resume), the events, the dry run and the reports treat
+it as they treat a prompt program:
 
-* **Bootstrap** (DSPy's BootstrapFewShot): the module runs on training examples; every predictor
-  call of a run the metric passes becomes a demo for that predictor (its own inputs and outputs,
-  a ChainOfThought's reasoning included).
-* **Evolution** (GEPA-style): a parent is drawn from the instance-level Pareto front of the
-  validation score matrix (:func:`evo.kernels.pareto.select_from_pareto_front`); one predictor,
-  round robin, is varied: a new demo set from its bootstrapped pool, or a reflective rules update
-  of its instruction from the parent's failures (that predictor's own inputs and outputs plus the
-  metric's feedback, :mod:`evo.proposers.reflection`). A child that beats its parent on a minibatch (half
-  parent failures) is validated in full. Cells are paid once; the budget counts metric calls.
+* its **instruction** is the module's instruction text: one predictor's own, or for several a
+  joint text that names each predictor (``[predictor: name]`` lines) and parses back, so
+  reflection can rewrite any of them (a ``Rules:`` list that reflection appends holds for every
+  predictor: it was learned from the whole module's failures);
+* its **demos** are training examples: for each predictor, the demo is that predictor's own
+  inputs and outputs from a run of the module on that example that gave these outputs (a
+  bootstrapped passing trace, a ChainOfThought's reasoning included), or else the example's
+  labeled fields that the predictor has;
+* the evaluator runs it through :meth:`ModuleProgram.run` (the extension point
+  :class:`evo.search.evaluate.RunsItself`): the module runs under DSPy with every LM call
+  through the evo session (:func:`~evo.integrations.dspy.lm.to_dspy`), so the cache, the run's
+  journal and the budget's accounting all apply.
 
-The result is a deep copy of the module with the best instructions and demos set: DSPy's own
+``optimize_module(module, trainset, valset, metric, lm=...)`` converts the DSPy data and metric
+(:mod:`evo.integrations.dspy.compat`) and calls :func:`evo.api.optimize`. The result's
+``program`` is a deep copy of the module with the best instructions and demos set: DSPy's own
 ``save`` / ``load`` round-trip it.
 
->>> # result = evo.optimize_module(MyModule(), train, val, my_metric, lm=evo.lm.local())
+>>> # result = evo.optimize_module(MyModule(), train, val, my_metric, lm=evo.lm.local(),
+>>> #                              optimizer="gepa", run_dir="runs/my-module")
 >>> # result.program.save("prog.json"); fresh = MyModule(); fresh.load("prog.json")
 """
 
 from __future__ import annotations
 
-import math
-import random
-import time
+import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+from pydantic import Field
 
+from evo.analysis.projection import Projection, project
+from evo.api import Report, Result, optimize
 from evo.data import Example
-from evo.integrations.dspy.compat import call_metric, metric_value
+from evo.errors import ConfigError
 from evo.integrations.dspy.compat import examples as to_evo
+from evo.integrations.dspy.compat import metric as to_evo_metric
 from evo.integrations.dspy.lm import to_dspy
-from evo.kernels.pareto import select_from_pareto_front
-from evo.lm import session_for
-from evo.lm.base import LM, LMUnavailableError
+from evo.lm.base import LM, LMError
 from evo.lm.session import LMSession, Usage
+from evo.optimizers import get
+from evo.optimizers.evolution import Evolution
 from evo.program import Prediction, Program
-from evo.proposers.reflection import propose
-from evo.search.evaluate import BudgetExhausted, Cell, ScoreMatrix, failure_minibatch
+from evo.proposers.reflection import join_rules, split_rules
+from evo.runs.events import Callback
+from evo.search.engine import Candidate, Optimizer
+from evo.search.evaluate import Budget, ScoreMatrix
 
 Step = tuple[str, dict[str, Any], dict[str, Any]]  # (predictor name, its inputs, its outputs)
 
-
-@dataclass(frozen=True)
-class ModuleGenome:
-    """Per predictor (in ``named_predictors`` order): its instruction and its demo ids."""
-
-    instructions: tuple[str, ...]
-    demos: tuple[tuple[int, ...], ...]
+_SECTION = re.compile(r"^\[predictor: ([^\]\n]+)\][ \t]*$", re.MULTILINE)
 
 
-@dataclass
-class ModuleCandidate:
-    id: int
-    genome: ModuleGenome
-    parent: int | None
-    op: str
-    note: str = ""
-    val_score: float = math.nan  # mean over the validation set once validated
+def joint_instruction(names: Sequence[str], texts: Sequence[str]) -> str:
+    """One text for the instructions of several predictors (one predictor's is its own)."""
+    if len(names) == 1:
+        return texts[0]
+    return "\n\n".join(f"[predictor: {name}]\n{text.strip()}"
+                       for name, text in zip(names, texts, strict=True))
+
+
+def split_instruction(text: str, names: Sequence[str], seed: Sequence[str]) -> list[str]:
+    """Each predictor's instruction from a :func:`joint_instruction` text (perhaps rewritten):
+    a named section replaces that predictor's seed instruction; text before the first section,
+    and a ``Rules:`` list at the end (reflection's), hold for every predictor."""
+    if len(names) == 1:
+        return [text]
+    core, rules = split_rules(text)
+    parts = _SECTION.split(core)
+    preamble, sections = parts[0].strip(), dict(zip(parts[1::2], parts[2::2], strict=True))
+    out = []
+    for name, own in zip(names, seed, strict=True):
+        body = sections.get(name)
+        body = own if body is None else body.strip()
+        body = f"{preamble}\n\n{body}" if preamble else body
+        out.append(join_rules(body, rules))
+    return out
+
+
+def _book_key(example_id: str, outputs: dict[str, Any]) -> tuple[str, tuple]:
+    return example_id, tuple(sorted((k, str(v)) for k, v in outputs.items()))
+
+
+class _Bridge:
+    """What every copy of one :class:`ModuleProgram` shares: the user's module, the trace book
+    (each example's first run that gave each outputs: its predictor calls), the built dspy
+    programs and the dspy LMs. Never copied (a program copy is the same module's)."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        predictors = list(module.named_predictors())
+        if not predictors:
+            raise ConfigError("the module has no predictors (dspy.Predict, ChainOfThought ...)")
+        self.names = [name for name, _ in predictors]
+        self.seed = [p.signature.instructions for _, p in predictors]
+        self.book: dict[tuple[str, tuple], list[Step]] = {}
+        self.built: dict[tuple, Any] = {}
+        self.lms: dict[tuple[int, int], tuple[LMSession, Any]] = {}
+
+    def __deepcopy__(self, memo: dict) -> _Bridge:
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """The module's identity for a run spec: its class and its predictors' signatures."""
+        kind = type(self.module)
+        return {"class": f"{kind.__module__}.{kind.__qualname__}",
+                "predictors": {name: {"signature": p.signature.signature,
+                                      "instructions": p.signature.instructions,
+                                      "demos": len(p.demos)}
+                               for name, p in self.module.named_predictors()}}
+
+    def lm(self, session: LMSession, max_tokens: int) -> Any:
+        """One dspy LM per session (its draw counter numbers repeated sampled requests)."""
+        key = (id(session), max_tokens)
+        if key not in self.lms:
+            self.lms[key] = (session, to_dspy(session, max_tokens=max_tokens))
+        return self.lms[key][1]
+
+    def record(self, example: Example, outputs: dict[str, Any], steps: list[Step]) -> None:
+        self.book.setdefault(_book_key(example.id, outputs), steps)
+
+    def predictor_demos(self, demo: Example) -> dict[str, dict[str, Any]]:
+        """Each predictor's demo from one evo demo: its own call in a run that gave the demo's
+        outputs, else the demo's fields it has (at least one input and one output)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, inputs, outputs in self.book.get(_book_key(demo.source_id, demo.outputs), ()):
+            out.setdefault(name, {**inputs, **outputs})
+        fields = {**demo.inputs, **demo.outputs}
+        for name, predictor in self.module.named_predictors():
+            if name in out:
+                continue
+            ins, outs = predictor.signature.input_fields, predictor.signature.output_fields
+            own = {k: v for k, v in fields.items() if k in ins or k in outs}
+            if any(k in ins for k in own) and any(k in outs for k in own):
+                out[name] = own
+        return out
+
+    def build(self, instruction: str, demos: Sequence[Example]) -> Any:
+        """A deep copy of the module with these instructions and demos (no demos: the module's
+        own). Built once per (instruction, demos): a candidate's program stays the same."""
+        import dspy
+
+        key = (instruction, tuple((d.id, tuple(sorted(d.outputs.items()))) for d in demos))
+        if key in self.built:
+            return self.built[key]
+        program = self.module.deepcopy()
+        texts = split_instruction(instruction, self.names, self.seed)
+        per_demo = [self.predictor_demos(d) for d in demos]
+        for (name, predictor), text in zip(program.named_predictors(), texts, strict=True):
+            predictor.signature = predictor.signature.with_instructions(text)
+            if demos:
+                predictor.demos = [dspy.Example(**d[name]) for d in per_demo if name in d]
+        self.built[key] = program
+        return program
+
+
+def _lm_error(exc: BaseException) -> LMError | None:
+    """The evo LM error behind an exception of DSPy's, if there is one."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, LMError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class ModuleProgram(Program):
+    """A ``dspy.Module`` as an evo program (see the module docstring): ``instruction`` is the
+    module's (joint) instruction text, ``demos`` are training examples, ``signature`` is the
+    module's inputs and labeled outputs. :meth:`run` runs it; :meth:`to_module` is the dspy
+    module it stands for."""
+
+    bridge: Any = Field(default=None, exclude=True, repr=False)
+
+    @classmethod
+    def from_module(cls, module: Any, signature: str) -> ModuleProgram:
+        bridge = _Bridge(module)
+        return cls(signature=signature, instruction=joint_instruction(bridge.names, bridge.seed),
+                   bridge=bridge)
 
     @property
-    def validated(self) -> bool:
-        return not math.isnan(self.val_score)
+    def module(self) -> Any:
+        return self.bridge.module
+
+    def to_module(self) -> Any:
+        """A deep copy of the module with this program's instructions and demos."""
+        return self.bridge.build(self.instruction, self.demos).deepcopy()
+
+    def run(self, example: Example, session: LMSession, max_tokens: int) -> Prediction:
+        """Run the module on ``example`` with every LM call through ``session``. An exception
+        of DSPy's (a reply its adapter cannot parse) is an unusable reply; an evo LM error is
+        left to the evaluator (a failed cell)."""
+        import dspy
+
+        program = self.bridge.build(self.instruction, self.demos + self.knn_demos(example))
+        names = {id(p): n for n, p in program.named_predictors()}
+        with dspy.context(lm=self.bridge.lm(session, max_tokens), trace=[]):
+            try:
+                pred = program(**example.inputs)
+            except Exception as exc:  # noqa: BLE001 - an unparseable reply, a module's bug
+                cause = _lm_error(exc)
+                if cause is not None:  # (DSPy wraps the engine's errors in its own)
+                    raise cause from None
+                message = f"program failed: {type(exc).__name__}: {str(exc)[:300]}"
+                return Prediction("", None, message)
+            trace = list(dspy.settings.trace)
+        steps = [(names.get(id(p), "?"), dict(inputs), dict(out)) for p, inputs, out in trace]
+        outputs = {k: str(v) for k, v in dict(pred).items()}
+        self.bridge.record(example, outputs, steps)
+        text = "\n".join(f"{name} -> " + "; ".join(f"{k}: {v}" for k, v in out.items())
+                         for name, _, out in steps) if len(steps) > 1 else \
+            "\n".join(f"{k}: {v}" for k, v in outputs.items())
+        return Prediction(text, outputs)
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "dspy_module": self.bridge.describe()}
 
 
 @dataclass
 class ModuleResult:
-    """The optimized module (a deep copy of the input) and what the search did."""
+    """The optimized module (a deep copy of the input) and evo's :class:`~evo.api.Result` of
+    the search (candidates, score matrix, events, usage, the run store's sittings)."""
 
     program: Any
-    best: ModuleCandidate
-    baseline_val: float
-    best_val: float
-    candidates: list[ModuleCandidate]
-    demo_pool: dict[str, list[dict[str, Any]]]
-    matrix: ScoreMatrix  # candidates x validation examples, with each cell's feedback
-    metric_calls: int
-    budget: int
-    usage: Usage
-    seconds: float
-    stop_reason: str
+    result: Result
+
+    @property
+    def best(self) -> Candidate:
+        return self.result.candidates[self.result.best_id]
+
+    @property
+    def best_val(self) -> float:
+        return self.result.best_val
+
+    @property
+    def baseline_val(self) -> float:
+        return self.result.baseline_val
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self.result.candidates
+
+    @property
+    def matrix(self) -> ScoreMatrix:
+        return self.result.matrix
+
+    @property
+    def metric_calls(self) -> int:
+        return self.result.metric_calls
+
+    @property
+    def budget(self) -> int:
+        return self.result.budget
+
+    @property
+    def usage(self) -> Usage:
+        return self.result.usage
+
+    @property
+    def seconds(self) -> float:
+        return self.result.seconds
+
+    @property
+    def stop_reason(self) -> str:
+        return self.result.stop_reason
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.result.events
+
+    def report(self, testset: Sequence[Any], *, progress: bool = False) -> Report:
+        """Baseline vs the optimized module on held-out ``dspy.Example`` s
+        (:meth:`evo.api.Result.report`)."""
+        return self.result.report(to_evo(testset, source="testset"), progress=progress)
 
     def summary(self) -> str:
-        return (f"validation {self.baseline_val:.3f} -> {self.best_val:.3f} "
-                f"({self.best.op}, candidate {self.best.id} of {len(self.candidates)}); "
-                f"{self.metric_calls}/{self.budget} metric calls, {self.usage.requests} LM "
-                f"calls; {self.stop_reason}\n{self.usage.efficiency_line(self.seconds)}")
+        r = self.result
+        return (f"validation {r.baseline_val:.3f} -> {r.best_val:.3f} "
+                f"({self.best.op}, candidate {r.best_id} of {len(r.candidates)}); "
+                f"{r.metric_calls}/{r.budget} metric calls, {r.usage.requests} LM calls; "
+                f"{r.stop_reason}\n{r.usage.efficiency_line(r.seconds)}")
 
 
-class ModuleSearch:
-    """The state of one module search (see the module docstring)."""
+def module_program(module: Any, data: Sequence[Example]) -> ModuleProgram:
+    """The :class:`ModuleProgram` of ``module`` for examples like ``data``'s (its first row
+    names the inputs and the labeled outputs)."""
+    first = data[0]
+    return ModuleProgram.from_module(
+        module, f"{', '.join(first.inputs)} -> {', '.join(first.outputs)}")
 
-    def __init__(self, module: Any, trainset: Sequence[Any], valset: Sequence[Any],
-                 metric: Callable[..., Any], session: LMSession, reflection: LMSession, *,
-                 budget: int, seed: int, max_demos: int, description: str,
-                 max_tokens: int) -> None:
-        self.module, self.metric = module, call_metric(metric)
-        self.train, self.val = list(trainset), list(valset)
-        self.session, self.reflection = session, reflection
-        self.budget, self.max_demos, self.description = budget, max_demos, description
-        self.rng = random.Random(seed)
-        self.lm = to_dspy(session, max_tokens=max_tokens)
-        self.names = [name for name, _ in module.named_predictors()]
-        if not self.names:
-            raise ValueError("the module has no predictors (dspy.Predict / ChainOfThought ...)")
-        # Each predictor's pool starts with the demos the module already has.
-        self.pool: dict[str, list[dict[str, Any]]] = {
-            name: [dict(d) for d in p.demos] for name, p in module.named_predictors()}
-        self.matrix = ScoreMatrix(to_evo(self.val, source="valset"))
-        self.traces: dict[tuple[int, int], list[Step]] = {}
-        self.candidates: list[ModuleCandidate] = []
-        self.seen: set[ModuleGenome] = set()
-        self.metric_calls = 0
-        self.programs: dict[int, Any] = {}
 
-    # --- programs and cells --------------------------------------------------------------------
-    def program(self, genome: ModuleGenome) -> Any:
-        """A deep copy of the module with ``genome``'s instructions and demos."""
-        import dspy
-
-        program = self.module.deepcopy()
-        for (name, predictor), text, ids in zip(program.named_predictors(), genome.instructions,
-                                                genome.demos, strict=True):
-            predictor.signature = predictor.signature.with_instructions(text)
-            predictor.demos = [dspy.Example(**self.pool[name][i]) for i in ids]
-        return program
-
-    def run(self, program: Any, example: Any) -> tuple[float, str, list[Step], Prediction]:
-        """Run ``program`` on one example and score it (one metric call): score, feedback, the
-        predictor calls it made, and the outputs. A failed run scores 0 with the error."""
-        import dspy
-
-        if self.metric_calls >= self.budget:
-            raise BudgetExhausted(f"{self.budget} metric calls spent")
-        self.metric_calls += 1
-        names = {id(p): n for n, p in program.named_predictors()}
-        with dspy.context(lm=self.lm, trace=[]):
-            try:
-                pred = program(**example.inputs())
-                trace = list(dspy.settings.trace)
-                outputs = {k: str(v) for k, v in dict(pred).items()}
-            except LMUnavailableError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - an unparseable reply, an LM failure ...
-                message = f"program failed: {type(exc).__name__}: {str(exc)[:300]}"
-                return 0.0, message, [], Prediction("", None, message)
-        steps = [(names.get(id(p), "?"), dict(inputs), dict(out)) for p, inputs, out in trace]
-        try:
-            value, feedback = metric_value(self.metric(example, pred))
-        except Exception as exc:  # noqa: BLE001 - a metric bug is recorded on the cell
-            return 0.0, f"metric raised {type(exc).__name__}: {exc}", steps, \
-                Prediction(str(pred), outputs)
-        if not feedback:
-            gold = {k: example[k] for k in example.labels().keys()}
-            feedback = f"score {value:g}: expected {gold}, got {outputs}"
-        return value, feedback, steps, Prediction(str(pred), outputs)
-
-    def evaluate(self, cand: ModuleCandidate, cols: Sequence[int]) -> np.ndarray:
-        """Fill ``cand``'s missing validation cells at ``cols`` (all of them must fit the
-        budget, so a candidate is never half-judged) and return its scores there."""
-        todo = self.matrix.missing(cand.id, cols)
-        if len(todo) > self.budget - self.metric_calls:
-            raise BudgetExhausted(f"{len(todo)} evaluations needed, "
-                                  f"{self.budget - self.metric_calls} left")
-        if cand.id not in self.programs:
-            self.programs[cand.id] = self.program(cand.genome)
-        program = self.programs[cand.id]
-        for col in todo:
-            value, feedback, steps, pred = self.run(program, self.val[col])
-            self.matrix.set(cand.id, col, Cell(value, pred, feedback))
-            self.traces[(cand.id, col)] = steps
-        return self.matrix.scores[cand.id, list(cols)]
-
-    def add(self, genome: ModuleGenome, parent: int | None, op: str, note: str = ""
-            ) -> ModuleCandidate | None:
-        if genome in self.seen:
-            return None
-        self.seen.add(genome)
-        cand = ModuleCandidate(len(self.candidates), genome, parent, op, note)
-        row = self.matrix.add_row()
-        assert row == cand.id
-        self.candidates.append(cand)
-        return cand
-
-    def validate(self, cand: ModuleCandidate) -> float:
-        self.evaluate(cand, range(len(self.val)))
-        cand.val_score = self.matrix.row_mean(cand.id)
-        return cand.val_score
-
-    # --- operators -----------------------------------------------------------------------------
-    def bootstrap(self, base: ModuleCandidate, limit: int) -> int:
-        """DSPy's BootstrapFewShot: run the base program on shuffled training examples (at most
-        ``limit`` metric calls) and keep each predictor call of a passing run as a demo."""
-        program = self.program(base.genome)
-        order = self.rng.sample(range(len(self.train)), len(self.train))
-        found = 0
-        for i in order[:limit]:
-            value, _, steps, _ = self.run(program, self.train[i])
-            if value >= 1.0 and steps:
-                found += 1
-                for name, inputs, outputs in steps:
-                    if name in self.pool:
-                        self.pool[name].append({**inputs, **outputs})
-            if found >= 2 * self.max_demos:
-                break
-        return found
-
-    def vary_demos(self, parent: ModuleCandidate, k: int) -> ModuleGenome | None:
-        name = self.names[k]
-        if not self.pool[name]:
-            return None
-        n = min(self.max_demos, len(self.pool[name]))
-        ids = tuple(sorted(self.rng.sample(range(len(self.pool[name])), n)))
-        demos = list(parent.genome.demos)
-        demos[k] = ids
-        return ModuleGenome(parent.genome.instructions, tuple(demos))
-
-    def vary_instruction(self, parent: ModuleCandidate, k: int) -> tuple[ModuleGenome | None, str]:
-        """A rules update of predictor ``k``'s instruction from the parent's failures."""
-        name = self.names[k]
-        failures = []
-        for col in range(len(self.val)):
-            cell = self.matrix.cells.get((parent.id, col))
-            if cell is None or cell.score >= 1.0:
-                continue
-            step = next((s for s in self.traces.get((parent.id, col), []) if s[0] == name), None)
-            gold = {key: str(self.val[col][key]) for key in self.val[col].labels().keys()}
-            if step is None:
-                inputs = {key: str(v) for key, v in self.val[col].inputs().items()}
-                said = cell.prediction.text
-            else:
-                inputs = {key: str(v) for key, v in step[1].items()}
-                said = "; ".join(f"{key}: {v}" for key, v in step[2].items())
-            failures.append((Example(inputs=inputs, outputs=gold),
-                             Cell(cell.score, Prediction(said, None), cell.feedback)))
-        if not failures:
-            return None, "no failures to reflect on"
-        shown = self.rng.sample(failures, min(3, len(failures)))
-        # The predictor as an evo Program, for the reflection prompt and its sanity filter
-        # (the gold outputs in ``shown`` are what a rule must not simply state).
-        predictor = dict(self.module.named_predictors())[name]
-        fields = sorted({key for ex, _ in shown for key in ex.inputs})
-        outputs = [f for f in predictor.signature.output_fields if f not in fields]
-        try:
-            surrogate = Program(signature=f"{', '.join(fields)} -> "
-                                          f"{', '.join(outputs or ['answer'])}",
-                                instruction=parent.genome.instructions[k])
-        except ValueError as exc:
-            return None, f"cannot show this predictor's fields: {exc}"
-        proposal = propose(self.reflection, surrogate, shown, description=self.description,
-                           seed=self.rng.randrange(1 << 30))
-        if proposal.instruction is None:
-            return None, proposal.reason
-        instructions = list(parent.genome.instructions)
-        instructions[k] = proposal.instruction
-        return ModuleGenome(tuple(instructions), parent.genome.demos), "ok"
-
-    def select_parent(self) -> ModuleCandidate:
-        validated = [c for c in self.candidates if c.validated]
-        scores = self.matrix.scores[[c.id for c in validated]]
-        return validated[select_from_pareto_front(scores, None, self.rng)]
-
-    def minibatch(self, parent: ModuleCandidate, size: int) -> list[int]:
-        return failure_minibatch(self.matrix.scores[parent.id], size, self.rng)
+def _optimizer(optimizer: Optimizer | str | None, budget: int | Budget | None,
+               max_tokens: int | None, max_demos: int | None) -> Optimizer:
+    """The optimizer to run: by name or given (default: evo's Evolution without KNN demos),
+    with the old keyword arguments (``budget`` as metric calls, ``max_tokens``, ``max_demos``)
+    set on it when given."""
+    update: dict[str, Any] = {}
+    if budget is not None:
+        update["budget"] = budget if isinstance(budget, Budget) else Budget(metric_calls=budget)
+    if max_demos is not None:
+        update["max_demos"] = max_demos
+    if optimizer is None or isinstance(optimizer, str):
+        update.setdefault("max_tokens", 256 if max_tokens is None else max_tokens)
+        if optimizer is None:
+            return Evolution(knn=False, encoder="hashing", **update)
+        return get(optimizer, **update)
+    if max_tokens is not None:
+        update["max_tokens"] = max_tokens
+    if not update:
+        return optimizer
+    if not hasattr(optimizer, "model_copy"):
+        raise ConfigError("budget / max_tokens / max_demos go on the optimizer you pass (it is "
+                          "not a SearchConfig that evo can copy with them)")
+    return optimizer.model_copy(update=update)
 
 
 def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
                     metric: Callable[..., Any], *, lm: LM | LMSession,
-                    reflection_lm: LM | LMSession | None = None, budget: int = 300,
-                    seed: int = 0, max_demos: int = 3, minibatch_size: int = 5,
-                    bootstrap_share: float = 0.2, description: str = "",
-                    cache: Any = True, max_tokens: int = 256,
-                    log: Callable[[str], None] | None = None) -> ModuleResult:
-    """Search the instructions and demos of every predictor of ``module`` (see the module
-    docstring). ``trainset`` / ``valset`` are ``dspy.Example`` lists (``with_inputs`` set),
-    ``metric(gold, pred, trace=None)`` a DSPy metric (a number, or a Prediction with ``score``
-    and ``feedback``). ``budget`` counts metric calls, bootstrapping included."""
-    if not valset:
-        raise ValueError("valset is empty: the search needs validation examples")
+                    optimizer: Optimizer | str | None = None,
+                    reflection_lm: LM | LMSession | None = None,
+                    budget: int | Budget | None = None, seed: int = 0,
+                    max_demos: int | None = None, max_tokens: int | None = None,
+                    description: str = "", cache: Any = True,
+                    run_dir: str | Path | None = None, progress: bool = False,
+                    on_event: Callable[[dict], None] | None = None,
+                    callbacks: Sequence[Callback] = (), dry_run: bool = False,
+                    log: Callable[[str], None] | None = None) -> ModuleResult | Projection:
+    """Search the instructions and demos of every predictor of ``module`` with any evo
+    optimizer (see the module docstring). ``trainset`` / ``valset`` are ``dspy.Example`` lists
+    (``with_inputs`` set), ``metric(gold, pred, trace=None)`` a DSPy metric (a number, or a
+    Prediction with ``score`` and ``feedback``: the feedback reaches reflection).
+
+    ``optimizer`` is a name (``"gepa"``, ``"miprov2"``, ``"bootstrap_fewshot"`` …) or a
+    configured optimizer (default: :class:`~evo.optimizers.evolution.Evolution` without KNN
+    demos); ``budget`` (metric calls, or a :class:`Budget`), ``max_demos`` and ``max_tokens``
+    (reply cap of each predictor call, default 256 for an optimizer evo builds) are set on it
+    when given. ``run_dir``, ``callbacks``, ``on_event``, ``progress``, ``seed`` and ``cache``
+    are :func:`evo.api.optimize`'s: with ``run_dir`` a killed run resumes with no paid call
+    repeated. ``dry_run`` returns the projected cost (:func:`evo.analysis.projection.project`;
+    its task LM calls are per predictor) without any LM call. ``log`` receives one line per
+    event."""
     for name, data in (("trainset", trainset), ("valset", valset)):
         for row, ex in enumerate(data, 1):
             if not getattr(ex, "_input_keys", None):
-                raise ValueError(f"{name} row {row}: call .with_inputs(...) on the dspy.Example")
-    if budget < len(valset):
-        raise ValueError(f"budget {budget} cannot validate the program once on "
-                         f"{len(valset)} validation examples")
-    session = session_for(lm, cache)
-    reflection = session if reflection_lm is None else session_for(reflection_lm, cache)
-    sessions = [session] if reflection is session else [session, reflection]
-
-    def spent() -> Usage:
-        return sum((s.usage.copy() for s in sessions), Usage())
-
-    before = spent()
-    started = time.perf_counter()
-    search = ModuleSearch(module, trainset, valset, metric, session, reflection, budget=budget,
-                          seed=seed, max_demos=max_demos, description=description,
-                          max_tokens=max_tokens)
-    say = log or (lambda _: None)
-    instructions = tuple(p.signature.instructions for _, p in module.named_predictors())
-    demos = tuple(tuple(range(len(search.pool[n]))) for n in search.names)
-    base = search.add(ModuleGenome(instructions, demos), None, "seed")
-    assert base is not None
-    search.validate(base)
-    say(f"seed: validation {base.val_score:.3f}")
-    stop = "budget exhausted"
-    try:
-        limit = min(len(search.train), int(bootstrap_share * budget))
-        found = search.bootstrap(base, limit)
-        say(f"bootstrap: {found} passing runs, pool sizes "
-            f"{ {n: len(p) for n, p in search.pool.items()} }")
-        stale, step, n = 0, 0, len(search.names)
-        while stale < 30:
-            if max(c.val_score for c in search.candidates if c.validated) >= 1.0:
-                stop = "perfect validation score"
-                break
-            parent = search.select_parent() if step else base
-            k, turn = step % n, step // n  # predictors round robin; turn = k's own count
-            step += 1
-            # Demo sets first for each predictor (what moves a small model most), then each
-            # predictor alternates reflection and demo resampling.
-            if turn % 2 == 0:
-                genome, op, note = search.vary_demos(parent, k), "demos", search.names[k]
-            else:
-                genome, note = search.vary_instruction(parent, k)
-                op = "reflection"
-                if genome is None:
-                    genome, op = search.vary_demos(parent, k), "demos"
-            child = search.add(genome, parent.id, op, f"{search.names[k]}: {note}") \
-                if genome is not None else None
-            if child is None:
-                stale += 1
-                continue
-            stale = 0
-            batch = search.minibatch(parent, minibatch_size)
-            child_scores = search.evaluate(child, batch)
-            if child_scores.sum() > search.matrix.scores[parent.id, batch].sum():
-                search.validate(child)
-                say(f"candidate {child.id} ({op} on {search.names[k]}): validation "
-                    f"{child.val_score:.3f} (parent {parent.val_score:.3f})")
-        else:
-            stop = "no new candidates"
-    except BudgetExhausted:
-        pass
-    best = max((c for c in search.candidates if c.validated),
-               key=lambda c: (c.val_score, -c.id))
-    usage = spent() - before
-    return ModuleResult(program=search.program(best.genome), best=best,
-                        baseline_val=base.val_score, best_val=best.val_score,
-                        candidates=search.candidates, demo_pool=search.pool, matrix=search.matrix,
-                        metric_calls=search.metric_calls, budget=budget, usage=usage,
-                        seconds=time.perf_counter() - started, stop_reason=stop)
+                raise ConfigError(f"{name} row {row}: call .with_inputs(...) on the "
+                                  "dspy.Example")
+    if not valset:
+        raise ConfigError("valset is empty: the search needs validation examples")
+    train, val = to_evo(trainset, source="trainset"), to_evo(valset, source="valset")
+    opt = _optimizer(optimizer, budget, max_tokens, max_demos)
+    if opt.budget.metric_calls < len(val):
+        raise ConfigError(f"budget {opt.budget.metric_calls} cannot validate the program once "
+                          f"on {len(val)} validation examples")
+    program = module_program(module, val)
+    if dry_run:
+        projection = project(program, train, val, opt)
+        calls = projection.task_calls * len(program.bridge.names)  # a call per predictor
+        return dataclasses.replace(projection, task_calls=calls)
+    events = on_event
+    if log is not None:
+        def events(event: dict) -> None:
+            log(f"{event['event']}: " + ", ".join(f"{k}={v}" for k, v in event.items()
+                                                  if k in ("candidate", "op", "val_score",
+                                                           "stop_reason")))
+            if on_event is not None:
+                on_event(event)
+    result = optimize(program, train, val, lm=lm, optimizer=opt,
+                      metric=to_evo_metric(metric), reflection_lm=reflection_lm, seed=seed,
+                      cache=cache, description=description, run_dir=run_dir, progress=progress,
+                      on_event=events, callbacks=callbacks)
+    best = result.best
+    if not isinstance(best, ModuleProgram):  # an ensemble's vote is no single dspy module
+        raise ConfigError("optimize_module needs an optimizer that returns one program (an "
+                          "ensemble vote has no dspy module)")
+    return ModuleResult(program=best.to_module(), result=result)
