@@ -1,2 +1,134 @@
 """Test helpers for users who extend evo: a scripted task that runs in milliseconds and needs no
-model, and (:mod:`evo.testing.conformance`) the checks every optimizer must pass."""
+model, and (:mod:`evo.testing.conformance`) the checks every optimizer must pass.
+
+Two scripted tasks, each a :class:`ScriptedTask` (examples, a program, and a deterministic
+``respond(request) -> str`` for :class:`evo.lm.ScriptedLM` whose accuracy depends on the prompt,
+so a search can improve):
+
+- :data:`SENTIMENT` (also as the module-level ``LABELS``, ``make``, ``TRAIN``, ``VAL``, ``TEST``,
+  ``respond`` and ``program``): "pos" / "neg" from "good" / "bad". The model answers right only
+  with two or more demos or an instruction that says "says good"; the seed program scores 0.5.
+- :data:`HASHED` (``hashed_respond``): three labels, and a skill that is a hash of the prompt, so
+  every instruction and demo set scores differently and a search that takes another path anywhere
+  ends elsewhere. The conformance suite runs on it.
+
+>>> import evo, evo.testing as T
+>>> result = evo.optimize(T.program(), T.TRAIN, T.VAL, lm=evo.lm.ScriptedLM(T.respond),
+...                       optimizer=evo.Evolution(budget=evo.Budget(metric_calls=120),
+...                                               knn=False, encoder="hashing"),
+...                       cache=False)
+>>> result.baseline_val, result.best_val
+(0.5, 1.0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from evo.data import Example
+from evo.lm import ScriptedLM
+from evo.lm.base import LMRequest
+from evo.program import Program
+
+__all__ = ["HASHED", "LABELS", "SENTIMENT", "TEST", "TRAIN", "VAL", "ScriptedTask",
+           "hashed_respond", "make", "program", "respond"]
+
+
+@dataclass(frozen=True)
+class ScriptedTask:
+    """A classification task with a scripted model: ``evo.optimize(task.program(), task.train,
+    task.val, lm=task.lm())`` runs a whole search in milliseconds, the same every time."""
+
+    signature: str
+    labels: tuple[str, ...]
+    train: tuple[Example, ...]
+    val: tuple[Example, ...]
+    test: tuple[Example, ...]
+    respond: Callable[[LMRequest], str]
+
+    def program(self) -> Program:
+        """The seed program (default instruction, no demos)."""
+        return Program(signature=self.signature, labels=self.labels)
+
+    def lm(self) -> ScriptedLM:
+        """A fresh scripted model for this task (its ``calls`` record every request)."""
+        return ScriptedLM(self.respond)
+
+
+# ---- the sentiment task (the one tests/test_engine.py has always used) ----------------------
+LABELS = ("pos", "neg")
+
+
+def make(i: int) -> Example:
+    """Example ``i``: "item i is good stuff" (pos) for even ``i``, "... bad stuff" (neg) for odd."""
+    label = LABELS[i % 2]
+    word = "good" if label == "pos" else "bad"
+    return Example(inputs={"text": f"item {i} is {word} stuff"}, outputs={"label": label})
+
+
+TRAIN = [make(i) for i in range(40)]
+VAL = [make(i) for i in range(100, 130)]
+TEST = [make(i) for i in range(200, 240)]
+
+
+def respond(req: LMRequest) -> str:
+    """A 'model' that only gets the task right with >= 2 demos or a rule that mentions 'good'."""
+    if req.purpose == "reflection":
+        return "- Say pos when the text says good.\n- Say neg when the text says bad."
+    last = req.messages[-1].content
+    system = req.messages[0].content
+    n_demos = (len(req.messages) - 2) // 2
+    if n_demos >= 2 or ("says good" in system):
+        return "label: " + ("pos" if "good" in last else "neg")
+    return "label: neg"
+
+
+def program() -> Program:
+    """The sentiment task's seed program."""
+    return Program(signature="text -> label", labels=LABELS)
+
+
+SENTIMENT = ScriptedTask("text -> label", LABELS, tuple(TRAIN), tuple(VAL), tuple(TEST), respond)
+
+
+# ---- the hashed task (benchmarks/replay.py's model, on fewer examples) ----------------------
+_HASHED_LABELS = ("pos", "neg", "other")
+_WORDS = {"pos": "good", "neg": "bad", "other": "odd"}
+
+
+def _make_hashed(i: int) -> Example:
+    label = _HASHED_LABELS[(i * 7) % 3]
+    return Example(inputs={"text": f"item {i} is {_WORDS[label]} stuff number {i % 11}"},
+                   outputs={"label": label})
+
+
+def _h(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("\x00".join(parts).encode()).digest()[:8], "big")
+
+
+def hashed_respond(req: LMRequest) -> str:
+    """A model whose skill is a hash of the prompt: some instructions and demo sets are better.
+    Reflection and proposal requests get a different (hashed) rule or instruction each time."""
+    text = "\n".join(f"{m.role}:{m.content}" for m in req.messages)
+    h = _h(req.purpose, text)
+    if req.purpose == "reflection":
+        return f"- Rule {h % 97}: read the adjective.\n- Rule {h % 89}: answer with one label."
+    if req.purpose != "task":
+        return f"<prompt>Classify the text by its adjective (variant {h % 1009}).</prompt>"
+    prompt = "\n".join(m.content for m in req.messages[:-1])
+    skill = 0.25 + 0.7 * (_h("skill", prompt) % 1000) / 1000
+    last = req.messages[-1].content
+    gold = next((lab for lab, w in _WORDS.items() if re.search(rf"\b{w}\b", last)), "pos")
+    if (h % 1000) / 1000 < skill:
+        return f"label: {gold}"
+    return f"label: {_HASHED_LABELS[(_HASHED_LABELS.index(gold) + 1 + h % 2) % 3]}"
+
+
+# 8 validation examples: a budget of 60 metric calls validates the seed and several candidates.
+HASHED = ScriptedTask("text -> label", _HASHED_LABELS,
+                      tuple(_make_hashed(i) for i in range(24)),
+                      tuple(_make_hashed(i) for i in range(100, 108)),
+                      tuple(_make_hashed(i) for i in range(200, 224)), hashed_respond)
