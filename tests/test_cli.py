@@ -1,6 +1,8 @@
 """The shell interface: clear errors for bad data and unreachable LMs, no traceback."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -43,8 +45,8 @@ def test_unreachable_hosted_lm_is_one_clear_error(tmp_path, capsys):
 
 
 def test_unknown_model_names_the_choices(capsys):
-    from evo.lm import make_lm
     from evo.errors import ConfigError
+    from evo.lm import make_lm
 
     with pytest.raises(ConfigError, match="qwen2.5-coder-0.5b"):
         make_lm("gpt5")
@@ -102,12 +104,12 @@ def test_non_positive_sizes_are_usage_errors(flag, value, capsys, tmp_path, monk
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only user-facing errors become one line: an internal error propagates."""
-    import evo.cli
+    import evo.cli.run
 
     def broken(args):
         raise KeyError("internal")
 
-    monkeypatch.setattr(evo.cli, "load_task", broken)
+    monkeypatch.setattr(evo.cli.run, "load_task", broken)
     with pytest.raises(KeyError):
         main(["run", "--task", "trec"])
 
@@ -128,3 +130,24 @@ def test_bench_mistakes_and_damaged_results_are_one_line(tmp_path, capsys):
     (cell / "result.json").write_text('["a list"]')
     assert main(["bench", "--report-only", "--out", str(tmp_path / "out")]) == 2
     assert "not an evo bench result" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, missing", [
+    (["bench", "--tasks", "trec"], "optuna"),
+    (["bench", "--report-only"], "matplotlib"),
+])
+def test_bench_without_its_extra_is_one_line_naming_it(monkeypatch, capsys, argv, missing):
+    """The harness's packages are an extra: without them `evo bench` says which extra to
+    install, in one line, before it imports the harness."""
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evo: ") and err.count("\n") == 1
+    assert missing in err and "pip install 'evo-prompt[bench]'" in err
+
+
+def test_python_dash_m_runs_the_command():
+    """`python -m evo.cli` is `evo` (the resume benchmark and a test start runs that way)."""
+    done = subprocess.run([sys.executable, "-m", "evo.cli", "datasets"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "trec" in done.stdout.split()

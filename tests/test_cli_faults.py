@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-from fault_server import FaultServer
 
 from evo.cli import main
+from fault_server import FaultServer
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
                                  reason="dspy not installed"),
