@@ -160,7 +160,7 @@ def scripted_cli(monkeypatch):
     def make_lm(spec, **kw):
         lms.append(ScriptedLM(respond))
         return lms[-1]
-    monkeypatch.setattr("evo.cli.make_lm", make_lm)
+    monkeypatch.setattr("evo.cli.common.make_lm", make_lm)
     return lms
 
 
