@@ -14,7 +14,8 @@ What it shows, read from the run store (:mod:`evo.runs.store`) alone:
 * usage and cost: LM calls, cache hits and journal replays per sitting, tokens, LM time, and a
   price when one is given.
 
-Plots are matplotlib PNGs embedded in the page (no file beside it, no network).
+Plots are matplotlib PNGs embedded in the page (no file beside it, no network); without
+matplotlib (an optional dependency, in the ``bench`` extra) the page says so where they would be.
 """
 
 from __future__ import annotations
@@ -61,6 +62,32 @@ def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
     plt.close(fig)
     return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+_NO_PLOTS = ("<p class='note'>(plots need matplotlib, which is not installed: "
+             "<code>pip install 'evo-prompt[bench]'</code>)</p>")
+
+
+def _lineage_plot(cands: list[dict], chain: list[int], y_of: dict[int, float | None],
+                  plt: Any) -> str:
+    """Every candidate at its score, an edge from each parent, the best's ancestry in red."""
+    if plt is None:
+        return _NO_PLOTS
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    for c in cands:
+        for p in c["parents"]:
+            if y_of.get(p) is not None and y_of[c["id"]] is not None:
+                ax.plot([p, c["id"]], [y_of[p], y_of[c["id"]]], color="#c9cfd9", lw=.8, zorder=1)
+    ok = [c for c in cands if y_of[c["id"]] is not None]
+    ax.scatter([c["id"] for c in ok], [y_of[c["id"]] for c in ok], s=16, zorder=2,
+               c=["#4a7bd0" if c["val_score"] is not None else "#c9cfd9" for c in ok])
+    ax.plot(chain, [y_of[i] for i in chain], "o-", color="#d0534a", zorder=3,
+            label="ancestry of the best")
+    ax.set_xlabel("candidate (generation order)")
+    ax.set_ylabel("accuracy (validation, or its minibatch)")
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
 
 
 class _Html(str):
@@ -398,9 +425,12 @@ def _genome_text(genome: list[int]) -> str:
 def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> str:
     """The report of ``run_dir`` as an HTML page. ``price``: dollars per million prompt and
     completion tokens, for the cost line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:  # deferred: matplotlib is optional (the bench extra); without it the page has no plots
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        plt = None
 
     run_dir = Path(run_dir)
     info, record, events, test, finished, notes = _load(run_dir)
@@ -461,7 +491,9 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     # ---- score vs calls -------------------------------------------------------------------
     evald = [e for e in events if e["event"] == "candidate_evaluated"
              and e.get("val_score") is not None]
-    if evald:
+    if evald and plt is None:
+        parts += ["<h2>Validation accuracy vs calls</h2>", _NO_PLOTS]
+    elif evald:
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
         for ax, key, label in ((axes[0], "metric_calls", "metric calls"),
                                (axes[1], "lm_calls", "LM calls (cache hits and replays included)")):
@@ -480,7 +512,9 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     chars = {int(k): v for k, v in (record.get("prompt_chars") or {}).items()}
     front_ids = {t["candidate"] for t in record.get("tradeoff", [])}
     parts.append("<h2>Pareto fronts</h2>")
-    if chars:
+    if chars and plt is None:
+        parts.append(_NO_PLOTS)
+    elif chars:
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         pts = [(chars[c["id"]], c["val_score"], c["id"]) for c in validated if c["id"] in chars]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=22, color="#9aa7bd",
@@ -510,7 +544,6 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
 
     # ---- lineage --------------------------------------------------------------------------
     chain = _lineage(cands, best)
-    fig, ax = plt.subplots(figsize=(11, 3.8))
     y_of = {}
     for c in cands:
         y = c["val_score"]
@@ -518,22 +551,10 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
             row = scores[c["id"]]
             y = float(np.nanmean(row)) if np.isfinite(row).any() else None
         y_of[c["id"]] = y
-    for c in cands:
-        for p in c["parents"]:
-            if y_of.get(p) is not None and y_of[c["id"]] is not None:
-                ax.plot([p, c["id"]], [y_of[p], y_of[c["id"]]], color="#c9cfd9", lw=.8, zorder=1)
-    ok = [c for c in cands if y_of[c["id"]] is not None]
-    ax.scatter([c["id"] for c in ok], [y_of[c["id"]] for c in ok], s=16, zorder=2,
-               c=["#4a7bd0" if c["val_score"] is not None else "#c9cfd9" for c in ok])
-    ax.plot(chain, [y_of[i] for i in chain], "o-", color="#d0534a", zorder=3,
-            label="ancestry of the best")
-    ax.set_xlabel("candidate (generation order)")
-    ax.set_ylabel("accuracy (validation, or its minibatch)")
-    ax.grid(alpha=.3)
-    ax.legend(fontsize=8, loc="lower right")
     parts += ["<h2>Lineage</h2>", "<p class='note'>Every candidate (blue: validated in full, "
               "grey: stopped at its minibatch), an edge from each parent; red: the chain from "
-              "the seed to the best.</p>", _png(fig), "<h3>From the seed to the best</h3>"]
+              "the seed to the best.</p>", _lineage_plot(cands, chain, y_of, plt),
+              "<h3>From the seed to the best</h3>"]
     for prev, cur in zip([None, *chain[:-1]], chain, strict=True):
         c = by_id[cur]
         val = "–" if c["val_score"] is None else f"{c['val_score']:.3f}"
