@@ -117,3 +117,21 @@ def test_near_duplicate_instruction_is_not_archived_twice():
     assert other == len(arc.instructions) - 1 and note == ""
     same, note = arc.add_instruction(" Reply with the sentiment of the movie review. ", {})
     assert same == other and note == "identical to an archived instruction"
+
+
+def test_key_names_the_expressed_prompt_and_equals_the_plain_tuple():
+    arc = archive(10, 4)
+    genome = arc.genome(0, [3, 1], knn_k=0)
+    genome[G.DEMOS + 2:] = [7, 7]  # unexpressed genes are not part of the prompt
+    k = G.key(genome)
+    assert (k.instruction, k.demos, k.knn_k) == (0, (3, 1), 0)
+    assert k == (0, (3, 1), 0) and hash(k) == hash((0, (3, 1), 0))  # dict keys stay compatible
+
+
+def test_with_instruction_copies_the_genome():
+    arc = archive(10, 4)
+    iid, _ = arc.add_instruction("Answer with one letter.", {"op": "test"})
+    genome = arc.genome(0, [2, 5])
+    child = G.with_instruction(genome, iid)
+    assert child[G.INSTRUCTION] == iid and genome[G.INSTRUCTION] == 0
+    assert G.key(child) == (iid, (2, 5), 0)

@@ -352,3 +352,73 @@ def test_parallel_ensemble_on_a_serial_lm_runs_members_in_turn():
     result = evo.optimize(program(), TRAIN, VAL, lm=SerialLM(respond), optimizer=opt,
                           cache=False)
     assert any("run in turn" in e.get("note", "") for e in result.events)
+
+
+# ---- shared steps and strategies --------------------------------------------------------------
+
+def test_demo_set_schedule_is_dspys_and_independent_of_what_ran_before():
+    from evo.optimizers.steps import demo_set
+
+    config = evo.BootstrapFewShotWithRandomSearch(budget=evo.Budget(metric_calls=1000),
+                                                  encoder="hashing")
+    kw = {"max_bootstrapped": 4, "max_labeled": 4, "threshold": 1.0}
+    search = _search(config)
+    ops = [demo_set(search, seed, **kw)[1] for seed in (-3, -2, -1, 0)]
+    assert ops == ["zero_shot", "labeled_demos", "bootstrapped_demos", "bootstrapped_demos"]
+    zero, _ = demo_set(search, -3, **kw)
+    assert evo.search.genome.key(zero).demos == ()
+    # the same seed gives the same set, whatever was drawn in between
+    later = _search(config)
+    later.rng.random()
+    for seed in (-2, 1, 2):
+        assert demo_set(search, seed, **kw) == demo_set(later, seed, **kw)
+    ensemble, mipro = _search(config), _search(evo.MIPROv2(budget=evo.Budget(metric_calls=1000),
+                                                           encoder="hashing", max_demos=4))
+    sets = mipro.config._demo_sets(mipro, 5, reserve=len(VAL))
+    assert sets[1:] == [list(evo.search.genome.key(demo_set(ensemble, s, **kw)[0]).demos)
+                        for s in range(-2, 3)][:len(sets) - 1]
+
+
+def test_add_child_reports_failed_and_repeated_proposals_and_pays_nothing():
+    from evo.optimizers.steps import add_child
+
+    search = _search(evo.Evolution(budget=evo.Budget(metric_calls=300), encoder="hashing",
+                                   knn=False))
+    genome = search.archive.genome(0, [1, 2])
+    rejected = lambda: [e for e in search.state.events  # noqa: E731
+                        if e["event"] == "proposal_rejected"]
+    assert add_child(search, None, (0,), "reflection", "too long") is None
+    assert rejected()[-1] == {**rejected()[-1], "candidate": 0, "op": "reflection",
+                              "reason": "too long"}
+    child = add_child(search, genome, (0,), "mutate_demos")
+    assert child is not None and child.parents == (0,) and child.op == "mutate_demos"
+    assert add_child(search, list(genome), (0,), "mutate_demos") is None  # silent repeat
+    assert len(rejected()) == 1
+    assert add_child(search, list(genome), (0,), "copro", repeat="already tried") is None
+    assert rejected()[-1]["reason"] == "already tried" and len(search.candidates) == 2
+
+
+def test_selectors_and_acceptance_are_swappable_strategies():
+    from evo.search.strategies import (
+        BestSelector,
+        NoWorse,
+        ParetoSelector,
+        StrictImprovement,
+        TournamentSelector,
+    )
+
+    search = _search(evo.Evolution(budget=evo.Budget(metric_calls=400), encoder="hashing",
+                                   knn=False))
+    for demos in ([1, 2], [3, 4], [5, 6]):
+        search.validate(search.add(search.archive.genome(0, demos), (0,), "test"))
+    best = max(search.population, key=lambda i: (search.candidates[i].val_score, -i))
+    assert search.select_parent(BestSelector()).id == search.select_parent("best").id
+    assert search.select_parent("best").val_score == search.candidates[best].val_score
+    assert search.select_parent(ParetoSelector()).id in search.parent_pool
+    picks = {search.select_parent(TournamentSelector(size=1)).id for _ in range(40)}
+    assert picks <= set(search.population) and len(picks) > 1  # size 1: a random member
+    with pytest.raises(ValueError, match="parent selection"):
+        search.select_parent("roulette")
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    assert not StrictImprovement().accepts(a, b) and NoWorse().accepts(a, b)
+    assert StrictImprovement().accepts(a + 1, b)

@@ -1,4 +1,6 @@
-"""The optimizer family, each a short ``run(search)`` on the shared engine (:mod:`evo.search.engine`).
+"""The optimizer family, each a short ``run(search)`` on the shared engine
+(:mod:`evo.search.engine`), composed of the steps in :mod:`evo.optimizers.steps` and the
+strategies in :mod:`evo.search.strategies`.
 
 ======================================  ============================================================
 name (``evo run --optimizer``)          what it searches

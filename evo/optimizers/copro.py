@@ -14,7 +14,9 @@ from typing import ClassVar
 from pydantic import Field
 
 from evo.optimizers.registry import register_optimizer
+from evo.optimizers.steps import add_child, proposal_failure
 from evo.proposers.instructions import copro_instruction
+from evo.search import genome as G
 from evo.search.engine import Search, SearchConfig
 
 
@@ -38,7 +40,8 @@ class COPRO(SearchConfig):
         base = search.archive.program(seed.genome)
         for depth in range(self.depth + 1):
             search.next_iteration()
-            attempts = sorted(((search.archive.instructions[c.genome[0]], c.val_score)
+            attempts = sorted(((search.archive.instructions[c.genome[G.INSTRUCTION]],
+                                c.val_score)
                                for c in search.candidates if c.accepted and c.genome),
                               key=lambda a: a[1])[-self.breadth:]
             for _ in range(self.breadth - 1 if depth == 0 else self.breadth):
@@ -50,16 +53,12 @@ class COPRO(SearchConfig):
                     temperature=self.init_temperature)
                 if proposal.instruction is None:
                     search.emit("proposal_rejected", candidate=seed.id, op="copro",
-                                reason=f"{proposal.reason}; reply: {proposal.raw[:300]!r}")
+                                reason=proposal_failure(proposal))
                     continue
                 iid, dup = search.archive.add_instruction(
                     proposal.instruction, {"op": "copro", "depth": depth})
-                genome = list(seed.genome)
-                genome[0] = iid
-                cand = None if search.known(genome) else search.add(genome, (seed.id,), "copro",
-                                                                    f"depth {depth}")
-                if cand is None:
-                    search.emit("proposal_rejected", candidate=seed.id, op="copro",
-                                reason=dup or "instruction already tried")
-                    continue
-                search.validate(cand)
+                cand = add_child(search, G.with_instruction(seed.genome, iid), (seed.id,),
+                                 "copro", f"depth {depth}",
+                                 repeat=dup or "instruction already tried")
+                if cand is not None:
+                    search.validate(cand)

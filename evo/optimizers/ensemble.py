@@ -4,8 +4,9 @@
 matrix, cache and budget (each member gets an equal share of what is left when its turn comes,
 so a member that stops early leaves its rest to the next), and a prompt one member already
 judged is never paid for again by another. The result is then either the best candidate any
-member found (``combine="best"``) or a voting :class:`~evo.program.ensemble.EnsembleProgram` of up to
-``size`` validated candidates, chosen by greedy forward selection (Caruana et al., 2004) on the
+member found (``combine="best"``) or a voting
+:class:`~evo.program.ensemble.EnsembleProgram` of up to ``size`` validated candidates, chosen
+by greedy forward selection (Caruana et al., 2004) on the
 validation predictions already in the matrix, no LM call needed; the vote is kept only when it
 beats the best single candidate on validation.
 

@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from evo.data import Example
 from evo.optimizers.registry import operator
-from evo.program import Program
-from evo.proposers.reflection import ReflectionStyle, propose
+from evo.optimizers.steps import add_child, reflect, screen
+from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search, SearchConfig
-from evo.search.evaluate import Budget, Cell
 from evo.search.genome import Genome
+from evo.search.strategies import Acceptance, StrictImprovement
+
+__all__ = ["Evolution", "evolve", "reflect", "screen"]
 
 
 class Evolution(SearchConfig):
@@ -41,9 +41,10 @@ class Evolution(SearchConfig):
     GEPA-style reflective mutation, minibatch acceptance, then full validation.
 
     ``operators`` adds registered variation operators (:func:`evo.optimizers.register_operator`)
-    by name, each tried with its probability before the built-in mix.
+    by name, each tried with its probability before the built-in mix. A subclass may change
+    the class-level ``acceptance`` (:mod:`evo.search.strategies`) and ``stale_limit``.
 
-    >>> Evolution(budget=Budget(metric_calls=300)).population_size
+    >>> Evolution(reflection_rate=0.5).population_size
     8
     """
 
@@ -61,6 +62,11 @@ class Evolution(SearchConfig):
         default_factory=dict, description="registered operator name -> probability of use")
 
     name: ClassVar[str] = "evolution"
+    # A child's minibatch scores against its parent's, before it is paid a full validation.
+    acceptance: ClassVar[Acceptance] = StrictImprovement()
+    # Proposals in a row that bring nothing new (every prompt they reach was seen) before the
+    # search counts as converged.
+    stale_limit: ClassVar[int] = 50
 
     def projected_proposals(self, n_train: int, n_val: int) -> int:
         # a reflective mutation for reflection_rate of the children, once the demo sets are in
@@ -70,8 +76,11 @@ class Evolution(SearchConfig):
         evolve(search, self)
 
 
-def evolve(search: Search, config: Evolution, *, stale_limit: int = 50) -> None:
-    """The evolutionary loop of :class:`Evolution` (module docstring, steps 1-4)."""
+def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None) -> None:
+    """The evolutionary loop of :class:`Evolution` (module docstring, steps 1-4); it stops when
+    the budget cannot validate another child or after ``stale_limit`` (default: the config's)
+    proposals in a row that brought nothing new."""
+    stale_limit = config.stale_limit if stale_limit is None else stale_limit
     archive = search.archive
     extra = {name: operator(name) for name in config.operators}  # unknown names fail here
     extra_rng = random.Random(search.seed + 1)  # user operators do not shift the default stream
@@ -94,36 +103,15 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int = 50) -> None:
         if not op:
             child_genome, op, note = _vary(parent, search, config, initialising,
                                            first=tries == 1)
-        if child_genome is not None and op == "reflection" and note and \
-                search.known(child_genome):
-            child_genome = None  # a (reworded) copy of a known prompt: not paid for twice
-        if child_genome is None:  # the proposal failed the sanity filter
-            search.emit("proposal_rejected", candidate=parent.id, op=op, reason=note)
-            stale += 1
-            continue
-        child = search.add(child_genome, (parent.id,), op, note)
+        # a reflection that rewords a known prompt is reported; a cheap operator's repeat is not
+        child = add_child(search, child_genome, (parent.id,), op, note,
+                          repeat=note if op == "reflection" and note else None)
         if child is None:
             stale += 1
             continue
         stale = 0
-        if not screen(search, child, parent, search.minibatch(parent, config.minibatch_size)):
-            continue
-
-
-def screen(search: Search, child: Candidate, parent: Candidate, batch: list[int]) -> bool:
-    """Minibatch acceptance: score ``child`` on ``batch`` (the parent's cells there are already
-    paid) and validate it in full when it is strictly better. Returns whether it was accepted.
-    Raises :class:`BudgetExhausted` when the budget cannot pay for it."""
-    child_scores = search.evaluate(child, batch)
-    parent_scores = search.matrix.scores[parent.id, batch]
-    accepted = float(child_scores.sum()) > float(parent_scores.sum())
-    search.emit("candidate_evaluated", candidate=child.id, minibatch=[int(c) for c in batch],
-                minibatch_score=float(child_scores.mean()),
-                parent_minibatch_score=float(parent_scores.mean()), accepted=accepted,
-                **search.cell_errors(child, batch))
-    if accepted:
-        search.validate(child)
-    return accepted
+        screen(search, child, parent, search.minibatch(parent, config.minibatch_size),
+               acceptance=config.acceptance)
 
 
 def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bool,
@@ -153,21 +141,3 @@ def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bo
     if archive.max_demos and (len(archive.instructions) == 1 or rng.random() < 0.8):
         return G.mutate_demos(genome, archive, rng), "mutate_demos", ""
     return G.mutate_instruction(genome, archive, rng), "mutate_instruction", ""
-
-
-def reflect(search: Search, parent: Candidate, shown: Sequence[tuple[Example, Cell]],
-            style: ReflectionStyle) -> tuple[Genome | None, str, str]:
-    """GEPA's reflective mutation of ``parent``'s instruction from ``shown`` (example, cell)
-    pairs: the child genome (None if the proposal failed the sanity filter), "reflection", and
-    a note (why it failed, or that it repeats an archived text)."""
-    assert isinstance(parent.program, Program)
-    proposal = propose(search.reflection_session, parent.program, shown, style=style,
-                       description=search.description, seed=search.rng.randrange(2**31))
-    if proposal.instruction is None:
-        return None, "reflection", f"{proposal.reason}; reply: {proposal.raw[:300]!r}"
-    genome = list(parent.genome)
-    genome[G.INSTRUCTION], dup = search.archive.add_instruction(
-        proposal.instruction, {"op": "reflection", "parent": parent.id,
-                               "iteration": search.iteration})
-    return genome, "reflection", dup
-

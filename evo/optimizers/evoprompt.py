@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from deap import tools
 from pydantic import Field
 
-from evo.optimizers.evolution import screen
 from evo.optimizers.registry import register_optimizer
+from evo.optimizers.steps import add_child, proposal_failure, screen
 from evo.proposers.instructions import evoprompt_instruction, paraphrase
 from evo.search import genome as G
-from evo.search.engine import Candidate, Search, SearchConfig, _Individual
+from evo.search.engine import Candidate, Search, SearchConfig
+from evo.search.strategies import Acceptance, StrictImprovement, roulette_pair
 
 
 class EvoPrompt(SearchConfig):
@@ -40,6 +40,10 @@ class EvoPrompt(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "evoprompt"
+    # A child's minibatch scores against its parent's, before it is paid a full validation.
+    acceptance: ClassVar[Acceptance] = StrictImprovement()
+    # Children in a row that bring nothing new before the search counts as converged.
+    stale_limit: ClassVar[int] = 50
 
     def run(self, search: Search) -> None:
         archive, rng = search.archive, search.rng
@@ -63,7 +67,7 @@ class EvoPrompt(SearchConfig):
                 assert cand is not None
                 search.validate(cand)
         stale = step = 0
-        while search.can_validate() and stale < 50:
+        while search.can_validate() and stale < self.stale_limit:
             search.next_iteration()
             step += 1
             parent, child = self._offspring(search, step)
@@ -71,7 +75,8 @@ class EvoPrompt(SearchConfig):
                 stale += 1
                 continue
             stale = 0
-            if screen(search, child, parent, search.minibatch(parent, self.minibatch_size)) \
+            if screen(search, child, parent, search.minibatch(parent, self.minibatch_size),
+                      acceptance=self.acceptance) \
                     and self.variant == "de" and child.val_score > parent.val_score:
                 search.replace_in_population(parent, child)  # DE: the child replaces its base
 
@@ -80,11 +85,7 @@ class EvoPrompt(SearchConfig):
         pop = [search.candidates[i] for i in search.population]
         text = lambda c: archive.instructions[c.genome[G.INSTRUCTION]]  # noqa: E731
         if self.variant == "ga" or len(pop) < 3:
-            individuals = [_Individual(c.genome, c.id, (c.val_score + 1e-6, 0.0)) for c in pop]
-            with G.deap_random(rng):  # two distinct parents, each by roulette wheel
-                a = search.candidates[tools.selRoulette(individuals, 1)[0].cid]
-                rest = [i for i in individuals if i.cid != a.id] or individuals
-                b = search.candidates[tools.selRoulette(rest, 1)[0].cid]
+            a, b = (search.candidates[i] for i in roulette_pair(search, search.population))
             parent = max((a, b), key=lambda c: c.val_score)
             parents, mate = (text(a), text(b)), (b if parent is a else a)
         else:
@@ -101,16 +102,14 @@ class EvoPrompt(SearchConfig):
         if archive.max_demos and rng.random() < self.demo_mutation_rate:
             genome = G.mutate_demos(genome, archive, rng)
         note = ""
-        if proposal.instruction is None:
+        if proposal.instruction is None:  # the demo genes still make a child
             search.emit("proposal_rejected", candidate=parent.id, op=f"evoprompt_{self.variant}",
-                        reason=f"{proposal.reason}; reply: {proposal.raw[:300]!r}")
+                        reason=proposal_failure(proposal))
         else:
             genome[G.INSTRUCTION], note = archive.add_instruction(
                 proposal.instruction, {"op": f"evoprompt_{self.variant}", "parent": parent.id})
-        if search.known(genome):
-            return parent, None
-        return parent, search.add(genome, (parent.id, mate.id), f"evoprompt_{self.variant}",
-                                  note)
+        return parent, add_child(search, genome, (parent.id, mate.id),
+                                 f"evoprompt_{self.variant}", note)
 
 
 @register_optimizer

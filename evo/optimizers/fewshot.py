@@ -10,50 +10,23 @@ metric becomes a demo with the teacher's own outputs (its "trace").
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from typing import ClassVar
 
 from pydantic import Field
 
 from evo.optimizers.registry import register_optimizer
-from evo.search.engine import Candidate, Search, SearchConfig
-from evo.search.genome import INSTRUCTION, Genome
+from evo.optimizers.steps import (
+    bootstrap,
+    compile_bootstrap,
+    demo_set,
+    labeled_demos,
+    try_validate,
+)
+from evo.search.engine import Search, SearchConfig
+from evo.search.genome import INSTRUCTION
 
-
-def try_validate(search: Search, genome: Genome, op: str, parents: tuple[int, ...] = (0,),
-                 note: str = "") -> Candidate | None:
-    """Add ``genome`` and validate it when the budget allows; None if it is known or does not
-    fit."""
-    if search.known(genome) or not search.can_validate():
-        return None
-    cand = search.add(genome, parents, op, note)
-    assert cand is not None
-    search.validate(cand)
-    return cand
-
-
-def bootstrap(search: Search, teacher: Candidate, order: Sequence[int], n: int, *,
-              threshold: float = 1.0, reserve: int | None = None) -> list[int]:
-    """Demo ids of the first ``n`` training examples (in ``order``) on which ``teacher`` passes
-    the metric (score >= ``threshold``), each with the teacher's outputs. Stops early, keeping
-    ``reserve`` metric calls (default: enough to validate one candidate)."""
-    reserve = len(search.valset) if reserve is None else reserve
-    demos: list[int] = []
-    for i in order:
-        if len(demos) >= n:
-            break
-        if not search.train_known(teacher, i) and search.remaining() <= reserve:
-            break
-        score = float(search.train_scores(teacher, [i])[0])
-        prediction = search.train_cell(teacher, i).prediction
-        if score >= threshold and prediction.ok:
-            demos.append(search.archive.demo_id(search.trainset[i], prediction.outputs))
-    return demos
-
-
-def _labeled(search: Search, rng: random.Random, k: int) -> list[int]:
-    ids = list(range(len(search.archive.pool)))
-    return rng.sample(ids, min(k, len(ids)))
+__all__ = ["BootstrapFewShot", "BootstrapFewShotWithRandomSearch", "KNNFewShot",
+           "LabeledFewShot", "bootstrap", "compile_bootstrap", "try_validate"]
 
 
 @register_optimizer
@@ -71,8 +44,9 @@ class LabeledFewShot(SearchConfig):
 
     def run(self, search: Search) -> None:
         k = min(self.k or search.archive.max_demos, search.archive.max_demos)
-        demos = _labeled(search, search.rng, k)
-        try_validate(search, search.archive.genome(0, demos), "labeled_demos")
+        demos = labeled_demos(search, search.rng, k)
+        try_validate(search, search.archive.genome(search.seed_candidate.genome[INSTRUCTION],
+                                                   demos), "labeled_demos")
 
 
 @register_optimizer
@@ -98,20 +72,6 @@ class BootstrapFewShot(SearchConfig):
         try_validate(search, genome, "bootstrapped_demos")
 
 
-def compile_bootstrap(search: Search, order: Sequence[int], max_boot: int, max_labeled: int,
-                      threshold: float, rng: random.Random, reserve: int | None = None) -> Genome:
-    """BootstrapFewShot's compile: bootstrapped demos, then labeled ones up to ``max_labeled``
-    (all within the genome's demo slots)."""
-    slots = search.archive.max_demos
-    boot = bootstrap(search, search.seed_candidate, order, min(max_boot, slots),
-                     threshold=threshold, reserve=reserve)
-    used = {search.archive.demo(d).source_id for d in boot}
-    rest = [i for i, ex in enumerate(search.archive.pool) if ex.id not in used]
-    fill = min(max_labeled - len(boot), slots - len(boot), len(rest))
-    demos = boot + (rng.sample(rest, fill) if fill > 0 else [])
-    return search.archive.genome(search.seed_candidate.genome[INSTRUCTION], demos)
-
-
 @register_optimizer
 class BootstrapFewShotWithRandomSearch(SearchConfig):
     """DSPy's BootstrapFewShotWithRandomSearch: candidate programs zero-shot, labeled-only,
@@ -132,29 +92,13 @@ class BootstrapFewShotWithRandomSearch(SearchConfig):
         return 0  # demos only: no LM writes an instruction
 
     def run(self, search: Search) -> None:
-        n = len(search.trainset)
-        instruction = search.seed_candidate.genome[INSTRUCTION]
         for seed in range(-3, self.num_candidate_programs):
             search.next_iteration()
             if not search.can_validate():
                 break
-            rng = random.Random(search.seed * 10_007 + seed)
-            if seed == -3:
-                genome, op = search.archive.genome(instruction, []), "zero_shot"
-            elif seed == -2:
-                genome = search.archive.genome(
-                    instruction, _labeled(search, rng, min(self.max_labeled_demos,
-                                                           search.archive.max_demos)))
-                op = "labeled_demos"
-            else:
-                order = list(range(n))
-                size = self.max_bootstrapped_demos
-                if seed >= 0:
-                    rng.shuffle(order)
-                    size = rng.randint(1, self.max_bootstrapped_demos)
-                genome = compile_bootstrap(search, order, size, self.max_labeled_demos,
-                                           self.metric_threshold, rng)
-                op = "bootstrapped_demos"
+            genome, op = demo_set(search, seed, max_bootstrapped=self.max_bootstrapped_demos,
+                                  max_labeled=self.max_labeled_demos,
+                                  threshold=self.metric_threshold)
             cand = try_validate(search, genome, op, note=f"candidate program {seed}")
             if cand is not None and self.stop_at_score is not None and \
                     cand.val_score >= self.stop_at_score:
@@ -164,8 +108,8 @@ class BootstrapFewShotWithRandomSearch(SearchConfig):
 @register_optimizer
 class KNNFewShot(SearchConfig):
     """Per-input demos: each input gets its ``k`` nearest training examples (MiniLM embeddings,
-    FAISS index: :mod:`evo.embeddings.knn`). DSPy's KNNFewShot retrieves the same way and then compiles
-    BootstrapFewShot per input; here the neighbours are shown with their gold labels (no LM
+    FAISS index: :mod:`evo.embeddings.knn`). DSPy's KNNFewShot retrieves the same way and then
+    compiles BootstrapFewShot per input; here the neighbours are shown with their gold labels (no LM
     call). With ``ks`` several k are validated and the best kept."""
 
     k: int | None = Field(None, ge=1, description="neighbours per input (default: max_demos)")

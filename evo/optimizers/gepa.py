@@ -23,11 +23,12 @@ import numpy as np
 from pydantic import Field
 
 from evo.kernels.pareto import pareto_frequencies
-from evo.optimizers.evolution import reflect
 from evo.optimizers.registry import register_optimizer
+from evo.optimizers.steps import add_child, reflect
 from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search, SearchConfig, StopReason
+from evo.search.strategies import Acceptance, NoWorse, StrictImprovement
 
 
 @register_optimizer
@@ -50,6 +51,12 @@ class GEPA(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "gepa"
+    # A child against its parent on the reflective minibatch (gepa: strictly better), and a
+    # merge against the better of its two parents on a validation minibatch (no worse).
+    acceptance: ClassVar[Acceptance] = StrictImprovement()
+    merge_acceptance: ClassVar[Acceptance] = NoWorse()
+    # Proposals in a row that bring nothing new before the search counts as converged.
+    stale_limit: ClassVar[int] = 50
 
     def projected_proposals(self, n_train: int, n_val: int) -> int:
         # one reflection per child, each screened on a train minibatch first
@@ -64,7 +71,7 @@ class GEPA(SearchConfig):
         merges_due = merges_done = stale = 0
         tried_merges: set[tuple[int, int, int]] = set()
         k = min(k, len(search.trainset))
-        while search.remaining() >= len(search.valset) + 2 * k and stale < 50:
+        while search.remaining() >= len(search.valset) + 2 * k and stale < self.stale_limit:
             search.next_iteration()
             if self.use_merge and merges_due and merges_done < self.max_merge_invocations:
                 merges_due -= 1
@@ -86,24 +93,21 @@ class GEPA(SearchConfig):
                 continue
             shown = [(search.trainset[i], search.train_cell(parent, i)) for i in batch]
             genome, op, note = reflect(search, parent, shown, self.reflection_style)
-            if genome is not None and note and search.known(genome):
-                genome = None
-            child = None if genome is None else search.add(genome, (parent.id,), op, note)
+            child = add_child(search, genome, (parent.id,), op, note,
+                              repeat=note or "prompt already generated")
             if child is None:
-                search.emit("proposal_rejected", candidate=parent.id, op=op,
-                            reason=note or "prompt already generated")
                 stale += 1
                 continue
             stale = 0
             child_scores = search.train_scores(child, batch)
-            accepted = float(child_scores.sum()) > float(parent_scores.sum())
+            accepted = self.acceptance.accepts(child_scores, parent_scores)
             search.emit("candidate_evaluated", candidate=child.id, train_minibatch=batch,
                         minibatch_score=float(child_scores.mean()),
                         parent_minibatch_score=float(parent_scores.mean()), accepted=accepted)
             if accepted:
                 search.validate(child)
                 merges_due += 1
-        if stale < 50:
+        if stale < self.stale_limit:
             search.stop(StopReason.BUDGET)
 
 
@@ -139,10 +143,10 @@ def merge_genomes(a: Candidate, b: Candidate, ancestor: Candidate, search: Searc
 
 def _merge(search: Search, config: GEPA, tried: set[tuple[int, int, int]]) -> bool:
     """Try one merge of two Pareto-front candidates; True if a merge was evaluated."""
-    rows = [r for r in search.validated if search.candidates[r].genome]
+    rows = search.parent_pool
     if len(rows) < 3:
         return False
-    agg = np.array([search.candidates[r].val_score for r in rows])
+    agg = search.val_scores(rows)
     front = [rows[i] for i in np.flatnonzero(pareto_frequencies(search.matrix.scores[rows], agg))]
     pairs = [(i, j) for i in front for j in front if i < j]
     search.rng.shuffle(pairs)
@@ -169,8 +173,10 @@ def _merge(search: Search, config: GEPA, tried: set[tuple[int, int, int]]) -> bo
             batch = sorted((disagree + search.rng.sample(rest, len(rest)))
                            [:config.merge_minibatch_size])
             scores = search.evaluate(child, batch)
-            best_parent = max(float(search.matrix.scores[p, batch].sum()) for p in (i, j))
-            accepted = float(scores.sum()) >= best_parent
+            totals = {p: float(search.matrix.scores[p, batch].sum()) for p in (i, j)}
+            better = max(totals, key=totals.__getitem__)
+            best_parent = totals[better]
+            accepted = config.merge_acceptance.accepts(scores, search.matrix.scores[better, batch])
             search.emit("candidate_evaluated", candidate=child.id, minibatch=batch,
                         minibatch_score=float(scores.mean()),
                         parent_minibatch_score=best_parent / len(batch), accepted=accepted)

@@ -27,13 +27,14 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from evo.optimizers.fewshot import _labeled, compile_bootstrap
 from evo.optimizers.registry import register_optimizer
+from evo.optimizers.steps import demo_set, proposal_failure
 from evo.proposers.instructions import TIPS, grounded_instruction, summarize_dataset
 from evo.search.engine import Candidate, Search, SearchConfig, StopReason
 from evo.search.genome import INSTRUCTION, Genome, key
 
 AUTO = {"light": 6, "medium": 12, "heavy": 18}
+DRAWS = 20  # tournament draws for an open (not yet validated) combination before a random one
 
 
 @register_optimizer
@@ -79,7 +80,7 @@ class MIPROv2(SearchConfig):
         instructions = self._instructions(search, n, demo_sets)
         combos = [(i, d) for i in range(len(instructions)) for d in range(len(demo_sets))]
         rows: dict[tuple[int, int], Candidate] = {}
-        if not key(search.seed_candidate.genome)[1]:  # a zero-shot seed is combination (0, 0)
+        if not key(search.seed_candidate.genome).demos:  # a zero-shot seed is combination (0, 0)
             rows[(0, 0)] = search.seed_candidate
 
         def genome(c: tuple[int, int]) -> Genome:
@@ -132,7 +133,7 @@ class MIPROv2(SearchConfig):
         if len(scored) < 2 or rng.random() < 0.25:
             unseen = [c for c in open_ if c not in rows]
             return rng.choice(unseen or open_)
-        for _ in range(20):
+        for _ in range(DRAWS):
             contenders = rng.sample(scored, min(3, len(scored)))
             parent = max(contenders, key=lambda c: (estimate(c), -combos.index(c)))
             if rng.random() < 0.5:
@@ -150,27 +151,18 @@ class MIPROv2(SearchConfig):
         return rng.choice(open_)
 
     def _demo_sets(self, search: Search, n: int, reserve: int) -> list[list[int]]:
-        archive = search.archive
+        """DSPy's ``create_n_fewshot_demo_sets``: zero-shot, labeled, then bootstraps (the
+        schedule BootstrapFewShotWithRandomSearch draws from, :func:`demo_set`)."""
         sets: list[list[int]] = [[]]
-        if not archive.max_demos:
+        if not search.archive.max_demos:
             return sets
-        slots = archive.max_demos
-        order = list(range(len(search.trainset)))
         for seed in range(-2, n - 2):
-            rng = random.Random(search.seed * 10_007 + seed)
-            if seed == -2:
-                demos = _labeled(search, rng, min(self.max_labeled_demos, slots))
-            elif self.max_bootstrapped_demos == 0:
+            if seed > -2 and self.max_bootstrapped_demos == 0:
                 break  # labeled demo sets only
-            else:
-                shuffled = list(order)
-                size = self.max_bootstrapped_demos
-                if seed >= 0:
-                    rng.shuffle(shuffled)
-                    size = rng.randint(1, self.max_bootstrapped_demos)
-                g = compile_bootstrap(search, shuffled, size, self.max_labeled_demos,
-                                      self.metric_threshold, rng, reserve=reserve)
-                demos = list(key(g)[1])
+            genome, _ = demo_set(search, seed, max_bootstrapped=self.max_bootstrapped_demos,
+                                 max_labeled=self.max_labeled_demos,
+                                 threshold=self.metric_threshold, reserve=reserve)
+            demos = list(key(genome).demos)
             if demos and demos not in sets:
                 sets.append(demos)
         search.emit("demo_sets", sets=sets)
@@ -198,7 +190,7 @@ class MIPROv2(SearchConfig):
                 seed=search.rng.randrange(2**31), temperature=self.init_temperature)
             if proposal.instruction is None:
                 search.emit("proposal_rejected", candidate=0, op="grounded_proposal",
-                            reason=f"{proposal.reason}; reply: {proposal.raw[:300]!r}")
+                            reason=proposal_failure(proposal))
                 continue
             iid, dup = search.archive.add_instruction(
                 proposal.instruction, {"op": "grounded_proposal", "tip": tip})

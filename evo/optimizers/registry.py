@@ -20,8 +20,8 @@ T = TypeVar("T")
 
 
 def register_optimizer(cls: T) -> T:
-    """Class decorator: make an optimizer (a :class:`~evo.search.engine.SearchConfig` subclass with a
-    ``name`` class attribute and a ``run(search)`` method) available by name, to
+    """Class decorator: make an optimizer (a :class:`~evo.search.engine.SearchConfig` subclass
+    with a ``name`` class attribute and a ``run(search)`` method) available by name, to
     :func:`get` and ``evo run --optimizer NAME``."""
     name = getattr(cls, "name", "")
     if not name:

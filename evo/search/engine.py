@@ -6,9 +6,11 @@ pool, the validation :class:`ScoreMatrix` (and a training one for bootstrapping 
 reflective minibatches), the :class:`Evaluator` with its one budget, and the event stream. An
 optimizer (:class:`SearchConfig` subclass, see :mod:`evo.optimizers`) is its ``run(search)``
 method: a short composition of the context's steps (``add`` a genome, ``evaluate`` it on a
-minibatch, ``validate`` it in full, ``select_parent``) and the operators of :mod:`evo.search.genome`
-and :mod:`evo.proposers.instructions`. Every optimizer therefore shares the response cache, the budget, the
-kernels, the "never pay for a (prompt, example) pair twice" rule and the events.
+minibatch, ``validate`` it in full, ``select_parent``), the strategies of
+:mod:`evo.search.strategies` (parent selection, minibatch acceptance) and the operators of
+:mod:`evo.search.genome` and :mod:`evo.proposers`. Every optimizer therefore shares the response
+cache, the budget, the kernels, the "never pay for a (prompt, example) pair twice" rule and the
+events.
 
 Optimizers ask and decide; the context alone changes the search state: it counts iterations
 (:meth:`Search.next_iteration`), metric calls and the population, and records why the search
@@ -25,21 +27,19 @@ from __future__ import annotations
 import math
 import random
 import time
-from enum import StrEnum
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
-from deap import base, tools
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evo.data import Example
 from evo.errors import ConfigError, RunFailedError
 from evo.kernels.matrix import row_stats
-from evo.kernels.moo import crowding_distance, nondominated_ranks, select_nsga2
-from evo.kernels.pareto import select_from_pareto_front
+from evo.kernels.moo import select_nsga2
 from evo.lm.session import LMSession
 from evo.metrics import Metric
 from evo.program import Prediction, Program
@@ -55,6 +55,13 @@ from evo.search.evaluate import (
     failure_minibatch,
 )
 from evo.search.genome import Archive, Genome
+from evo.search.strategies import (
+    BestSelector,
+    CrowdedTournamentSelector,
+    ParentSelector,
+    ParetoSelector,
+    TournamentSelector,
+)
 
 Objective = Literal["accuracy", "prompt_chars"]
 # A program-level fitness: the candidate's validation score row (one score per example, all
@@ -156,17 +163,6 @@ class Candidate:
     accepted: bool = False  # fully validated
     val_score: float = float("nan")  # fitness over the full validation set, once validated
     note: str = ""
-
-
-class _Fitness(base.Fitness):
-    weights = (1.0, -1e-6)  # accuracy first; among equals, the shorter prompt
-
-
-class _Individual(list):
-    def __init__(self, genome: Genome, cid: int, fitness: tuple[float, float]) -> None:
-        super().__init__(genome)
-        self.cid = cid
-        self.fitness = _Fitness(fitness)
 
 
 @dataclass
@@ -336,7 +332,7 @@ class Search:
         return self._register(list(genome), self.archive.program(genome), k, parents, op, note,
                               instruction_id=genome[G.INSTRUCTION],
                               instruction=self.archive.instructions[genome[G.INSTRUCTION]],
-                              demos=list(k[1]), knn_k=k[2])
+                              demos=list(k.demos), knn_k=k.knn_k)
 
     def add_program(self, program: Program | EnsembleProgram, key: Hashable,
                     parents: tuple[int, ...], op: str, note: str = "") -> Candidate | None:
@@ -413,7 +409,8 @@ class Search:
         charged to the budget."""
         return self.evaluator.score(self.valset, predictions)
 
-    def _objectives(self, ids: Sequence[int]) -> np.ndarray:
+    def objectives(self, ids: Sequence[int]) -> np.ndarray:
+        """(fitness, prompt characters) of each candidate of ``ids``, one row each."""
         return np.array([[self.candidates[i].val_score, self.candidates[i].program.prompt_chars()]
                          for i in ids], dtype=np.float64)
 
@@ -421,7 +418,7 @@ class Search:
         pop = self.state.population
         k = self.config.population_size
         if self.multi_objective and len(pop) > k:
-            keep = select_nsga2(self._objectives(pop), [1.0, -1.0], k)
+            keep = select_nsga2(self.objectives(pop), [1.0, -1.0], k)
             self.state.population = sorted(pop[i] for i in keep)
             return
         pop.sort(key=lambda i: _rank(self.candidates[i]), reverse=True)
@@ -458,40 +455,29 @@ class Search:
                 if (cand.id, c) in self.matrix.cells]
 
     # ---- selection ------------------------------------------------------------------------
-    def select_parent(self, how: Literal["pareto", "tournament", "best"] = "pareto", *,
-                      tournament_size: int = 3) -> Candidate:
+    def select_parent(self, how: Literal["pareto", "tournament", "best"] | ParentSelector
+                      = "pareto", *, tournament_size: int = 3) -> Candidate:
         """A parent among validated candidates: GEPA's instance-level Pareto sampling, a DEAP
-        tournament within the population, or the best. With two objectives, a crowded binary
-        tournament (NSGA-II) within the population, whatever ``how`` says."""
-        if self.multi_objective:
-            return self._crowded_tournament()
-        if how == "best":
-            return max((self.candidates[i] for i in self.state.population), key=_rank)
-        if how == "pareto":
-            rows = [r for r in self.state.validated if self.candidates[r].genome]
-            agg = np.array([self.candidates[r].val_score for r in rows])
-            pick = select_from_pareto_front(self.matrix.scores[rows], agg, self.rng)
-            return self.candidates[rows[pick]]
-        population = [
-            _Individual(self.candidates[i].genome, i,
-                        (self.candidates[i].val_score, self.candidates[i].program.prompt_chars()))
-            for i in self.state.population
-        ]
-        with G.deap_random(self.rng):
-            chosen = tools.selTournament(population, 1, min(tournament_size, len(population)))
-        return self.candidates[chosen[0].cid]
+        tournament within the population, the best, or what a :class:`ParentSelector` picks
+        (:mod:`evo.search.strategies`). With two objectives, a named selection is NSGA-II's
+        crowded binary tournament within the population, whatever ``how`` says."""
+        if isinstance(how, str):
+            if how not in ("pareto", "tournament", "best"):
+                raise ValueError(f"parent selection must be 'pareto', 'tournament' or 'best', "
+                                 f"got {how!r}")
+            how = CrowdedTournamentSelector() if self.multi_objective else \
+                ParetoSelector() if how == "pareto" else \
+                BestSelector() if how == "best" else TournamentSelector(tournament_size)
+        return self.candidates[how.select(self)]
 
-    def _crowded_tournament(self) -> Candidate:
-        pop = self.state.population
-        if len(pop) == 1:
-            return self.candidates[pop[0]]
-        obj = self._objectives(pop)
-        ranks = nondominated_ranks(obj, [1.0, -1.0])
-        crowd = crowding_distance(obj, ranks)
-        a, b = self.rng.sample(range(len(pop)), 2)
-        # DEAP's selTournamentDCD: the lower front wins, then the larger crowding distance.
-        win = a if (ranks[a], -crowd[a]) <= (ranks[b], -crowd[b]) else b
-        return self.candidates[pop[win]]
+    @property
+    def parent_pool(self) -> list[int]:
+        """Every validated candidate that is one prompt (a vote is a result, not a parent)."""
+        return [r for r in self.state.validated if self.candidates[r].genome]
+
+    def val_scores(self, ids: Sequence[int]) -> np.ndarray:
+        """The fitness of each (validated) candidate of ``ids``."""
+        return np.array([self.candidates[i].val_score for i in ids])
 
     def minibatch(self, parent: Candidate, size: int) -> list[int]:
         """Validation columns for an acceptance test (:func:`failure_minibatch`)."""

@@ -18,6 +18,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from deap import tools
@@ -26,16 +27,30 @@ from evo.data import Example
 from evo.embeddings.knn import MAX_K, KNNDemos, encoder_for
 from evo.program import Program
 
-INSTRUCTION, N_DEMOS, KNN, DEMOS = 0, 1, 2, 3
+INSTRUCTION, N_DEMOS, KNN, DEMOS = 0, 1, 2, 3  # gene positions (DEMOS: the first demo slot)
 
 Genome = list[int]
-GenomeKey = tuple[int, tuple[int, ...], int]
+
+
+class GenomeKey(NamedTuple):
+    """The prompt a genome expresses (equal, and hashing equal, to the plain tuple)."""
+
+    instruction: int
+    demos: tuple[int, ...]  # the fixed demo ids, in order
+    knn_k: int  # nearest-neighbour demos per input
 
 
 def key(genome: Genome) -> GenomeKey:
     """The expressed prompt: instruction id, the ordered fixed demo ids, the KNN demo count."""
     n = genome[N_DEMOS]
-    return genome[INSTRUCTION], tuple(genome[DEMOS:DEMOS + n]), genome[KNN]
+    return GenomeKey(genome[INSTRUCTION], tuple(genome[DEMOS:DEMOS + n]), genome[KNN])
+
+
+def with_instruction(genome: Genome, instruction: int) -> Genome:
+    """A copy of ``genome`` that expresses ``instruction`` (an archive id) instead."""
+    child = list(genome)
+    child[INSTRUCTION] = instruction
+    return child
 
 
 @dataclass
@@ -218,7 +233,7 @@ def mutate_demos(genome: Genome, archive: Archive, rng: random.Random) -> Genome
     move = rng.choice(moves)
     if move == "knn":
         # More or fewer nearest neighbours (0 switches KNN demos off).
-        options = [v for v in range(0, min(k, pool) - n + 1) if v != genome[KNN]]
+        options = [v for v in range(min(k, pool) - n + 1) if v != genome[KNN]]
         if options:
             genome[KNN] = rng.choice(options)
     elif move == "replace":

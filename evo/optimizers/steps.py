@@ -1,0 +1,166 @@
+"""The steps optimizers share, each written once.
+
+* **children**: :func:`add_child` registers a proposed genome (a failed proposal, or one that
+  repeats a known prompt, is reported as ``proposal_rejected`` and costs nothing);
+  :func:`reflect` is GEPA's reflective mutation; :func:`proposal_failure` says why an LM's
+  proposal was refused;
+* **acceptance**: :func:`screen` scores a child on a validation minibatch and validates it in
+  full when the acceptance strategy (:mod:`evo.search.strategies`) lets it through;
+* **demo sets**: :func:`labeled_demos`, :func:`bootstrap` and :func:`compile_bootstrap` (DSPy's
+  BootstrapFewShot), and :func:`demo_set`, DSPy's schedule of candidate demo sets that
+  BootstrapFewShotWithRandomSearch and MIPROv2 both draw from; :func:`try_validate`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from evo.data import Example
+from evo.program import Program
+from evo.proposers.reflection import Proposal, ReflectionStyle, propose
+from evo.search import genome as G
+from evo.search.engine import Candidate, Search
+from evo.search.evaluate import Cell
+from evo.search.genome import Genome
+from evo.search.strategies import Acceptance, StrictImprovement
+
+STRICT = StrictImprovement()
+# ---- children ---------------------------------------------------------------------------------
+
+
+def proposal_failure(proposal: Proposal) -> str:
+    """Why an LM's proposal was refused, with the start of its reply (an event's ``reason``)."""
+    return f"{proposal.reason}; reply: {proposal.raw[:300]!r}"
+
+
+def add_child(search: Search, genome: Genome | None, parents: tuple[int, ...], op: str,
+              note: str = "", *, repeat: str | None = None) -> Candidate | None:
+    """Register ``genome``, proposed from ``parents`` by ``op``, as a new candidate, or None:
+
+    * ``genome`` None (the proposal failed; ``note`` says why): a ``proposal_rejected`` event;
+    * its prompt was generated before: nothing is paid; with ``repeat``, a ``proposal_rejected``
+      event with that reason (an LM proposal that brought nothing new), without it, silently
+      (a cheap operator's repeat is routine).
+    """
+    if genome is None:
+        search.emit("proposal_rejected", candidate=parents[0], op=op, reason=note)
+        return None
+    if search.known(genome):
+        if repeat is not None:
+            search.emit("proposal_rejected", candidate=parents[0], op=op, reason=repeat)
+        return None
+    return search.add(genome, parents, op, note)
+
+
+def reflect(search: Search, parent: Candidate, shown: Sequence[tuple[Example, Cell]],
+            style: ReflectionStyle) -> tuple[Genome | None, str, str]:
+    """GEPA's reflective mutation of ``parent``'s instruction from ``shown`` (example, cell)
+    pairs: the child genome (None if the proposal failed the sanity filter), "reflection", and
+    a note (why it failed, or that it repeats an archived text)."""
+    assert isinstance(parent.program, Program)
+    proposal = propose(search.reflection_session, parent.program, shown, style=style,
+                       description=search.description, seed=search.rng.randrange(2**31))
+    if proposal.instruction is None:
+        return None, "reflection", proposal_failure(proposal)
+    iid, dup = search.archive.add_instruction(
+        proposal.instruction, {"op": "reflection", "parent": parent.id,
+                               "iteration": search.iteration})
+    return G.with_instruction(parent.genome, iid), "reflection", dup
+
+
+# ---- acceptance -------------------------------------------------------------------------------
+
+def screen(search: Search, child: Candidate, parent: Candidate, batch: list[int], *,
+           acceptance: Acceptance = STRICT) -> bool:
+    """Minibatch acceptance: score ``child`` on validation columns ``batch`` (the parent's cells
+    there are already paid) and validate it in full when ``acceptance`` lets it through (by
+    default a strict improvement). Returns whether it was accepted. Raises
+    :class:`~evo.search.evaluate.BudgetExhausted` when the budget cannot pay for it."""
+    child_scores = search.evaluate(child, batch)
+    parent_scores = search.matrix.scores[parent.id, batch]
+    accepted = acceptance.accepts(child_scores, parent_scores)
+    search.emit("candidate_evaluated", candidate=child.id, minibatch=[int(c) for c in batch],
+                minibatch_score=float(child_scores.mean()),
+                parent_minibatch_score=float(parent_scores.mean()), accepted=accepted,
+                **search.cell_errors(child, batch))
+    if accepted:
+        search.validate(child)
+    return accepted
+
+
+# ---- demo sets --------------------------------------------------------------------------------
+
+def try_validate(search: Search, genome: Genome, op: str, parents: tuple[int, ...] = (0,),
+                 note: str = "") -> Candidate | None:
+    """Add ``genome`` and validate it when the budget allows; None if it is known or does not
+    fit."""
+    if search.known(genome) or not search.can_validate():
+        return None
+    cand = search.add(genome, parents, op, note)
+    assert cand is not None
+    search.validate(cand)
+    return cand
+
+
+def labeled_demos(search: Search, rng: random.Random, k: int) -> list[int]:
+    """``k`` distinct random pool ids (labeled training examples as demos)."""
+    ids = list(range(len(search.archive.pool)))
+    return rng.sample(ids, min(k, len(ids)))
+
+
+def bootstrap(search: Search, teacher: Candidate, order: Sequence[int], n: int, *,
+              threshold: float = 1.0, reserve: int | None = None) -> list[int]:
+    """Demo ids of the first ``n`` training examples (in ``order``) on which ``teacher`` passes
+    the metric (score >= ``threshold``), each with the teacher's outputs. Stops early, keeping
+    ``reserve`` metric calls (default: enough to validate one candidate)."""
+    reserve = len(search.valset) if reserve is None else reserve
+    demos: list[int] = []
+    for i in order:
+        if len(demos) >= n:
+            break
+        if not search.train_known(teacher, i) and search.remaining() <= reserve:
+            break
+        score = float(search.train_scores(teacher, [i])[0])
+        prediction = search.train_cell(teacher, i).prediction
+        if score >= threshold and prediction.ok:
+            demos.append(search.archive.demo_id(search.trainset[i], prediction.outputs))
+    return demos
+
+
+def compile_bootstrap(search: Search, order: Sequence[int], max_boot: int, max_labeled: int,
+                      threshold: float, rng: random.Random, reserve: int | None = None) -> Genome:
+    """BootstrapFewShot's compile: bootstrapped demos, then labeled ones up to ``max_labeled``
+    (all within the genome's demo slots)."""
+    slots = search.archive.max_demos
+    boot = bootstrap(search, search.seed_candidate, order, min(max_boot, slots),
+                     threshold=threshold, reserve=reserve)
+    used = {search.archive.demo(d).source_id for d in boot}
+    rest = [i for i, ex in enumerate(search.archive.pool) if ex.id not in used]
+    fill = min(max_labeled - len(boot), slots - len(boot), len(rest))
+    demos = boot + (rng.sample(rest, fill) if fill > 0 else [])
+    return search.archive.genome(search.seed_candidate.genome[G.INSTRUCTION], demos)
+
+
+def demo_set(search: Search, seed: int, *, max_bootstrapped: int, max_labeled: int,
+             threshold: float, reserve: int | None = None) -> tuple[Genome, str]:
+    """Candidate program ``seed`` of DSPy's demo-set schedule (BootstrapFewShotWithRandomSearch's
+    and MIPROv2's): -3 zero-shot, -2 labeled demos only, -1 bootstrapped in training order, and
+    from 0 on a bootstrap of the shuffled training set with 1..``max_bootstrapped`` demos. Each
+    draws from its own stream (the search's seed and ``seed``), so a schedule is the same
+    whatever ran before it. Returns the genome (the seed's instruction) and its operator name."""
+    archive = search.archive
+    rng = random.Random(search.seed * 10_007 + seed)
+    instruction = search.seed_candidate.genome[G.INSTRUCTION]
+    if seed == -3:
+        return archive.genome(instruction, []), "zero_shot"
+    if seed == -2:
+        return archive.genome(instruction, labeled_demos(
+            search, rng, min(max_labeled, archive.max_demos))), "labeled_demos"
+    order = list(range(len(search.trainset)))
+    size = max_bootstrapped
+    if seed >= 0:
+        rng.shuffle(order)
+        size = rng.randint(1, max_bootstrapped)
+    return compile_bootstrap(search, order, size, max_labeled, threshold, rng,
+                             reserve=reserve), "bootstrapped_demos"
