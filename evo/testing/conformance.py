@@ -45,26 +45,31 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import evo
+from evo import Budget, SearchConfig
 from evo.lm import ScriptedLM
 from evo.lm.base import LMRequest
-from evo.runs.events import Event
-from evo.search.engine import SearchConfig
-from evo.search.evaluate import Budget
 from evo.testing import HASHED, ScriptedTask
 
 __all__ = ["PROPERTIES", "ConformanceReport", "Killed", "OptimizerContract", "Violation",
-           "assert_conforms", "check"]
+           "assert_conforms", "check", "known_kinds"]
 
 PROPERTIES = ("budget", "reproducible", "resume", "events")
 
 # Kinds evo's own optimizers emit as plain strings today; typed kinds register themselves in
-# ``Event.kinds`` and are known too.
+# ``evo.events.Event.kinds`` and are known too (:func:`known_kinds`).
 BUILTIN_KINDS = frozenset({
     "start", "candidate_generated", "candidate_evaluated", "new_best", "budget_exhausted",
     "converged", "complete", "proposal_rejected", "demo_sets", "instructions",
     "ensemble_rejected", "member_start", "member_skipped"})
 
-OptimizerSpec = Any  # a registered name, a SearchConfig subclass or instance, or budget -> optimizer
+# a registered name, a SearchConfig subclass or instance, or a factory budget -> optimizer
+OptimizerSpec = Any
+
+
+def known_kinds(extra: Iterable[str] = ()) -> frozenset[str]:
+    """Event kinds the suite accepts: the built-in ones, every typed event class's, ``extra``."""
+    typed = getattr(getattr(evo.events, "Event", None), "kinds", {})
+    return BUILTIN_KINDS | frozenset(typed) | frozenset(extra)
 
 
 class Killed(BaseException):
@@ -351,7 +356,7 @@ def check(optimizer: OptimizerSpec, *, budget: int | Budget = 60, seed: int = 0,
     budget = budget if isinstance(budget, Budget) else Budget(metric_calls=budget)
     name, make = _factory(optimizer)
     report = ConformanceReport(name, budget.metric_calls)
-    known = BUILTIN_KINDS | frozenset(Event.kinds) | frozenset(extra_kinds)
+    known = known_kinds(extra_kinds)
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="evo-conform-"))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
