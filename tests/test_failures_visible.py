@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import evo
-from evo.errors import ConfigError, DamagedFileError, RunFailedError, StorageError
-from evo.search.evaluate import error_kind
-from evo.lm import LMSession, ScriptedLM
 from evo.analysis.report import build, write_report
+from evo.errors import ConfigError, DamagedFileError, RunFailedError, StorageError
+from evo.lm import LMSession, ScriptedLM
+from evo.search.evaluate import error_kind
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine import TEST, TRAIN, VAL, make, program, respond  # noqa: E402
@@ -182,15 +182,13 @@ def test_a_store_of_a_trainset_with_repeats_is_known_by_the_data_as_given(tmp_pa
     run = dict(lm=ScriptedLM(respond), optimizer=optimizer(), cache=False,
                run_dir=tmp_path / "run")
     with pytest.warns(UserWarning, match="trainset: 3 duplicate examples dropped"):
-        first = evo.optimize(program(), train, VAL, **run)
-    first.store.close()
+        first = evo.optimize(program(), train, VAL, **run)  # (the directory is released)
     spec = json.loads((tmp_path / "run" / "run.json").read_text())["spec"]
     assert spec["trainset"] == data_digest(train) and spec["trainset"].startswith("43:")
     assert spec["valset"] == data_digest(VAL)
     with pytest.warns(UserWarning, match="trainset: 3 duplicate examples dropped"):
         again = evo.optimize(program(), train, VAL, **run)  # resumes: no RunMismatchError
     assert again.best_val == first.best_val and again.usage.calls == 0
-    again.store.close()
 
 
 def test_optimize_releases_its_run_directory_when_it_raises(tmp_path):

@@ -21,7 +21,7 @@ from evo.runs.store import RunInUseError, RunMismatchError
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from resume import kill_at_random_moments
-from test_engine import TRAIN, VAL, program, respond
+from test_engine import TEST, TRAIN, VAL, program, respond
 
 
 def search(lm, run_dir, *, budget=120, seed=0, cache=False, **kw):
@@ -288,7 +288,7 @@ def test_an_lm_call_budget_replays_to_the_same_decisions(tmp_path):
 def test_run_spec_reads_the_same_in_every_process():
     import functools
 
-    from evo.api import _name
+    from evo.runs.runner import name_of as _name
     assert "0x" not in _name(functools.partial(max, default=0))
     assert _name(respond) == "test_engine.respond"
 
@@ -434,26 +434,65 @@ def test_a_symlinked_run_directory_is_used_unless_it_leads_somewhere_protected(
         evo.RunStore(tmp_path / "to-root", {"seed": 0})
 
 
-def test_a_run_store_is_released_when_its_result_is_dropped(tmp_path):
-    """optimize keeps the store open for Result.report(); dropping the result releases the
-    directory (lock, log, journal) without a ResourceWarning; close() may be called twice."""
+def _lock_is_free(run: Path) -> bool:
     import fcntl
+    with open(run / "lock") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+
+def test_optimize_releases_the_run_directory_when_it_returns(tmp_path):
+    """The lock is free as soon as optimize returns; the result holds no live handle (no store,
+    journal or session); dropping it warns of nothing left open; close() may be called twice."""
     import gc
     import warnings
 
-    result = search(ScriptedLM(respond), tmp_path / "run", budget=60)
-    assert not result.store.closed
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
+        result = search(ScriptedLM(respond), tmp_path / "run", budget=60)
+        assert _lock_is_free(tmp_path / "run")
+        assert result.store is None and result.run_dir == tmp_path / "run"
+        assert not any(isinstance(v, evo.RunStore | Journal | LMSession)
+                       for v in vars(result).values())
         del result
         gc.collect()
     assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
-    with open(tmp_path / "run" / "lock") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no one holds it now
     store = evo.RunStore(tmp_path / "other", {"seed": 0})
     store.close()
     store.close()
     assert store.closed
+
+
+def test_optimize_twice_on_one_run_directory_in_one_process(tmp_path):
+    """A notebook cell run again: the second call resumes the finished run (replayed from its
+    journal, no paid call) while the first result is still held, and gets the same result."""
+    lm = ScriptedLM(respond)
+    first = search(lm, tmp_path / "run", budget=60)
+    paid = len(lm.calls)
+    again = search(lm, tmp_path / "run", budget=60)
+    assert _lock_is_free(tmp_path / "run")
+    assert len(lm.calls) == paid + 1  # its preflight only
+    assert again.best.to_json() == first.best.to_json()
+    assert again.usage.calls == 0 and again.usage.replayed == first.usage.calls
+    assert [s["sitting"] for s in again.sittings] == [1, 2]
+
+
+def test_report_journals_its_test_pass_after_optimize_returned(tmp_path):
+    """Result.report reopens the run's journal (under the lock, which it frees again): the test
+    pass is booked to the search's sitting, phase 'test', and a resumed run replays it."""
+    lm = ScriptedLM(respond)
+    result = search(lm, tmp_path / "run", budget=60)
+    report = result.report(TEST[:6])
+    assert _lock_is_free(tmp_path / "run")
+    test = Journal(tmp_path / "run" / "journal.sqlite").ledger("test")
+    assert [s["paid"] for s in test] == [report.test_usage["calls"]] and report.test_usage["calls"]
+    again = search(ScriptedLM(respond), tmp_path / "run", budget=60)
+    replay = again.report(TEST[:6])
+    assert replay.test_usage["calls"] == 0 and replay.test_usage["replayed"] > 0
+    assert (replay.baseline, replay.optimized) == (report.baseline, report.optimized)
 
 
 # ---- a failed write names its path and leaves no temporary file --------------------------------

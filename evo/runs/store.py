@@ -45,17 +45,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from evo._io import storage_error, write_bytes, write_json
 from evo.data import Example
 from evo.errors import DamagedFileError, EvoError, UnsafeRunDirError
 from evo.lm.journal import Journal
 from evo.paths import protected_dir
+from evo.runs.record import Checkpoint, RunInfo, SearchRecord, answers_held
 
 if TYPE_CHECKING:
-    from evo.search.engine import SearchState
     from evo.lm.session import LMSession
+    from evo.search.engine import SearchState
 
 RUN_FILE = "run.json"
 JOURNAL_FILE = "journal.sqlite"
@@ -86,7 +85,7 @@ def run_cli(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     run_file = Path(run_dir) / RUN_FILE
     if not run_file.exists() and not run_file.is_symlink():  # a dangling link is no absence
         return None
-    return read_run_file(run_file).get("cli")
+    return read_run_info(run_file).cli
 
 
 def _read_json(path: Path) -> Any:
@@ -105,9 +104,16 @@ def _read_json(path: Path) -> Any:
 
 
 def read_run_file(run_file: str | os.PathLike[str]) -> dict[str, Any]:
-    """The content of a run directory's ``run.json``, checked for shape: an object with the
-    ``evo_run`` marker, a ``spec`` object and a ``cli`` object (or null). Anything else is one
-    :class:`DamagedFileError` naming the file."""
+    """The content of a run directory's ``run.json`` as a dict (:meth:`RunInfo.to_dict`; a file
+    written before the record had a version reads as version 0), checked for shape as in
+    :func:`read_run_info`."""
+    return read_run_info(run_file).to_dict()
+
+
+def read_run_info(run_file: str | os.PathLike[str]) -> RunInfo:
+    """A run directory's ``run.json`` (:class:`~evo.runs.record.RunInfo`), checked for shape: an
+    object with the ``evo_run`` marker, a ``spec`` object and a ``cli`` object (or null).
+    Anything else is one :class:`DamagedFileError` naming the file."""
     run_file = Path(run_file)
     _refuse_link(run_file)
     hint = (f"if {run_file.parent} is an evo run directory, its run file is damaged: "
@@ -116,16 +122,11 @@ def read_run_file(run_file: str | os.PathLike[str]) -> dict[str, Any]:
         info = _read_json(run_file)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
         raise DamagedFileError(run_file, f"not a readable run file ({exc})", hint=hint) from None
-    if not isinstance(info, dict) or "evo_run" not in info:
-        raise DamagedFileError(run_file, "not an evo run file (not an object with the "
-                               '"evo_run" key)', hint=hint)
-    if not isinstance(info.get("spec"), dict):
-        raise DamagedFileError(run_file, 'not a readable run file ("spec" is missing or not '
-                               "an object)", hint=hint)
-    if info.get("cli") is not None and not isinstance(info["cli"], dict):
-        raise DamagedFileError(run_file, 'not a readable run file ("cli" is not an object)',
-                               hint=hint)
-    return info
+    try:
+        return RunInfo.from_dict(info)
+    except ValueError as exc:
+        raise DamagedFileError(run_file, f"not a readable evo run file ({exc})",
+                               hint=hint) from None
 
 
 def _refuse_link(path: Path) -> None:
@@ -213,27 +214,6 @@ def data_digest(examples: Sequence[Example]) -> str:
     return f"{len(examples)}:{h.hexdigest()[:16]}"
 
 
-def state_record(state: SearchState) -> dict[str, Any]:
-    """The search state as JSON data: instructions with their origin, candidates with their
-    lineage (parents, operator, iteration), the validation example ids and the score matrix."""
-    archive, matrix = state.archive, state.matrix
-    return {
-        "instructions": [{"text": text, "origin": origin}
-                         for text, origin in zip(archive.instructions, archive.origins,
-                                                 strict=True)],
-        "candidates": [{"id": c.id, "genome": c.genome, "parents": list(c.parents), "op": c.op,
-                        "iteration": c.iteration, "accepted": c.accepted,
-                        "val_score": None if np.isnan(c.val_score) else c.val_score,
-                        "note": c.note} for c in state.candidates],
-        "val_example_ids": [ex.id for ex in matrix.examples],
-        "cell_errors": [{"candidate": row, "example": matrix.examples[col].id,
-                         "error": cell.error}
-                        for (row, col), cell in sorted(matrix.cells.items())
-                        if cell.error is not None],
-        "scores": [[None if np.isnan(v) else v for v in row] for row in matrix.scores.tolist()],
-    }
-
-
 def _signature(event: dict[str, Any]) -> tuple[str, Any]:
     return event.get("event", ""), event.get("candidate")
 
@@ -254,18 +234,13 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
-def _answers_held(ledger: list[dict[str, Any]]) -> int:
-    """Answers received (failures aside: an outage's are taken back) in a journal ledger."""
-    return sum(int(s["answers"]) - int(s["failed"]) for s in ledger)
-
-
 def _answers_seen(checkpoint: Path) -> int | None:
     """How many answers the journal held when the checkpoint was written (None if there is no
     readable checkpoint: it is for reading, so a damaged one is a warning, not an error)."""
     if not checkpoint.exists() and not checkpoint.is_symlink():
         return None
     try:
-        return _answers_held(_read_json(checkpoint)["sittings"])
+        return Checkpoint.from_dict(_read_json(checkpoint)).answers_held()
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         warnings.warn(f"evo: {checkpoint} is damaged ({str(exc)[:200]}); the run resumes, "
                       "but cannot check that its journal is complete", RuntimeWarning,
@@ -281,6 +256,60 @@ def _lost_answers(path: Path, seen: int, have: int) -> DamagedFileError:
         "off)? Copy journal.sqlite-wal too, from the original directory with no evo process "
         f"running, or {_NEW_RUN_HINT}; to resume anyway and pay again for what is missing, "
         f"delete {CHECKPOINT_FILE}")
+
+
+def _take_lock(path: Path) -> Any:
+    """The run directory's lock file, opened and locked (released when it is closed), with this
+    process's id in it; :class:`RunInUseError` naming the holder when another has it."""
+    lock = path / LOCK_FILE
+    handle = _open_run_file(lock, os.O_RDWR, "r+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read(80).strip() or "another process"
+            raise RunInUseError(f"{path} is in use by {holder}: one process per run "
+                                "directory (wait for it, or stop it and resume)") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+        except OSError as exc:
+            raise storage_error(lock, exc) from exc
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+@contextmanager
+def reopened_journal(path: str | os.PathLike[str], sitting: int, phase: str,
+                     spec: dict[str, Any]) -> Iterator[Journal | None]:
+    """The journal of the finished run in ``path``, reopened for one block under the run's
+    lock, its answers booked to ``sitting`` and ``phase`` (e.g. the test pass of
+    :meth:`evo.api.Result.report`, so that a resumed ``evo run`` replays it too). Yields None,
+    journaling nothing, when ``path`` no longer holds the run ``spec`` describes (moved away or
+    replaced); :class:`RunInUseError` when another process has it open."""
+    path = Path(path)
+    run_file = path / RUN_FILE
+    if not run_file.is_file() or run_file.is_symlink() or not (path / JOURNAL_FILE).is_file():
+        yield None
+        return
+    lock = _take_lock(path)
+    journal = None
+    try:
+        if read_run_file(run_file)["spec"] != json.loads(json.dumps(spec, default=str)):
+            journal = None
+        else:
+            journal = Journal(path / JOURNAL_FILE)
+            journal.sitting, journal.phase = sitting, phase
+        yield journal
+    finally:
+        if journal is not None:
+            journal.close()
+        lock.close()  # releases the flock
 
 
 # Stores open in this process, by resolved path. Weak: a store nobody holds is closed (see
@@ -315,7 +344,7 @@ class _Handles:
 class RunStore:
     """Open (or create) the run directory ``path`` for the run described by ``spec``.
 
-    ``spec`` identifies the run (:func:`evo.api.optimize` builds it); reopening a directory with
+    ``spec`` identifies the run (:func:`evo.runs.runner.run` builds it); reopening a directory with
     another spec raises :class:`RunMismatchError` naming what differs; a folder evo did not
     make (not empty, or a root, home or a folder above it) raises :class:`UnsafeRunDirError`
     before anything is written there. ``cli`` is kept beside it
@@ -340,25 +369,9 @@ class RunStore:
             earlier.close()
         self._handles = _Handles()
         self._release = weakref.finalize(self, self._handles.close)
-        lock = self.path / LOCK_FILE
-        self._handles.lock = _open_run_file(lock, os.O_RDWR, "r+")
-        try:
-            fcntl.flock(self._handles.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._handles.lock.seek(0)
-            holder = self._handles.lock.read(80).strip() or "another process"
-            self._release()
-            raise RunInUseError(f"{self.path} is in use by {holder}: one process per run "
-                                "directory (wait for it, or stop it and resume)") from None
+        self._handles.lock = _take_lock(self.path)
         _OPEN[self.path.resolve()] = self
         try:
-            try:
-                self._handles.lock.seek(0)
-                self._handles.lock.truncate()
-                self._handles.lock.write(f"pid {os.getpid()}")
-                self._handles.lock.flush()
-            except OSError as exc:
-                raise storage_error(lock, exc) from exc
             self._open(spec, cli)
         except BaseException:
             self.close()
@@ -377,7 +390,7 @@ class RunStore:
                     "resume it with the same inputs, or use another run directory")
             self.info = old
         else:
-            self.info = {"evo_run": 1, "created": time.time(), "spec": spec, "cli": cli}
+            self.info = RunInfo(spec=spec, cli=cli, created=time.time()).to_dict()
             write_json(self.path / RUN_FILE, self.info, indent=1)
         self.journal = self._open_journal(_answers_seen(self.path / CHECKPOINT_FILE)
                                           if self.resumed else None)
@@ -397,7 +410,7 @@ class RunStore:
         journal = None
         try:
             journal = Journal(path)
-            have = _answers_held(journal.ledger())
+            have = answers_held(journal.ledger())
             if seen is not None and have < seen:
                 raise _lost_answers(path, seen, have)
             self.sitting = journal.begin_sitting()
@@ -489,13 +502,13 @@ class RunStore:
             return
         self._last_checkpoint = now
         best = state.best if state.validated else None
-        write_json(self.path / CHECKPOINT_FILE, {
-            "iteration": state.iteration,
-            "metric_calls": state.evaluator.metric_calls if state.evaluator else 0,
-            "best": None if best is None else {"candidate": best.id, "val_score": best.val_score},
-            "stop_reason": state.stop_reason,
-            "sitting": self.sitting, "usage": usage, "sittings": self.ledger(),
-            **state_record(state)}, indent=1, default=str)
+        record = Checkpoint(
+            iteration=state.iteration,
+            metric_calls=state.evaluator.metric_calls if state.evaluator else 0,
+            best=None if best is None else {"candidate": best.id, "val_score": best.val_score},
+            stop_reason=state.stop_reason, sitting=self.sitting, usage=usage,
+            sittings=self.ledger(), record=SearchRecord.from_state(state))
+        write_json(self.path / CHECKPOINT_FILE, record.to_dict(), indent=1, default=str)
 
     def ledger(self, phase: str | None = "search") -> list[dict[str, Any]]:
         """What each sitting of the run received for ``phase`` ('search', 'test', None: both):
