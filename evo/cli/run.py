@@ -233,8 +233,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "eval_command": again, "wall_seconds": time.perf_counter() - started},
                indent=1, default=str)
     page = write_report(out)
-    if result.store is not None:
-        result.store.close()  # the run directory is free for `evo report` or a resume
     print(f"\nbest {_shown(result.best)}\n\nsaved: {out / 'best.json'}\nreport: {page}\n"
           f"run it again: {again}")
     if report.meaningless:  # everything is saved; the exit status says it is not a result
