@@ -12,9 +12,14 @@ import pytest
 
 import evo
 from evo.cli import main
-from evo.runs.events import (CandidateEvaluated, CandidateGenerated, NewBest, SearchCompleted,
-                        SearchStarted)
 from evo.lm import ScriptedLM
+from evo.runs.events import (
+    CandidateEvaluated,
+    CandidateGenerated,
+    NewBest,
+    SearchCompleted,
+    SearchStarted,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine import TEST, TRAIN, VAL, make, program, respond  # noqa: E402
@@ -85,7 +90,8 @@ def test_candidate_store_finds_instructions_by_similarity(tmp_path):
     assert {e[0] for e in store.entries} == evaluated and len(store) >= 2
     hit = store.search(result.baseline.instruction, k=1)[0]
     assert hit.instruction == result.baseline.instruction and hit.similarity > 0.99
-    assert hit.scored_on == "validation" and hit.score == result.baseline_val and 0 in hit.candidates
+    assert hit.scored_on == "validation" and hit.score == result.baseline_val
+    assert 0 in hit.candidates
     rules = [m for m in store.search("Say pos when the text says good", k=len(store))
              if "Say pos" in m.instruction]
     assert rules and rules[0].similarity > store.search("Say pos when the text says good",
@@ -310,3 +316,133 @@ def test_report_renders_in_a_browser(tmp_path):
     # the plots were decoded and drawn: the best-so-far line's red (#d0534a) is on screen
     red = np.all(np.abs(img.astype(int) - [0xd0, 0x53, 0x4a]) < 30, axis=-1)
     assert red.sum() > 200
+
+
+# ---- every emitted kind has a class, and round-trips through it -------------------------------
+
+def _events_of_every_optimizer():
+    """The event dicts of every optimizer (and of the ensemble's variants that emit their own
+    kinds) on the scripted task."""
+    builtin = [name for name in evo.optimizers.names()  # not a test's own registered ones
+               if evo.optimizers.optimizer_class(name).__module__.startswith("evo.optimizers")]
+    runs = [(name, {}) for name in builtin] + [
+        ("ensemble", {"knn": False}),  # member_skipped
+        ("ensemble", {"parallel": True}),  # members in threads
+        ("ensemble", {"combine": "vote", "members": [evo.KNNFewShot(),
+                                                     evo.LabeledFewShot()]}),
+    ]
+    events = []
+    for name, params in runs:
+        lm = ScriptedLM(respond)
+        opt = evo.optimizers.get(name, budget=evo.Budget(metric_calls=150), encoder="hashing",
+                                 **params)
+        events += evo.optimize(program(), TRAIN, VAL, lm=lm, optimizer=opt, cache=False).events
+    serial = ScriptedLM(respond)
+    serial.concurrent = False  # parallel=True on an LM that serves one call at a time
+    opt = evo.Ensemble(budget=evo.Budget(metric_calls=150), encoder="hashing", parallel=True)
+    return events + evo.optimize(program(), TRAIN, VAL, lm=serial, optimizer=opt,
+                                 cache=False).events
+
+
+def test_every_emitted_event_kind_round_trips_through_its_class():
+    from dataclasses import fields
+
+    from evo.search.events import Event
+
+    events = _events_of_every_optimizer()
+    seen = {e["event"] for e in events}
+    # every kind evo emits has a class, and every class is emitted by something
+    assert seen == set(Event.kinds), (seen ^ set(Event.kinds))
+    for raw in events:
+        typed = Event.from_dict(raw)
+        assert type(typed) is Event.kinds[raw["event"]] and typed.kind == raw["event"]
+        back = typed.to_dict()
+        assert json.dumps(back) == json.dumps(raw)  # the same keys, values and order
+        for f in fields(typed):  # every field the dict has is typed on the event
+            if f.name in raw and f.name not in ("t", "iteration", "metric_calls", "lm_calls"):
+                assert getattr(typed, f.name) == raw[f.name], (raw["event"], f.name)
+        # built from its own fields, an event gives the same dict back
+        own = {f.name: getattr(typed, f.name) for f in fields(typed)
+               if f.name not in ("kind", "data", "replayed")}
+        assert json.dumps(type(typed)(**own).to_dict()) == json.dumps(raw)
+
+
+def test_every_emit_site_builds_its_event_class():
+    """No event is emitted as a bare kind string: each site constructs its typed class."""
+    import re
+
+    root = Path(evo.__file__).parent
+    untyped = [f"{path.relative_to(root)}:{n}" for path in sorted(root.rglob("*.py"))
+               for n, line in enumerate(path.read_text().splitlines(), 1)
+               if re.search(r"\bemit\(\s*[\"']", line)]
+    assert untyped == []
+
+
+def test_an_event_built_from_its_fields_leaves_unset_ones_out():
+    from evo.search.events import CandidateEvaluated, ProposalRejected
+
+    rejected = ProposalRejected(candidate=3, op="reflection", reason="too long")
+    assert rejected.kind == "proposal_rejected" and rejected.iteration == 0
+    assert list(rejected.to_dict()) == ["event", "t", "iteration", "metric_calls", "lm_calls",
+                                        "candidate", "op", "reason"]
+    screened = CandidateEvaluated(candidate=4, minibatch=[1, 2], minibatch_score=0.5,
+                                  parent_minibatch_score=0.0, accepted=True)
+    assert list(screened.data) == ["candidate", "minibatch", "minibatch_score",
+                                   "parent_minibatch_score", "accepted"]
+    assert screened.val_score is None and "val_score" not in screened.to_dict()
+
+
+def test_search_stamps_typed_events_and_a_users_own_kinds(tmp_path):
+    from dataclasses import dataclass
+
+    from evo.search.events import Event, ProposalRejected
+
+    @dataclass(frozen=True)
+    class RoundDone(Event, kind="test_round_done"):
+        round: int = 0
+
+    seen, hooked = [], []
+
+    class Hooks(evo.Callback):
+        def on_event(self, event):
+            seen.append(event)
+
+        def on_proposal_rejected(self, event):
+            hooked.append(event)
+
+        def on_test_round_done(self, event):
+            hooked.append(event)
+
+    class Rounds(evo.SearchConfig):
+        name = "test_rounds"
+
+        def run(self, search):
+            search.next_iteration()
+            search.emit(ProposalRejected(candidate=0, op="test", reason="just because"))
+            search.emit(RoundDone(round=1))
+            search.emit("test_untyped_kind", note="a kind with no class")
+
+    try:
+        result = evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), cache=False,
+                              optimizer=Rounds(budget=evo.Budget(metric_calls=60)),
+                              callbacks=[Hooks()], run_dir=tmp_path / "run")
+    finally:
+        Event.kinds.pop("test_round_done")
+    mine = [e for e in result.events if e["event"].startswith(("test_", "proposal"))]
+    assert [e["event"] for e in mine] == ["proposal_rejected", "test_round_done",
+                                          "test_untyped_kind"]
+    assert all(e["iteration"] == 1 and e["metric_calls"] == len(VAL) and e["t"] > 0
+               for e in mine)
+    assert mine[1]["round"] == 1 and mine[2]["note"] == "a kind with no class"
+    assert [type(e).__name__ for e in hooked] == ["ProposalRejected", "RoundDone"]
+    assert type(seen[-3]).__name__ == "Event" and seen[-3].data == {"note": "a kind with no class"}
+    logged = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in logged] == [e["event"] for e in result.events]
+
+
+def test_runs_events_still_exports_the_event_classes():
+    import evo.runs.events as sinks
+    import evo.search.events as typed
+
+    for name in typed.__all__:
+        assert getattr(sinks, name) is getattr(typed, name)

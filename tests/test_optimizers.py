@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import evo
-from evo.search.engine import Search
 from evo.lm import ScriptedLM
 from evo.lm.base import LMRequest
 from evo.optimizers.ensemble import vote_ensemble
 from evo.optimizers.gepa import merge_genomes
+from evo.search.engine import Search
 from test_engine import TEST, TRAIN, VAL, program
 from test_engine import respond as task_respond
 

@@ -18,6 +18,7 @@ from evo.optimizers.steps import add_child, proposal_failure
 from evo.proposers.instructions import copro_instruction
 from evo.search import genome as G
 from evo.search.engine import Search, SearchConfig
+from evo.search.events import ProposalRejected
 
 
 @register_optimizer
@@ -52,8 +53,8 @@ class COPRO(SearchConfig):
                     description=search.description, seed=search.rng.randrange(2**31),
                     temperature=self.init_temperature)
                 if proposal.instruction is None:
-                    search.emit("proposal_rejected", candidate=seed.id, op="copro",
-                                reason=proposal_failure(proposal))
+                    search.emit(ProposalRejected(candidate=seed.id, op="copro",
+                                                 reason=proposal_failure(proposal)))
                     continue
                 iid, dup = search.archive.add_instruction(
                     proposal.instruction, {"op": "copro", "depth": depth})

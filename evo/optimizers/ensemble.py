@@ -36,6 +36,7 @@ from evo.program import Program
 from evo.program.ensemble import EnsembleProgram
 from evo.search.engine import Candidate, Search, SearchConfig
 from evo.search.evaluate import Budget, BudgetExhausted, Cell
+from evo.search.events import EnsembleRejected, MemberSkipped, MemberStarted
 
 
 def _default_members() -> list[SearchConfig]:
@@ -62,8 +63,9 @@ class Ensemble(SearchConfig):
         members = [m for m in self.members
                    if not (isinstance(m, KNNFewShot) and not search.archive.knn)]
         if len(members) < len(self.members):
-            search.emit("member_skipped", optimizer="knn_fewshot",
-                        reason="this search has no KNN demos (knn=False or max_demos=0)")
+            search.emit(MemberSkipped(
+                optimizer="knn_fewshot",
+                reason="this search has no KNN demos (knn=False or max_demos=0)"))
         for m in members:
             if isinstance(m, Ensemble) and m.combine == "vote":
                 raise ValueError("an Ensemble member cannot itself vote (combine='vote'); the "
@@ -73,12 +75,13 @@ class Ensemble(SearchConfig):
                 _run_parallel(search, members)
                 members = []
             else:
-                search.emit("member_start", member=-1, optimizer="", share=0,
-                            note="parallel=True but the LM serves one call at a time: members "
-                                 "run in turn")
+                search.emit(MemberStarted(
+                    member=-1, optimizer="", share=0,
+                    note="parallel=True but the LM serves one call at a time: members run in "
+                         "turn"))
         for i, member in enumerate(members):
             share = search.remaining() // (len(members) - i)
-            search.emit("member_start", member=i, optimizer=member.name, share=share)
+            search.emit(MemberStarted(member=i, optimizer=member.name, share=share))
             with search.limit(share):
                 try:
                     member.run(search)
@@ -110,8 +113,7 @@ def _run_parallel(search: Search, members: list[SearchConfig]) -> None:
         return sub
 
     for i, member in enumerate(members):
-        search.emit("member_start", member=i, optimizer=member.name, share=share,
-                    parallel=True)
+        search.emit(MemberStarted(member=i, optimizer=member.name, share=share, parallel=True))
     with ThreadPoolExecutor(max_workers=len(members)) as pool:
         subs = list(pool.map(one, range(len(members)), members))
     for i, sub in enumerate(subs):  # merged in member order: the result is thread-independent
@@ -161,8 +163,9 @@ def vote_ensemble(search: Search, size: int, vote: str = "majority") -> Candidat
         if score > best_score:
             best_score, best = score, (list(chosen), program, cells)
     if best is None:
-        search.emit("ensemble_rejected", reason="no vote beats the best single candidate on "
-                    "validation", best_single=pool[0].val_score)
+        search.emit(EnsembleRejected(
+            reason="no vote beats the best single candidate on validation",
+            best_single=pool[0].val_score))
         return None
     members, program, cells = best
     cand = search.add_program(program, ("ensemble", tuple(m.id for m in members), vote),

@@ -26,6 +26,7 @@ from evo.optimizers.steps import add_child, proposal_failure, screen
 from evo.proposers.instructions import evoprompt_instruction, paraphrase
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search, SearchConfig
+from evo.search.events import ProposalRejected
 from evo.search.strategies import Acceptance, StrictImprovement, roulette_pair
 
 
@@ -103,8 +104,8 @@ class EvoPrompt(SearchConfig):
             genome = G.mutate_demos(genome, archive, rng)
         note = ""
         if proposal.instruction is None:  # the demo genes still make a child
-            search.emit("proposal_rejected", candidate=parent.id, op=f"evoprompt_{self.variant}",
-                        reason=proposal_failure(proposal))
+            search.emit(ProposalRejected(candidate=parent.id, op=f"evoprompt_{self.variant}",
+                                         reason=proposal_failure(proposal)))
         else:
             genome[G.INSTRUCTION], note = archive.add_instruction(
                 proposal.instruction, {"op": f"evoprompt_{self.variant}", "parent": parent.id})

@@ -28,6 +28,7 @@ from evo.optimizers.steps import add_child, reflect
 from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search, SearchConfig, StopReason
+from evo.search.events import CandidateEvaluated, ProposalRejected
 from evo.search.strategies import Acceptance, NoWorse, StrictImprovement
 
 
@@ -87,8 +88,8 @@ class GEPA(SearchConfig):
             batch, order = order[:k], order[k:]
             parent_scores = search.train_scores(parent, batch)
             if self.skip_perfect_score and (parent_scores >= self.perfect_score).all():
-                search.emit("proposal_rejected", candidate=parent.id, op="reflection",
-                            reason="parent is perfect on the minibatch")
+                search.emit(ProposalRejected(candidate=parent.id, op="reflection",
+                                             reason="parent is perfect on the minibatch"))
                 stale += 1
                 continue
             shown = [(search.trainset[i], search.train_cell(parent, i)) for i in batch]
@@ -101,9 +102,10 @@ class GEPA(SearchConfig):
             stale = 0
             child_scores = search.train_scores(child, batch)
             accepted = self.acceptance.accepts(child_scores, parent_scores)
-            search.emit("candidate_evaluated", candidate=child.id, train_minibatch=batch,
-                        minibatch_score=float(child_scores.mean()),
-                        parent_minibatch_score=float(parent_scores.mean()), accepted=accepted)
+            search.emit(CandidateEvaluated(
+                candidate=child.id, train_minibatch=batch,
+                minibatch_score=float(child_scores.mean()),
+                parent_minibatch_score=float(parent_scores.mean()), accepted=accepted))
             if accepted:
                 search.validate(child)
                 merges_due += 1
@@ -177,9 +179,10 @@ def _merge(search: Search, config: GEPA, tried: set[tuple[int, int, int]]) -> bo
             better = max(totals, key=totals.__getitem__)
             best_parent = totals[better]
             accepted = config.merge_acceptance.accepts(scores, search.matrix.scores[better, batch])
-            search.emit("candidate_evaluated", candidate=child.id, minibatch=batch,
-                        minibatch_score=float(scores.mean()),
-                        parent_minibatch_score=best_parent / len(batch), accepted=accepted)
+            search.emit(CandidateEvaluated(candidate=child.id, minibatch=batch,
+                                           minibatch_score=float(scores.mean()),
+                                           parent_minibatch_score=best_parent / len(batch),
+                                           accepted=accepted))
             if accepted:
                 search.validate(child)
             return True

@@ -31,6 +31,12 @@ from evo.optimizers.registry import register_optimizer
 from evo.optimizers.steps import demo_set, proposal_failure
 from evo.proposers.instructions import TIPS, grounded_instruction, summarize_dataset
 from evo.search.engine import Candidate, Search, SearchConfig, StopReason
+from evo.search.events import (
+    CandidateEvaluated,
+    DemoSetsProposed,
+    InstructionsProposed,
+    ProposalRejected,
+)
 from evo.search.genome import INSTRUCTION, Genome, key
 
 AUTO = {"light": 6, "medium": 12, "heavy": 18}
@@ -115,9 +121,10 @@ class MIPROv2(SearchConfig):
                 rows[combo] = cand
             batch = sorted(search.rng.sample(search.all_cols, size))
             scores = search.evaluate(cand, batch)
-            search.emit("candidate_evaluated", candidate=cand.id, minibatch=batch,
-                        minibatch_score=float(scores.mean()), estimate=estimate(combo),
-                        accepted=False, trial=trial)
+            search.emit(CandidateEvaluated(candidate=cand.id, minibatch=batch,
+                                           minibatch_score=float(scores.mean()),
+                                           estimate=estimate(combo), accepted=False,
+                                           trial=trial))
             if trial % self.minibatch_full_eval_steps == 0:
                 validate_best()
         validate_best()
@@ -165,7 +172,7 @@ class MIPROv2(SearchConfig):
             demos = list(key(genome).demos)
             if demos and demos not in sets:
                 sets.append(demos)
-        search.emit("demo_sets", sets=sets)
+        search.emit(DemoSetsProposed(sets=sets))
         return sets
 
     def _instructions(self, search: Search, n: int, demo_sets: list[list[int]]) -> list[int]:
@@ -189,17 +196,17 @@ class MIPROv2(SearchConfig):
                 demos=[search.archive.demo(d) for d in demos], history=history, tip=tip,
                 seed=search.rng.randrange(2**31), temperature=self.init_temperature)
             if proposal.instruction is None:
-                search.emit("proposal_rejected", candidate=0, op="grounded_proposal",
-                            reason=proposal_failure(proposal))
+                search.emit(ProposalRejected(candidate=0, op="grounded_proposal",
+                                             reason=proposal_failure(proposal)))
                 continue
             iid, dup = search.archive.add_instruction(
                 proposal.instruction, {"op": "grounded_proposal", "tip": tip})
             if dup or iid in ids:
-                search.emit("proposal_rejected", candidate=0, op="grounded_proposal",
-                            reason=dup or "identical to an archived instruction")
+                search.emit(ProposalRejected(candidate=0, op="grounded_proposal",
+                                             reason=dup or "identical to an archived instruction"))
                 continue
             ids.append(iid)
             history.append(proposal.instruction)
-        search.emit("instructions", ids=ids, summary=summary)
+        search.emit(InstructionsProposed(ids=ids, summary=summary))
         return ids
 

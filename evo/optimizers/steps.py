@@ -22,6 +22,7 @@ from evo.proposers.reflection import Proposal, ReflectionStyle, propose
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search
 from evo.search.evaluate import Cell
+from evo.search.events import CandidateEvaluated, ProposalRejected
 from evo.search.genome import Genome
 from evo.search.strategies import Acceptance, StrictImprovement
 
@@ -44,11 +45,11 @@ def add_child(search: Search, genome: Genome | None, parents: tuple[int, ...], o
       (a cheap operator's repeat is routine).
     """
     if genome is None:
-        search.emit("proposal_rejected", candidate=parents[0], op=op, reason=note)
+        search.emit(ProposalRejected(candidate=parents[0], op=op, reason=note))
         return None
     if search.known(genome):
         if repeat is not None:
-            search.emit("proposal_rejected", candidate=parents[0], op=op, reason=repeat)
+            search.emit(ProposalRejected(candidate=parents[0], op=op, reason=repeat))
         return None
     return search.add(genome, parents, op, note)
 
@@ -80,10 +81,10 @@ def screen(search: Search, child: Candidate, parent: Candidate, batch: list[int]
     child_scores = search.evaluate(child, batch)
     parent_scores = search.matrix.scores[parent.id, batch]
     accepted = acceptance.accepts(child_scores, parent_scores)
-    search.emit("candidate_evaluated", candidate=child.id, minibatch=[int(c) for c in batch],
-                minibatch_score=float(child_scores.mean()),
-                parent_minibatch_score=float(parent_scores.mean()), accepted=accepted,
-                **search.cell_errors(child, batch))
+    search.emit(CandidateEvaluated(candidate=child.id, minibatch=[int(c) for c in batch],
+                                   minibatch_score=float(child_scores.mean()),
+                                   parent_minibatch_score=float(parent_scores.mean()),
+                                   accepted=accepted, cell_errors=search.cell_errors(child, batch)))
     if accepted:
         search.validate(child)
     return accepted

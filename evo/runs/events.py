@@ -1,14 +1,16 @@
-"""Search events, typed, and the callbacks that receive them.
+"""The callbacks that receive a search's typed events, and the built-in sinks.
 
-The engine emits one event per step of a search (:meth:`evo.search.engine.Search.emit`); each is a
-JSON-ready dict on the wire (the event log, ``on_event``) and a typed :class:`Event` for
-callbacks. A callback subclasses :class:`Callback` and overrides the hooks it needs::
+The events themselves are defined where they are raised, in the search layer
+(:mod:`evo.search.events`; re-exported here). The engine emits each as a JSON-ready dict (the
+event log, ``on_event``); :func:`dispatch` types it again, once, for callbacks. A callback
+subclasses :class:`Callback` and overrides the hooks it needs::
 
     class Print(evo.Callback):
         def on_new_best(self, event: evo.runs.events.NewBest) -> None:
             print(event.candidate, event.val_score)
 
-    evo.optimize(program, train, val, lm=lm, callbacks=[Print(), evo.runs.events.JSONLLog("ev.jsonl")])
+    evo.optimize(program, train, val, lm=lm,
+                 callbacks=[Print(), evo.runs.events.JSONLLog("ev.jsonl")])
 
 Built-in sinks: :class:`ProgressBar`, :class:`JSONLLog`, :class:`MLflowLogger` (optional
 dependency) and :class:`CandidateStore` (every evaluated instruction, searchable by
@@ -21,115 +23,32 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-from evo.embeddings.knn import encoder_for
-from evo.embeddings.index import VectorIndex
+
 from evo._io import write_json
+from evo.embeddings.index import VectorIndex
+from evo.embeddings.knn import encoder_for
 from evo.errors import DamagedFileError
-
-
-@dataclass(frozen=True)
-class Event:
-    """What every event carries: its kind, wall time, the search iteration, and the metric calls
-    and LM requests (cache hits and replays included) spent when it happened; ``data`` holds
-    the kind's own fields (all of them, also for the typed subclasses)."""
-
-    kind: str
-    t: float
-    iteration: int
-    metric_calls: int
-    lm_calls: int = 0
-    data: dict[str, Any] = field(default_factory=dict, repr=False)
-    # A resumed run retraces its earlier sittings: their events come again, marked replayed
-    # (a sink that keeps its own record across sittings may skip them).
-    replayed: bool = False
-
-    kinds: ClassVar[dict[str, type[Event]]] = {}
-
-    def __init_subclass__(cls, kind: str = "", **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        if kind:
-            Event.kinds[kind] = cls
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], *, replayed: bool = False) -> Event:
-        """The typed event for an engine event dict (a plain :class:`Event` for other kinds)."""
-        common = ("event", "t", "iteration", "metric_calls", "lm_calls")
-        data = {k: v for k, v in raw.items() if k not in common}
-        sub = Event.kinds.get(raw["event"], Event)
-        own = {f.name: data[f.name] for f in fields(sub) if f.name in data and f.name not in
-               ("kind", "t", "iteration", "metric_calls", "lm_calls", "data", "replayed")}
-        return sub(kind=raw["event"], t=raw.get("t", 0.0), iteration=raw.get("iteration", 0),
-                   metric_calls=raw.get("metric_calls", 0), lm_calls=raw.get("lm_calls", 0),
-                   data=data, replayed=replayed, **own)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"event": self.kind, "t": self.t, "iteration": self.iteration,
-                "metric_calls": self.metric_calls, "lm_calls": self.lm_calls, **self.data,
-                **({"replayed": True} if self.replayed else {})}
-
-
-@dataclass(frozen=True)
-class SearchStarted(Event, kind="start"):
-    seed: int = 0
-    budget: int = 0
-    val_size: int = 0
-    train_size: int = 0
-    config: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class CandidateGenerated(Event, kind="candidate_generated"):
-    candidate: int = -1
-    parents: list[int] | None = None
-    op: str = ""
-    note: str = ""
-    instruction: str | None = None  # its instruction text (None for a voting ensemble)
-
-
-@dataclass(frozen=True)
-class CandidateEvaluated(Event, kind="candidate_evaluated"):
-    """A candidate was scored: on a minibatch (``val_score`` None unless it was then validated
-    in full) or on the whole validation set."""
-
-    candidate: int = -1
-    val_score: float | None = None
-    minibatch_score: float | None = None
-    accepted: bool | None = None
-
-
-@dataclass(frozen=True)
-class NewBest(Event, kind="new_best"):
-    candidate: int = -1
-    val_score: float = 0.0
-
-
-@dataclass(frozen=True)
-class BudgetExhaustedEvent(Event, kind="budget_exhausted"):
-    remaining: int = 0
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Converged(Event, kind="converged"):
-    remaining: int = 0
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class SearchCompleted(Event, kind="complete"):
-    """The search returned (emitted by :func:`evo.optimize` once the result is built)."""
-
-    best: int = -1
-    best_val: float = 0.0
-    baseline_val: float = 0.0
-    stop_reason: str = ""
-    usage: dict[str, Any] | None = None
-    best_program: dict[str, Any] | None = None  # as saved in best.json
+from evo.search.events import (
+    BudgetExhaustedEvent,
+    CandidateEvaluated,
+    CandidateGenerated,
+    Converged,
+    DemoSetsProposed,
+    EnsembleRejected,
+    Event,
+    InstructionsProposed,
+    MemberSkipped,
+    MemberStarted,
+    NewBest,
+    ProposalRejected,
+    SearchCompleted,
+    SearchStarted,
+)
 
 
 class Callback:
@@ -144,6 +63,12 @@ class Callback:
     def on_budget_exhausted(self, event: BudgetExhaustedEvent) -> None: ...
     def on_converged(self, event: Converged) -> None: ...
     def on_complete(self, event: SearchCompleted) -> None: ...
+    def on_proposal_rejected(self, event: ProposalRejected) -> None: ...
+    def on_demo_sets(self, event: DemoSetsProposed) -> None: ...
+    def on_instructions(self, event: InstructionsProposed) -> None: ...
+    def on_member_start(self, event: MemberStarted) -> None: ...
+    def on_member_skipped(self, event: MemberSkipped) -> None: ...
+    def on_ensemble_rejected(self, event: EnsembleRejected) -> None: ...
 
     def on_error(self, error: BaseException) -> None:
         """The search raised (or was interrupted): release what the sink holds. Everything
@@ -152,12 +77,13 @@ class Callback:
 
 def dispatch(callbacks: Iterable[Callback], raw: dict[str, Any], *,
              replayed: bool = False) -> Event:
-    """Type ``raw`` once and hand it to every callback (``on_event``, then the kind's hook)."""
+    """Type ``raw`` once and hand it to every callback (``on_event``, then the kind's hook, when
+    the callback has one: a user's own event kind needs no hook on every sink)."""
     event = Event.from_dict(raw, replayed=replayed)
-    hook = "on_" + ("start" if event.kind == "start" else event.kind)
+    hook = "on_" + event.kind
     for cb in callbacks:
         cb.on_event(event)
-        if type(event) is not Event:
+        if type(event) is not Event and hasattr(cb, hook):
             getattr(cb, hook)(event)
     return event
 
@@ -414,5 +340,7 @@ class CandidateStore(Callback):
 
 __all__: Sequence[str] = (
     "Event", "SearchStarted", "CandidateGenerated", "CandidateEvaluated", "NewBest",
-    "BudgetExhaustedEvent", "Converged", "SearchCompleted", "Callback", "dispatch", "ProgressBar",
-    "JSONLLog", "MLflowLogger", "CandidateStore", "Match")
+    "ProposalRejected", "BudgetExhaustedEvent", "Converged", "SearchCompleted",
+    "DemoSetsProposed", "InstructionsProposed", "MemberStarted", "MemberSkipped",
+    "EnsembleRejected", "Callback", "dispatch", "ProgressBar", "JSONLLog", "MLflowLogger",
+    "CandidateStore", "Match")

@@ -4,6 +4,8 @@
   pool, and the cheap DEAP operators on them;
 - :mod:`evo.search.evaluate`: the budget, the candidates × examples score matrix, and the
   evaluator that fills it (each (prompt, example) cell paid once);
+- :mod:`evo.search.events`: the typed events a search emits (one class per kind), as dicts
+  on the wire (:meth:`~evo.search.events.Event.to_dict`);
 - :mod:`evo.search.strategies`: the search's decisions as small strategy objects (parent
   selection, minibatch acceptance), one protocol per decision;
 - :mod:`evo.search.engine`: :class:`~evo.search.engine.Search`, the one search context (archive,

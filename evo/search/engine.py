@@ -24,6 +24,7 @@ half-judged and the spend never exceeds it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -53,6 +54,15 @@ from evo.search.evaluate import (
     ScoreMatrix,
     cell_failures,
     failure_minibatch,
+)
+from evo.search.events import (
+    BudgetExhaustedEvent,
+    CandidateEvaluated,
+    CandidateGenerated,
+    Converged,
+    Event,
+    NewBest,
+    SearchStarted,
 )
 from evo.search.genome import Archive, Genome
 from evo.search.strategies import (
@@ -272,13 +282,20 @@ class Search:
     def multi_objective(self) -> bool:
         return len(self.config.objectives) > 1
 
-    def emit(self, kind: str, **data: Any) -> None:
-        event = {"event": kind, "t": time.time(), "iteration": self.state.iteration,
-                 "metric_calls": self.evaluator.metric_calls,
-                 "lm_calls": self.evaluator.lm_requests, **data}
-        self.state.events.append(event)
+    def emit(self, event: Event | str, **data: Any) -> None:
+        """Send ``event`` (:mod:`evo.search.events`), stamped with the time, the iteration and
+        the spend so far, as a JSON-ready dict (:meth:`Event.to_dict`) to the event list and the
+        ``on_event`` sink. A kind name with keyword data (an optimizer's kind without a class of
+        its own) is typed by :meth:`Event.from_dict`."""
+        if isinstance(event, str):
+            event = Event.from_dict({"event": event, **data})
+        event = dataclasses.replace(event, t=time.time(), iteration=self.state.iteration,
+                                    metric_calls=self.evaluator.metric_calls,
+                                    lm_calls=self.evaluator.lm_requests)
+        raw = event.to_dict()
+        self.state.events.append(raw)
         if self.on_event is not None:
-            self.on_event(event)
+            self.on_event(raw)
 
     # ---- the optimizer's decisions ----------------------------------------------------------
     def next_iteration(self) -> int:
@@ -330,8 +347,8 @@ class Search:
         if k in self.state.by_key:
             return None
         return self._register(list(genome), self.archive.program(genome), k, parents, op, note,
-                              instruction_id=genome[G.INSTRUCTION],
-                              instruction=self.archive.instructions[genome[G.INSTRUCTION]],
+                              instruction_id=k.instruction,
+                              instruction=self.archive.instructions[k.instruction],
                               demos=list(k.demos), knn_k=k.knn_k)
 
     def add_program(self, program: Program | EnsembleProgram, key: Hashable,
@@ -347,8 +364,8 @@ class Search:
         cand = Candidate(row, genome, program, parents, op, self.state.iteration, note=note)
         self.state.candidates.append(cand)
         self.state.by_key[key] = row
-        self.emit("candidate_generated", candidate=row, parents=list(parents), op=op,
-                  note=note, **data)
+        self.emit(CandidateGenerated(candidate=row, parents=list(parents), op=op, note=note,
+                                     **data))
         return cand
 
     def known(self, genome: Genome) -> bool:
@@ -381,20 +398,19 @@ class Search:
         if cand.genome:  # a voting ensemble is a result, not a parent
             self.state.population.append(cand.id)
             self._truncate_population()
-        self.emit("candidate_evaluated", candidate=cand.id, val_score=cand.val_score,
-                  accepted=True, **self.cell_errors(cand, self.all_cols))
+        self.emit(CandidateEvaluated(candidate=cand.id, val_score=cand.val_score, accepted=True,
+                                     cell_errors=self.cell_errors(cand, self.all_cols)))
         if cand.val_score > best_before:
-            self.emit("new_best", candidate=cand.id, val_score=cand.val_score)
+            self.emit(NewBest(candidate=cand.id, val_score=cand.val_score))
         return cand.val_score
 
-    def cell_errors(self, cand: Candidate, cols: Sequence[int]) -> dict[str, Any]:
-        """``{"cell_errors": {kind: count}}`` for ``cand``'s failed validation cells at
-        ``cols`` (LM, parser or metric errors, :func:`evo.search.evaluate.error_kind`); ``{}`` when
-        none failed. Added to its ``candidate_evaluated`` event, so failures show as they come."""
+    def cell_errors(self, cand: Candidate, cols: Sequence[int]) -> dict[str, int] | None:
+        """``{kind: count}`` of ``cand``'s failed validation cells at ``cols`` (LM, parser or
+        metric errors, :func:`evo.search.evaluate.error_kind`); None when none failed. Its
+        ``candidate_evaluated`` event carries it, so failures show as they come."""
         cells = [self.matrix.cells[(cand.id, c)] for c in cols
                  if (cand.id, c) in self.matrix.cells]
-        kinds = cell_failures(cells)["by_kind"]
-        return {"cell_errors": kinds} if kinds else {}
+        return cell_failures(cells)["by_kind"] or None
 
     def fitness(self, row: np.ndarray, program: Program | EnsembleProgram) -> float:
         """The search's fitness of a full validation score row: the user's ``fitness`` (which
@@ -488,9 +504,9 @@ class Search:
         """Emit ``start`` and validate the seed program (the baseline every result is read
         against). ``seed_cells`` (column -> cell) are the seed's cells another search already
         paid for: they are filled in free."""
-        self.emit("start", seed=self.seed, budget=self.config.budget.metric_calls,
-                  val_size=len(self.valset), train_size=len(self.trainset),
-                  config=jsonable(self.config))
+        self.emit(SearchStarted(seed=self.seed, budget=self.config.budget.metric_calls,
+                                val_size=len(self.valset), train_size=len(self.trainset),
+                                config=jsonable(self.config)))
         seed_cand = self.add(self.archive.seed_genome(), (), "seed")
         assert seed_cand is not None
         self._fill(seed_cand, seed_cells or {})
@@ -548,10 +564,11 @@ class Search:
         exhausted = self.evaluator.remaining() < len(self.valset)
         self.state.stop_reason = StopReason(reason or self.state.stop_reason or (
             StopReason.BUDGET if exhausted else StopReason.CONVERGED))
-        exhausted = self.state.stop_reason is StopReason.BUDGET
-        self.emit("budget_exhausted" if exhausted else "converged",
-                  remaining=self.evaluator.remaining(), reason=self.state.stop_reason.value,
-                  cell_failures=cell_failures(self.matrix.cells.values()))
+        stopped = BudgetExhaustedEvent if self.state.stop_reason is StopReason.BUDGET \
+            else Converged
+        self.emit(stopped(remaining=self.evaluator.remaining(),
+                          reason=self.state.stop_reason.value,
+                          cell_failures=cell_failures(self.matrix.cells.values())))
 
 
 def jsonable(config: BaseModel, *, name: Callable[[Any], str] | None = None
