@@ -42,6 +42,7 @@ from evo.search.evaluate import (
     meaningless,
     unique_examples,
 )
+from evo.search.events import SearchCompleted
 
 Data = Dataset | Sequence[Example]
 R = TypeVar("R", bound=SearchResult)
@@ -206,13 +207,13 @@ def _search(program: Program, train: list[Example], val: list[Example], optimize
         run_dir=store.path if store is not None else None,
         sitting=store.sitting if store is not None else 0,
         spec=store.info["spec"] if store is not None else None)
-    done = {"event": "complete", "t": time.time(), "iteration": state.iteration,
-            "metric_calls": result.metric_calls, "lm_calls": state.evaluator.lm_requests,
-            "best": best.id, "best_val": best.val_score,
-            "baseline_val": seed_cand.val_score, "stop_reason": state.stop_reason,
-            "usage": usage.to_dict(), "cell_failures": failed,
-            "best_program": {("evo_ensemble" if isinstance(best.program, EnsembleProgram)
-                              else "evo_program"): 1, **best.program.to_json()}}
+    done = SearchCompleted(
+        t=time.time(), iteration=state.iteration, metric_calls=result.metric_calls,
+        lm_calls=state.evaluator.lm_requests, best=best.id, best_val=best.val_score,
+        baseline_val=seed_cand.val_score, stop_reason=state.stop_reason,
+        usage=usage.to_dict(), cell_failures=failed,
+        best_program={("evo_ensemble" if isinstance(best.program, EnsembleProgram)
+                       else "evo_program"): 1, **best.program.to_json()}).to_dict()
     state.events.append(done)
     sink(done)
     if store is not None:
