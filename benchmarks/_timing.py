@@ -42,8 +42,9 @@ class Row:
         return self.reference_s / self.ours_s if self.ours_s > 0 else float("inf")
 
     def markdown(self) -> str:
-        return (f"| {self.benchmark} | {self.size} | {_fmt(self.ours_s)} | {_fmt(self.reference_s)} "
-                f"({self.reference}) | {self.ratio:,.1f}x | {self.note} |")
+        return (f"| {self.benchmark} | {self.size} | {_fmt(self.ours_s)} | "
+                f"{_fmt(self.reference_s)} ({self.reference}) | {self.ratio:,.1f}x | "
+                f"{self.note} |")
 
 
 def _fmt(seconds: float) -> str:

@@ -38,7 +38,8 @@ from evo.embeddings.index import EF_SEARCH, HNSW_THRESHOLD
 D = 384
 
 
-def clustered(rng: np.random.Generator, n: int, d: int, n_clusters: int, noise: float) -> np.ndarray:
+def clustered(rng: np.random.Generator, n: int, d: int, n_clusters: int,
+              noise: float) -> np.ndarray:
     """Unit vectors around random centres (as in tests/test_embeddings.py), generated in float32 so
     100k x 384 takes about a second. ``noise`` is the noise norm relative to the centre's: at 1.5 a
     point's 10th neighbour has cosine ~0.35, close to the rest of its cluster (a hard case)."""
@@ -88,7 +89,8 @@ def wait_quiet(max_busy: float = 0.1, timeout_s: float = 60.0) -> bool:
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     k = exact.shape[1]
-    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]))
+    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / k
+                          for a, e in zip(approx, exact)]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,8 +319,8 @@ def sweep_table(results: list[dict]) -> str:
 def real_vectors() -> np.ndarray:
     """MiniLM vectors of the ~23.3k distinct inputs of trec, sms_spam and rotten_tomatoes (encoded
     once, ~2 min on 2 cores, then read from the embedding cache)."""
-    from evo.embeddings import default_encoder
     from evo.datasets import fetch
+    from evo.embeddings import default_encoder
 
     texts: list[str] = []
     for name in ("trec", "sms_spam", "rotten_tomatoes"):

@@ -21,7 +21,11 @@ try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.benc
 except ImportError:  # pragma: no cover
     from benchmarks._timing import Row, best_time, main
 
-from evo.kernels.pareto import instance_fronts_reference, pareto_frequencies, select_from_pareto_front
+from evo.kernels.pareto import (
+    instance_fronts_reference,
+    pareto_frequencies,
+    select_from_pareto_front,
+)
 
 SIZES = ((50, 300), (200, 500), (400, 1000))
 

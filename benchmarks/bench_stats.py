@@ -21,8 +21,7 @@ except ImportError:  # pragma: no cover
     from benchmarks._timing import Row, best_time, main
 
 from evo.kernels import backend
-from evo.kernels.matrix import (column_best, column_best_reference, row_stats,
-                                row_stats_reference)
+from evo.kernels.matrix import column_best, column_best_reference, row_stats, row_stats_reference
 from evo.kernels.stats import TIE_RTOL, paired_bootstrap_ci, paired_permutation_test
 
 

@@ -17,7 +17,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import Row, best_time, main  # noqa: E402
-
 from evo.kernels.text import (  # noqa: E402
     Vocabulary,
     exact_match_batch,

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 def run_one(name: str, args: argparse.Namespace, task, lm, out: Path) -> dict:
     import evo
+    from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
     from evo.lm import session_for
     from evo.search.evaluate import evaluate_program
-    from evo.kernels.stats import paired_bootstrap_ci, paired_permutation_test
 
     run_dir = out / name
     # A fresh measurement: no response cache and no run store (whose journal would replay). The

@@ -3,8 +3,8 @@
 >>> import evo
 >>> task = evo.datasets.load("trec")                                    # doctest: +SKIP
 >>> program = evo.Program(signature=task.signature, labels=task.labels) # doctest: +SKIP
->>> result = evo.optimize(program, task.train, task.val, lm=evo.lm.local(),
-...                       optimizer=evo.Evolution(budget=evo.Budget(metric_calls=300)))  # doctest: +SKIP
+>>> result = evo.optimize(program, task.train, task.val, lm=evo.lm.local(),  # doctest: +SKIP
+...                       optimizer=evo.Evolution(budget=evo.Budget(metric_calls=300)))
 >>> print(result.report(task.test))                                     # doctest: +SKIP
 """
 
@@ -79,10 +79,12 @@ def __getattr__(name: str):
 
 __all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
            "Budget", "Callback", "CandidateStore", "Comparison", "ConfigError", "DamagedFileError",
-           "DataError", "EvoError", "RunFailedError", "StorageError", "UnsafeRunDirError", "JSONLLog",
-           "MLflowLogger", "ProgressBar", "Projection", "RunMismatchError", "RunStore", "Dataset", "Ensemble", "EnsembleProgram", "EvoPrompt",
-           "Evolution", "Example", "KNNFewShot", "LabeledFewShot", "MIPROv2", "ModuleResult", "Prediction",
-           "Program", "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig",
-           "Signature", "Task", "TokenMetric", "compare", "contains", "datasets", "events", "evaluate", "exact_match",
-           "f1", "lm", "load_program", "normalized_exact_match", "numeric_match", "optimize", "optimize_module",
-           "optimizers", "project", "to_dspy", "register_operator", "write_report", "register_optimizer"]
+           "DataError", "EvoError", "RunFailedError", "StorageError", "UnsafeRunDirError",
+           "JSONLLog", "MLflowLogger", "ProgressBar", "Projection", "RunMismatchError", "RunStore",
+           "Dataset", "Ensemble", "EnsembleProgram", "EvoPrompt", "Evolution", "Example",
+           "KNNFewShot", "LabeledFewShot", "MIPROv2", "ModuleResult", "Prediction", "Program",
+           "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig", "Signature",
+           "Task", "TokenMetric", "compare", "contains", "datasets", "events", "evaluate",
+           "exact_match", "f1", "lm", "load_program", "normalized_exact_match", "numeric_match",
+           "optimize", "optimize_module", "optimizers", "project", "to_dspy", "register_operator",
+           "write_report", "register_optimizer"]

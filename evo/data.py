@@ -234,7 +234,7 @@ def _stratified(examples: Sequence[Example], field: str, sizes: Sequence[int],
     counts = [[r * t // n for t in totals] for r in rows]
     open_cell = [[(r * t) % n != 0 for t in totals] for r in rows]
     row_need = [r - sum(c) for r, c in zip(rows, counts)]
-    col_need = [t - sum(c[l] for c in counts) for l, t in enumerate(totals)]
+    col_need = [t - sum(c[col] for c in counts) for col, t in enumerate(totals)]
     raised = [[False] * len(totals) for _ in rows]
     order = list(range(len(totals)))
     while any(row_need):
@@ -246,7 +246,8 @@ def _stratified(examples: Sequence[Example], field: str, sizes: Sequence[int],
             nxt = []
             for kind, i in frontier:
                 if kind == "r":
-                    steps = [("c", l) for l in order if open_cell[i][l] and not raised[i][l]]
+                    steps = [("c", col) for col in order
+                             if open_cell[i][col] and not raised[i][col]]
                 else:
                     steps = [("r", j) for j in range(len(rows)) if raised[j][i]]
                 for node in steps:
@@ -272,12 +273,12 @@ def _stratified(examples: Sequence[Example], field: str, sizes: Sequence[int],
                 raised[node[1]][prev[1]] = False
             node = prev
     parts, taken = [], [0] * len(labels)
-    for j, size in enumerate(sizes):
+    for j in range(len(sizes)):
         part = []
-        for l, label in enumerate(labels):
-            k = counts[j][l] + raised[j][l]
-            part += by_label[label][taken[l]:taken[l] + k]
-            taken[l] += k
+        for col, label in enumerate(labels):
+            k = counts[j][col] + raised[j][col]
+            part += by_label[label][taken[col]:taken[col] + k]
+            taken[col] += k
         rng.shuffle(part)
         parts.append(part)
     return parts

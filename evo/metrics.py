@@ -89,7 +89,8 @@ def exact_match(example: Example, prediction: Prediction) -> Score:
 
 def _exact_match_batch(examples: Sequence[Example], predictions: Sequence[Prediction]
                        ) -> list[Score]:
-    """:func:`exact_match` on each pair, through the exact-match kernel (:func:`exact_match_key`)."""
+    """:func:`exact_match` on each pair, through the exact-match kernel
+    (:func:`exact_match_key`)."""
     pairs = _FieldPairs(examples, predictions)
     equal = _text.exact_match_batch(pairs.said, pairs.gold, normalize=exact_match_key)
     scores = []

@@ -42,7 +42,7 @@ from evo.integrations.dspy.lm import to_dspy
 from evo.kernels.stats import bootstrap_means
 from evo.lm import make_lm, session_for
 from evo.lm.base import LMUnavailableError
-from evo.lm.session import LMSession, Usage
+from evo.lm.session import LMSession
 from evo.metrics import Metric, as_score, exact_match
 from evo.optimizers import names
 from evo.program import (
@@ -186,7 +186,7 @@ class EvoMetric:
     def __call__(self, gold, pred, trace=None, pred_name=None, pred_trace=None):
         import dspy
 
-        example = Example(inputs={k: str(gold[k]) for k in gold.inputs().keys()},
+        example = Example(inputs={k: str(gold[k]) for k in gold.inputs().keys(include_dspy=False)},
                           outputs={k: str(gold[k]) for k in self.outputs})
         score = as_score(self.metric(example, dspy_prediction(pred, self.outputs)))
         if self.feedback:

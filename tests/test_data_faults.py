@@ -27,7 +27,6 @@ from evo import datasets
 from evo.data import DataError, Dataset, Example, Task
 from evo.datasets import files, load, load_csv, load_jsonl, public
 from evo.datasets.files import load_file
-from evo.errors import ConfigError
 from evo.errors import ConfigError, EvoError, StorageError
 
 SCHEMA = dict(inputs=["text"], outputs=["label"])

@@ -75,7 +75,8 @@ def test_dspy_examples_and_metric_drive_an_evo_search():
     raw = [dspy.Example(text=f"item {i} is {'good' if i % 2 else 'bad'} stuff",
                         label="pos" if i % 2 else "neg").with_inputs("text") for i in range(60)]
     data = dspy_compat.examples(raw)
-    assert data[1].inputs == {"text": "item 1 is good stuff"} and data[1].outputs == {"label": "pos"}
+    assert data[1].inputs == {"text": "item 1 is good stuff"}
+    assert data[1].outputs == {"label": "pos"}
 
     def dspy_metric(gold, pred, trace=None):
         return dspy.Prediction(score=float(gold.label == pred.label),

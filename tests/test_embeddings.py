@@ -56,17 +56,20 @@ def check_against_reference(index: VectorIndex, db: np.ndarray, db_ids: np.ndarr
     for qi in range(len(queries)):
         row = ids[qi, :kk].tolist()
         assert len(set(row)) == kk
-        true = [float(queries[qi].astype(np.float64) @ db[pos_of[i]].astype(np.float64)) for i in row]
+        true = [float(queries[qi].astype(np.float64) @ db[pos_of[i]].astype(np.float64))
+                for i in row]
         np.testing.assert_allclose(scores[qi, :kk], true, rtol=0, atol=tol)
     assert (ids[:, kk:] == -1).all()
     assert np.isneginf(scores[:, kk:]).all()
 
 
-def clustered(rng: np.random.Generator, n: int, d: int, n_clusters: int, noise: float) -> np.ndarray:
+def clustered(rng: np.random.Generator, n: int, d: int, n_clusters: int,
+              noise: float) -> np.ndarray:
     """Unit vectors around random centres; ``noise`` is the noise norm relative to the centre's."""
     centers = l2_normalize(rng.standard_normal((n_clusters, d)))
     labels = rng.integers(0, n_clusters, size=n)
-    return l2_normalize(centers[labels] + noise / np.sqrt(d) * rng.standard_normal((n, d)).astype(np.float32))
+    noise_vectors = rng.standard_normal((n, d)).astype(np.float32)
+    return l2_normalize(centers[labels] + noise / np.sqrt(d) * noise_vectors)
 
 
 class FakeEncoder:
@@ -115,8 +118,10 @@ def test_flat_index_matches_numpy_bruteforce(seed, n, d, nq, k):
 
 
 @settings(max_examples=40, deadline=None)
-@given(db=hnp.arrays(np.int8, st.tuples(st.integers(1, 60), st.just(6)), elements=st.integers(-3, 3)),
-       queries=hnp.arrays(np.int8, st.tuples(st.integers(1, 5), st.just(6)), elements=st.integers(-3, 3)),
+@given(db=hnp.arrays(np.int8, st.tuples(st.integers(1, 60), st.just(6)),
+                    elements=st.integers(-3, 3)),
+       queries=hnp.arrays(np.int8, st.tuples(st.integers(1, 5), st.just(6)),
+                         elements=st.integers(-3, 3)),
        k=st.integers(1, 70))
 def test_flat_index_with_many_ties(db, queries, k):
     """Small-integer vectors: exact dot products and lots of ties, duplicates and zero vectors."""
@@ -162,7 +167,8 @@ def check_exclude(index: VectorIndex, db: np.ndarray, db_ids: np.ndarray, querie
         np.testing.assert_allclose(scores[qi, :kk], ref, rtol=0, atol=tol)
         row = ids[qi, :kk].tolist()
         assert exclude[qi] not in row and len(set(row)) == kk
-        np.testing.assert_allclose(scores[qi, :kk], [full[qi, pos_of[i]] for i in row], rtol=0, atol=tol)
+        np.testing.assert_allclose(scores[qi, :kk], [full[qi, pos_of[i]] for i in row],
+                                   rtol=0, atol=tol)
         assert (ids[qi, kk:] == -1).all() and np.isneginf(scores[qi, kk:]).all()
 
 
@@ -220,7 +226,7 @@ def test_batched_flat_search_through_blas_is_exact():
     rng = np.random.default_rng(5)
     db = clustered(rng, 3_000, 384, 30, 1.5)
     queries = clustered(rng, 64, 384, 30, 1.5)
-    assert 64 * 384 >= BLAS_MIN_WORK
+    assert BLAS_MIN_WORK <= 64 * 384
     index = VectorIndex(384)
     index.add(db)
     check_against_reference(index, db, np.arange(3_000), queries, 10)
@@ -274,13 +280,15 @@ def test_save_load_roundtrip(tmp_path, threshold):
 
 def test_load_rejects_other_files(tmp_path):
     path = tmp_path / "x.npz"
-    np.savez(path, config=np.array('{"format": "other"}'), ids=np.zeros(0), index=np.zeros(0, np.uint8))
+    np.savez(path, config=np.array('{"format": "other"}'), ids=np.zeros(0),
+             index=np.zeros(0, np.uint8))
     with pytest.raises(ValueError):
         VectorIndex.load(path)
 
 
 def test_default_threshold_is_exact_below_and_hnsw_at_it():
-    """With the shipped defaults: exact up to HNSW_THRESHOLD - 1 vectors, HNSW from the threshold."""
+    """With the shipped defaults: exact up to HNSW_THRESHOLD - 1 vectors, HNSW from the
+    threshold."""
     d = 8
     rng = np.random.default_rng(11)
     db = clustered(rng, HNSW_THRESHOLD + 50, d, 50, 1.0)
@@ -288,7 +296,8 @@ def test_default_threshold_is_exact_below_and_hnsw_at_it():
     index = VectorIndex(d)
     index.add(db[:HNSW_THRESHOLD - 1])
     assert index.kind == "flat"
-    check_against_reference(index, db[:HNSW_THRESHOLD - 1], np.arange(HNSW_THRESHOLD - 1), queries, 10)
+    check_against_reference(index, db[:HNSW_THRESHOLD - 1], np.arange(HNSW_THRESHOLD - 1),
+                            queries, 10)
     index.add(db[HNSW_THRESHOLD - 1:HNSW_THRESHOLD])
     assert index.kind == "hnsw" and len(index) == HNSW_THRESHOLD
     index.add(db[HNSW_THRESHOLD:])
@@ -488,11 +497,13 @@ def test_hashing_encoder_conforms_and_ranks_similar_text_higher():
 
 def test_hashing_encoder_model_id_names_its_parameters():
     ids = {HashingEncoder().model_id, HashingEncoder(dim=256).model_id,
-           HashingEncoder(ngram_range=(2, 4)).model_id, HashingEncoder(word_unigrams=False).model_id}
+           HashingEncoder(ngram_range=(2, 4)).model_id,
+           HashingEncoder(word_unigrams=False).model_id}
     assert len(ids) == 4
     assert HashingEncoder().model_id == HashingEncoder().model_id
     # char_wb n-grams of the space-padded token (a short token once, whole), then word unigrams
-    assert HashingEncoder().features("Hi!") == [" hi", "hi!", "i! ", " hi!", "hi! ", " hi! ", "w:hi"]
+    assert HashingEncoder().features("Hi!") == [" hi", "hi!", "i! ", " hi!", "hi! ", " hi! ",
+                                                "w:hi"]
 
 
 def test_hashing_encoder_behind_cache_with_index(tmp_path):

@@ -20,13 +20,13 @@ import time
 from collections import deque
 
 import pytest
-from fault_server import LENGTH_TOKENS, FaultServer
 
 import evo
-from evo.search.evaluate import evaluate_program
 from evo.lm import LMError, LMRequest, LMSession, LMUnavailableError, Message, ResponseCache
 from evo.lm.base import LMRequestError, LMResponse, LMTransientError
 from evo.lm.journal import Journal
+from evo.search.evaluate import evaluate_program
+from fault_server import LENGTH_TOKENS, FaultServer
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
                                  reason="dspy not installed"),

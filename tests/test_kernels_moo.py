@@ -1,4 +1,5 @@
-"""evo.kernels.moo: kernels == readable references == DEAP 1.4.4 (sorting, crowding, NSGA-II, HV)."""
+"""evo.kernels.moo: kernels == readable references == DEAP 1.4.4 (sorting, crowding, NSGA-II,
+HV)."""
 
 from __future__ import annotations
 
@@ -116,10 +117,8 @@ def random_cases(count: int, seed: int):
     for case in range(count):
         n = int(rng.integers(1, 120))
         m = int(rng.integers(2, 5))
-        if case % 2:  # integer-valued: duplicates and ties
-            obj = rng.integers(0, 4, size=(n, m)).astype(float)
-        else:
-            obj = rng.random((n, m))
+        # odd cases integer-valued: duplicates and ties
+        obj = rng.integers(0, 4, size=(n, m)).astype(float) if case % 2 else rng.random((n, m))
         # ±1 weights: DEAP's values = wvalues / weights then round-trip exactly, so crowding
         # distances (computed on values) can be compared bit for bit.
         yield obj, rng.choice([-1.0, 1.0], size=m), rng

@@ -43,7 +43,8 @@ def aggregates(draw, p: int) -> list[float] | None:
 
 
 def as_dict(member: np.ndarray) -> dict[int, set[int]]:
-    """Membership matrix -> gepa's {example: set(programs)}, examples with an empty front left out."""
+    """Membership matrix -> gepa's {example: set(programs)}, examples with an empty front left
+    out."""
     return {j: set(np.flatnonzero(member[:, j]).tolist())
             for j in range(member.shape[1]) if member[:, j].any()}
 
@@ -125,7 +126,8 @@ def test_small_matches_gepa_exactly(s: np.ndarray, data: st.DataObject) -> None:
 def test_small_tied_matches_gepa_over_many_seeds() -> None:
     rng = np.random.default_rng(0)
     for case in range(40):
-        s = rng.integers(0, 2, size=(int(rng.integers(2, 9)), int(rng.integers(1, 30)))).astype(float)
+        shape = (int(rng.integers(2, 9)), int(rng.integers(1, 30)))
+        s = rng.integers(0, 2, size=shape).astype(float)
         agg = rng.integers(0, 2, size=s.shape[0]).astype(float).tolist()  # tied aggregates
         fronts = instance_fronts_reference(s)
         for seed in range(25):

@@ -37,7 +37,7 @@ def test_messages_share_prefix_and_put_example_last():
     assert a[:-1] == b[:-1] == p.prefix()
     assert a[-1].content == "question: Where is Rome?"
     assert [m.role for m in a] == ["system", "user", "assistant", "user"]
-    assert "label: human" == a[2].content
+    assert a[2].content == "label: human"
     assert "one of: abbreviation, description" in a[0].content
 
 

@@ -121,8 +121,8 @@ def compare(a: Program | EnsembleProgram | str | Path, b: Program | EnsembleProg
             cache: Any = True, max_tokens: int = 48, seed: int = 0) -> Comparison:
     """Evaluate programs ``a`` and ``b`` (objects or saved program files) on every example of
     ``dataset`` and compare them, paired by example. The data is checked first for both
-    programs (:func:`evo.search.evaluate.check_testset`): an empty set or gold labels a program cannot
-    answer is a :class:`~evo.errors.ConfigError` before any LM call; a repeated example is
+    programs (:func:`evo.search.evaluate.check_testset`): an empty set or gold labels a program
+    cannot answer is a :class:`~evo.errors.ConfigError` before any LM call; a repeated example is
     compared once, with a warning.
 
     >>> # print(evo.compare("runs/trec-s0/baseline.json", "runs/trec-s0/best.json", task.test,

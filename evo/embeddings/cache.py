@@ -89,7 +89,8 @@ class EmbeddingCache:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(
-                    "INSERT OR REPLACE INTO embeddings (model_id, key, dim, vec) VALUES (?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO embeddings (model_id, key, dim, vec) "
+                    "VALUES (?, ?, ?, ?)",
                     rows,
                 )
             except BaseException:

@@ -2,7 +2,8 @@
 :class:`HashingEncoder`, and a caching wrapper.
 
 Every encoder returns float32 arrays of shape ``(n, dim)`` with L2-normalized rows, so the inner
-product of two rows is their cosine similarity (what :class:`embeddings.index.VectorIndex` ranks by).
+product of two rows is their cosine similarity (what :class:`embeddings.index.VectorIndex` ranks
+by).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
 from evo.embeddings.cache import default_cache
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,7 +100,8 @@ class MiniLMEncoder:
                     or model.get_sentence_embedding_dimension  # sentence-transformers < 6
                 got = get_dim()
                 if got != self.dim:
-                    raise RuntimeError(f"{self.model_path}: embedding dim {got}, expected {self.dim}")
+                    raise RuntimeError(f"{self.model_path}: embedding dim {got}, "
+                                       f"expected {self.dim}")
                 self._model = model
         return self._model
 

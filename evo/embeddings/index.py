@@ -234,7 +234,8 @@ class VectorIndex:
 
     # -- searching -------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, *,
-               exclude_ids: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               exclude_ids: Sequence[int] | np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product for each query row: ``(scores float32, ids int64)``.
 
         ``exclude_ids`` (one id per query row, ``-1`` for none) drops that id from its row's
@@ -256,7 +257,8 @@ class VectorIndex:
             exclude = exclude.astype(np.int64)
         fetch = k + 1 if exclude is not None else k
         if len(self) == 0 or nq == 0:
-            return (np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64))
+            return (np.full((nq, k), -np.inf, dtype=np.float32),
+                    np.full((nq, k), -1, dtype=np.int64))
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(self.ef_search, fetch)
@@ -337,7 +339,8 @@ class VectorIndex:
         with np.load(path, allow_pickle=False) as data:
             config = json.loads(str(data["config"]))
             if config.get("format") != _FORMAT:
-                raise ValueError(f"{path}: not a VectorIndex file (format {config.get('format')!r})")
+                raise ValueError(f"{path}: not a VectorIndex file "
+                                 f"(format {config.get('format')!r})")
             ids = np.asarray(data["ids"], dtype=np.int64)
             raw = np.asarray(data["index"], dtype=np.uint8)
         self = cls(config["dim"], hnsw_threshold=config["hnsw_threshold"], hnsw_m=config["hnsw_m"],

@@ -1,8 +1,8 @@
 """KNN demos: each input gets the ``k`` training examples nearest to it as its demos.
 
 The pool is embedded once (persistent embedding cache, so a text is never encoded twice) into a
-FAISS :class:`~evo.embeddings.index.VectorIndex`; the inputs about to be evaluated are retrieved in one
-batched query and memoized, so a candidate that uses KNN demos costs no LM call to build its
+FAISS :class:`~evo.embeddings.index.VectorIndex`; the inputs about to be evaluated are retrieved in
+one batched query and memoized, so a candidate that uses KNN demos costs no LM call to build its
 prompts (DSPy's ``KNNFewShot`` instead re-runs ``BootstrapFewShot`` on every call).
 
     >>> spec = KNNDemos(k=4, pool=tuple(task.train), fields=("question",))   # doctest: +SKIP

@@ -73,7 +73,8 @@ def _as_agg(agg: ArrayLike | None, member: np.ndarray) -> np.ndarray | None:
     # visited. For a visited program it would make the order undefined (gepa's sort would too).
     bad = np.isnan(a) & member.any(axis=1)
     if bad.any():
-        raise ValueError(f"agg is NaN for program(s) in a front: {np.flatnonzero(bad)[:10].tolist()}")
+        raise ValueError("agg is NaN for program(s) in a front: "
+                         f"{np.flatnonzero(bad)[:10].tolist()}")
     return a
 
 

@@ -33,7 +33,6 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -49,8 +48,8 @@ __all__ = [
     "token_f1_batch", "token_f1_ids", "token_f1_kernel", "token_f1_reference",
 ]
 
-Normalize = Union[str, Callable[[str], str]]  # "none", "squad" or a callable str -> str
-Gold = Union[str, Sequence[str]]  # one reference or several (the score is the max)
+Normalize = str | Callable[[str], str]  # "none", "squad" or a callable str -> str
+Gold = str | Sequence[str]  # one reference or several (the score is the max)
 
 # ---- normalization ------------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ class LMRequest:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int = 0
-    # What the call is for ("task", "reflection", "preflight", ...): kept in the ledger, not the key.
+    # What the call is for ("task", "reflection", "preflight", ...): kept in the ledger, not the
+    # key.
     purpose: str = field(default="task", compare=False)
 
     def key(self, model_id: str, endpoint: str | None = None) -> str:
@@ -45,7 +46,8 @@ class LMRequest:
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "stop": list(self.stop),
-            # Greedy decoding does not depend on the seed: same key, so one cached answer serves all.
+            # Greedy decoding does not depend on the seed: same key, so one cached answer serves
+            # all.
             "seed": self.seed if self.temperature > 0 else 0,
         }
         if endpoint:
@@ -67,7 +69,8 @@ class LMResponse:
 
 
 class LMError(RuntimeError):
-    """A failed LM call (after retries). Recorded per cell by the evaluator; never ends a run alone."""
+    """A failed LM call (after retries). Recorded per cell by the evaluator; never ends a run
+    alone."""
 
 
 class LMRequestError(LMError):

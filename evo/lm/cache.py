@@ -177,7 +177,7 @@ class ResponseCache:
                         raise _Damaged("it is another database (tables: "
                                        f"{', '.join(sorted(tables)[:5])})", before)
                     have = {r[1] for r in conn.execute("PRAGMA table_info(responses)")}
-                    if have and not _COLUMNS <= have:
+                    if have and not have >= _COLUMNS:
                         raise _Damaged("it has the wrong schema (a responses table without "
                                        f"{', '.join(sorted(_COLUMNS - have))})", before)
                     conn.execute("PRAGMA journal_mode = WAL")

@@ -80,7 +80,7 @@ def _retry_after(exc: BaseException) -> float | None:
                 try:
                     import datetime as dt
                     when = parsedate_to_datetime(str(value))
-                    seconds = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
+                    seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
                 except (TypeError, ValueError, OverflowError):
                     seconds = math.nan
             if math.isfinite(seconds):

@@ -56,9 +56,9 @@ class EnsembleProgram(BaseModel):
             if str(member.signature) != sig:
                 raise ValueError(f"ensemble member {i} has signature '{member.signature}', "
                                  f"member 0 has '{sig}'")
-        if self.vote == "weighted":
-            if self.weights is None or len(self.weights) != len(self.members):
-                raise ValueError("vote='weighted' needs one weight per member")
+        if self.vote == "weighted" and (self.weights is None
+                                        or len(self.weights) != len(self.members)):
+            raise ValueError("vote='weighted' needs one weight per member")
         return self
 
     @property

@@ -8,9 +8,9 @@
   (mutate the differences of two prompts, combine with the best, cross over with the base).
 * :func:`paraphrase` — EvoPrompt's resampling of a prompt, to seed a population.
 
-Every operator returns a :class:`~evo.proposers.reflection.Proposal`: the text, or None with the reason it
-failed the sanity filter shared with reflection (not a label, not an answer, not a quote of an
-example, not a copy of its sources). A small model often fails it; a failed proposal costs its
+Every operator returns a :class:`~evo.proposers.reflection.Proposal`: the text, or None with the
+reason it failed the sanity filter shared with reflection (not a label, not an answer, not a quote
+of an example, not a copy of its sources). A small model often fails it; a failed proposal costs its
 LM call, never a metric call.
 """
 

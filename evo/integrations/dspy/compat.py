@@ -69,8 +69,8 @@ def metric_value(result: Any) -> tuple[float, str]:
 def metric(fn: Callable[..., Any], *, name: str | None = None
            ) -> Callable[[Example, Prediction], Score]:
     """An evo metric from a DSPy metric ``fn(gold, pred, trace=None)`` (or ``fn(gold, pred)``).
-    ``gold`` is a ``dspy.Example`` with the example's fields, ``pred`` a ``dspy.Prediction`` of the parsed
-    outputs. ``fn`` may return a bool / number, or a ``dspy.Prediction`` with ``score`` and
+    ``gold`` is a ``dspy.Example`` with the example's fields, ``pred`` a ``dspy.Prediction`` of the
+    parsed outputs. ``fn`` may return a bool / number, or a ``dspy.Prediction`` with ``score`` and
     ``feedback`` (GEPA's feedback metrics); the feedback reaches evo's reflection. An unparseable
     reply scores 0 without calling ``fn``."""
     import dspy
