@@ -4,12 +4,15 @@ caches under ~/.cache/evo are reused across test runs. Tests that write caches a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fault_server import FaultServer, serving
+from evo.testing.fault_server import FaultServer, serving
 
 
 @pytest.fixture
@@ -42,3 +45,27 @@ def server_b(offline: None) -> Iterator[FaultServer]:
     """A second one: the same model at another address."""
     with serving() as srv:
         yield srv
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def screenshot() -> Callable[[Path, Path], np.ndarray]:
+    """Render a page in headless Chromium (the test is skipped where there is none):
+    ``screenshot(page, png)`` is the screenshot as an RGB array."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium (apt-get install chromium)")
+
+    def shoot(page: Path, png: Path) -> np.ndarray:
+        from PIL import Image  # deferred: Pillow comes with matplotlib (the bench extra)
+
+        subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={png.parent / 'chromium-profile'}",
+                        "--window-size=1200,3000", f"--screenshot={png}", page.as_uri()],
+                       check=True, capture_output=True, timeout=120)
+        return np.asarray(Image.open(png).convert("RGB"))
+
+    return shoot

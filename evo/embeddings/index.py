@@ -41,7 +41,7 @@ costs up to ~6 ms, small next to one LM call (~2 s). Past 50k exact search keeps
 linearly (0.7 ms batched, 10 ms alone at 100k) while HNSW stays well below 1 ms. A fixed
 efSearch is either slow on easy data or unsafe on hard data (ef=32: recall 0.99 on the synthetic
 100k pool, 0.92 on real text at 20k), hence the calibration.
-``tests/test_embeddings.py::test_hnsw_recall_at_calibrated_ef_search`` and
+``tests/embeddings/test_embeddings.py::test_hnsw_recall_at_calibrated_ef_search`` and
 ``::test_hnsw_recall_on_real_minilm_vectors`` (held-out queries) guard it.
 
 Exact search on 2 cores: batches go through FAISS's BLAS path (see ``BLAS_MIN_WORK``); fewer

@@ -24,9 +24,11 @@ so a search can improve):
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from evo.data import Example
 from evo.lm import ScriptedLM
@@ -34,7 +36,7 @@ from evo.lm.base import LMRequest
 from evo.program import Program
 
 __all__ = ["HASHED", "LABELS", "SENTIMENT", "TEST", "TRAIN", "VAL", "ScriptedTask",
-           "hashed_respond", "make", "program", "respond"]
+           "assert_same_run", "hashed_respond", "make", "program", "respond"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class ScriptedTask:
         return ScriptedLM(self.respond)
 
 
-# ---- the sentiment task (the one tests/test_engine.py has always used) ----------------------
+# ---- the sentiment task (the one tests/search/test_engine.py has always used) ----------------------
 LABELS = ("pos", "neg")
 
 
@@ -132,3 +134,20 @@ HASHED = ScriptedTask("text -> label", _HASHED_LABELS,
                       tuple(_make_hashed(i) for i in range(24)),
                       tuple(_make_hashed(i) for i in range(100, 108)),
                       tuple(_make_hashed(i) for i in range(200, 224)), hashed_respond)
+
+
+def assert_same_run(a: str | Path, b: str | Path) -> None:
+    """Assert that run directories ``a`` and ``b`` hold the same run: the same best program,
+    instructions, candidates (lineage included), score matrix and cell errors, the same summary
+    figures, and the same sequence of event kinds (what a resumed run must reproduce of an
+    uninterrupted one; wall times and sittings may differ)."""
+    a, b = Path(a), Path(b)
+    assert (a / "best.json").read_text() == (b / "best.json").read_text(), "best.json differs"
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
+    for key in ("instructions", "candidates", "scores", "val_example_ids", "cell_errors"):
+        assert ra.get(key) == rb.get(key), f"result.json: {key} differs"
+    for key in ("best_val", "baseline_val", "metric_calls", "stop_reason"):
+        assert ra["summary"][key] == rb["summary"][key], f"result.json: summary.{key} differs"
+    kinds = [[json.loads(line)["event"] for line in (d / "events.jsonl").read_text().splitlines()]
+             for d in (a, b)]
+    assert kinds[0] == kinds[1], "events.jsonl: the event kinds differ"

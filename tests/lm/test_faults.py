@@ -26,7 +26,7 @@ from evo.lm import LMError, LMRequest, LMSession, LMUnavailableError, Message, R
 from evo.lm.base import LMRequestError, LMResponse, LMTransientError
 from evo.lm.journal import Journal
 from evo.search.evaluate import evaluate_program
-from fault_server import LENGTH_TOKENS, FaultServer
+from evo.testing.fault_server import LENGTH_TOKENS, FaultServer
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
                                  reason="dspy not installed"),

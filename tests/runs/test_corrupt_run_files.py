@@ -6,7 +6,6 @@ that silently pays again for answers the run had received."""
 import json
 import shutil
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ import evo
 from evo.lm import ScriptedLM
 from evo.lm.journal import Journal
 from evo.runs.store import read_run_file, run_cli
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import TRAIN, VAL, program, respond
+from evo.testing import TRAIN, VAL, program, respond
 
 BUDGET = 60
 DEEP = b"[" * 100_000 + b"]" * 100_000  # nested 100k deep

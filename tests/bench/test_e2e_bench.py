@@ -38,7 +38,7 @@ def test_two_predictor_dspy_module_example_optimizes_and_round_trips(tmp_path):
     from pathlib import Path
 
     pytest.importorskip("llama_cpp")
-    example = Path(__file__).resolve().parent.parent / "examples" / "dspy_module.py"
+    example = Path(__file__).resolve().parents[2] / "examples" / "dspy_module.py"
     env = {**os.environ, "PYTHONPATH": str(example.parent.parent)}
     done = subprocess.run([sys.executable, str(example), "--budget", "8", "--n-val", "3",
                            "--n-test", "3"], capture_output=True, text=True, env=env,

@@ -23,10 +23,11 @@ from evo.lm import LMSession, ScriptedLM
 from evo.lm.journal import Journal
 from evo.runs.events import JSONLLog
 from evo.search.evaluate import evaluate_program
+from evo.testing import assert_same_run
 
 dspy = pytest.importorskip("dspy")
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 from resume import kill_at_random_moments  # noqa: E402
 
 
@@ -267,16 +268,6 @@ def stored(lm, run_dir, name="evolution", **kw):
                                optimizer=optimizer(name), run_dir=run_dir, **kw)
 
 
-def same_run(a: Path, b: Path) -> None:
-    assert (a / "best.json").read_text() == (b / "best.json").read_text()
-    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
-    for key in ("instructions", "candidates", "scores", "cell_errors"):
-        assert ra[key] == rb[key], key
-    kinds = [[json.loads(line)["event"] for line in (d / "events.jsonl").read_text().splitlines()]
-             for d in (a, b)]
-    assert kinds[0] == kinds[1]
-
-
 @pytest.mark.parametrize("name", ["evolution", "gepa", "miprov2", "bootstrap_fewshot"])
 def test_a_killed_run_resumes_with_no_paid_call_repeated(tmp_path, name):
     whole = stored(ScriptedLM(respond), tmp_path / "whole", name,
@@ -302,7 +293,7 @@ def test_a_killed_run_resumes_with_no_paid_call_repeated(tmp_path, name):
             stored(ScriptedLM(dies_after(stop)), tmp_path / "killed", name)
     last = ScriptedLM(respond)
     resumed = stored(last, tmp_path / "killed", name)
-    same_run(tmp_path / "whole", tmp_path / "killed")
+    assert_same_run(tmp_path / "whole", tmp_path / "killed")
     sittings = resumed.result.sittings
     assert len(sittings) == 3 and sum(s["paid"] for s in sittings) == paid_whole
     assert len(last.calls) == 1 + sittings[2]["paid"]  # the preflight, then only new requests
@@ -355,7 +346,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, name):
         proc.stderr.close()
     out, err = start(tmp_path / "killed", 9).communicate(timeout=300)
     assert "finished" in out, err
-    same_run(tmp_path / "whole", tmp_path / "killed")
+    assert_same_run(tmp_path / "whole", tmp_path / "killed")
     ledger = Journal(tmp_path / "killed" / "journal.sqlite").ledger()
     assert len(ledger) == 4 and all(s["paid"] for s in ledger[:3])
     assert sum(s["paid"] for s in ledger) == paid_whole

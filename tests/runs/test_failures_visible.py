@@ -4,7 +4,6 @@ mismatched test set fails before any LM call, and `evo report` survives hostile 
 
 import json
 import math
-import sys
 import warnings
 from pathlib import Path
 
@@ -15,9 +14,7 @@ from evo.analysis.report import build, write_report
 from evo.errors import ConfigError, DamagedFileError, RunFailedError, StorageError
 from evo.lm import LMSession, ScriptedLM
 from evo.search.evaluate import error_kind
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import TEST, TRAIN, VAL, make, program, respond  # noqa: E402
+from evo.testing import TEST, TRAIN, VAL, make, program, respond
 
 
 def optimizer(budget=120):

@@ -18,29 +18,15 @@ from evo.lm.base import LMRequest, LMResponse
 from evo.lm.journal import Journal
 from evo.runs.store import RunInUseError, RunMismatchError
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+from evo.testing import TEST, TRAIN, VAL, assert_same_run, program, respond
 from resume import kill_at_random_moments
-from test_engine import TEST, TRAIN, VAL, program, respond
 
 
 def search(lm, run_dir, *, budget=120, seed=0, cache=False, **kw):
     opt = evo.Evolution(budget=evo.Budget(metric_calls=budget), knn=False, encoder="hashing")
     return evo.optimize(program(), TRAIN, VAL, lm=lm, optimizer=opt, seed=seed, cache=cache,
                         run_dir=run_dir, **kw)
-
-
-def same_run(a: Path, b: Path) -> None:
-    """Two run directories hold the same result: programs, candidates, lineage, scores."""
-    assert (a / "best.json").read_text() == (b / "best.json").read_text()
-    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
-    for key in ("instructions", "candidates", "scores", "val_example_ids", "cell_errors"):
-        assert ra[key] == rb[key], key
-    for key in ("best_val", "baseline_val", "metric_calls", "stop_reason"):
-        assert ra["summary"][key] == rb["summary"][key], key
-    kinds = [[json.loads(line)["event"] for line in (d / "events.jsonl").read_text().splitlines()]
-             for d in (a, b)]
-    assert kinds[0] == kinds[1]
 
 
 class Killed(BaseException):
@@ -80,7 +66,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
             search(ScriptedLM(dies_after(stop)), tmp_path / "killed")
     last = ScriptedLM(respond)
     resumed = search(last, tmp_path / "killed")
-    same_run(tmp_path / "whole", tmp_path / "killed")
+    assert_same_run(tmp_path / "whole", tmp_path / "killed")
     sittings = resumed.sittings
     assert len(sittings) == 4
     # every sitting paid only new requests, and together exactly what the whole run paid
@@ -95,7 +81,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     again = ScriptedLM(respond)
     search(again, tmp_path / "killed")
     assert len(again.calls) == 1
-    same_run(tmp_path / "whole", tmp_path / "killed")
+    assert_same_run(tmp_path / "whole", tmp_path / "killed")
 
 
 def test_checkpoint_tells_where_a_killed_run_stood(tmp_path):
@@ -166,7 +152,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from test_store import search
 from evo.lm import ScriptedLM
-from test_engine import respond
+from evo.testing import respond
 search(ScriptedLM(respond, delay_s=0.004), {run!r}, budget=150)
 print("finished")
 """
@@ -197,7 +183,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
         proc.stderr.close()
     out, err = start(tmp_path / "killed", 9).communicate(timeout=300)
     assert "finished" in out, err
-    same_run(tmp_path / "whole", tmp_path / "killed")
+    assert_same_run(tmp_path / "whole", tmp_path / "killed")
     ledger = Journal(tmp_path / "killed" / "journal.sqlite").ledger()
     assert len(ledger) == 5 and all(s["paid"] for s in ledger[:4])
     assert sum(s["paid"] for s in ledger) == paid_whole
@@ -235,7 +221,7 @@ def test_an_outage_stops_the_run_and_resume_retries_its_requests(tmp_path):
         search(session, tmp_path / "outage")
     assert all(s["failed"] == 0 for s in Journal(tmp_path / "outage" / "journal.sqlite").ledger())
     search(ScriptedLM(respond), tmp_path / "outage")
-    same_run(tmp_path / "whole", tmp_path / "outage")
+    assert_same_run(tmp_path / "whole", tmp_path / "outage")
     assert whole.best_val == 1.0
 
 
@@ -282,7 +268,7 @@ def test_an_lm_call_budget_replays_to_the_same_decisions(tmp_path):
     with pytest.raises(Killed):
         run(ScriptedLM(dies, errors=flaky), tmp_path / "killed")
     run(ScriptedLM(respond, errors=flaky), tmp_path / "killed")
-    same_run(tmp_path / "whole", tmp_path / "killed")
+    assert_same_run(tmp_path / "whole", tmp_path / "killed")
 
 
 def test_run_spec_reads_the_same_in_every_process():
@@ -290,7 +276,7 @@ def test_run_spec_reads_the_same_in_every_process():
 
     from evo.runs.runner import name_of as _name
     assert "0x" not in _name(functools.partial(max, default=0))
-    assert _name(respond) == "test_engine.respond"
+    assert _name(respond) == "evo.testing.respond"
 
 
 def test_event_log_follows_a_replay_that_parts_from_it(tmp_path):

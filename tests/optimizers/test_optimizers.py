@@ -10,8 +10,8 @@ from evo.lm.base import LMRequest
 from evo.optimizers.ensemble import vote_ensemble
 from evo.optimizers.gepa import merge_genomes
 from evo.search.engine import Search
-from test_engine import TEST, TRAIN, VAL, program
-from test_engine import respond as task_respond
+from evo.testing import TEST, TRAIN, VAL, program
+from evo.testing import respond as task_respond
 
 GOOD = "<prompt>Say pos when the text says good, otherwise say neg.</prompt>"
 

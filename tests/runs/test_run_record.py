@@ -5,7 +5,6 @@ and resume."""
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,9 @@ import evo
 from evo.lm import ScriptedLM
 from evo.runs.record import VERSION, Checkpoint, ResultRecord, RunInfo, SearchRecord
 from evo.runs.store import read_run_file, read_run_info, run_cli
+from evo.testing import TRAIN, VAL, program, respond
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import TRAIN, VAL, program, respond
-
-OLD_RUN = Path(__file__).parent / "data" / "old_run"
+OLD_RUN = Path(__file__).parents[1] / "data" / "old_run"
 RECORDS = {"run.json": RunInfo, "checkpoint.json": Checkpoint, "result.json": ResultRecord}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from evo.cli import main
-from fault_server import FaultServer
+from evo.testing.fault_server import FaultServer
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
                                  reason="dspy not installed"),

@@ -11,8 +11,8 @@ import evo.cli
 import evo_bench as bench
 from evo.data import Dataset, Task
 from evo.lm import ScriptedLM
-from test_engine import LABELS, TRAIN, VAL
-from test_engine import respond as evo_respond
+from evo.testing import LABELS, TRAIN, VAL
+from evo.testing import respond as evo_respond
 
 dspy = pytest.importorskip("dspy")
 pytest.importorskip("matplotlib")

@@ -460,7 +460,7 @@ print(json.dumps({"v": v.tolist(), "torch": "torch" in sys.modules}))
 def test_hashing_encoder_is_deterministic_across_processes():
     texts = ["Who wrote Hamlet?", "naïve café", ""]
     here = HashingEncoder(dim=64).encode(texts)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for seed in ("0", "12345"):  # a different str hash salt in each child
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": root}
         out = subprocess.run([sys.executable, "-c", _HASHING_CHILD], env=env, cwd=root,

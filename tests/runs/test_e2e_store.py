@@ -20,11 +20,9 @@ import pytest
 from evo.cli import main
 from evo.lm.journal import Journal
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from test_events_report import CHROMIUM, screenshot  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+from evo.testing import assert_same_run
 from resume import kill_at_random_moments  # noqa: E402
-from test_store import same_run  # noqa: E402
 
 pytestmark = [pytest.mark.local_lm, pytest.mark.network]
 
@@ -57,7 +55,7 @@ def test_sigkilled_real_run_resumes_to_the_same_result(runs):
     last = evo_run("--resume", str(killed), "--quiet")
     out, err = last.communicate(timeout=900)
     assert last.returncode == 0, err[-3000:]
-    same_run(whole, killed)
+    assert_same_run(whole, killed)
     a, b = (json.loads((d / "report.json").read_text()) for d in (whole, killed))
     assert (a["baseline_scores"], a["optimized_scores"]) == (b["baseline_scores"],
                                                               b["optimized_scores"])
@@ -69,8 +67,7 @@ def test_sigkilled_real_run_resumes_to_the_same_result(runs):
         sum(s["answers"] for s in Journal(whole / "journal.sqlite").ledger(None))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium)")
-def test_report_of_a_real_trec_run_opens_in_a_browser(runs, tmp_path):
+def test_report_of_a_real_trec_run_opens_in_a_browser(runs, tmp_path, screenshot):
     page = runs / "whole" / "report.html"  # written by `evo run`
     html = page.read_text()
     assert html.count("data:image/png;base64,") == 3 and "From the seed to the best" in html

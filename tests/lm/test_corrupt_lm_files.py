@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,9 +20,7 @@ from evo.errors import DamagedFileError, StorageError
 from evo.lm import LMRequest, LMSession, Message, ResponseCache, ScriptedLM
 from evo.lm.base import LMResponse
 from evo.lm.journal import Journal
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import TRAIN, VAL, program, respond  # noqa: E402
+from evo.testing import TRAIN, VAL, program, respond
 
 
 @pytest.fixture(autouse=True)

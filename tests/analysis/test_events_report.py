@@ -2,9 +2,6 @@
 the HTML report, the dry run's projection, and `evo run --resume` / `--dry-run` from the shell."""
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +17,7 @@ from evo.runs.events import (
     SearchCompleted,
     SearchStarted,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import TEST, TRAIN, VAL, make, program, respond  # noqa: E402
+from evo.testing import TEST, TRAIN, VAL, make, program, respond
 
 
 def search(lm=None, **kw):
@@ -292,23 +287,7 @@ def test_cli_dry_run_resume_and_its_errors(tmp_path, scripted_cli, capsys):
     assert "made from Python" in capsys.readouterr().err
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def screenshot(page: Path, png: Path) -> np.ndarray:
-    """Render ``page`` in headless Chromium; the screenshot as an RGB array."""
-    from PIL import Image
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={png.parent / 'chromium-profile'}",
-                    "--window-size=1200,3000", f"--screenshot={png}", page.as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    return np.asarray(Image.open(png).convert("RGB"))
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium)")
-def test_report_renders_in_a_browser(tmp_path):
+def test_report_renders_in_a_browser(tmp_path, screenshot):
     search(budget=200, run_dir=tmp_path / "run")
     page = evo.write_report(tmp_path / "run")
     img = screenshot(page, tmp_path / "shot.png")

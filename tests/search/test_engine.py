@@ -9,35 +9,7 @@ import pytest
 import evo
 from evo.lm import LMError, LMSession, LMUnavailableError, ScriptedLM
 from evo.lm.base import LMRequest
-
-LABELS = ("pos", "neg")
-
-
-def make(i: int) -> evo.Example:
-    label = LABELS[i % 2]
-    word = "good" if label == "pos" else "bad"
-    return evo.Example(inputs={"text": f"item {i} is {word} stuff"}, outputs={"label": label})
-
-
-TRAIN = [make(i) for i in range(40)]
-VAL = [make(i) for i in range(100, 130)]
-TEST = [make(i) for i in range(200, 240)]
-
-
-def respond(req: LMRequest) -> str:
-    """A 'model' that only gets the task right with >= 2 demos or a rule that mentions 'good'."""
-    if req.purpose == "reflection":
-        return "- Say pos when the text says good.\n- Say neg when the text says bad."
-    last = req.messages[-1].content
-    system = req.messages[0].content
-    n_demos = (len(req.messages) - 2) // 2
-    if n_demos >= 2 or ("says good" in system):
-        return "label: " + ("pos" if "good" in last else "neg")
-    return "label: neg"
-
-
-def program() -> evo.Program:
-    return evo.Program(signature="text -> label", labels=LABELS)
+from evo.testing import TEST, TRAIN, VAL, make, program, respond
 
 
 def run(lm, budget=200, seed=0, config=None, **kw):

@@ -1,5 +1,5 @@
 """A real loopback OpenAI-compatible chat server whose fault is chosen per request, for the
-fault-injection tests (tests/test_faults.py, tests/test_cli_faults.py). Loopback only; a hung
+fault-injection tests (tests/lm/test_faults.py, tests/cli/test_cli_faults.py). Loopback only; a hung
 request sleeps a bounded time and its thread then ends by itself."""
 
 from __future__ import annotations
