@@ -38,6 +38,7 @@ from evo.errors import DamagedFileError
 from evo.program import validate_file_data
 from evo.runs.store import CHECKPOINT_FILE, EVENTS_FILE, RUN_FILE
 from evo.search.evaluate import MEANINGLESS_SHARE, failures_from_errors, format_failures
+from evo.search.genome import DEMOS, INSTRUCTION, KNN, N_DEMOS
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -306,7 +307,7 @@ def _check_record(record: dict[str, Any], src: Path) -> None:
             raise DamagedFileError(src, f"candidates[{k}].id: {c['id']} has no row in scores "
                                         f"({len(scores)} rows)")
         genome = c["genome"]
-        if genome and (len(genome) < 3 or not 0 <= genome[0] < n_inst):
+        if genome and (len(genome) < DEMOS or not 0 <= genome[INSTRUCTION] < n_inst):
             raise DamagedFileError(src, f"candidates[{k}].genome: {genome[:4]} does not name one "
                                         f"of the {n_inst} instructions")
 
@@ -416,8 +417,8 @@ def _lineage(candidates: list[dict], best: int) -> list[int]:
 def _genome_text(genome: list[int]) -> str:
     if not genome:
         return "a voting ensemble"
-    n, knn = genome[1], genome[2]
-    demos = genome[3:3 + n]
+    n, knn = genome[N_DEMOS], genome[KNN]
+    demos = genome[DEMOS:DEMOS + n]
     return (f"{n} demo{'s' if n != 1 else ''} {demos}" if n else "no fixed demos") + (
         f" + {knn} nearest per input" if knn else "")
 
@@ -486,7 +487,7 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     parts += _failures_section(record, scores, test)
     genome = by_id[best]["genome"]
     parts.append(f"<p>Best candidate #{best}: {_e(_genome_text(genome))}.</p>"
-                 f"<div class='step text'>{_e(texts[genome[0]]) if genome else ''}</div>")
+                 f"<div class='step text'>{_e(texts[genome[INSTRUCTION]]) if genome else ''}</div>")
 
     # ---- score vs calls -------------------------------------------------------------------
     evald = [e for e in events if e["event"] == "candidate_evaluated"
@@ -563,9 +564,9 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
         if c["note"]:
             head += f" · <span class='note'>{_e(c['note'])}</span>"
         if prev is None or not c["genome"] or not by_id[prev]["genome"]:
-            body = _e(texts[c["genome"][0]]) if c["genome"] else ""
+            body = _e(texts[c["genome"][INSTRUCTION]]) if c["genome"] else ""
         else:
-            old, new = texts[by_id[prev]["genome"][0]], texts[c["genome"][0]]
+            old, new = texts[by_id[prev]["genome"][INSTRUCTION]], texts[c["genome"][INSTRUCTION]]
             body = word_diff(old, new) if old != new else "<span class='note'>instruction " \
                 "unchanged</span>"
             was, now = _genome_text(by_id[prev]["genome"]), _genome_text(c["genome"])

@@ -23,7 +23,7 @@ from evo.data import Example
 from evo.lm.base import LMError, LMRequest, LMUnavailableError, Message
 from evo.lm.session import LMSession
 from evo.program import Program
-from evo.proposers.reflection import Proposal, _bad_text, _jaccard, describe_task
+from evo.proposers.reflection import Proposal, bad_text, describe_task, jaccard
 
 # MIPROv2's proposal tips (dspy/propose/grounded_proposer.py), one drawn per proposal.
 TIPS = {
@@ -70,10 +70,10 @@ def check(text: str, program: Program, sources: Sequence[str] = (),
           examples: Sequence[Example] = ()) -> str | None:
     """Why ``text`` is no usable instruction, or None (the filter reflection uses, plus length
     and near-copy checks against ``sources``)."""
-    problem = _bad_text(text, program, [(ex, None) for ex in examples])  # type: ignore[misc]
+    problem = bad_text(text, program, [(ex, None) for ex in examples])  # type: ignore[misc]
     if problem is None and len(text) > MAX_CHARS:
         problem = f"longer than {MAX_CHARS} characters"
-    if problem is None and any(_jaccard(text, s) > 0.9 for s in sources):
+    if problem is None and any(jaccard(text, s) > 0.9 for s in sources):
         problem = "a near-copy of an instruction it was shown"
     return problem
 
@@ -103,7 +103,7 @@ def summarize_dataset(session: LMSession, program: Program, examples: Sequence[E
     if isinstance(raw, Proposal):
         return ""
     text = " ".join(raw.split())[:600]
-    return "" if _bad_text(text, program, []) else text
+    return "" if bad_text(text, program, []) else text
 
 
 def grounded_instruction(session: LMSession, program: Program, *, summary: str,

@@ -72,7 +72,7 @@ def _quotes(text: str, sources: Sequence[str], n: int = 6) -> bool:
                for i in range(len(words) - len(g) + 1))
 
 
-def _jaccard(a: str, b: str) -> float:
+def jaccard(a: str, b: str) -> float:
     x, y = set(_words(a)), set(_words(b))
     return len(x & y) / max(1, len(x | y))
 
@@ -131,7 +131,7 @@ def rewrite_request(program: Program, failures: Sequence[tuple[Example, Cell]], 
                      seed=seed, purpose="reflection")
 
 
-def _bad_text(text: str, program: Program, failures: Sequence[tuple[Example, Cell]]
+def bad_text(text: str, program: Program, failures: Sequence[tuple[Example, Cell]]
               ) -> str | None:
     """Why a proposed text is unusable, or None. Generic checks, no task-specific lists."""
     norm = " ".join(_words(text))
@@ -166,8 +166,8 @@ def propose(session: LMSession, program: Program, failures: Sequence[tuple[Examp
     if style == "rewrite":
         fenced = re.findall(r"```(?:[a-z]*\n)?(.*?)```", raw, re.DOTALL)
         text = (fenced[0] if fenced else raw).strip()
-        problem = _bad_text(text, program, failures)
-        if problem is None and _jaccard(text, program.instruction) > 0.9:
+        problem = bad_text(text, program, failures)
+        if problem is None and jaccard(text, program.instruction) > 0.9:
             problem = "a near-copy of the current instruction"
         return Proposal(None if problem else text, problem or "ok", raw)
 
@@ -178,10 +178,10 @@ def propose(session: LMSession, program: Program, failures: Sequence[tuple[Examp
         if not m:
             continue
         rule = m.group(1).strip().strip('"').strip()
-        problem = _bad_text(rule, program, failures)
+        problem = bad_text(rule, program, failures)
         if problem is None and len(rule) > 300:
             problem = "too long"
-        if problem is None and any(_jaccard(rule, r) > 0.8 for r in old_rules + new_rules):
+        if problem is None and any(jaccard(rule, r) > 0.8 for r in old_rules + new_rules):
             problem = "repeats a rule"
         if problem:
             reasons.append(problem)
