@@ -40,9 +40,10 @@ D = 384
 
 def clustered(rng: np.random.Generator, n: int, d: int, n_clusters: int,
               noise: float) -> np.ndarray:
-    """Unit vectors around random centres (as in tests/embeddings/test_embeddings.py), generated in float32 so
-    100k x 384 takes about a second. ``noise`` is the noise norm relative to the centre's: at 1.5 a
-    point's 10th neighbour has cosine ~0.35, close to the rest of its cluster (a hard case)."""
+    """Unit vectors around random centres (as in tests/embeddings/test_embeddings.py), generated
+    in float32 so 100k x 384 takes about a second. ``noise`` is the noise norm relative to the
+    centre's: at 1.5 a point's 10th neighbour has cosine ~0.35, close to the rest of its cluster
+    (a hard case)."""
     centers = l2_normalize(rng.standard_normal((n_clusters, d), dtype=np.float32))
     labels = rng.integers(0, n_clusters, size=n)
     noise_v = rng.standard_normal((n, d), dtype=np.float32)

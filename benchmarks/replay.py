@@ -10,7 +10,8 @@ that takes a different path anywhere (another parent, another minibatch, another
 another order of calls) changes the fingerprint. A fingerprint holds the best program, the
 validation scores, the metric calls, every candidate (genome, operator, score) and a digest of
 the multiset of LM requests (order-free, so thread scheduling in a parallel ensemble does not
-matter). ``tests/optimizers/test_replay.py`` checks the committed ``benchmarks/results/replay.json``.
+matter). ``tests/optimizers/test_replay.py`` checks the committed
+``benchmarks/results/replay.json``.
 
 The real-model replays are ``benchmarks/optimizers.py --replay`` (each optimizer's row from its
 own response cache) and the README demo rerun on the default cache (0 paid calls).

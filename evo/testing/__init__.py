@@ -60,7 +60,7 @@ class ScriptedTask:
         return ScriptedLM(self.respond)
 
 
-# ---- the sentiment task (the one tests/search/test_engine.py has always used) ----------------------
+# ---- the sentiment task (the one tests/search/test_engine.py has always used) ---------------
 LABELS = ("pos", "neg")
 
 
