@@ -88,6 +88,18 @@ class StopReason(StrEnum):
     CONVERGED = "converged"  # the optimizer ran out of new candidates to try
 
 
+def stop_reason(reason: StopReason | str) -> StopReason | str:
+    """``reason`` as a :class:`StopReason` when it is one of its values; another non-empty text
+    (a user optimizer's own, e.g. "perfect validation score") is kept as it is."""
+    try:
+        return StopReason(reason)
+    except ValueError:
+        if isinstance(reason, str) and reason.strip():
+            return reason
+        raise ConfigError(f"stop reason {reason!r}: give a StopReason or a non-empty "
+                          "text") from None
+
+
 class SearchConfig(BaseModel):
     """What every optimizer shares: the budget, the genome layout and the objectives.
 
@@ -188,7 +200,8 @@ class SearchState:
     events: list[dict[str, Any]] = field(default_factory=list)
     evaluator: Evaluator | None = None
     iteration: int = 0
-    stop_reason: StopReason | Literal[""] = ""  # "" until the search has stopped
+    # "" until the search has stopped; a StopReason, or a user optimizer's own text
+    stop_reason: StopReason | str = ""
 
     @property
     def best(self) -> Candidate:
@@ -303,9 +316,10 @@ class Search:
         self.state.iteration += 1
         return self.state.iteration
 
-    def stop(self, reason: StopReason) -> None:
-        """Record why the optimizer stops (:meth:`finish` reports it)."""
-        self.state.stop_reason = StopReason(reason)
+    def stop(self, reason: StopReason | str) -> None:
+        """Record why the optimizer stops (:meth:`finish` reports it): a :class:`StopReason`, or
+        a text of the optimizer's own."""
+        self.state.stop_reason = stop_reason(reason)
 
     def replace_in_population(self, old: Candidate, new: Candidate) -> None:
         """``new`` (validated) takes ``old``'s place: ``old`` leaves the population, if it is in
@@ -558,16 +572,16 @@ class Search:
                 f"answered, e.g. {usable[0].error}; fix the metric (only the seed's "
                 f"validation was paid for)")
 
-    def finish(self, reason: StopReason | None = None) -> None:
+    def finish(self, reason: StopReason | str | None = None) -> None:
         """Record why the search stopped: ``reason``, else the optimizer's (:meth:`stop`), else
         whether the budget can still validate a candidate."""
         exhausted = self.evaluator.remaining() < len(self.valset)
-        self.state.stop_reason = StopReason(reason or self.state.stop_reason or (
+        self.state.stop_reason = stop_reason(reason or self.state.stop_reason or (
             StopReason.BUDGET if exhausted else StopReason.CONVERGED))
         stopped = BudgetExhaustedEvent if self.state.stop_reason is StopReason.BUDGET \
             else Converged
         self.emit(stopped(remaining=self.evaluator.remaining(),
-                          reason=self.state.stop_reason.value,
+                          reason=str(self.state.stop_reason),
                           cell_failures=cell_failures(self.matrix.cells.values())))
 
 

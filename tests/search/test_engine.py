@@ -323,8 +323,10 @@ def test_engine_counts_iterations_and_records_the_stop_reason():
     fresh = _search()
     fresh.finish()  # budget left and no reason given: the optimizer ran out of candidates
     assert fresh.state.stop_reason == "converged" and fresh.state.events[-1]["event"] == "converged"
-    with pytest.raises(ValueError):
-        search.stop("tired")
+    search.stop("tired")  # a reason of the optimizer's own is kept as its text
+    assert search.state.stop_reason == "tired"
+    with pytest.raises(evo.ConfigError):
+        search.stop("")
 
 
 def test_population_views_are_read_only_and_replacement_goes_through_the_engine():
@@ -398,3 +400,23 @@ def test_merge_takes_a_sub_search_candidates_cells_and_spend():
     assert main.archive.instructions[merged[0].genome[0]] == "Say pos when the text says good."
     assert not merged[1].accepted and np.isfinite(main.matrix.scores[merged[1].id]).sum() == 3
     assert main.best is merged[0]
+
+
+def test_an_optimizer_may_stop_for_a_reason_of_its_own():
+    """A StopReason, or a text of the optimizer's own (kept as it is, reported as converged);
+    an empty reason is a ConfigError when it is given, not after the budget is paid."""
+
+    class UntilPerfect(evo.SearchConfig):
+        name = "until_perfect_test"
+
+        def run(self, search):
+            search.stop("perfect validation score")
+
+    result = evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), cache=False,
+                          optimizer=UntilPerfect(budget=evo.Budget(metric_calls=60), knn=False,
+                                                 encoder="hashing"))
+    assert result.stop_reason == "perfect validation score"
+    from evo.search.engine import StopReason, stop_reason
+    assert stop_reason("budget exhausted") is StopReason.BUDGET
+    with pytest.raises(evo.ConfigError, match="stop reason"):
+        stop_reason("")
