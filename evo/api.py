@@ -21,7 +21,7 @@ from evo.program import Program
 from evo.program.ensemble import EnsembleProgram, load_program
 from evo.runs.events import Callback, progress_bar
 from evo.runs.result import SAVED_FILES, SearchResult
-from evo.runs.runner import name_of, optimizer_spec, run
+from evo.runs.runner import optimizer_spec, run
 from evo.runs.store import reopened_journal
 from evo.search.engine import Optimizer
 from evo.search.evaluate import (
@@ -242,7 +242,6 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
                cli=cli, result_type=Result)
 
 
-_name = name_of  # (the run spec's names of callables; kept for callers of the earlier API)
 
 
 @dataclass(frozen=True)

@@ -70,12 +70,6 @@ class SearchResult:
     sitting: int = 0  # this process's sitting of the stored run (0: no run store)
     spec: dict[str, Any] | None = field(default=None, repr=False)  # the stored run's spec
 
-    @property
-    def store(self) -> None:
-        """Always None: a result keeps no run store open (:func:`evo.api.optimize` closes it
-        before it returns; ``run_dir`` names its directory). Kept for callers that closed it."""
-        return None
-
     def tradeoff(self) -> list[Candidate]:
         """The validated candidates no other beats on both validation accuracy and prompt length
         (non-dominated sort, :mod:`evo.kernels.moo`), shortest prompt first: the candidates to

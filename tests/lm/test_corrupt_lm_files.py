@@ -264,8 +264,6 @@ def test_a_run_killed_before_its_journal_had_a_header_resumes(tmp_path):
     opt = evo.Evolution(budget=evo.Budget(metric_calls=40), knn=False, encoder="hashing")
     whole = evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), optimizer=opt,
                          cache=False, run_dir=tmp_path / "whole")
-    if whole.store is not None and not whole.store.closed:
-        whole.store.close()
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_bytes((tmp_path / "whole" / "run.json").read_bytes())
@@ -281,8 +279,6 @@ def test_a_run_with_a_damaged_journal_refuses_to_resume(tmp_path):
     run = tmp_path / "run"
     first = evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), optimizer=opt,
                          cache=False, run_dir=run)
-    if first.store is not None and not first.store.closed:
-        first.store.close()
     journal = run / "journal.sqlite"
     with sqlite3.connect(journal) as conn:  # every answer into the main file, then damage it
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

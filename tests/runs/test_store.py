@@ -440,7 +440,7 @@ def test_optimize_releases_the_run_directory_when_it_returns(tmp_path):
         warnings.simplefilter("always")
         result = search(ScriptedLM(respond), tmp_path / "run", budget=60)
         assert _lock_is_free(tmp_path / "run")
-        assert result.store is None and result.run_dir == tmp_path / "run"
+        assert not hasattr(result, "store") and result.run_dir == tmp_path / "run"
         assert not any(isinstance(v, evo.RunStore | Journal | LMSession)
                        for v in vars(result).values())
         del result
