@@ -277,8 +277,8 @@ def test_a_run_killed_before_its_journal_had_a_header_resumes(tmp_path):
 def test_a_run_with_a_damaged_journal_refuses_to_resume(tmp_path):
     opt = evo.Evolution(budget=evo.Budget(metric_calls=40), knn=False, encoder="hashing")
     run = tmp_path / "run"
-    first = evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), optimizer=opt,
-                         cache=False, run_dir=run)
+    evo.optimize(program(), TRAIN, VAL, lm=ScriptedLM(respond), optimizer=opt, cache=False,
+                 run_dir=run)
     journal = run / "journal.sqlite"
     with sqlite3.connect(journal) as conn:  # every answer into the main file, then damage it
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
