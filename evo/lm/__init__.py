@@ -51,3 +51,13 @@ def make_lm(spec: str, *, api_base: str | None = None, api_key: str | None = Non
         return hosted(spec, **kwargs)
     raise ConfigError(f"unknown model {spec!r}: use one of {', '.join(MODELS)}, a path to a "
                       ".gguf file, or a hosted model such as openai/gpt-4o-mini")
+
+
+_MOVED = {"to_dspy": "evo.to_dspy (evo.integrations.dspy.to_dspy)",
+          "SessionEngine": "evo.integrations.dspy.SessionEngine"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:  # the DSPy bridge left the LM layer: say where it went
+        raise AttributeError(f"evo.lm.{name} moved to {_MOVED[name]}")
+    raise AttributeError(f"module 'evo.lm' has no attribute {name!r}")
