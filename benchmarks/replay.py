@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -30,41 +29,19 @@ sys.path.insert(0, str(ROOT))
 
 import evo  # noqa: E402
 from evo.lm import ScriptedLM  # noqa: E402
-from evo.lm.base import LMRequest  # noqa: E402
+from evo.testing import HASHED, hashed_example, hashed_respond  # noqa: E402
 
-LABELS = ("pos", "neg", "other")
-WORDS = {"pos": "good", "neg": "bad", "other": "odd"}
+LABELS = HASHED.labels
 
 
 def make(i: int) -> evo.Example:
-    label = LABELS[(i * 7) % 3]
-    return evo.Example(inputs={"text": f"item {i} is {WORDS[label]} stuff number {i % 11}"},
-                       outputs={"label": label})
+    """The i-th example of the hashed task (evo.testing.HASHED draws its splits the same way)."""
+    return hashed_example(i)
 
 
 TRAIN = [make(i) for i in range(60)]
 VAL = [make(i) for i in range(100, 124)]
-
-
-def _h(*parts: str) -> int:
-    return int.from_bytes(hashlib.sha256("\x00".join(parts).encode()).digest()[:8], "big")
-
-
-def respond(req: LMRequest) -> str:
-    """A model whose skill is a hash of the prompt: some instructions and demo sets are better."""
-    text = "\n".join(f"{m.role}:{m.content}" for m in req.messages)
-    h = _h(req.purpose, text)
-    if req.purpose == "reflection":
-        return f"- Rule {h % 97}: read the adjective.\n- Rule {h % 89}: answer with one label."
-    if req.purpose != "task":
-        return f"<prompt>Classify the text by its adjective (variant {h % 1009}).</prompt>"
-    prompt = "\n".join(m.content for m in req.messages[:-1])
-    skill = 0.25 + 0.7 * (_h("skill", prompt) % 1000) / 1000
-    last = req.messages[-1].content
-    gold = next((lab for lab, w in WORDS.items() if re.search(rf"\b{w}\b", last)), "pos")
-    if (h % 1000) / 1000 < skill:
-        return f"label: {gold}"
-    return f"label: {LABELS[(LABELS.index(gold) + 1 + h % 2) % 3]}"
+respond = hashed_respond  # the model whose skill is a hash of the prompt (evo.testing)
 
 
 VARIANTS: dict[str, dict] = {name: {} for name in evo.optimizers.names()}

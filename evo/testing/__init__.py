@@ -36,7 +36,7 @@ from evo.lm.base import LMRequest
 from evo.program import Program
 
 __all__ = ["HASHED", "LABELS", "SENTIMENT", "TEST", "TRAIN", "VAL", "ScriptedTask",
-           "assert_same_run", "hashed_respond", "make", "program", "respond"]
+           "assert_same_run", "hashed_example", "hashed_respond", "make", "program", "respond"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,8 @@ _HASHED_LABELS = ("pos", "neg", "other")
 _WORDS = {"pos": "good", "neg": "bad", "other": "odd"}
 
 
-def _make_hashed(i: int) -> Example:
+def hashed_example(i: int) -> Example:
+    """The i-th example of the hashed task: three labels, each named by one adjective."""
     label = _HASHED_LABELS[(i * 7) % 3]
     return Example(inputs={"text": f"item {i} is {_WORDS[label]} stuff number {i % 11}"},
                    outputs={"label": label})
@@ -131,9 +132,9 @@ def hashed_respond(req: LMRequest) -> str:
 
 # 8 validation examples: a budget of 60 metric calls validates the seed and several candidates.
 HASHED = ScriptedTask("text -> label", _HASHED_LABELS,
-                      tuple(_make_hashed(i) for i in range(24)),
-                      tuple(_make_hashed(i) for i in range(100, 108)),
-                      tuple(_make_hashed(i) for i in range(200, 224)), hashed_respond)
+                      tuple(hashed_example(i) for i in range(24)),
+                      tuple(hashed_example(i) for i in range(100, 108)),
+                      tuple(hashed_example(i) for i in range(200, 224)), hashed_respond)
 
 
 def assert_same_run(a: str | Path, b: str | Path) -> None:
