@@ -128,8 +128,9 @@ def _resume_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"{args.resume}: not a run directory (no {RUN_FILE})")
     cli = run_cli(args.resume)
     if not cli:
-        raise ConfigError(f"{args.resume} was made from Python (evo.optimize): resume it by "
-                          "calling evo.optimize again with the same inputs and run_dir")
+        raise ConfigError(f"{args.resume} was made from Python (evo.optimize or "
+                          "evo.optimize_module): resume it by calling it again with the same "
+                          "inputs and run_dir")
     defaults = _defaults()
     movable = {"api_base": args.api_base}
     given = [k for k in RUN_ARGS if getattr(args, k) != defaults.get(k) and k not in movable]

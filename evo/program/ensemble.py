@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evo._io import write_json
-from evo.errors import DamagedFileError
+from evo.errors import ConfigError, DamagedFileError
 from evo.program import (
     _PROGRAM_HINT,
     PROGRAM_FORMAT,
@@ -107,8 +107,14 @@ def load_program(path: str | Path) -> Program | EnsembleProgram:
     """A program file written by :meth:`Program.save` or :meth:`EnsembleProgram.save`. A
     damaged file (truncated, nested too deep, not a program, a field missing or of the wrong
     type) is one :class:`~evo.errors.DamagedFileError` naming the file and the field, e.g.
-    ``best.json: members[1].demos[2].outputs: missing``."""
+    ``best.json: members[1].demos[2].outputs: missing``. The best.json of an
+    :func:`evo.optimize_module` run (a ``dspy.Module``'s) is a :class:`~evo.errors.ConfigError`:
+    the module's own ``load`` reads its saved program."""
     data = read_program_file(path)
+    if "dspy_module" in data:  # ModuleProgram.to_json's mark: a description, not the module
+        raise ConfigError(f"{path}: a dspy.Module's program (only its description is saved "
+                          "here): load it with the module's own load(), from a file written by "
+                          "result.program.save(...) of evo.optimize_module")
     if "evo_ensemble" in data:
         check_format(data, "evo_ensemble", path)
         return validate_program_data(EnsembleProgram, data, path)

@@ -350,3 +350,114 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, name):
     ledger = Journal(tmp_path / "killed" / "journal.sqlite").ledger()
     assert len(ledger) == 4 and all(s["paid"] for s in ledger[:3])
     assert sum(s["paid"] for s in ledger) == paid_whole
+
+
+# ---- what the module's user gives and gets back -----------------------------------------------
+
+def count_reply(req) -> str:
+    """A ChainOfThought counting words, in DSPy's ChatAdapter format, with typed fields."""
+    if req.purpose not in ("task", "dspy"):
+        return "Count the words."
+    words = field(req.messages[-1].content, "text").split()
+    return (f"[[ ## reasoning ## ]]\nCount them.\n\n[[ ## n ## ]]\n{len(words)}\n\n"
+            f"[[ ## words ## ]]\n{json.dumps(words)}\n\n[[ ## share ## ]]\n{len(words) / 10}"
+            f"\n\n[[ ## long ## ]]\n{'true' if len(words) > 3 else 'false'}\n\n"
+            "[[ ## completed ## ]]")
+
+
+class Count(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.count = dspy.ChainOfThought("text -> n: int, words: list[str], share: float, "
+                                         "long: bool")
+
+    def forward(self, text):
+        return self.count(text=text)
+
+
+def counted(k):
+    words = ["w"] * k
+    return dspy.Example(text=" ".join(words), n=k, words=words, share=k / 10,
+                        long=k > 3).with_inputs("text")
+
+
+def test_the_dspy_metric_gets_the_given_example_and_the_modules_typed_prediction():
+    seen = []
+
+    def metric(gold, pred, trace=None):
+        seen.append((gold, {k: type(getattr(pred, k)) for k in
+                            ("n", "words", "share", "long", "reasoning")}))
+        return 1.0 - min(1, abs(gold.n - pred.n))  # ints, as the signature says
+
+    data = [counted(k) for k in range(1, 9)]
+    result = evo.optimize_module(Count(), data, data, metric, lm=ScriptedLM(count_reply),
+                                 optimizer="bootstrap_fewshot", budget=40, cache=False)
+    assert result.best_val == 1.0 and not any(c.error for c in result.matrix.cells.values())
+    assert all(any(gold is ex for ex in data) for gold, _ in seen)  # the user's own examples
+    assert all(types == {"n": int, "words": list, "share": float, "long": bool,
+                         "reasoning": str} for _, types in seen)
+    seen.clear()
+    test = [counted(k) for k in (11, 12)]
+    assert result.report(test).optimized == 1.0
+    assert [gold for gold, _ in seen[-2:]] == test and all(g is t for (g, _), t in
+                                                          zip(seen[-2:], test, strict=True))
+
+
+def test_knn_demos_are_refused_or_off_since_a_modules_demos_are_fixed():
+    lm = ScriptedLM(respond)
+    with pytest.raises(evo.ConfigError, match="KNN demos are per input.*bootstrap_fewshot"):
+        run(lm=lm, optimizer="knn_fewshot")
+    with pytest.raises(evo.ConfigError, match="knn=True"):
+        run(lm=lm, optimizer=evo.optimizers.Evolution(knn=True, encoder="hashing"))
+    assert not lm.calls
+    # an optimizer whose knn is the default: the search runs without KNN demos, so the returned
+    # module holds every demo the best candidate was scored with
+    result, _ = run(optimizer=evo.optimizers.get("evolution", encoder="hashing"), budget=150)
+    assert all(c.program.knn is None and c.op != "knn_demos" for c in result.candidates)
+    shown = {n: len(p.demos) for n, p in result.program.named_predictors()}
+    assert shown["verify"] == len(result.result.best.demos)
+
+
+def test_old_keywords_minibatch_size_and_bootstrap_share():
+    lm = ScriptedLM(respond)
+    seen = []
+    run(lm=lm, optimizer="evolution", minibatch_size=3, budget=40, on_event=seen.append)
+    assert seen[0]["config"]["minibatch_size"] == 3
+    seen.clear()
+    run(optimizer=evo.optimizers.get("miprov2", knn=False, encoder="hashing"), minibatch_size=4,
+        budget=40, on_event=seen.append)
+    assert seen[0]["config"]["minibatch_size"] == 4
+    lm = ScriptedLM(respond)
+    with pytest.raises(evo.ConfigError, match="'bootstrap_fewshot' has no minibatch_size"):
+        run(lm=lm, optimizer="bootstrap_fewshot", minibatch_size=3)
+    with pytest.raises(evo.ConfigError, match="bootstrap_share is gone"):
+        run(lm=lm, bootstrap_share=0.2)
+    assert not lm.calls
+
+
+def test_a_passed_optimizer_without_max_tokens_gets_256():
+    _, lm = run(optimizer=evo.optimizers.get("bootstrap_fewshot", knn=False), budget=40)
+    assert lm.calls and all(r.max_tokens == 256 for r in lm.calls if r.purpose == "dspy")
+    _, lm = run(optimizer=evo.optimizers.get("bootstrap_fewshot", max_tokens=99), budget=40)
+    assert all(r.max_tokens == 99 for r in lm.calls if r.purpose == "dspy")
+
+
+def test_an_ensemble_that_may_vote_is_refused_before_any_lm_call():
+    lm = ScriptedLM(respond)
+    for opt in ("ensemble", evo.optimizers.Ensemble(members=[optimizer("bootstrap_fewshot")])):
+        with pytest.raises(evo.ConfigError, match="combine='best'"):
+            run(lm=lm, optimizer=opt)
+    assert not lm.calls
+    result, _ = run(optimizer=evo.optimizers.Ensemble(
+        members=[optimizer("bootstrap_fewshot")], combine="best", knn=False, encoder="hashing"),
+        budget=60)
+    assert isinstance(result.program, ClassifyThenVerify)
+
+
+def test_a_module_runs_best_json_is_refused_by_load_program(tmp_path, capsys):
+    stored(ScriptedLM(respond), tmp_path / "run", "bootstrap_fewshot")
+    with pytest.raises(evo.ConfigError, match="dspy.Module's program.*module's own load"):
+        evo.load_program(tmp_path / "run" / "best.json")
+    from evo.cli import main
+    assert main(["run", "--resume", str(tmp_path / "run")]) == 2
+    assert "(evo.optimize or evo.optimize_module)" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from evo.data import DataError, Example
@@ -17,10 +17,13 @@ from evo.program import Prediction
 
 
 def examples(data: Iterable[Any], *, inputs: Iterable[str] | None = None,
-             source: str = "dspy data") -> list[Example]:
+             source: str = "dspy data",
+             originals: MutableMapping[str, Any] | None = None) -> list[Example]:
     """evo examples from ``dspy.Example`` objects (their ``with_inputs`` fields are the inputs,
-    the rest the gold outputs; ``inputs`` overrides). Values are turned into text. A row without
-    inputs or outputs is a :class:`DataError` naming the row."""
+    the rest the gold outputs; ``inputs`` overrides). Values are turned into text; with
+    ``originals``, each evo example's id is mapped to its ``dspy.Example`` (the first one, when
+    two have the same text), so :func:`metric` can give the DSPy metric the typed original. A
+    row without inputs or outputs is a :class:`DataError` naming the row."""
     out = []
     for row, item in enumerate(data, 1):
         fields = {k: v for k, v in dict(item).items() if not k.startswith("dspy_")}
@@ -37,6 +40,8 @@ def examples(data: Iterable[Any], *, inputs: Iterable[str] | None = None,
             out.append(Example(inputs=ins, outputs=outs))
         except ValueError as exc:
             raise DataError(str(exc).splitlines()[0], source=source, row=row) from None
+        if originals is not None:
+            originals.setdefault(out[-1].id, item)
     return out
 
 
@@ -66,22 +71,32 @@ def metric_value(result: Any) -> tuple[float, str]:
     return value, feedback
 
 
-def metric(fn: Callable[..., Any], *, name: str | None = None
-           ) -> Callable[[Example, Prediction], Score]:
+def metric(fn: Callable[..., Any], *, name: str | None = None,
+           originals: Mapping[str, Any] | None = None) -> Callable[[Example, Prediction], Score]:
     """An evo metric from a DSPy metric ``fn(gold, pred, trace=None)`` (or ``fn(gold, pred)``).
-    ``gold`` is a ``dspy.Example`` with the example's fields, ``pred`` a ``dspy.Prediction`` of the
-    parsed outputs. ``fn`` may return a bool / number, or a ``dspy.Prediction`` with ``score`` and
-    ``feedback`` (GEPA's feedback metrics); the feedback reaches evo's reflection. An unparseable
-    reply scores 0 without calling ``fn``."""
+
+    ``gold`` is the example's own ``dspy.Example`` when ``originals`` maps its id to one (see
+    :func:`examples`), else one rebuilt from the example's text fields. ``pred`` is the module's
+    own ``dspy.Prediction`` when the evo prediction carries one (``dspy_prediction``, set by
+    :class:`~evo.integrations.dspy.module.ModuleProgram`: typed values, ``reasoning``), else a
+    ``dspy.Prediction`` of the parsed text outputs. ``fn`` may return a bool / number, or a
+    ``dspy.Prediction`` with ``score`` and ``feedback`` (GEPA's feedback metrics); the feedback
+    reaches evo's reflection. An unparseable reply scores 0 without calling ``fn``."""
     import dspy
 
     call = call_metric(fn)
+    originals = {} if originals is None else originals
 
     def evo_metric(example: Example, prediction: Prediction) -> Score:
         if not prediction.ok:
             return Score(0.0, f"unusable reply: {prediction.error}")
-        gold = dspy.Example(**example.inputs, **example.outputs).with_inputs(*example.inputs)
-        value, feedback = metric_value(call(gold, dspy.Prediction(**prediction.outputs)))
+        gold = originals.get(example.id)
+        if gold is None:
+            gold = dspy.Example(**example.inputs, **example.outputs).with_inputs(*example.inputs)
+        pred = getattr(prediction, "dspy_prediction", None)
+        if pred is None:
+            pred = dspy.Prediction(**prediction.outputs)
+        value, feedback = metric_value(call(gold, pred))
         if not feedback:
             said = ", ".join(f"{k}={v!r}" for k, v in prediction.outputs.items())
             gold_text = ", ".join(f"{k}={v!r}" for k, v in example.outputs.items())

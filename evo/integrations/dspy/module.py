@@ -9,7 +9,9 @@ it as they treat a prompt program:
 * its **instruction** is the module's instruction text: one predictor's own, or for several a
   joint text that names each predictor (``[predictor: name]`` lines) and parses back, so
   reflection can rewrite any of them (a ``Rules:`` list that reflection appends holds for every
-  predictor: it was learned from the whole module's failures);
+  predictor: it was learned from the whole module's failures). Instruction proposers that
+  write one text without sections (MIPROv2's, COPRO's, EvoPrompt's) cannot target one
+  predictor: their text is put before every predictor's own instruction;
 * its **demos** are training examples: for each predictor, the demo is that predictor's own
   inputs and outputs from a run of the module on that example that gave these outputs (a
   bootstrapped passing trace, a ChainOfThought's reasoning included), or else the example's
@@ -20,9 +22,12 @@ it as they treat a prompt program:
   journal and the budget's accounting all apply.
 
 ``optimize_module(module, trainset, valset, metric, lm=...)`` converts the DSPy data and metric
-(:mod:`evo.integrations.dspy.compat`) and calls :func:`evo.api.optimize`. The result's
+(:mod:`evo.integrations.dspy.compat`; the metric still gets the ``dspy.Example`` given and the
+module's own ``dspy.Prediction``, typed) and calls :func:`evo.api.optimize`. Demos are fixed
+per predictor, so the search runs without KNN (per-input) demos. The result's
 ``program`` is a deep copy of the module with the best instructions and demos set: DSPy's own
-``save`` / ``load`` round-trip it.
+``save`` / ``load`` round-trip it (the run's ``best.json`` only describes the module:
+:func:`evo.load_program` refuses it).
 
 >>> # result = evo.optimize_module(MyModule(), train, val, my_metric, lm=evo.lm.local(),
 >>> #                              optimizer="gepa", run_dir="runs/my-module")
@@ -34,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +54,10 @@ from evo.integrations.dspy.compat import metric as to_evo_metric
 from evo.integrations.dspy.lm import to_dspy
 from evo.lm.base import LM, LMError
 from evo.lm.session import LMSession, Usage
-from evo.optimizers import get
+from evo.optimizers import optimizer_class
+from evo.optimizers.ensemble import Ensemble
 from evo.optimizers.evolution import Evolution
+from evo.optimizers.fewshot import KNNFewShot
 from evo.program import Prediction, Program
 from evo.proposers.reflection import join_rules, split_rules
 from evo.runs.events import Callback
@@ -176,6 +183,15 @@ def _lm_error(exc: BaseException) -> LMError | None:
     return None
 
 
+@dataclass(frozen=True)
+class ModulePrediction(Prediction):
+    """A module run's prediction: the outputs as text (for evo: matrix, feedback, vote keys)
+    and the module's own ``dspy.Prediction`` (typed values, ``reasoning``) for the DSPy metric
+    (:func:`evo.integrations.dspy.compat.metric` passes it on)."""
+
+    dspy_prediction: Any = field(default=None, compare=False, repr=False)
+
+
 class ModuleProgram(Program):
     """A ``dspy.Module`` as an evo program (see the module docstring): ``instruction`` is the
     module's (joint) instruction text, ``demos`` are training examples, ``signature`` is the
@@ -195,7 +211,10 @@ class ModuleProgram(Program):
         return self.bridge.module
 
     def to_module(self) -> Any:
-        """A deep copy of the module with this program's instructions and demos."""
+        """A deep copy of the module with this program's instructions and demos (KNN demos,
+        chosen per input, are no module's: such a program is a :class:`ConfigError`)."""
+        if self.knn is not None:
+            raise ConfigError(f"this program has KNN demos: {_KNN}")
         return self.bridge.build(self.instruction, self.demos).deepcopy()
 
     def run(self, example: Example, session: LMSession, max_tokens: int) -> Prediction:
@@ -222,7 +241,7 @@ class ModuleProgram(Program):
         text = "\n".join(f"{name} -> " + "; ".join(f"{k}: {v}" for k, v in out.items())
                          for name, _, out in steps) if len(steps) > 1 else \
             "\n".join(f"{k}: {v}" for k, v in outputs.items())
-        return Prediction(text, outputs)
+        return ModulePrediction(text, outputs, None, pred)
 
     def to_json(self) -> dict:
         return {**super().to_json(), "dspy_module": self.bridge.describe()}
@@ -235,6 +254,7 @@ class ModuleResult:
 
     program: Any
     result: Result
+    originals: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def best(self) -> Candidate:
@@ -283,7 +303,8 @@ class ModuleResult:
     def report(self, testset: Sequence[Any], *, progress: bool = False) -> Report:
         """Baseline vs the optimized module on held-out ``dspy.Example`` s
         (:meth:`evo.api.Result.report`)."""
-        return self.result.report(to_evo(testset, source="testset"), progress=progress)
+        test = to_evo(testset, source="testset", originals=self.originals)
+        return self.result.report(test, progress=progress)
 
     def summary(self) -> str:
         r = self.result
@@ -301,29 +322,78 @@ def module_program(module: Any, data: Sequence[Example]) -> ModuleProgram:
         module, f"{', '.join(first.inputs)} -> {', '.join(first.outputs)}")
 
 
+_KNN = ("KNN demos are per input; a dspy.Module's demos are fixed, so the returned module could "
+        "not hold what was scored: use bootstrap_fewshot (or labeled_fewshot / "
+        "bootstrap_fewshot_random_search) for demos")
+_VOTE = ("an Ensemble with combine='vote' may return a vote of several programs, which is no "
+         "single dspy.Module: pass Ensemble(combine='best', ...)")
+_MODULE_MAX_TOKENS = 256  # a module's predictor replies (reasoning, several fields) need room
+
+
 def _optimizer(optimizer: Optimizer | str | None, budget: int | Budget | None,
-               max_tokens: int | None, max_demos: int | None) -> Optimizer:
-    """The optimizer to run: by name or given (default: evo's Evolution without KNN demos),
-    with the old keyword arguments (``budget`` as metric calls, ``max_tokens``, ``max_demos``)
-    set on it when given."""
+               max_tokens: int | None, max_demos: int | None,
+               minibatch_size: int | None = None) -> Optimizer:
+    """The optimizer to run: by name or given (default: evo's Evolution), with the keyword
+    arguments (``budget`` as metric calls, ``max_tokens``, ``max_demos``, ``minibatch_size``)
+    set on it when given, ``max_tokens`` 256 unless set, and no KNN demos. What cannot give one
+    dspy module (KNN demos asked for, an Ensemble vote) is a :class:`ConfigError` here, before
+    any LM call."""
     update: dict[str, Any] = {}
     if budget is not None:
         update["budget"] = budget if isinstance(budget, Budget) else Budget(metric_calls=budget)
     if max_demos is not None:
         update["max_demos"] = max_demos
-    if optimizer is None or isinstance(optimizer, str):
-        update.setdefault("max_tokens", 256 if max_tokens is None else max_tokens)
-        if optimizer is None:
-            return Evolution(knn=False, encoder="hashing", **update)
-        return get(optimizer, **update)
     if max_tokens is not None:
         update["max_tokens"] = max_tokens
-    if not update:
-        return optimizer
+    if optimizer is None or isinstance(optimizer, str):
+        kind = Evolution if optimizer is None else optimizer_class(optimizer)
+        if issubclass(kind, KNNFewShot):
+            raise ConfigError(f"optimizer {optimizer!r}: {_KNN}")
+        if minibatch_size is not None:
+            update["minibatch_size"] = _minibatch_field(kind, minibatch_size)
+        update.setdefault("max_tokens", _MODULE_MAX_TOKENS)
+        if optimizer is None:
+            opt = Evolution(knn=False, encoder="hashing", **update)
+        else:
+            opt = kind(**{"knn": False, **update})
+        _check_one_module(opt)
+        return opt
     if not hasattr(optimizer, "model_copy"):
-        raise ConfigError("budget / max_tokens / max_demos go on the optimizer you pass (it is "
-                          "not a SearchConfig that evo can copy with them)")
-    return optimizer.model_copy(update=update)
+        if update or minibatch_size is not None:
+            raise ConfigError("budget / max_tokens / max_demos / minibatch_size go on the "
+                              "optimizer you pass (it is not a SearchConfig that evo can copy "
+                              "with them)")
+        return optimizer
+    if isinstance(optimizer, KNNFewShot):
+        raise ConfigError(f"{type(optimizer).__name__}: {_KNN}")
+    if minibatch_size is not None:
+        update["minibatch_size"] = _minibatch_field(type(optimizer), minibatch_size)
+    explicit = getattr(optimizer, "model_fields_set", set())
+    if "max_tokens" not in update and "max_tokens" not in explicit:
+        update["max_tokens"] = _MODULE_MAX_TOKENS
+    if getattr(optimizer, "knn", False):
+        if "knn" in explicit:
+            raise ConfigError(f"{type(optimizer).__name__}(knn=True): {_KNN}")
+        update["knn"] = False  # the SearchConfig default: off, as for an optimizer evo builds
+    _check_one_module(optimizer)
+    return optimizer.model_copy(update=update) if update else optimizer
+
+
+def _minibatch_field(kind: type, value: int) -> int:
+    """``minibatch_size=`` for an optimizer class that has that field (else a ConfigError)."""
+    if "minibatch_size" not in getattr(kind, "model_fields", {}):
+        name = getattr(kind, "name", "") or kind.__name__
+        raise ConfigError(f"minibatch_size={value}: optimizer {name!r} has no minibatch_size "
+                          "(evolution, miprov2 and evoprompt have one)")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"minibatch_size={value!r}: give a whole number of at least 1")
+    return value
+
+
+def _check_one_module(optimizer: Any) -> None:
+    """An Ensemble that may vote cannot give one dspy module (nor can a member that votes)."""
+    if isinstance(optimizer, Ensemble) and optimizer.combine == "vote":
+        raise ConfigError(_VOTE)
 
 
 def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
@@ -332,6 +402,7 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
                     reflection_lm: LM | LMSession | None = None,
                     budget: int | Budget | None = None, seed: int = 0,
                     max_demos: int | None = None, max_tokens: int | None = None,
+                    minibatch_size: int | None = None, bootstrap_share: float | None = None,
                     description: str = "", cache: Any = True,
                     run_dir: str | Path | None = None, progress: bool = False,
                     on_event: Callable[[dict], None] | None = None,
@@ -342,15 +413,33 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
     (``with_inputs`` set), ``metric(gold, pred, trace=None)`` a DSPy metric (a number, or a
     Prediction with ``score`` and ``feedback``: the feedback reaches reflection).
 
+    ``gold`` is the ``dspy.Example`` you gave and ``pred`` the module's own ``dspy.Prediction``
+    (typed values: ints, lists, ``reasoning``).
+
     ``optimizer`` is a name (``"gepa"``, ``"miprov2"``, ``"bootstrap_fewshot"`` …) or a
-    configured optimizer (default: :class:`~evo.optimizers.evolution.Evolution` without KNN
-    demos); ``budget`` (metric calls, or a :class:`Budget`), ``max_demos`` and ``max_tokens``
-    (reply cap of each predictor call, default 256 for an optimizer evo builds) are set on it
-    when given. ``run_dir``, ``callbacks``, ``on_event``, ``progress``, ``seed`` and ``cache``
+    configured optimizer (default: :class:`~evo.optimizers.evolution.Evolution`); ``budget``
+    (metric calls, or a :class:`Budget`), ``max_demos``, ``max_tokens`` (reply cap of each
+    predictor call: 256 unless given here or set on the optimizer you pass) and
+    ``minibatch_size`` (for optimizers that have one: evolution, miprov2, evoprompt) are set on
+    it when given. KNN demos are per input and a module's demos are fixed, so the search runs
+    without them (``knn=False``); ``"knn_fewshot"``, an optimizer passed with ``knn=True``, and an
+    :class:`~evo.optimizers.ensemble.Ensemble` that may vote (``combine="vote"``: a vote is no
+    single module; pass ``combine="best"``) are a :class:`ConfigError` before any LM call.
+    ``run_dir``, ``callbacks``, ``on_event``, ``progress``, ``seed`` and ``cache``
     are :func:`evo.api.optimize`'s: with ``run_dir`` a killed run resumes with no paid call
     repeated. ``dry_run`` returns the projected cost (:func:`evo.analysis.projection.project`;
     its task LM calls are per predictor) without any LM call. ``log`` receives one line per
-    event."""
+    event.
+
+    Changed since the module search had its own loop: ``bootstrap_share`` is gone (demos are
+    the optimizer's: bootstrap_fewshot, gepa, evolution … bootstrap their own; passing it is a
+    :class:`ConfigError`); ``max_demos`` defaults to the optimizer's (4, was 3); the result's
+    ``best`` is the engine's :class:`~evo.search.engine.Candidate` (was a ModuleCandidate) and
+    ``demo_pool`` is gone (the demos are in ``result.program``'s predictors)."""
+    if bootstrap_share is not None:
+        raise ConfigError("bootstrap_share is gone: demos are bootstrapped by the optimizer "
+                          "(e.g. optimizer='bootstrap_fewshot', or gepa / evolution with "
+                          "max_demos); drop the argument")
     for name, data in (("trainset", trainset), ("valset", valset)):
         for row, ex in enumerate(data, 1):
             if not getattr(ex, "_input_keys", None):
@@ -358,8 +447,10 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
                                   "dspy.Example")
     if not valset:
         raise ConfigError("valset is empty: the search needs validation examples")
-    train, val = to_evo(trainset, source="trainset"), to_evo(valset, source="valset")
-    opt = _optimizer(optimizer, budget, max_tokens, max_demos)
+    originals: dict[str, Any] = {}  # evo example id -> the user's dspy.Example, for the metric
+    train = to_evo(trainset, source="trainset", originals=originals)
+    val = to_evo(valset, source="valset", originals=originals)
+    opt = _optimizer(optimizer, budget, max_tokens, max_demos, minibatch_size)
     if opt.budget.metric_calls < len(val):
         raise ConfigError(f"budget {opt.budget.metric_calls} cannot validate the program once "
                           f"on {len(val)} validation examples")
@@ -377,11 +468,12 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
             if on_event is not None:
                 on_event(event)
     result = optimize(program, train, val, lm=lm, optimizer=opt,
-                      metric=to_evo_metric(metric), reflection_lm=reflection_lm, seed=seed,
-                      cache=cache, description=description, run_dir=run_dir, progress=progress,
+                      metric=to_evo_metric(metric, originals=originals),
+                      reflection_lm=reflection_lm, seed=seed, cache=cache,
+                      description=description, run_dir=run_dir, progress=progress,
                       on_event=events, callbacks=callbacks)
     best = result.best
-    if not isinstance(best, ModuleProgram):  # an ensemble's vote is no single dspy module
+    if not isinstance(best, ModuleProgram):  # (a user's optimizer that votes: refused above)
         raise ConfigError("optimize_module needs an optimizer that returns one program (an "
                           "ensemble vote has no dspy module)")
-    return ModuleResult(program=best.to_module(), result=result)
+    return ModuleResult(program=best.to_module(), result=result, originals=originals)
