@@ -249,9 +249,10 @@ class Program(BaseModel):
         not a program, a field missing or of the wrong type) is one
         :class:`~evo.errors.DamagedFileError` naming the file and the field."""
         data = read_program_file(path)
+        refuse_module_file(data, path)
         if "evo_program" not in data:
             raise DamagedFileError(path, "not an evo program file (no 'evo_program' key)",
-                                   hint=_PROGRAM_HINT)
+                                   hint=PROGRAM_HINT)
         check_format(data, "evo_program", path)
         return validate_program_data(cls, data, path)
 
@@ -262,11 +263,20 @@ class Program(BaseModel):
         return fixed + (round(self.knn.k * self.knn.mean_demo_chars) if self.knn else 0)
 
 
-_PROGRAM_HINT = ("a program file is the best.json / baseline.json an `evo run` writes "
+PROGRAM_HINT = ("a program file is the best.json / baseline.json an `evo run` writes "
                  "(or Program.save)")
 
 
 PROGRAM_FORMAT = 1  # the program-file format this evo writes and reads
+
+
+def refuse_module_file(data: dict, path: str | Path) -> None:
+    """The best.json of an :func:`evo.optimize_module` run holds a ``dspy.Module``'s description
+    (its ``dspy_module`` key), not a program evo can run: a :class:`~evo.errors.ConfigError`."""
+    if "dspy_module" in data:
+        raise ConfigError(f"{path}: a dspy.Module's program (only its description is saved "
+                          "here): load it with the module's own load(), from a file written by "
+                          "result.program.save(...) of evo.optimize_module")
 
 
 def check_format(data: dict, key: str, path: str | Path) -> None:
@@ -285,7 +295,7 @@ def read_program_file(path: str | Path) -> dict:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DamagedFileError(path, f"not text ({exc.reason} at byte {exc.start})",
-                               hint=_PROGRAM_HINT) from None
+                               hint=PROGRAM_HINT) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the program file ({exc.strerror or exc})"
                           ) from None
@@ -293,19 +303,19 @@ def read_program_file(path: str | Path) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DamagedFileError(path, f"not JSON ({exc.msg} at line {exc.lineno} column "
-                                     f"{exc.colno}); truncated?", hint=_PROGRAM_HINT) from None
+                                     f"{exc.colno}); truncated?", hint=PROGRAM_HINT) from None
     except RecursionError:
         raise DamagedFileError(path, "nested too deeply to be a program file",
-                               hint=_PROGRAM_HINT) from None
+                               hint=PROGRAM_HINT) from None
     if not isinstance(data, dict):
         raise DamagedFileError(path, f"a program file holds a JSON object, this one a "
-                                     f"{type(data).__name__}", hint=_PROGRAM_HINT)
+                                     f"{type(data).__name__}", hint=PROGRAM_HINT)
     return data
 
 
 def validate_program_data(model: type[BaseModel], data: dict, path: str | Path) -> Any:
     """``model.model_validate(data)`` for a program file (:func:`validate_file_data`)."""
-    return validate_file_data(model, data, path, what="a program file", hint=_PROGRAM_HINT)
+    return validate_file_data(model, data, path, what="a program file", hint=PROGRAM_HINT)
 
 
 def validate_file_data(model: type[BaseModel], data: Any, path: str | Path, *, what: str,

@@ -20,15 +20,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evo._io import write_json
-from evo.errors import ConfigError, DamagedFileError
+from evo.errors import DamagedFileError
 from evo.program import (
-    _PROGRAM_HINT,
     PROGRAM_FORMAT,
+    PROGRAM_HINT,
     Prediction,
     Program,
     Signature,
     check_format,
     read_program_file,
+    refuse_module_file,
     validate_program_data,
 )
 
@@ -111,10 +112,7 @@ def load_program(path: str | Path) -> Program | EnsembleProgram:
     :func:`evo.optimize_module` run (a ``dspy.Module``'s) is a :class:`~evo.errors.ConfigError`:
     the module's own ``load`` reads its saved program."""
     data = read_program_file(path)
-    if "dspy_module" in data:  # ModuleProgram.to_json's mark: a description, not the module
-        raise ConfigError(f"{path}: a dspy.Module's program (only its description is saved "
-                          "here): load it with the module's own load(), from a file written by "
-                          "result.program.save(...) of evo.optimize_module")
+    refuse_module_file(data, path)
     if "evo_ensemble" in data:
         check_format(data, "evo_ensemble", path)
         return validate_program_data(EnsembleProgram, data, path)
@@ -122,4 +120,4 @@ def load_program(path: str | Path) -> Program | EnsembleProgram:
         check_format(data, "evo_program", path)
         return validate_program_data(Program, data, path)
     raise DamagedFileError(path, "not an evo program file (neither an 'evo_program' nor an "
-                                 "'evo_ensemble' key)", hint=_PROGRAM_HINT)
+                                 "'evo_ensemble' key)", hint=PROGRAM_HINT)

@@ -461,3 +461,11 @@ def test_a_module_runs_best_json_is_refused_by_load_program(tmp_path, capsys):
     from evo.cli import main
     assert main(["run", "--resume", str(tmp_path / "run")]) == 2
     assert "(evo.optimize or evo.optimize_module)" in capsys.readouterr().err
+
+
+def test_program_load_refuses_a_module_runs_best_json_too(tmp_path):
+    path = tmp_path / "best.json"
+    path.write_text('{"evo_program": 1, "dspy_module": "m.ClassifyThenVerify", '
+                    '"signature": "text -> label"}')
+    with pytest.raises(evo.ConfigError, match="module's own load"):
+        evo.Program.load(path)
