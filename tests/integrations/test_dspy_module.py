@@ -3,11 +3,7 @@ LM that speaks DSPy's ChatAdapter format, on the one engine: any optimizer, even
 with kill-and-resume, dry run; the result round-trips through DSPy's save/load."""
 
 import json
-import os
-import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,15 +16,12 @@ from evo.integrations.dspy.module import (
     split_instruction,
 )
 from evo.lm import LMSession, ScriptedLM
-from evo.lm.journal import Journal
 from evo.runs.events import JSONLLog
 from evo.search.evaluate import evaluate_program
 from evo.testing import assert_same_run
 
 dspy = pytest.importorskip("dspy")
 
-sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
-from resume import kill_at_random_moments  # noqa: E402
 
 
 def field(text: str, name: str) -> str | None:
@@ -322,34 +315,12 @@ print("finished")
 
 
 @pytest.mark.parametrize("name", ["evolution", "gepa"])
-def test_sigkill_at_random_moments_then_resume(tmp_path, name):
+def test_sigkill_at_random_moments_then_resume(sigkill_resume, name):
     """Real processes SIGKILLed at random moments, each sitting with another hash seed: the
     resumed module search ends with the uninterrupted result, every request paid once."""
     tests = str(Path(__file__).parent)
-    started: list[subprocess.Popen] = []
-
-    def start(run: Path, sitting: int = 0) -> subprocess.Popen:
-        code = SCRIPT.format(tests=tests, run=str(run), name=name)
-        started.append(subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env={**os.environ, "PYTHONHASHSEED": str(100 + sitting)}))
-        return started[-1]
-
-    out, err = start(tmp_path / "whole").communicate(timeout=300)
-    assert "finished" in out, err
-    paid_whole = Journal(tmp_path / "whole" / "journal.sqlite").ledger()[0]["paid"]
-    kills = kill_at_random_moments(start, tmp_path / "killed", random.Random(7), 3,
-                                   paid_whole // 5)
-    assert kills == 3
-    for proc in started:
-        proc.stdout.close()
-        proc.stderr.close()
-    out, err = start(tmp_path / "killed", 9).communicate(timeout=300)
-    assert "finished" in out, err
-    assert_same_run(tmp_path / "whole", tmp_path / "killed")
-    ledger = Journal(tmp_path / "killed" / "journal.sqlite").ledger()
-    assert len(ledger) == 4 and all(s["paid"] for s in ledger[:3])
-    assert sum(s["paid"] for s in ledger) == paid_whole
+    sigkill_resume(lambda run: SCRIPT.format(tests=tests, run=str(run), name=name), kills=3,
+                   spacing=5)
 
 
 # ---- what the module's user gives and gets back -----------------------------------------------

@@ -4,7 +4,6 @@ failures; request errors are neither retried nor taken for an unreachable LM."""
 
 import json
 import os
-import random
 import stat
 import subprocess
 import sys
@@ -17,10 +16,7 @@ from evo.lm import LMRequestError, LMSession, ScriptedLM
 from evo.lm.base import LMRequest, LMResponse
 from evo.lm.journal import Journal
 from evo.runs.store import RunInUseError, RunMismatchError
-
-sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 from evo.testing import TEST, TRAIN, VAL, assert_same_run, program, respond
-from resume import kill_at_random_moments
 
 
 def search(lm, run_dir, *, budget=120, seed=0, cache=False, **kw):
@@ -158,35 +154,12 @@ print("finished")
 """
 
 
-def test_sigkill_at_random_moments_then_resume(tmp_path):
+def test_sigkill_at_random_moments_then_resume(sigkill_resume):
     """Real processes killed with SIGKILL at random moments (scripted LM with a small delay), each
     sitting with another hash seed: the store is always readable, and the resumed result is the
     uninterrupted one, with every request paid once."""
     tests = str(Path(__file__).parent)
-    started: list[subprocess.Popen] = []
-
-    def start(run: Path, sitting: int = 0) -> subprocess.Popen:
-        code = SCRIPT.format(tests=tests, run=str(run))
-        started.append(subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env={**os.environ, "PYTHONHASHSEED": str(100 + sitting)}))
-        return started[-1]
-
-    out, err = start(tmp_path / "whole").communicate(timeout=300)
-    assert "finished" in out, err
-    paid_whole = Journal(tmp_path / "whole" / "journal.sqlite").ledger()[0]["paid"]
-    kills = kill_at_random_moments(start, tmp_path / "killed", random.Random(7), 4,
-                                   paid_whole // 6)
-    assert kills == 4
-    for proc in started:  # the killed sittings' pipes
-        proc.stdout.close()
-        proc.stderr.close()
-    out, err = start(tmp_path / "killed", 9).communicate(timeout=300)
-    assert "finished" in out, err
-    assert_same_run(tmp_path / "whole", tmp_path / "killed")
-    ledger = Journal(tmp_path / "killed" / "journal.sqlite").ledger()
-    assert len(ledger) == 5 and all(s["paid"] for s in ledger[:4])
-    assert sum(s["paid"] for s in ledger) == paid_whole
+    sigkill_resume(lambda run: SCRIPT.format(tests=tests, run=str(run)), kills=4, spacing=6)
 
 
 def test_a_run_directory_is_used_by_one_process_at_a_time(tmp_path):
