@@ -31,7 +31,6 @@ from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search, SearchConfig
 from evo.search.genome import Genome
-from evo.search.strategies import Acceptance, StrictImprovement
 
 __all__ = ["Evolution", "evolve", "reflect", "screen"]
 
@@ -62,11 +61,6 @@ class Evolution(SearchConfig):
         default_factory=dict, description="registered operator name -> probability of use")
 
     name: ClassVar[str] = "evolution"
-    # A child's minibatch scores against its parent's, before it is paid a full validation.
-    acceptance: ClassVar[Acceptance] = StrictImprovement()
-    # Proposals in a row that bring nothing new (every prompt they reach was seen) before the
-    # search counts as converged.
-    stale_limit: ClassVar[int] = 50
 
     def projected_proposals(self, n_train: int, n_val: int) -> int:
         # a reflective mutation for reflection_rate of the children, once the demo sets are in

@@ -27,7 +27,7 @@ from evo.proposers.instructions import evoprompt_instruction, paraphrase
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search, SearchConfig
 from evo.search.events import ProposalRejected
-from evo.search.strategies import Acceptance, StrictImprovement, roulette_pair
+from evo.search.strategies import roulette_pair
 
 
 class EvoPrompt(SearchConfig):
@@ -41,10 +41,6 @@ class EvoPrompt(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "evoprompt"
-    # A child's minibatch scores against its parent's, before it is paid a full validation.
-    acceptance: ClassVar[Acceptance] = StrictImprovement()
-    # Children in a row that bring nothing new before the search counts as converged.
-    stale_limit: ClassVar[int] = 50
 
     def run(self, search: Search) -> None:
         archive, rng = search.archive, search.rng

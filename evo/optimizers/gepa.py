@@ -29,7 +29,7 @@ from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search, SearchConfig, StopReason
 from evo.search.events import CandidateEvaluated, ProposalRejected
-from evo.search.strategies import Acceptance, NoWorse, StrictImprovement
+from evo.search.strategies import Acceptance, NoWorse
 
 
 @register_optimizer
@@ -52,12 +52,9 @@ class GEPA(SearchConfig):
     knn: bool = False
 
     name: ClassVar[str] = "gepa"
-    # A child against its parent on the reflective minibatch (gepa: strictly better), and a
-    # merge against the better of its two parents on a validation minibatch (no worse).
-    acceptance: ClassVar[Acceptance] = StrictImprovement()
+    # A merge against the better of its two parents on a validation minibatch: no worse (a
+    # child against its parent on the reflective minibatch: strictly better, SearchConfig's).
     merge_acceptance: ClassVar[Acceptance] = NoWorse()
-    # Proposals in a row that bring nothing new before the search counts as converged.
-    stale_limit: ClassVar[int] = 50
 
     def projected_proposals(self, n_train: int, n_val: int) -> int:
         # one reflection per child, each screened on a train minibatch first

@@ -66,10 +66,12 @@ from evo.search.events import (
 )
 from evo.search.genome import Archive, Genome
 from evo.search.strategies import (
+    Acceptance,
     BestSelector,
     CrowdedTournamentSelector,
     ParentSelector,
     ParetoSelector,
+    StrictImprovement,
     TournamentSelector,
 )
 
@@ -127,6 +129,14 @@ class SearchConfig(BaseModel):
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
 
     name: ClassVar[str] = ""
+    # How an optimizer that screens children judges a child's minibatch scores against its
+    # parent's before paying it a full validation (evo/search/strategies.py), and how many
+    # proposals in a row that bring nothing new end its search as converged. Class attributes,
+    # not fields: a subclass changes them (as fields they would enter the run spec, and run
+    # directories made before could no longer resume).
+    acceptance: ClassVar[Acceptance] = StrictImprovement()
+    stale_limit: ClassVar[int] = 50
+
     def projected_proposals(self, n_train: int, n_val: int) -> int:
         """About how many proposal / reflection LM calls a search of this budget makes (the dry
         run's figure; :mod:`evo.projection`). Default: one per child screened on a minibatch of
