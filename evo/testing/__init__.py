@@ -36,7 +36,8 @@ from evo.lm.base import LMRequest
 from evo.program import Program
 
 __all__ = ["HASHED", "LABELS", "SENTIMENT", "TEST", "TRAIN", "VAL", "ScriptedTask",
-           "assert_same_run", "hashed_example", "hashed_respond", "make", "program", "respond"]
+           "Killed", "assert_same_run", "dying_lm", "hashed_example", "hashed_respond", "make",
+           "program", "respond"]
 
 
 @dataclass(frozen=True)
@@ -152,3 +153,23 @@ def assert_same_run(a: str | Path, b: str | Path) -> None:
     kinds = [[json.loads(line)["event"] for line in (d / "events.jsonl").read_text().splitlines()]
              for d in (a, b)]
     assert kinds[0] == kinds[1], "events.jsonl: the event kinds differ"
+
+
+class Killed(BaseException):
+    """Stands in for a kill inside an LM call (a BaseException: nothing in evo catches it)."""
+
+
+def dying_lm(respond: Callable[[LMRequest], str], n: int,
+             then: Callable[[], None] | None = None) -> ScriptedLM:
+    """A scripted LM that answers with ``respond`` and, on its ``n``-th call, runs ``then()``
+    (if given) and raises :class:`Killed`: a process killed in the middle of a run."""
+
+    def answer(req: LMRequest) -> str:
+        if len(lm.calls) >= n:
+            if then is not None:
+                then()
+            raise Killed(f"killed on LM call {n}")
+        return respond(req)
+
+    lm = ScriptedLM(answer)
+    return lm

@@ -48,7 +48,7 @@ import evo
 from evo import Budget, SearchConfig
 from evo.lm import ScriptedLM
 from evo.lm.base import LMRequest
-from evo.testing import HASHED, ScriptedTask
+from evo.testing import HASHED, Killed, ScriptedTask, dying_lm
 
 __all__ = ["PROPERTIES", "ConformanceReport", "Killed", "OptimizerContract", "Violation",
            "assert_conforms", "check", "known_kinds"]
@@ -70,10 +70,6 @@ def known_kinds(extra: Iterable[str] = ()) -> frozenset[str]:
     """Event kinds the suite accepts: the built-in ones, every typed event class's, ``extra``."""
     typed = getattr(getattr(evo.events, "Event", None), "kinds", {})
     return BUILTIN_KINDS | frozenset(typed) | frozenset(extra)
-
-
-class Killed(BaseException):
-    """Stands in for a kill inside an LM call (a BaseException: nothing in evo catches it)."""
 
 
 @dataclass(frozen=True)
@@ -143,13 +139,7 @@ class _Run:
 
 
 def _lm(task: ScriptedTask, dies_at: int | None = None) -> ScriptedLM:
-    def answer(req: LMRequest) -> str:
-        if dies_at is not None and len(lm.calls) >= dies_at:
-            raise Killed(f"killed on LM call {dies_at}")
-        return task.respond(req)
-
-    lm = ScriptedLM(answer)
-    return lm
+    return ScriptedLM(task.respond) if dies_at is None else dying_lm(task.respond, dies_at)
 
 
 def _optimize(make: Callable[[Budget], Any], budget: Budget, task: ScriptedTask, seed: int,

@@ -14,7 +14,7 @@ import evo
 from evo.lm import ScriptedLM
 from evo.lm.journal import Journal
 from evo.runs.store import read_run_file, run_cli
-from evo.testing import TRAIN, VAL, program, respond
+from evo.testing import TRAIN, VAL, Killed, dying_lm, program, respond
 
 BUDGET = 60
 DEEP = b"[" * 100_000 + b"]" * 100_000  # nested 100k deep
@@ -26,20 +26,11 @@ def search(lm, run_dir):
                         run_dir=run_dir)
 
 
-class Killed(BaseException):
-    """A kill inside an LM call (BaseException: nothing catches it)."""
-
-
 def dies_at(n, then=None):
-    """An LM that answers like ``respond`` and dies on its ``n``-th call (after ``then()``)."""
-    def answer(req):
-        if len(lm.calls) >= n:
-            if then is not None:
-                then()
-            raise Killed
-        return respond(req)
-    lm = ScriptedLM(answer)
-    lm.concurrent = False  # one call at a time: the copy below sees a quiet journal
+    """An LM that answers like ``respond`` and dies on its ``n``-th call (after ``then()``), one
+    call at a time (the copy made in ``then`` sees a quiet journal)."""
+    lm = dying_lm(respond, n, then)
+    lm.concurrent = False
     return lm
 
 
