@@ -18,7 +18,7 @@ from evo.integrations.dspy.module import (
 from evo.lm import LMSession, ScriptedLM
 from evo.runs.events import JSONLLog
 from evo.search.evaluate import evaluate_program
-from evo.testing import assert_same_run
+from evo.testing import Killed, assert_same_run, dying_lm
 
 dspy = pytest.importorskip("dspy")
 
@@ -252,10 +252,6 @@ def test_report_on_held_out_dspy_examples(tmp_path):
 
 # ---- the run store: events, kill and resume --------------------------------------------------
 
-class Killed(BaseException):
-    """Stands in for a kill inside an LM call (BaseException: nothing catches it)."""
-
-
 def stored(lm, run_dir, name="evolution", **kw):
     return evo.optimize_module(ClassifyThenVerify(), TRAIN, VAL, metric, lm=lm, cache=False,
                                optimizer=optimizer(name), run_dir=run_dir, **kw)
@@ -269,21 +265,9 @@ def test_a_killed_run_resumes_with_no_paid_call_repeated(tmp_path, name):
     logged = [json.loads(line)["event"] for line in (tmp_path / "log.jsonl").read_text()
               .splitlines()]
     assert logged[0] == "start" and logged[-1] == "complete"
-    calls = 0
-
-    def dies_after(n):
-        def answer(req):
-            nonlocal calls
-            calls += 1
-            if calls > n:
-                raise Killed
-            return respond(req)
-        return answer
-
     for stop in (paid_whole // 5, paid_whole // 2):
-        calls = 0
         with pytest.raises(Killed):
-            stored(ScriptedLM(dies_after(stop)), tmp_path / "killed", name)
+            stored(dying_lm(respond, stop + 1), tmp_path / "killed", name)
     last = ScriptedLM(respond)
     resumed = stored(last, tmp_path / "killed", name)
     assert_same_run(tmp_path / "whole", tmp_path / "killed")

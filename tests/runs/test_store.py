@@ -16,7 +16,7 @@ from evo.lm import LMRequestError, LMSession, ScriptedLM
 from evo.lm.base import LMRequest, LMResponse
 from evo.lm.journal import Journal
 from evo.runs.store import RunInUseError, RunMismatchError
-from evo.testing import TEST, TRAIN, VAL, assert_same_run, program, respond
+from evo.testing import TEST, TRAIN, VAL, Killed, assert_same_run, dying_lm, program, respond
 
 
 def search(lm, run_dir, *, budget=120, seed=0, cache=False, **kw):
@@ -25,41 +25,19 @@ def search(lm, run_dir, *, budget=120, seed=0, cache=False, **kw):
                         run_dir=run_dir, **kw)
 
 
-class Killed(BaseException):
-    """Stands in for a kill inside an LM call (BaseException: nothing catches it)."""
-
-
 def search_killed_at_call(n: int, run_dir: Path, **kw) -> None:
     """A search whose LM dies on its ``n``-th call (the preflight is call 1)."""
-    def dies(req):
-        if len(lm.calls) >= n:
-            raise Killed
-        return respond(req)
-
-    lm = ScriptedLM(dies)
     with pytest.raises(Killed):
-        search(lm, run_dir, **kw)
+        search(dying_lm(respond, n), run_dir, **kw)
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     whole = search(ScriptedLM(respond), tmp_path / "whole")
     paid_whole = whole.sittings[0]["paid"]
 
-    calls = 0
-
-    def dies_after(n):
-        def answer(req):
-            nonlocal calls
-            calls += 1
-            if calls > n:
-                raise Killed
-            return respond(req)
-        return answer
-
     for stop in (7, 31, 52):  # three sittings killed mid-search, the fourth finishes
-        calls = 0
         with pytest.raises(Killed):
-            search(ScriptedLM(dies_after(stop)), tmp_path / "killed")
+            search(dying_lm(respond, stop + 1), tmp_path / "killed")
     last = ScriptedLM(respond)
     resumed = search(last, tmp_path / "killed")
     assert_same_run(tmp_path / "whole", tmp_path / "killed")
