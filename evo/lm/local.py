@@ -88,6 +88,7 @@ class LocalLM:
                  verbose: bool = False, extra_buffers: bool | None = None) -> None:
         self.model_path = Path(model_path).expanduser()
         self.n_ctx = n_ctx
+        self._n_threads_arg = n_threads  # None: this machine's cores, wherever it is rebuilt
         self.n_threads = n_threads or os.cpu_count() or 1
         self.verbose = verbose
         # llama.cpp's "extra buffer types" repack weights for faster kernels (AMX, AVX repack).
@@ -100,6 +101,7 @@ class LocalLM:
             size = self.model_path.stat().st_size if self.model_path.is_file() else 0
             model_id = f"{self.model_path.name}:{size}"
         self.model_id = model_id
+        self.registry_name: str | None = None  # set by local(): another machine fetches it
         self.load_seconds: float | None = None
         self._llama: Any = None
         self._vocab: Any = None  # a vocabulary-only load, for count_tokens
@@ -191,8 +193,28 @@ class LocalLM:
                 self._llama.close()
             self._llama = None
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle as a recipe, not a loaded model: the unpickled copy (a Ray actor's, say) loads
+        its own replica on its first call. A registry model is fetched where it is rebuilt if
+        that machine lacks the file."""
+        settings = {"n_ctx": self.n_ctx, "n_threads": self._n_threads_arg,
+                    "model_id": self.model_id, "verbose": self.verbose,
+                    "extra_buffers": self.extra_buffers}
+        return _rebuild_local, (str(self.model_path), self.registry_name, settings)
+
     def __repr__(self) -> str:
         return f"LocalLM({str(self.model_path)!r}, model_id={self.model_id!r})"
+
+
+def _rebuild_local(model_path: str, registry_name: str | None,
+                   settings: dict[str, Any]) -> LocalLM:
+    """An unloaded :class:`LocalLM` from what :meth:`LocalLM.__reduce__` kept."""
+    path = Path(model_path)
+    if registry_name is not None and not path.is_file():
+        path = ensure_model(registry_name)  # another machine: fetch the pinned file there
+    lm = LocalLM(path, **settings)
+    lm.registry_name = registry_name
+    return lm
 
 
 def local(name_or_path: str = "qwen2.5-coder-0.5b", **kw: Any) -> LocalLM:
@@ -203,7 +225,9 @@ def local(name_or_path: str = "qwen2.5-coder-0.5b", **kw: Any) -> LocalLM:
     if name_or_path in MODELS:
         spec = MODELS[name_or_path]
         kw.setdefault("model_id", spec.model_id)
-        return LocalLM(ensure_model(name_or_path), **kw)
+        lm = LocalLM(ensure_model(name_or_path), **kw)
+        lm.registry_name = name_or_path
+        return lm
     path = Path(name_or_path).expanduser()
     if name_or_path.endswith(".gguf") or path.is_file():
         if not path.is_file():
