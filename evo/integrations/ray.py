@@ -110,6 +110,7 @@ class RayLM:
         self._actors = actors
         self._in_flight = [0] * len(actors)
         self._lock = threading.Lock()
+        self._closed = False
         self._ray = _ray()
 
     def _take(self) -> int:
@@ -123,6 +124,10 @@ class RayLM:
             self._in_flight[i] -= 1
 
     def complete(self, request: LMRequest) -> LMResponse:
+        if self._closed:  # once, up front: not a retried failure on every cell
+            raise LMUnavailableError(
+                f"{self.model_id}: its RayExecutor was shut down (call report() inside the "
+                "executor's `with` block, or wrap the LM in a new executor)")
         exceptions = self._ray.exceptions
         i = self._take()
         try:
@@ -139,7 +144,8 @@ class RayLM:
             self._give(i)
 
     def close(self) -> None:
-        """Kill this LM's actors (a later call fails)."""
+        """Kill this LM's actors (a later call raises :class:`LMUnavailableError`)."""
+        self._closed = True
         for actor in self._actors:
             try:
                 self._ray.kill(actor)

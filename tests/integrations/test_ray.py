@@ -33,7 +33,8 @@ ray = pytest.importorskip("ray")
 def cluster():
     # This module's functions (scripted_errors) travel by value: workers cannot import tests/.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address="local": a fresh cluster of our own, even where `ray start` runs one
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield
     ray.shutdown()
@@ -103,6 +104,8 @@ def test_ray_lm_answers_and_fails_as_the_backend(cluster):
             lm.complete(ask("hello"))
         assert gone.value.reason == "dropped connection"
     assert ray.is_initialized()  # the executor did not start Ray: it leaves it running
+    with pytest.raises(LMUnavailableError, match="shut down"):
+        lm.complete(ask("hello"))
 
 
 def test_a_run_through_ray_is_the_serial_run(cluster, tmp_path):
