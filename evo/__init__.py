@@ -12,7 +12,7 @@ from evo import datasets, lm, optimizers
 from evo.analysis.compare import Comparison, compare
 from evo.analysis.projection import Projection, project
 from evo.analysis.report import write_report
-from evo.api import Report, Result, evaluate, optimize
+from evo.api import Report, Result, aevaluate, aoptimize, evaluate, optimize
 from evo.data import DataError, Dataset, Example, Task
 from evo.errors import (
     ConfigError,
@@ -63,7 +63,8 @@ from evo.search.evaluate import Budget, ScoreMatrix
 
 __version__ = "0.1.0"
 
-# The DSPy bridge is bound on first use: ``import evo`` does not import dspy.
+# The DSPy bridge and the Ray executor are bound on first use: ``import evo`` imports neither
+# dspy nor ray.
 _DSPY = {"optimize_module", "ModuleResult", "to_dspy"}
 
 
@@ -74,6 +75,12 @@ def __getattr__(name: str):
         )
 
         return getattr(bridge, name)
+    if name == "RayExecutor":
+        from evo.integrations.ray import (
+            RayExecutor,  # deferred: heavy optional dependency (ray), imported on use
+        )
+
+        return RayExecutor
     raise AttributeError(f"module 'evo' has no attribute {name!r}")
 
 
@@ -83,8 +90,10 @@ __all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWit
            "JSONLLog", "MLflowLogger", "ProgressBar", "Projection", "RunMismatchError", "RunStore",
            "Dataset", "Ensemble", "EnsembleProgram", "EvoPrompt", "Evolution", "Example",
            "KNNFewShot", "LabeledFewShot", "MIPROv2", "ModuleResult", "Prediction", "Program",
-           "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig", "Signature",
-           "Task", "TokenMetric", "compare", "contains", "datasets", "events", "evaluate",
+           "RayExecutor", "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig",
+           "Signature",
+           "Task", "TokenMetric", "aevaluate", "aoptimize", "compare", "contains", "datasets",
+           "events", "evaluate",
            "exact_match", "f1", "lm", "load_program", "normalized_exact_match", "numeric_match",
            "optimize", "optimize_module", "optimizers", "project", "to_dspy", "register_operator",
            "write_report", "register_optimizer"]

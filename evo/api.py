@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -13,7 +15,7 @@ from typing import Any
 from evo.analysis.compare import format_p, paired
 from evo.data import Dataset, Example
 from evo.errors import ConfigError
-from evo.lm.base import LM
+from evo.lm.base import LM, Executor
 from evo.lm.cache import ResponseCache
 from evo.lm.session import LMSession, session_for
 from evo.metrics import Metric, exact_match
@@ -32,8 +34,8 @@ from evo.search.evaluate import (
     meaningless,
 )
 
-__all__ = ["SAVED_FILES", "Evaluation", "Report", "Result", "evaluate", "evaluation", "optimize",
-           "optimizer_spec"]
+__all__ = ["SAVED_FILES", "Evaluation", "Report", "Result", "aevaluate", "aoptimize", "evaluate",
+           "evaluation", "optimize", "optimizer_spec"]
 
 Data = Dataset | Sequence[Example]
 
@@ -154,6 +156,8 @@ class Result(SearchResult):
         (and :attr:`Report.meaningless` is True)."""
         examples = check_testset(self.baseline, testset)
         session = session_for(self.lm, self.cache)
+        if self.max_concurrency is not None:
+            session.max_concurrency = self.max_concurrency
         journaled: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self.run_dir is not None and self.spec is not None:
             journaled = reopened_journal(self.run_dir, self.sitting, "test", self.spec)
@@ -204,7 +208,8 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
              cache: ResponseCache | str | Path | bool | None = True,
              description: str | None = None, run_dir: str | Path | None = None,
              progress: bool = False, on_event: Callable[[dict], None] | None = None,
-             callbacks: Sequence[Callback] = (), cli: dict[str, Any] | None = None) -> Result:
+             callbacks: Sequence[Callback] = (), cli: dict[str, Any] | None = None,
+             max_concurrency: int | None = None, executor: Executor | None = None) -> Result:
     """Search for a better instruction + demos for ``program``.
 
     ``trainset`` is the demo pool, ``valset`` decides which candidate wins. Every LM call goes
@@ -231,7 +236,17 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     once (a rerun of the same notebook cell resumes it); :meth:`Result.report` reopens its
     journal for the test pass.
 
-    The run itself is :func:`evo.runs.runner.run`.
+    ``max_concurrency`` is how many LM calls are in flight at once (one candidate's cells go
+    out together): default 8 for a backend that serves calls in parallel (a hosted or served
+    model), 1 for the in-process model, which refuses more. The result does not depend on it:
+    the same seed and answers give the same search at any concurrency. Throttling (HTTP 429)
+    lowers it for a while; see :class:`~evo.lm.session.LMSession` for ``max_rpm`` /
+    ``max_tpm`` quotas (pass such a session as ``lm``). ``executor`` runs the backend's calls
+    elsewhere (:class:`evo.RayExecutor`: Ray actors, each with its own client or model
+    replica); the cache, the journal and every decision stay in this process.
+
+    The run itself is :func:`evo.runs.runner.run`; :func:`aoptimize` is the same call for an
+    event loop.
 
     >>> # result = evo.optimize(program, task.train, task.val, lm=evo.lm.local())
     >>> # print(result.report(task.test))
@@ -239,7 +254,20 @@ def optimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSessi
     return run(program, trainset, valset, lm=lm, optimizer=optimizer, metric=metric,
                reflection_lm=reflection_lm, seed=seed, cache=cache, description=description,
                run_dir=run_dir, progress=progress, on_event=on_event, callbacks=callbacks,
-               cli=cli, result_type=Result)
+               cli=cli, max_concurrency=max_concurrency, executor=executor, result_type=Result)
+
+
+async def aoptimize(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
+                    **kwargs: Any) -> Result:
+    """:func:`optimize` for code inside an event loop (a notebook, a web service): the search
+    runs in a worker thread, so the loop keeps serving while it runs, and returns the same
+    result as the sync call. Cancelling the awaiting task does not stop the search thread: it
+    runs to its end (with ``run_dir``, kill the process instead; the run resumes).
+
+    >>> # result = await evo.aoptimize(program, train, val, lm=lm, max_concurrency=16)
+    """
+    return await asyncio.to_thread(functools.partial(optimize, program, trainset, valset, lm=lm,
+                                                     **kwargs))
 
 
 
@@ -266,15 +294,23 @@ class Evaluation:
 def evaluation(program: Program | EnsembleProgram | str | Path, dataset: Data, *,
                lm: LM | LMSession, metric: Metric | None = None,
                cache: ResponseCache | str | Path | bool | None = True,
-               max_tokens: int = 48) -> Evaluation:
+               max_tokens: int = 48, max_concurrency: int | None = None,
+               executor: Executor | None = None) -> Evaluation:
     """``program`` (or a saved program file) scored on ``dataset``, with the cells that failed
     (see :func:`evaluate`)."""
+    if executor is not None:
+        if isinstance(lm, LMSession):
+            raise ConfigError("executor= runs a backend's calls elsewhere: give lm= the "
+                              "backend (an LM), not an LMSession")
+        lm = executor.wrap(lm)
     if isinstance(program, str | Path):
         program = load_program(program)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ConfigError(f"max_tokens must be a whole number above 0, got {max_tokens!r}")
     examples = check_testset(program, dataset, what="data")
     session = session_for(lm, cache)
+    if max_concurrency is not None:
+        session.max_concurrency = max_concurrency
     scores, cells = evaluate_program(program, examples, session, metric or exact_match,
                                      max_tokens=max_tokens)
     return Evaluation(float(scores.mean()), len(examples), cell_failures(cells))
@@ -283,17 +319,28 @@ def evaluation(program: Program | EnsembleProgram | str | Path, dataset: Data, *
 def evaluate(program: Program | EnsembleProgram | str | Path, dataset: Data, *,
              lm: LM | LMSession, metric: Metric | None = None,
              cache: ResponseCache | str | Path | bool | None = True,
-             max_tokens: int = 48) -> float:
+             max_tokens: int = 48, max_concurrency: int | None = None,
+             executor: Executor | None = None) -> float:
     """Accuracy (mean metric) of ``program`` on ``dataset``.
 
     The data is checked first (:func:`check_testset`): an empty set, or gold labels the program
     does not have, is a :class:`~evo.errors.ConfigError` before any LM call, and a repeated
     example is scored once (with a warning). When most cells fail (LM, parser or metric
     errors) a RuntimeWarning says so: the accuracy then means nothing. :func:`evaluation`
-    returns the failed cells too."""
+    returns the failed cells too. ``max_concurrency`` and ``executor`` are :func:`optimize`'s:
+    the calls go out that many at once, the cells are recorded in the dataset's order."""
     result = evaluation(program, dataset, lm=lm, metric=metric, cache=cache,
-                        max_tokens=max_tokens)
+                        max_tokens=max_tokens, max_concurrency=max_concurrency,
+                        executor=executor)
     if result.meaningless:
         warnings.warn(f"evo: most cells failed ({format_failures(result.failures)}): the "
                       "accuracy says nothing about the program", RuntimeWarning, stacklevel=2)
     return result.accuracy
+
+
+async def aevaluate(program: Program | EnsembleProgram | str | Path, dataset: Data, *,
+                    lm: LM | LMSession, **kwargs: Any) -> float:
+    """:func:`evaluate` for code inside an event loop: it runs in a worker thread and returns
+    the same accuracy as the sync call (see :func:`aoptimize`)."""
+    return await asyncio.to_thread(functools.partial(evaluate, program, dataset, lm=lm,
+                                                     **kwargs))

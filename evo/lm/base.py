@@ -118,3 +118,18 @@ class LM(Protocol):
     def complete(self, request: LMRequest) -> LMResponse:
         """Run one chat completion. Raise :class:`LMError` (or any exception) on failure."""
         ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where an LM's calls run, when not in this process: :meth:`wrap` returns an LM whose
+    ``complete`` runs each call elsewhere (e.g. :class:`evo.integrations.ray.RayExecutor`: on
+    Ray actors, each with its own client or model replica). The wrapped LM keeps the backend's
+    ``model_id`` and ``endpoint`` (the cache and the journal key answers as a serial run's),
+    sets ``concurrent = True`` and says how many calls it can run at once
+    (``max_concurrency``). The session, its cache and its journal stay in the calling process.
+    """
+
+    def wrap(self, lm: LM) -> LM:
+        """An LM that runs ``lm``'s calls on this executor."""
+        ...

@@ -30,7 +30,8 @@ class ScriptedLM:
     def __init__(self, respond: Callable[[LMRequest], str] | Mapping[str, str], *,
                  model_id: str = "scripted", fail_every: int = 0,
                  errors: Callable[[LMRequest], BaseException | None] | None = None,
-                 default: str = "", delay_s: float = 0.0, endpoint: str | None = None) -> None:
+                 default: str = "", delay_s: float = 0.0, endpoint: str | None = None,
+                 max_concurrency: int = 1) -> None:
         self.respond = respond
         self.model_id = model_id
         self.fail_every = fail_every
@@ -38,6 +39,9 @@ class ScriptedLM:
         self.default = default
         self.delay_s = delay_s  # simulated latency, for concurrency tests
         self.endpoint = endpoint
+        # calls a session sends at once unless told otherwise: 1, so a script that counts its
+        # calls (``fail_every``) sees them in a fixed order; raise it to test concurrency
+        self.max_concurrency = max_concurrency
         self.calls: list[LMRequest] = []
         self._lock = threading.Lock()
 

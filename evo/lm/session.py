@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import threading
 import time
 import warnings
@@ -28,6 +29,22 @@ from evo.lm.base import (
 )
 from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.journal import Journal
+from evo.lm.limits import ConcurrencyLimit, TokenBucket
+
+# Calls in flight at once for a backend that serves calls in parallel (``lm.concurrent``) and
+# names no ``max_concurrency`` of its own: DSPy's default thread count.
+DEFAULT_CONCURRENCY = 8
+
+
+def default_concurrency(lm: LM) -> int:
+    """How many calls a session keeps in flight for ``lm`` unless told: the backend's own
+    ``max_concurrency``, else :data:`DEFAULT_CONCURRENCY` for a backend that serves calls in
+    parallel (``concurrent = True``: a hosted API, a served model), else 1 (the in-process
+    llama.cpp model: two contexts on one machine's cores slow each other down)."""
+    own = getattr(lm, "max_concurrency", None)
+    if isinstance(own, int) and not isinstance(own, bool) and own >= 1:
+        return own
+    return DEFAULT_CONCURRENCY if getattr(lm, "concurrent", False) else 1
 
 
 @dataclass
@@ -163,8 +180,15 @@ class LMSession:
     transient reason (:class:`LMTransientError`: throttled, 5xx, timeout, dropped connection,
     empty reply) is journaled as such and asked again by a resumed run.
 
-    Failed attempts are retried ``retries`` times, waiting ``backoff_s`` doubled each time, or
-    what the server asked for (``Retry-After``), at most ``max_wait_s``. A reply that is empty,
+    Failed attempts are retried ``retries`` times, waiting ``backoff_s`` doubled each time (with
+    random jitter, so throttled callers do not come back in step), or what the server asked for
+    (``Retry-After``), at most ``max_wait_s``. A throttled attempt (HTTP 429) is not one of the
+    ``retries``: it is retried up to ``throttle_retries`` more times, and it halves the calls
+    kept in flight (:class:`~evo.lm.limits.ConcurrencyLimit`), which grow back one by one as
+    calls succeed. At most :attr:`max_concurrency` calls are in flight (default:
+    :func:`default_concurrency`); ``max_rpm`` / ``max_tpm`` pace them to a provider's quota of
+    requests or tokens per minute (a request's tokens estimated as its characters / 4 plus
+    ``max_tokens``). None of this changes what is asked or answered. A reply that is empty,
     ``None`` or not text is a failed attempt: it is never cached, journaled or scored as an
     answer, but the tokens it cost are booked. An empty reply the model spent tokens on
     (finish reason ``length``, ``stop`` or ``content_filter``) would come back the same: it
@@ -175,7 +199,9 @@ class LMSession:
 
     def __init__(self, lm: LM, *, cache: ResponseCache | None = None, retries: int = 2,
                  backoff_s: float = 0.5, fail_fast_after: int = 8,
-                 outage_after: int = 24, max_wait_s: float = 60.0) -> None:
+                 outage_after: int = 24, max_wait_s: float = 60.0,
+                 max_concurrency: int | None = None, max_rpm: float | None = None,
+                 max_tpm: float | None = None, throttle_retries: int = 8) -> None:
         self.lm = lm
         self.cache = cache
         self.retries = max(0, retries)
@@ -193,6 +219,34 @@ class LMSession:
         self._consecutive_failures = 0
         self._ever_succeeded = False
         self._unavailable: LMUnavailableError | None = None
+        self.throttle_retries = max(0, throttle_retries)
+        self._jitter = random.Random()  # timing only: never reaches a request or a decision
+        self.limit = ConcurrencyLimit(default_concurrency(lm))
+        self.max_concurrency = max_concurrency  # type: ignore[assignment]
+        self.rpm = None if max_rpm is None else TokenBucket(_positive(max_rpm, "max_rpm"))
+        self.tpm = None if max_tpm is None else TokenBucket(_positive(max_tpm, "max_tpm"))
+
+    @property
+    def max_concurrency(self) -> int:
+        """The most calls this session keeps in flight (the ceiling of :attr:`limit`, which
+        throttling lowers for a while). Setting it (None: :func:`default_concurrency`) is
+        refused above 1 for a backend that serves one call at a time."""
+        return self.limit.ceiling
+
+    @max_concurrency.setter
+    def max_concurrency(self, value: int | None) -> None:
+        if value is None:
+            value = default_concurrency(self.lm)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"max_concurrency must be a whole number of at least 1, got "
+                              f"{value!r}")
+        if value > 1 and not getattr(self.lm, "concurrent", False):
+            raise ConfigError(
+                f"{self.model_id} serves one call at a time (an in-process model): "
+                f"max_concurrency={value} would only queue calls; use 1, a served model "
+                "(an OpenAI-compatible server) or replicas (evo.RayExecutor)")
+        if value != self.limit.ceiling:
+            self.limit = ConcurrencyLimit(value)
 
     @property
     def model_id(self) -> str:
@@ -268,9 +322,26 @@ class LMSession:
         """How long to wait before attempt ``attempt + 1``: what the server asked for
         (``Retry-After``), else exponential backoff; never more than :attr:`max_wait_s`."""
         asked = getattr(exc, "retry_after", None)
-        wait = asked if isinstance(asked, int | float) and asked >= 0 else \
-            self.backoff_s * 2 ** attempt
+        if isinstance(asked, int | float) and asked >= 0:  # at least what was asked, spread
+            wait = asked * (1 + 0.2 * self._jitter.random())
+        else:  # exponential backoff with jitter: half to one and a half the nominal wait
+            wait = self.backoff_s * 2 ** attempt * (0.5 + self._jitter.random())
         return max(0.0, min(float(wait), self.max_wait_s))
+
+    def _send(self, request: LMRequest) -> tuple[object, float, int]:
+        """One backend call under the provider limits: a rate-quota slot, then an in-flight
+        slot. Returns the reply, when it was sent and the limit's epoch then."""
+        if self.rpm is not None:
+            self.rpm.take(1)
+        if self.tpm is not None:
+            chars = sum(len(m.content) for m in request.messages)
+            self.tpm.take(chars / 4 + request.max_tokens)
+        epoch = self.limit.acquire()
+        t0 = time.perf_counter()
+        try:
+            return self.lm.complete(request), t0, epoch
+        finally:
+            self.limit.release()
 
     def _checked(self, resp: object, seconds: float) -> LMResponse:
         """The backend's reply if it is an answer; an empty or malformed one is a failed
@@ -308,15 +379,16 @@ class LMSession:
         last: BaseException | None = None
         wait = 0.0
         spent: list[LMResponse] = []  # what the failed attempts cost
-        for attempt in range(self.retries + 1):
-            if attempt:
+        attempt = throttles = 0
+        while attempt <= self.retries:
+            if attempt or throttles:
                 with self._lock:
                     self.usage.retries += 1
                 time.sleep(wait)
-            t0 = time.perf_counter()
+            t0, epoch = time.perf_counter(), self.limit.epoch
             try:
-                resp = self.lm.complete(request)
-                resp = self._checked(resp, time.perf_counter() - t0)
+                raw, t0, epoch = self._send(request)
+                resp = self._checked(raw, time.perf_counter() - t0)
             except LMUnavailableError as exc:
                 self._failed(exc, sticky=True)
                 raise
@@ -330,8 +402,16 @@ class LMSession:
             except Exception as exc:  # any backend failure is retried
                 self._book_spent(exc, spent)
                 last = exc
+                if getattr(exc, "reason", None) == "throttled":
+                    self.limit.throttled(epoch)  # fewer in flight until calls succeed again
+                    if throttles < self.throttle_retries:  # a throttled try is not a failure
+                        wait = self._wait_s(exc, throttles)
+                        throttles += 1
+                        continue
                 wait = self._wait_s(exc, attempt)
+                attempt += 1
                 continue
+            self.limit.succeeded()
             if not resp.seconds:
                 resp = dataclasses.replace(resp, seconds=time.perf_counter() - t0)
             with self._lock:
@@ -355,7 +435,7 @@ class LMSession:
             return resp
         assert last is not None
         transient = isinstance(last, LMTransientError)
-        message = (f"{self.model_id}: call failed after {self.retries + 1} attempt(s): "
+        message = (f"{self.model_id}: call failed after {attempt + throttles} attempt(s): "
                    f"{type(last).__name__}: {last}")
         err: LMError = (LMTransientError(message, reason=last.reason)  # type: ignore[union-attr]
                         if transient else LMError(message))
@@ -421,6 +501,13 @@ class LMSession:
 
     def __repr__(self) -> str:
         return f"LMSession({self.model_id!r}, cache={self.cache!r})"
+
+
+def _positive(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number per minute, got {value!r}")
+    return float(value)
 
 
 def session_for(lm: LM | LMSession, cache: ResponseCache | str | Path | None | bool = True

@@ -69,6 +69,8 @@ class SearchResult:
     run_dir: Path | None = None  # the run store's directory, if any
     sitting: int = 0  # this process's sitting of the stored run (0: no run store)
     spec: dict[str, Any] | None = field(default=None, repr=False)  # the stored run's spec
+    # calls in flight at once, as the search was told (None: the backend's default)
+    max_concurrency: int | None = None
 
     def tradeoff(self) -> list[Candidate]:
         """The validated candidates no other beats on both validation accuracy and prompt length

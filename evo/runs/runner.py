@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from evo.data import DataError, Dataset, Example
 from evo.errors import ConfigError
-from evo.lm.base import LM
+from evo.lm.base import LM, Executor
 from evo.lm.cache import ResponseCache
 from evo.lm.session import LMSession, Usage, session_for
 from evo.metrics import Metric, exact_match
@@ -96,10 +96,17 @@ def run(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
         description: str | None = None, run_dir: str | Path | None = None,
         progress: bool = False, on_event: Callable[[dict], None] | None = None,
         callbacks: Sequence[Callback] = (), cli: dict[str, Any] | None = None,
+        max_concurrency: int | None = None, executor: Executor | None = None,
         result_type: type[R] = SearchResult) -> R:  # type: ignore[assignment]
     """One search of ``program`` (the arguments are :func:`evo.api.optimize`'s, which documents
     them), returned as a ``result_type``. The run store, if any, is closed when this returns or
     raises."""
+    backend = lm  # what the result keeps: its test pass runs in this process
+    if executor is not None:
+        if isinstance(lm, LMSession):
+            raise ConfigError("executor= runs a backend's calls elsewhere: give lm= the "
+                              "backend (an LM), not an LMSession")
+        lm = executor.wrap(lm)
     if isinstance(optimizer, str):
         optimizer = get(optimizer)
     optimizer = optimizer or Evolution()
@@ -115,6 +122,8 @@ def run(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
                 raise DataError(str(exc), source=name, row=row) from None
     metric = metric or exact_match
     task_session = session_for(lm, cache)
+    if max_concurrency is not None:  # (a run's result does not depend on it: not in the spec)
+        task_session.max_concurrency = max_concurrency
     reflection_session = task_session if reflection_lm is None else session_for(reflection_lm,
                                                                                  cache)
     if description is None:
@@ -138,7 +147,8 @@ def run(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
                          reflection_session, sessions, store, seed=seed,
                          description=description, progress=progress, on_event=on_event,
                          callbacks=callbacks, result_type=result_type)
-        result.lm, result.cache = lm, cache
+        result.lm, result.cache = backend, cache
+        result.max_concurrency = max_concurrency if executor is None else None
         return result
     finally:
         if store is not None:  # released, so the run can be resumed at once (here or elsewhere)

@@ -156,12 +156,15 @@ class SearchConfig(BaseModel):
     def search(self, program: Program, trainset: Sequence[Example], valset: Sequence[Example],
                **kwargs: Any) -> SearchState:
         ctx = Search(program, trainset, valset, config=self, **kwargs)
-        ctx.start()
         try:
-            self.run(ctx)
-        except BudgetExhausted:  # e.g. an lm_calls cap hit by a proposal call
-            pass
-        ctx.finish()
+            ctx.start()
+            try:
+                self.run(ctx)
+            except BudgetExhausted:  # e.g. an lm_calls cap hit by a proposal call
+                pass
+            ctx.finish()
+        finally:  # calls still in flight end (and are journaled) before the run store closes
+            ctx.evaluator.close()
         return ctx.state
 
     def run(self, search: Search) -> None:

@@ -2,8 +2,12 @@
 
 The score matrix (candidates x examples, NaN = not evaluated) is the engine's one table of truth:
 every selection and acceptance decision reads it, and a (candidate, example) cell is filled at
-most once, so no pair is ever paid for twice. The evaluator runs one candidate's missing cells
-back to back (same prompt prefix, so a local backend reuses its KV cache).
+most once, so no pair is ever paid for twice. The evaluator sends one candidate's missing cells
+together (same prompt prefix: a local backend reuses its KV cache, a server its prefix cache):
+one after the other for a backend that serves one call at a time, else up to the session's
+``max_concurrency`` at once. Either way the cells are paid for (reserved against the budget)
+before any is sent and recorded in column order, so a search takes the same decisions at any
+concurrency.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import numbers
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -259,6 +264,7 @@ class Evaluator:
     # Every session whose requests count against ``budget.lm_calls`` (task and reflection).
     lm_sessions: tuple[LMSession, ...] = ()
     score_chunk: int = 8  # replies scored together (batch metrics; progress granularity)
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.lm_sessions = tuple(dict.fromkeys(self.lm_sessions or (self.session,)))
@@ -291,17 +297,51 @@ class Evaluator:
         if charge and len(todo) > self.remaining():
             raise BudgetExhausted(f"{len(todo)} evaluations needed, {self.remaining()} left")
         program.prepare([matrix.examples[c] for c in todo])  # KNN demos: one batched search
+        replies = self._replies(program, [matrix.examples[c] for c in todo])
         for start in range(0, len(todo), self.score_chunk):
             chunk = todo[start:start + self.score_chunk]
             examples = [matrix.examples[c] for c in chunk]
-            replies = [self._predict(program, ex) for ex in examples]
-            for col, cell in zip(chunk, self.score(examples, replies), strict=True):
+            got = [next(replies) for _ in chunk]
+            for col, cell in zip(chunk, self.score(examples, got), strict=True):
                 matrix.set(row, col, cell)
                 if charge:
                     self.metric_calls += 1
                 if self.on_cell is not None:
                     self.on_cell(row, cell)
         return matrix.scores[row, list(cols)]
+
+    @property
+    def concurrency(self) -> int:
+        """How many of a candidate's cells go out at once: the session's ``max_concurrency``."""
+        return self.session.max_concurrency
+
+    def _replies(self, program: Program, examples: Sequence[Example]
+                 ) -> Iterator[Prediction | Cell]:
+        """The replies to ``examples``, in their order. With a concurrency above 1 every call is
+        sent at once to a pool of that many threads (the session keeps at most that many in
+        flight); a program that runs itself (:class:`RunsItself`) is run concurrently only when
+        it says it may be (``concurrent = True``)."""
+        parallel = self.concurrency > 1 and len(examples) > 1 and (
+            not isinstance(program, RunsItself) or getattr(program, "concurrent", False))
+        if not parallel:
+            return (self._predict(program, ex) for ex in examples)
+        pool = self._executor()
+        futures = [pool.submit(self._predict, program, ex) for ex in examples]
+        return _in_order(futures)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        n = self.concurrency
+        if self._pool is None or self._pool._max_workers != n:  # noqa: SLF001 (its size)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="evo-cell")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the evaluator's threads (when it has any); it can still be used after."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _predict(self, program: Program, example: Example) -> Prediction | Cell:
         """The parsed reply, or the failed cell when the LM or the parser failed. An empty
@@ -379,6 +419,17 @@ class Evaluator:
         return Cell(score.value, prediction, score.feedback)
 
 
+def _in_order(futures: list[Future]) -> Iterator[Prediction | Cell]:
+    """The futures' results in submission order; if one raises (the LM is unreachable) or the
+    caller stops early, the calls not yet started are cancelled."""
+    try:
+        for future in futures:
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+
+
 def _failed(prediction: Prediction, message: str) -> Cell:
     return Cell(0.0, prediction, message, error=message)
 
@@ -407,7 +458,10 @@ def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Exam
     evaluator = Evaluator(session, metric, Budget(metric_calls=max(1, len(examples))),
                           max_tokens=max_tokens,
                           on_cell=(lambda _r, _c: progress(1)) if progress else None)
-    scores = evaluator.evaluate(program, matrix, row, range(len(examples)), charge=False)
+    try:
+        scores = evaluator.evaluate(program, matrix, row, range(len(examples)), charge=False)
+    finally:
+        evaluator.close()
     return scores, [matrix.cells[(row, j)] for j in range(len(examples))]
 
 

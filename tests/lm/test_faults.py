@@ -73,7 +73,8 @@ FAULTS = {  # fault -> what the error must say
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_each_fault_is_a_transient_failure_that_says_what_happened(server, tmp_path, fault):
     cache = ResponseCache(tmp_path / "cache.sqlite")
-    s = session(server, cache=cache, max_wait_s=0.05)
+    # (a throttled try is retried apart from ``retries``: none here, to see the failure)
+    s = session(server, cache=cache, max_wait_s=0.05, throttle_retries=0)
     server.queue.append(fault)
     server.hang_s = HANG_S
     t0 = time.perf_counter()
