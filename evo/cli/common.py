@@ -12,7 +12,8 @@ import evo
 from evo import datasets
 from evo.data import Task
 from evo.errors import ConfigError, config_error
-from evo.lm import DEFAULT_MODEL, make_lm
+from evo.integrations.ray import RayExecutor
+from evo.lm import DEFAULT_MODEL, make_lm, session_for
 
 
 def positive(kind):
@@ -55,10 +56,47 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
 
 
+def add_concurrency_args(p: argparse.ArgumentParser) -> None:
+    """How the LM's calls are sent (`evo run`, `evo eval`): none of it changes a result."""
+    p.add_argument("--concurrency", type=positive(int), metavar="N",
+                   help="LM calls in flight at once (default: 8 for a hosted or served model, "
+                        "1 for the embedded one); the result is the same at any concurrency")
+    p.add_argument("--max-rpm", type=positive(float), metavar="N",
+                   help="send at most N requests a minute (a provider's quota)")
+    p.add_argument("--max-tpm", type=positive(float), metavar="N",
+                   help="send at most about N tokens a minute (a provider's quota)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the LM calls on Ray workers: a local Ray (no ADDRESS), or a "
+                        "cluster ('auto', ray://HOST:10001); needs pip install 'evo[ray]'")
+    p.add_argument("--ray-workers", type=positive(int), default=2, metavar="N",
+                   help="Ray workers, each with its own client or model replica (default 2)")
+
+
 def lm(args: argparse.Namespace, spec: str | None = None):
     """The LM named by ``--model`` (or ``spec``) and the endpoint flags."""
     return make_lm(spec or args.model, api_base=args.api_base, api_key=args.api_key,
                    timeout=args.timeout)
+
+
+def lm_call(args: argparse.Namespace, spec: str | None = None) -> dict:
+    """The ``lm=``, ``max_concurrency=`` and ``executor=`` arguments the library takes for the
+    LM flags: with ``--max-rpm`` / ``--max-tpm`` a paced session (with the cache), with
+    ``--ray`` the backend and a :class:`~evo.integrations.ray.RayExecutor`."""
+    backend = lm(args, spec)
+    if args.ray is not None:
+        if args.max_rpm or args.max_tpm:
+            raise ConfigError("--max-rpm / --max-tpm pace one process's calls: not with --ray")
+        executor = RayExecutor(address=None if args.ray == "local" else args.ray,
+                               num_workers=args.ray_workers,
+                               concurrency_per_worker=(
+                                   None if args.concurrency is None
+                                   else max(1, args.concurrency // args.ray_workers)))
+        return {"lm": backend, "executor": executor}
+    if args.max_rpm or args.max_tpm:
+        session = session_for(backend, cache(args))
+        session.pace(max_rpm=args.max_rpm, max_tpm=args.max_tpm)
+        backend = session
+    return {"lm": backend, "max_concurrency": args.concurrency}
 
 
 def cache(args: argparse.Namespace):

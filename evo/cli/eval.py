@@ -6,7 +6,15 @@ import argparse
 
 import evo
 from evo.api import evaluation
-from evo.cli.common import add_data_args, add_lm_args, cache, lm, load_task, split
+from evo.cli.common import (
+    add_concurrency_args,
+    add_data_args,
+    add_lm_args,
+    cache,
+    lm_call,
+    load_task,
+    split,
+)
 from evo.errors import RunFailedError
 
 
@@ -15,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("program", help="program JSON written by `evo run`")
     add_data_args(ev)
     add_lm_args(ev)
+    add_concurrency_args(ev)
     ev.add_argument("--split", choices=["train", "val", "test"], default="test")
     ev.set_defaults(func=cmd_eval)
 
@@ -22,7 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     program = evo.load_program(args.program)
     task = load_task(args)
-    result = evaluation(program, split(task, args.split), lm=lm(args), cache=cache(args))
+    call = lm_call(args)
+    try:
+        result = evaluation(program, split(task, args.split), cache=cache(args), **call)
+    finally:
+        if "executor" in call:
+            call["executor"].shutdown()
     print(f"{args.program}: {task.name} {args.split} {result}")
     if result.meaningless:
         raise RunFailedError("most cells failed: the accuracy says nothing about the program")

@@ -16,11 +16,13 @@ from evo._io import write_json
 from evo.analysis.projection import project
 from evo.analysis.report import write_report
 from evo.cli.common import (
+    add_concurrency_args,
     add_data_args,
     add_lm_args,
     build_optimizer,
     cache,
     lm,
+    lm_call,
     load_task,
     positive,
 )
@@ -42,6 +44,7 @@ RUN_ARGS = ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val", "
 def add_arguments(run: argparse.ArgumentParser) -> None:
     add_data_args(run)
     add_lm_args(run)
+    add_concurrency_args(run)
     run.add_argument("--budget", type=positive(int), default=300,
                      help="metric calls for the search")
     run.add_argument("--reflection-model", help="a stronger LM for reflection (default: --model)")
@@ -204,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_testset(program, task.test, what=f"{task.name} test split")  # before paying
     if args.dry_run:
         return _dry_run(args, task, program, optimizer)
-    model = lm(args)
+    model = lm_call(args)
     reflection = lm(args, args.reflection_model) if args.reflection_model else None
     out = Path(args.out or f"runs/{task.name}-s{args.seed}")
     print(f"evo: {task.name}: train {len(task.train)}, val {len(task.val)}, "
@@ -214,16 +217,19 @@ def cmd_run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     started = time.perf_counter()
     try:
-        result = evo.optimize(program, task.train, task.val, lm=model, optimizer=optimizer,
+        result = evo.optimize(program, task.train, task.val, optimizer=optimizer,
                               reflection_lm=reflection, seed=args.seed, cache=cache(args),
                               description=task.description, run_dir=out,
-                              progress=not args.quiet, cli={k: getattr(args, k) for k in RUN_ARGS})
+                              progress=not args.quiet, cli={k: getattr(args, k) for k in RUN_ARGS},
+                              **model)
     except LMUnavailableError as exc:
         if args.resume and args.api_base and not args.api_key:
             raise LMUnavailableError(f"{exc} (an --api-key is never saved in the run: give it "
                                      "again with --resume, or set the provider's variable)"
                                      ) from exc
         raise
+    if "executor" in model:  # the test pass runs in this process; the workers can go
+        model["executor"].shutdown()
     report = result.report(task.test, progress=not args.quiet)
     print(f"\n{task.name} | {args.model} | seed {args.seed}\n{report}")
     again = _eval_command(args, task, out)

@@ -223,6 +223,13 @@ class LMSession:
         self._jitter = random.Random()  # timing only: never reaches a request or a decision
         self.limit = ConcurrencyLimit(default_concurrency(lm))
         self.max_concurrency = max_concurrency  # type: ignore[assignment]
+        self.rpm: TokenBucket | None = None
+        self.tpm: TokenBucket | None = None
+        self.pace(max_rpm=max_rpm, max_tpm=max_tpm)
+
+    def pace(self, *, max_rpm: float | None = None, max_tpm: float | None = None) -> None:
+        """Send at most ``max_rpm`` requests and about ``max_tpm`` tokens a minute (None: no
+        such quota)."""
         self.rpm = None if max_rpm is None else TokenBucket(_positive(max_rpm, "max_rpm"))
         self.tpm = None if max_tpm is None else TokenBucket(_positive(max_tpm, "max_tpm"))
 
