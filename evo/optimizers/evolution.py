@@ -26,11 +26,19 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from evo.optimizers.registry import operator
-from evo.optimizers.steps import add_child, reflect, screen
+from evo.optimizers.steps import (
+    Deferred,
+    Variation,
+    add_child,
+    plan_reflection,
+    reflect,
+    resolve,
+    screen,
+    screen_many,
+)
 from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
-from evo.search.engine import Candidate, Search, SearchConfig
-from evo.search.genome import Genome
+from evo.search.engine import OMIT_DEFAULT, Candidate, Search, SearchConfig
 
 __all__ = ["Evolution", "evolve", "reflect", "screen"]
 
@@ -59,6 +67,11 @@ class Evolution(SearchConfig):
                               "validated candidates, or a tournament within the population")
     operators: dict[str, float] = Field(
         default_factory=dict, description="registered operator name -> probability of use")
+    parallel_proposals: int = Field(
+        1, ge=1, json_schema_extra=OMIT_DEFAULT,
+        description="children proposed per iteration: their reflection calls, minibatches and "
+                    "validations go out together when the LM serves calls in parallel (the "
+                    "search depends on this number, not on the concurrency)")
 
     name: ClassVar[str] = "evolution"
 
@@ -83,33 +96,44 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
     stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
     while search.can_validate() and stale < stale_limit:
         search.next_iteration()
-        # While the first random demo sets are tried, each must beat the best so far (not just
-        # the zero-shot seed), or every one of them would be paid a full validation.
-        initialising = tries < n_init
-        tries += initialising
-        parent = search.select_parent("best") if initialising else search.select_parent(
-            config.selection, tournament_size=config.tournament_size)
-        child_genome, op, note = None, "", ""
-        for name, p in config.operators.items():
-            if extra_rng.random() < p:
-                child_genome, op, note = extra[name](parent, search), name, ""
-                break
-        if not op:
-            child_genome, op, note = _vary(parent, search, config, initialising,
-                                           first=tries == 1)
-        # a reflection that rewords a known prompt is reported; a cheap operator's repeat is not
-        child = add_child(search, child_genome, (parent.id,), op, note,
-                          repeat=note if op == "reflection" and note else None)
-        if child is None:
-            stale += 1
-            continue
-        stale = 0
-        screen(search, child, parent, search.minibatch(parent, config.minibatch_size),
-               acceptance=config.acceptance)
+        # a round of children, no more than the budget could validate in full
+        room = search.remaining() // max(1, len(search.valset))
+        plans = []
+        for _ in range(max(1, min(config.parallel_proposals, room))):
+            # While the first random demo sets are tried, each must beat the best so far (not
+            # just the zero-shot seed), or every one of them would be paid a full validation.
+            initialising = tries < n_init
+            tries += initialising
+            parent = search.select_parent("best") if initialising else search.select_parent(
+                config.selection, tournament_size=config.tournament_size)
+            plan: Variation | Deferred | None = None
+            for name, p in config.operators.items():
+                if extra_rng.random() < p:
+                    plan = extra[name](parent, search), name, ""
+                    break
+            if plan is None:
+                plan = _vary(parent, search, config, initialising, first=tries == 1)
+            plans.append((parent, plan))
+        trials = []
+        for (parent, _), (child_genome, op, note) in zip(
+                plans, resolve(search, [plan for _, plan in plans]), strict=True):
+            # a reflection that rewords a known prompt is reported; a cheap operator's repeat
+            # is not
+            child = add_child(search, child_genome, (parent.id,), op, note,
+                              repeat=note if op == "reflection" and note else None)
+            if child is None:
+                stale += 1
+                continue
+            stale = 0
+            trials.append((child, parent, search.minibatch(parent, config.minibatch_size)))
+        if len(trials) == 1:
+            screen(search, *trials[0], acceptance=config.acceptance)
+        else:
+            screen_many(search, trials, acceptance=config.acceptance)
 
 
 def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bool,
-          first: bool) -> tuple[Genome | None, str, str]:
+          first: bool) -> Variation | Deferred:
     archive, rng = search.archive, search.rng
     genome = list(parent.genome)
     if initialising:
@@ -128,7 +152,7 @@ def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bo
         failures = search.val_failures(parent)
         if failures:
             shown = rng.sample(failures, min(config.reflection_minibatch, len(failures)))
-            return reflect(search, parent, shown, config.reflection_style)
+            return plan_reflection(search, parent, shown, config.reflection_style)
     if roll < config.reflection_rate + config.crossover_rate and len(search.population) > 1:
         mate = search.candidates[rng.choice([i for i in search.population if i != parent.id])]
         return G.crossover(genome, mate.genome, archive, rng), "crossover", f"mate={mate.id}"

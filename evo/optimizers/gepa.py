@@ -24,10 +24,11 @@ from pydantic import Field
 
 from evo.kernels.pareto import pareto_frequencies
 from evo.optimizers.registry import register_optimizer
-from evo.optimizers.steps import add_child, reflect
+from evo.optimizers.steps import add_child, plan_reflection, resolve
 from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
-from evo.search.engine import Candidate, Search, SearchConfig, StopReason
+from evo.search.engine import OMIT_DEFAULT, Candidate, Search, SearchConfig, StopReason
+from evo.search.evaluate import BudgetExhausted
 from evo.search.events import CandidateEvaluated, ProposalRejected
 from evo.search.strategies import Acceptance, NoWorse
 
@@ -50,6 +51,11 @@ class GEPA(SearchConfig):
     max_demos: int = Field(0, ge=0, description="demo slots (0: gepa evolves instructions; the "
                                                 "seed program's own demos are kept)")
     knn: bool = False
+    parallel_proposals: int = Field(
+        1, ge=1, json_schema_extra=OMIT_DEFAULT,
+        description="reflective proposals per iteration (parents, minibatches and reflection "
+                    "calls together, acceptance in order); the search depends on this number, "
+                    "not on the concurrency")
 
     name: ClassVar[str] = "gepa"
     # A merge against the better of its two parents on a validation minibatch: no worse (a
@@ -76,36 +82,54 @@ class GEPA(SearchConfig):
                 if _merge(search, self, tried_merges):
                     merges_done += 1
                     continue
-            parent = search.select_parent("pareto" if self.candidate_selection == "pareto"
-                                          else "best")
-            if len(order) < k:  # gepa's EpochShuffledBatchSampler
-                perm = list(range(len(search.trainset)))
-                search.rng.shuffle(perm)
-                order += [i for i in perm if i not in order[:k]]  # no example twice in a batch
-            batch, order = order[:k], order[k:]
-            parent_scores = search.train_scores(parent, batch)
-            if self.skip_perfect_score and (parent_scores >= self.perfect_score).all():
-                search.emit(ProposalRejected(candidate=parent.id, op="reflection",
-                                             reason="parent is perfect on the minibatch"))
-                stale += 1
-                continue
-            shown = [(search.trainset[i], search.train_cell(parent, i)) for i in batch]
-            genome, op, note = reflect(search, parent, shown, self.reflection_style)
-            child = add_child(search, genome, (parent.id,), op, note,
-                              repeat=note or "prompt already generated")
-            if child is None:
-                stale += 1
-                continue
-            stale = 0
-            child_scores = search.train_scores(child, batch)
-            accepted = self.acceptance.accepts(child_scores, parent_scores)
-            search.emit(CandidateEvaluated(
-                candidate=child.id, train_minibatch=batch,
-                minibatch_score=float(child_scores.mean()),
-                parent_minibatch_score=float(parent_scores.mean()), accepted=accepted))
-            if accepted:
-                search.validate(child)
-                merges_due += 1
+            room = (search.remaining() - len(search.valset)) // (2 * k)
+            round_: list[tuple[Candidate, list[int]]] = []
+            for _ in range(max(1, min(self.parallel_proposals, room))):
+                parent = search.select_parent("pareto" if self.candidate_selection == "pareto"
+                                              else "best")
+                if len(order) < k:  # gepa's EpochShuffledBatchSampler
+                    perm = list(range(len(search.trainset)))
+                    search.rng.shuffle(perm)
+                    order += [i for i in perm if i not in order[:k]]  # no example twice a batch
+                batch, order = order[:k], order[k:]
+                round_.append((parent, batch))
+            plans = []
+            for (parent, batch), parent_scores in zip(
+                    round_, search.train_scores_many(round_), strict=True):
+                if self.skip_perfect_score and (parent_scores >= self.perfect_score).all():
+                    search.emit(ProposalRejected(candidate=parent.id, op="reflection",
+                                                 reason="parent is perfect on the minibatch"))
+                    stale += 1
+                    continue
+                shown = [(search.trainset[i], search.train_cell(parent, i)) for i in batch]
+                plans.append((parent, batch, parent_scores,
+                              plan_reflection(search, parent, shown, self.reflection_style)))
+            children = []
+            for (parent, batch, parent_scores, _), (genome, op, note) in zip(
+                    plans, resolve(search, [plan for *_, plan in plans]), strict=True):
+                child = add_child(search, genome, (parent.id,), op, note,
+                                  repeat=note or "prompt already generated")
+                if child is None:
+                    stale += 1
+                    continue
+                stale = 0
+                children.append((child, batch, parent_scores))
+            accepted = []
+            for (child, batch, parent_scores), child_scores in zip(
+                    children, search.train_scores_many([(c, b) for c, b, _ in children]),
+                    strict=True):
+                ok = self.acceptance.accepts(child_scores, parent_scores)
+                search.emit(CandidateEvaluated(
+                    candidate=child.id, train_minibatch=batch,
+                    minibatch_score=float(child_scores.mean()),
+                    parent_minibatch_score=float(parent_scores.mean()), accepted=ok))
+                if ok:
+                    accepted.append(child)
+            validated = search.validate_many(accepted)
+            merges_due += len(validated)
+            if len(validated) < len(accepted):
+                raise BudgetExhausted(f"{len(accepted) - len(validated)} accepted children "
+                                      "could not be validated")
         if stale < self.stale_limit:
             search.stop(StopReason.BUDGET)
 

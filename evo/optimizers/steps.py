@@ -3,9 +3,11 @@
 * **children**: :func:`add_child` registers a proposed genome (a failed proposal, or one that
   repeats a known prompt, is reported as ``proposal_rejected`` and costs nothing);
   :func:`reflect` is GEPA's reflective mutation; :func:`proposal_failure` says why an LM's
-  proposal was refused;
+  proposal was refused; :func:`plan_reflection` defers its LM call (a :class:`Deferred`) and
+  :func:`resolve` makes a round's deferred calls together, finishing them in order;
 * **acceptance**: :func:`screen` scores a child on a validation minibatch and validates it in
   full when the acceptance strategy (:mod:`evo.search.strategies`) lets it through;
+  :func:`screen_many` does it for a round of children, their calls together;
 * **demo sets**: :func:`labeled_demos`, :func:`bootstrap` and :func:`compile_bootstrap` (DSPy's
   BootstrapFewShot), and :func:`demo_set`, DSPy's schedule of candidate demo sets that
   BootstrapFewShotWithRandomSearch and MIPROv2 both draw from; :func:`try_validate`.
@@ -14,14 +16,16 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from evo.data import Example
 from evo.program import Program
 from evo.proposers.reflection import Proposal, ReflectionStyle, propose
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search
-from evo.search.evaluate import Cell
+from evo.search.evaluate import BudgetExhausted, Cell
 from evo.search.events import CandidateEvaluated, ProposalRejected
 from evo.search.genome import Genome
 from evo.search.strategies import Acceptance, StrictImprovement
@@ -54,20 +58,57 @@ def add_child(search: Search, genome: Genome | None, parents: tuple[int, ...], o
     return search.add(genome, parents, op, note)
 
 
+Variation = tuple[Genome | None, str, str]  # (child genome or None, operator, note)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A proposal whose LM call is still to be made: :attr:`call` asks the LM and changes no
+    search state (it may run in a thread, beside other proposals); :attr:`finish` turns its
+    answer into the child's :data:`Variation`, in order (archiving the new instruction)."""
+
+    call: Callable[[], Any]
+    finish: Callable[[Any], Variation]
+
+
+def resolve(search: Search, plans: Sequence[Variation | Deferred]) -> list[Variation]:
+    """The variations of ``plans``: the deferred ones' LM calls made together
+    (:meth:`Search.concurrently`), then each finished in order, so the archive and the
+    children are the same at any concurrency."""
+    deferred = [p for p in plans if isinstance(p, Deferred)]
+    answers = iter(search.concurrently([d.call for d in deferred]))
+    return [p.finish(next(answers)) if isinstance(p, Deferred) else p for p in plans]
+
+
+def plan_reflection(search: Search, parent: Candidate, shown: Sequence[tuple[Example, Cell]],
+                    style: ReflectionStyle) -> Deferred:
+    """:func:`reflect`, deferred: its seed is drawn now (from the search's stream, in order),
+    the reflection LM is asked when :attr:`Deferred.call` runs."""
+    assert isinstance(parent.program, Program)
+    program, session = parent.program, search.reflection_session
+    description, seed = search.description, search.rng.randrange(2**31)
+
+    def call() -> Proposal:
+        return propose(session, program, shown, style=style, description=description, seed=seed)
+
+    def finish(proposal: Proposal) -> Variation:
+        if proposal.instruction is None:
+            return None, "reflection", proposal_failure(proposal)
+        iid, dup = search.archive.add_instruction(
+            proposal.instruction, {"op": "reflection", "parent": parent.id,
+                                   "iteration": search.iteration})
+        return G.with_instruction(parent.genome, iid), "reflection", dup
+
+    return Deferred(call, finish)
+
+
 def reflect(search: Search, parent: Candidate, shown: Sequence[tuple[Example, Cell]],
-            style: ReflectionStyle) -> tuple[Genome | None, str, str]:
+            style: ReflectionStyle) -> Variation:
     """GEPA's reflective mutation of ``parent``'s instruction from ``shown`` (example, cell)
     pairs: the child genome (None if the proposal failed the sanity filter), "reflection", and
     a note (why it failed, or that it repeats an archived text)."""
-    assert isinstance(parent.program, Program)
-    proposal = propose(search.reflection_session, parent.program, shown, style=style,
-                       description=search.description, seed=search.rng.randrange(2**31))
-    if proposal.instruction is None:
-        return None, "reflection", proposal_failure(proposal)
-    iid, dup = search.archive.add_instruction(
-        proposal.instruction, {"op": "reflection", "parent": parent.id,
-                               "iteration": search.iteration})
-    return G.with_instruction(parent.genome, iid), "reflection", dup
+    plan = plan_reflection(search, parent, shown, style)
+    return plan.finish(plan.call())
 
 
 # ---- acceptance -------------------------------------------------------------------------------
@@ -88,6 +129,33 @@ def screen(search: Search, child: Candidate, parent: Candidate, batch: list[int]
     if accepted:
         search.validate(child)
     return accepted
+
+
+def screen_many(search: Search, trials: Sequence[tuple[Candidate, Candidate, list[int]]], *,
+                acceptance: Acceptance = STRICT) -> list[Candidate]:
+    """:func:`screen` for a round of ``(child, parent, minibatch)`` trials: the children's
+    minibatch calls go out together, acceptance is decided in order, and the accepted ones are
+    validated together (:meth:`Search.validate_many`). Returns the validated children. Raises
+    :class:`~evo.search.evaluate.BudgetExhausted` when the budget cannot pay for them all."""
+    if not trials:
+        return []
+    scores = search.evaluate_many([(child, batch) for child, _, batch in trials])
+    accepted = []
+    for (child, parent, batch), child_scores in zip(trials, scores, strict=True):
+        parent_scores = search.matrix.scores[parent.id, batch]
+        ok = acceptance.accepts(child_scores, parent_scores)
+        search.emit(CandidateEvaluated(
+            candidate=child.id, minibatch=[int(c) for c in batch],
+            minibatch_score=float(child_scores.mean()),
+            parent_minibatch_score=float(parent_scores.mean()), accepted=ok,
+            cell_errors=search.cell_errors(child, batch)))
+        if ok:
+            accepted.append(child)
+    validated = search.validate_many(accepted)
+    if len(validated) < len(accepted):
+        raise BudgetExhausted(f"{len(accepted) - len(validated)} accepted children could not "
+                              "be validated")
+    return validated
 
 
 # ---- demo sets --------------------------------------------------------------------------------

@@ -29,10 +29,11 @@ import math
 import random
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -81,6 +82,7 @@ Objective = Literal["accuracy", "prompt_chars"]
 # search maximizes instead of the mean.
 Fitness = Callable[[np.ndarray, Any], float]
 Callback = Callable[[dict[str, Any]], None]
+T = TypeVar("T")
 
 
 class StopReason(StrEnum):
@@ -412,6 +414,47 @@ class Search:
         self.evaluate(cand, self.all_cols)
         return self.accept(cand)
 
+    def evaluate_many(self, jobs: Sequence[tuple[Candidate, Sequence[int]]]) -> list[np.ndarray]:
+        """:meth:`evaluate` for several ``(candidate, columns)`` jobs at once: all their cells
+        are reserved first (they all fit, or :class:`BudgetExhausted` is raised and nothing is
+        evaluated), their calls go out together, and they are recorded in job order."""
+        jobs = [(cand, list(dict.fromkeys(cols))) for cand, cols in jobs]
+        self._check_fits(sum(len(self.matrix.missing(c.id, cols)) for c, cols in jobs))
+        return self.evaluator.evaluate_many([(c.program, self.matrix, c.id, cols)
+                                             for c, cols in jobs])
+
+    def validate_many(self, cands: Sequence[Candidate]) -> list[Candidate]:
+        """:meth:`validate` for several candidates, their calls together: the longest prefix of
+        ``cands`` the budget can validate is validated (and accepted in order); returns it."""
+        fit, left = [], self.remaining()
+        for cand in cands:
+            need = len(self.matrix.missing(cand.id, self.all_cols))
+            if need > left:
+                break
+            fit.append(cand)
+            left -= need
+        self.evaluate_many([(c, self.all_cols) for c in fit])
+        for cand in fit:
+            self.accept(cand)
+        return fit
+
+    def concurrently(self, calls: Sequence[Callable[[], T]]) -> list[T]:
+        """Run ``calls`` (proposals: LM calls that change no search state) up to the
+        reflection session's ``max_concurrency`` at once, and return their results in order
+        (the first exception, in order, is raised). Whatever they draw from the search's
+        random stream must be drawn before, in order, so the results do not depend on the
+        concurrency."""
+        n = min(len(calls), self.reflection_session.max_concurrency)
+        if n <= 1:
+            return [call() for call in calls]
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="evo-proposal") as pool:
+            futures = [pool.submit(call) for call in calls]
+            try:
+                return [f.result() for f in futures]
+            finally:
+                for f in futures:
+                    f.cancel()
+
     def accept(self, cand: Candidate, cells: dict[int, Cell] | None = None) -> float:
         """Book a candidate whose validation row is complete (see :meth:`validate`); ``cells``
         (column -> cell, e.g. a vote's, made from its members' predictions) fill it in free
@@ -474,14 +517,24 @@ class Search:
     def train_scores(self, cand: Candidate, cols: Sequence[int]) -> np.ndarray:
         """Scores of ``cand`` on training examples ``cols`` (bootstrapping, GEPA's reflective
         minibatches), paid once per cell like validation cells."""
+        return self.train_scores_many([(cand, cols)])[0]
+
+    def train_scores_many(self, jobs: Sequence[tuple[Candidate, Sequence[int]]]
+                          ) -> list[np.ndarray]:
+        """:meth:`train_scores` for several ``(candidate, training columns)`` jobs, their
+        calls together (all cells reserved first, recorded in job order)."""
         if self._train is None:
             self._train = ScoreMatrix(self.trainset)
-        if cand.id not in self._train_rows:
-            self._train_rows[cand.id] = self._train.add_row()
-        row = self._train_rows[cand.id]
-        cols = list(dict.fromkeys(cols))
-        self._check_fits(len(self._train.missing(row, cols)))
-        return self.evaluator.evaluate(cand.program, self._train, row, cols)
+        rows = []
+        for cand, _ in jobs:
+            if cand.id not in self._train_rows:
+                self._train_rows[cand.id] = self._train.add_row()
+            rows.append(self._train_rows[cand.id])
+        jobs = [(cand, list(dict.fromkeys(cols))) for cand, cols in jobs]
+        self._check_fits(sum(len(self._train.missing(r, cols))
+                             for r, (_, cols) in zip(rows, jobs, strict=True)))
+        return self.evaluator.evaluate_many([(c.program, self._train, r, cols)
+                                             for r, (c, cols) in zip(rows, jobs, strict=True)])
 
     def train_known(self, cand: Candidate, col: int) -> bool:
         """Whether ``cand`` was already scored on training example ``col`` (free to read)."""
@@ -605,8 +658,8 @@ def jsonable(config: BaseModel, *, name: Callable[[Any], str] | None = None
     def conv(value: Any) -> Any:
         if isinstance(value, BaseModel):
             return {"optimizer": getattr(value, "name", type(value).__name__),
-                    **{k: conv(getattr(value, k)) for k in type(value).model_fields
-                       if k != "budget"}}
+                    **{k: conv(getattr(value, k)) for k, f in type(value).model_fields.items()
+                       if k != "budget" and not _omitted(f, getattr(value, k))}}
         if isinstance(value, list | tuple):
             return [conv(v) for v in value]
         if callable(value):
@@ -617,3 +670,13 @@ def jsonable(config: BaseModel, *, name: Callable[[Any], str] | None = None
             return value.__dict__
         return value
     return conv(config)
+
+
+# A field marked ``json_schema_extra=OMIT_DEFAULT`` is left out of the run spec (and the start
+# event) while it has its default: a field added after runs were stored does not change their
+# spec, so they still resume.
+OMIT_DEFAULT = {"spec": "omit_default"}
+
+
+def _omitted(field_info: Any, value: Any) -> bool:
+    return field_info.json_schema_extra == OMIT_DEFAULT and value == field_info.default

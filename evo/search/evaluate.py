@@ -293,22 +293,35 @@ class Evaluator:
         Replies are scored in chunks through the metric's ``batch`` method when it has one
         (the vectorized kernels of :mod:`evo.kernels.text`), else one by one.
         """
-        todo = matrix.missing(row, cols)
-        if charge and len(todo) > self.remaining():
-            raise BudgetExhausted(f"{len(todo)} evaluations needed, {self.remaining()} left")
-        program.prepare([matrix.examples[c] for c in todo])  # KNN demos: one batched search
-        replies = self._replies(program, [matrix.examples[c] for c in todo])
-        for start in range(0, len(todo), self.score_chunk):
-            chunk = todo[start:start + self.score_chunk]
-            examples = [matrix.examples[c] for c in chunk]
-            got = [next(replies) for _ in chunk]
-            for col, cell in zip(chunk, self.score(examples, got), strict=True):
-                matrix.set(row, col, cell)
-                if charge:
-                    self.metric_calls += 1
-                if self.on_cell is not None:
-                    self.on_cell(row, cell)
-        return matrix.scores[row, list(cols)]
+        return self.evaluate_many([(program, matrix, row, cols)], charge=charge)[0]
+
+    def evaluate_many(self, jobs: Sequence[tuple[Program, ScoreMatrix, int, Sequence[int]]], *,
+                      charge: bool = True) -> list[np.ndarray]:
+        """:meth:`evaluate` for several ``(program, matrix, row, cols)`` jobs (the children of
+        one round of parallel proposals): every missing cell is reserved against the budget
+        first (all fit, or nothing is evaluated), all their calls go out together, and the
+        cells are recorded job by job, in column order, as :meth:`evaluate` would."""
+        todos = [matrix.missing(row, cols) for _, matrix, row, cols in jobs]
+        need = sum(map(len, todos))
+        if charge and need > self.remaining():
+            raise BudgetExhausted(f"{need} evaluations needed, {self.remaining()} left")
+        streams = []
+        for (program, matrix, _, _), todo in zip(jobs, todos, strict=True):
+            examples = [matrix.examples[c] for c in todo]
+            program.prepare(examples)  # KNN demos: one batched search
+            streams.append(self._replies(program, examples))
+        for (_, matrix, row, _), todo, replies in zip(jobs, todos, streams, strict=True):
+            for start in range(0, len(todo), self.score_chunk):
+                chunk = todo[start:start + self.score_chunk]
+                examples = [matrix.examples[c] for c in chunk]
+                got = [next(replies) for _ in chunk]
+                for col, cell in zip(chunk, self.score(examples, got), strict=True):
+                    matrix.set(row, col, cell)
+                    if charge:
+                        self.metric_calls += 1
+                    if self.on_cell is not None:
+                        self.on_cell(row, cell)
+        return [matrix.scores[row, list(cols)] for _, matrix, row, cols in jobs]
 
     @property
     def concurrency(self) -> int:
