@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import evo
+from evo.embeddings.knn import clear_retrievers
 from evo.lm import LMSession, ScriptedLM
 from evo.lm.base import LMRequest, LMUnavailableError
 from evo.metrics import exact_match
@@ -57,6 +58,9 @@ def search(name: str, concurrency: int | None, *, budget: int = 60, lm: Scripted
                         max_concurrency=concurrency if via == "lm" else 1)
     if via == "optimize":
         kw["max_concurrency"] = concurrency
+    # each search starts from no memoized KNN neighbours, so the one compared with it cannot
+    # lend it its own (see test_concurrent_runs: KNN ties depend on the query batch)
+    clear_retrievers()
     return evo.optimize(HASHED.program(), list(HASHED.train), list(HASHED.val), lm=lm,
                         optimizer=optimizer(name, budget), seed=0, cache=False, **kw), lm
 
