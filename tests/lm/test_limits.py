@@ -337,3 +337,23 @@ def test_a_session_never_has_more_calls_in_flight_than_max_concurrency():
         t.join(BOUND_S)
     assert not any(t.is_alive() for t in threads)
     assert state["most"] == 3 and session.limit.peak == 3 and session.usage.calls == 12
+
+
+def test_setting_max_concurrency_while_a_call_is_in_flight_keeps_the_count():
+    """The call releases the slot of the limit it acquired, not the new one's."""
+    inside, go = threading.Event(), threading.Event()
+
+    def respond(req: LMRequest) -> str:
+        inside.set()
+        go.wait(BOUND_S)
+        return "label: pos"
+
+    session = LMSession(ScriptedLM(respond, max_concurrency=2))
+    caller = threading.Thread(target=session.complete, args=(ask(),))
+    caller.start()
+    assert inside.wait(BOUND_S)
+    session.max_concurrency = 4  # e.g. a test pass reusing the session (Result.report)
+    go.set()
+    caller.join(BOUND_S)
+    assert not caller.is_alive()
+    assert session.limit.in_flight == 0
