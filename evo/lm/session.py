@@ -335,20 +335,26 @@ class LMSession:
             wait = self.backoff_s * 2 ** attempt * (0.5 + self._jitter.random())
         return max(0.0, min(float(wait), self.max_wait_s))
 
-    def _send(self, request: LMRequest) -> tuple[object, float, int]:
+    def _send(self, request: LMRequest) -> tuple[object, float]:
         """One backend call under the provider limits: a rate-quota slot, then an in-flight
-        slot. Returns the reply, when it was sent and the limit's epoch then."""
+        slot (a throttled call lowers the in-flight limit). Returns the reply and when it was
+        sent."""
         if self.rpm is not None:
             self.rpm.take(1)
         if self.tpm is not None:
             chars = sum(len(m.content) for m in request.messages)
             self.tpm.take(chars / 4 + request.max_tokens)
-        epoch = self.limit.acquire()
+        limit = self.limit
+        epoch = limit.acquire()
         t0 = time.perf_counter()
         try:
-            return self.lm.complete(request), t0, epoch
+            return self.lm.complete(request), t0
+        except Exception as exc:
+            if getattr(exc, "reason", None) == "throttled":
+                limit.throttled(epoch)  # fewer in flight until calls succeed again
+            raise
         finally:
-            self.limit.release()
+            limit.release()
 
     def _checked(self, resp: object, seconds: float) -> LMResponse:
         """The backend's reply if it is an answer; an empty or malformed one is a failed
@@ -392,9 +398,9 @@ class LMSession:
                 with self._lock:
                     self.usage.retries += 1
                 time.sleep(wait)
-            t0, epoch = time.perf_counter(), self.limit.epoch
+            t0 = time.perf_counter()
             try:
-                raw, t0, epoch = self._send(request)
+                raw, t0 = self._send(request)
                 resp = self._checked(raw, time.perf_counter() - t0)
             except LMUnavailableError as exc:
                 self._failed(exc, sticky=True)
@@ -409,12 +415,12 @@ class LMSession:
             except Exception as exc:  # any backend failure is retried
                 self._book_spent(exc, spent)
                 last = exc
-                if getattr(exc, "reason", None) == "throttled":
-                    self.limit.throttled(epoch)  # fewer in flight until calls succeed again
-                    if throttles < self.throttle_retries:  # a throttled try is not a failure
-                        wait = self._wait_s(exc, throttles)
-                        throttles += 1
-                        continue
+                # a throttled try is not a failure: retried apart from ``retries``
+                if getattr(exc, "reason", None) == "throttled" and \
+                        throttles < self.throttle_retries:
+                    wait = self._wait_s(exc, throttles)
+                    throttles += 1
+                    continue
                 wait = self._wait_s(exc, attempt)
                 attempt += 1
                 continue
