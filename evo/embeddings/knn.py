@@ -79,9 +79,14 @@ class DemoRetriever:
         todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
         if todo:
             n = min(len(self.pool), MAX_K + 1)
-            _, ids = self.index.search(self.encoder.encode(todo), n)
-            for text, row in zip(todo, ids.tolist(), strict=True):
-                self._memo[text] = [i for i in row if i >= 0]
+            vectors = self.encoder.encode(todo)
+            # One query at a time: a batched search takes another code path (and BLAS kernel)
+            # by batch size, whose rounding can reorder near-ties, so an input's neighbours
+            # would depend on which other inputs were asked with it -- and, memoized
+            # process-wide, on which searches ran before in the same process.
+            for text, vector in zip(todo, vectors, strict=True):
+                _, ids = self.index.search(vector[None, :], n)
+                self._memo[text] = [i for i in ids[0].tolist() if i >= 0]
             self.queries += len(todo)
         out = []
         for ex, text in zip(examples, texts, strict=True):
