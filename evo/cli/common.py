@@ -90,7 +90,7 @@ def lm_call(args: argparse.Namespace, spec: str | None = None) -> dict:
                                num_workers=args.ray_workers,
                                concurrency_per_worker=(
                                    None if args.concurrency is None
-                                   else max(1, args.concurrency // args.ray_workers)))
+                                   else -(-args.concurrency // args.ray_workers)))
         return {"lm": backend, "executor": executor}
     if args.max_rpm or args.max_tpm:
         session = session_for(backend, cache(args))

@@ -202,6 +202,12 @@ class LocalLM:
                     "extra_buffers": self.extra_buffers}
         return _rebuild_local, (str(self.model_path), self.registry_name, settings)
 
+    def __copy__(self) -> LocalLM:  # a copy is the same model, not a second replica
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LocalLM:
+        return self
+
     def __repr__(self) -> str:
         return f"LocalLM({str(self.model_path)!r}, model_id={self.model_id!r})"
 

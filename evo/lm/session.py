@@ -41,10 +41,12 @@ def default_concurrency(lm: LM) -> int:
     ``max_concurrency``, else :data:`DEFAULT_CONCURRENCY` for a backend that serves calls in
     parallel (``concurrent = True``: a hosted API, a served model), else 1 (the in-process
     llama.cpp model: two contexts on one machine's cores slow each other down)."""
+    if not getattr(lm, "concurrent", False):
+        return 1
     own = getattr(lm, "max_concurrency", None)
     if isinstance(own, int) and not isinstance(own, bool) and own >= 1:
         return own
-    return DEFAULT_CONCURRENCY if getattr(lm, "concurrent", False) else 1
+    return DEFAULT_CONCURRENCY
 
 
 @dataclass
@@ -330,9 +332,10 @@ class LMSession:
         (``Retry-After``), else exponential backoff; never more than :attr:`max_wait_s`."""
         asked = getattr(exc, "retry_after", None)
         if isinstance(asked, int | float) and asked >= 0:  # at least what was asked, spread
-            wait = asked * (1 + 0.2 * self._jitter.random())
-        else:  # exponential backoff with jitter: half to one and a half the nominal wait
-            wait = self.backoff_s * 2 ** attempt * (0.5 + self._jitter.random())
+            # (spread after the cap, so callers capped at max_wait_s do not return in step)
+            return max(0.0, min(float(asked), self.max_wait_s)) * (1 + 0.2 * self._jitter.random())
+        # exponential backoff with jitter: half to one and a half the nominal wait
+        wait = self.backoff_s * 2 ** attempt * (0.5 + self._jitter.random())
         return max(0.0, min(float(wait), self.max_wait_s))
 
     def _send(self, request: LMRequest) -> tuple[object, float]:
@@ -398,6 +401,8 @@ class LMSession:
                 with self._lock:
                     self.usage.retries += 1
                 time.sleep(wait)
+                if self._unavailable is not None:  # another call found the LM gone meanwhile
+                    raise self._unavailable
             t0 = time.perf_counter()
             try:
                 raw, t0 = self._send(request)

@@ -105,11 +105,14 @@ def _run_parallel(search: Search, members: list[SearchConfig]) -> None:
                      task_session=search.task_session,
                      reflection_session=search.reflection_session, metric=search.metric,
                      seed=search.seed + 1 + i, description=search.description)
-        sub.start(seed_cells)
         try:
-            config.run(sub)
-        except BudgetExhausted:
-            pass
+            sub.start(seed_cells)
+            try:
+                config.run(sub)
+            except BudgetExhausted:
+                pass
+        finally:  # its calls in flight end (and are journaled) before the run store closes
+            sub.evaluator.close()
         return sub
 
     for i, member in enumerate(members):

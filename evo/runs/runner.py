@@ -122,16 +122,22 @@ def run(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
                 raise DataError(str(exc), source=name, row=row) from None
     metric = metric or exact_match
     task_session = session_for(lm, cache)
-    if max_concurrency is not None:  # (a run's result does not depend on it: not in the spec)
-        task_session.max_concurrency = max_concurrency
     reflection_session = task_session if reflection_lm is None else session_for(reflection_lm,
                                                                                  cache)
+    if max_concurrency is not None:  # (a run's result does not depend on it: not in the spec)
+        task_session.max_concurrency = max_concurrency
+        if reflection_session is not task_session and getattr(reflection_session.lm,
+                                                               "concurrent", False):
+            reflection_session.max_concurrency = max_concurrency
     if description is None:
         description = getattr(trainset, "description", "") or ""
     sessions = [task_session] + ([reflection_session] if reflection_session is not task_session
                                  else [])
-    for s in sessions:  # a journal belongs to one run: never carry one into another
-        s.journal = None
+    for s in sessions:  # a journal belongs to one run: a session journaling another is busy
+        if s.journal is not None:
+            raise ConfigError(f"{s!r} is journaling another run right now (a run store's, "
+                              "e.g. an aoptimize still running): give each concurrent run its "
+                              "own LM session")
     store = None
     if run_dir is not None:  # opened first: a mismatch or a busy directory costs no LM call
         # The data as the user gave it, repeats included: a store made before repeats were

@@ -418,10 +418,9 @@ class Search:
         """:meth:`evaluate` for several ``(candidate, columns)`` jobs at once: all their cells
         are reserved first (they all fit, or :class:`BudgetExhausted` is raised and nothing is
         evaluated), their calls go out together, and they are recorded in job order."""
-        jobs = [(cand, list(dict.fromkeys(cols))) for cand, cols in jobs]
-        self._check_fits(sum(len(self.matrix.missing(c.id, cols)) for c, cols in jobs))
-        return self.evaluator.evaluate_many([(c.program, self.matrix, c.id, cols)
-                                             for c, cols in jobs])
+        work = [(c.program, self.matrix, c.id, list(dict.fromkeys(cols))) for c, cols in jobs]
+        self._check_fits(sum(map(len, self.evaluator.missing(work))))
+        return self.evaluator.evaluate_many(work)
 
     def validate_many(self, cands: Sequence[Candidate]) -> list[Candidate]:
         """:meth:`validate` for several candidates, their calls together: the longest prefix of
@@ -530,11 +529,10 @@ class Search:
             if cand.id not in self._train_rows:
                 self._train_rows[cand.id] = self._train.add_row()
             rows.append(self._train_rows[cand.id])
-        jobs = [(cand, list(dict.fromkeys(cols))) for cand, cols in jobs]
-        self._check_fits(sum(len(self._train.missing(r, cols))
-                             for r, (_, cols) in zip(rows, jobs, strict=True)))
-        return self.evaluator.evaluate_many([(c.program, self._train, r, cols)
-                                             for r, (c, cols) in zip(rows, jobs, strict=True)])
+        work = [(c.program, self._train, r, list(dict.fromkeys(cols)))
+                for r, (c, cols) in zip(rows, jobs, strict=True)]
+        self._check_fits(sum(map(len, self.evaluator.missing(work))))
+        return self.evaluator.evaluate_many(work)
 
     def train_known(self, cand: Candidate, col: int) -> bool:
         """Whether ``cand`` was already scored on training example ``col`` (free to read)."""

@@ -301,27 +301,47 @@ class Evaluator:
         one round of parallel proposals): every missing cell is reserved against the budget
         first (all fit, or nothing is evaluated), all their calls go out together, and the
         cells are recorded job by job, in column order, as :meth:`evaluate` would."""
-        todos = [matrix.missing(row, cols) for _, matrix, row, cols in jobs]
+        todos = self.missing(jobs)
         need = sum(map(len, todos))
         if charge and need > self.remaining():
             raise BudgetExhausted(f"{need} evaluations needed, {self.remaining()} left")
-        streams = []
-        for (program, matrix, _, _), todo in zip(jobs, todos, strict=True):
-            examples = [matrix.examples[c] for c in todo]
-            program.prepare(examples)  # KNN demos: one batched search
-            streams.append(self._replies(program, examples))
-        for (_, matrix, row, _), todo, replies in zip(jobs, todos, streams, strict=True):
-            for start in range(0, len(todo), self.score_chunk):
-                chunk = todo[start:start + self.score_chunk]
-                examples = [matrix.examples[c] for c in chunk]
-                got = [next(replies) for _ in chunk]
-                for col, cell in zip(chunk, self.score(examples, got), strict=True):
-                    matrix.set(row, col, cell)
-                    if charge:
-                        self.metric_calls += 1
-                    if self.on_cell is not None:
-                        self.on_cell(row, cell)
+        streams, sent = [], []
+        try:
+            for (program, matrix, _, _), todo in zip(jobs, todos, strict=True):
+                examples = [matrix.examples[c] for c in todo]
+                program.prepare(examples)  # KNN demos: one batched search
+                replies, futures = self._replies(program, examples)
+                streams.append(replies)
+                sent += futures
+            for (_, matrix, row, _), todo, replies in zip(jobs, todos, streams, strict=True):
+                for start in range(0, len(todo), self.score_chunk):
+                    chunk = todo[start:start + self.score_chunk]
+                    examples = [matrix.examples[c] for c in chunk]
+                    got = [next(replies) for _ in chunk]
+                    for col, cell in zip(chunk, self.score(examples, got), strict=True):
+                        matrix.set(row, col, cell)
+                        if charge:
+                            self.metric_calls += 1
+                        if self.on_cell is not None:
+                            self.on_cell(row, cell)
+        finally:  # stopped early (an unreachable LM, Ctrl-C): the calls not yet sent are not
+            for future in sent:
+                future.cancel()
         return [matrix.scores[row, list(cols)] for _, matrix, row, cols in jobs]
+
+    @staticmethod
+    def missing(jobs: Sequence[tuple[Program, ScoreMatrix, int, Sequence[int]]]
+                ) -> list[list[int]]:
+        """The cells each job must fill: its row's missing columns, each (matrix, row, column)
+        once across the jobs (two jobs of one round may share a parent's cell)."""
+        claimed: set[tuple[int, int, int]] = set()
+        todos = []
+        for _, matrix, row, cols in jobs:
+            todo = [c for c in matrix.missing(row, cols) if (id(matrix), row, c) not in claimed]
+            todo = list(dict.fromkeys(todo))
+            claimed.update((id(matrix), row, c) for c in todo)
+            todos.append(todo)
+        return todos
 
     @property
     def concurrency(self) -> int:
@@ -329,18 +349,19 @@ class Evaluator:
         return self.session.max_concurrency
 
     def _replies(self, program: Program, examples: Sequence[Example]
-                 ) -> Iterator[Prediction | Cell]:
-        """The replies to ``examples``, in their order. With a concurrency above 1 every call is
-        sent at once to a pool of that many threads (the session keeps at most that many in
-        flight); a program that runs itself (:class:`RunsItself`) is run concurrently only when
-        it says it may be (``concurrent = True``)."""
+                 ) -> tuple[Iterator[Prediction | Cell], list[Future]]:
+        """The replies to ``examples``, in their order, and the calls sent for them. With a
+        concurrency above 1 every call is sent at once to a pool of that many threads (the
+        session keeps at most that many in flight); a program that runs itself
+        (:class:`RunsItself`) is run concurrently only when it says it may be
+        (``concurrent = True``)."""
         parallel = self.concurrency > 1 and len(examples) > 1 and (
             not isinstance(program, RunsItself) or getattr(program, "concurrent", False))
         if not parallel:
-            return (self._predict(program, ex) for ex in examples)
+            return (self._predict(program, ex) for ex in examples), []
         pool = self._executor()
         futures = [pool.submit(self._predict, program, ex) for ex in examples]
-        return _in_order(futures)
+        return _in_order(futures), futures
 
     def _executor(self) -> ThreadPoolExecutor:
         n = self.concurrency
@@ -352,8 +373,8 @@ class Evaluator:
 
     def close(self) -> None:
         """Stop the evaluator's threads (when it has any); it can still be used after."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        if self._pool is not None:  # calls in flight end (and are journaled); queued ones go
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def _predict(self, program: Program, example: Example) -> Prediction | Cell:

@@ -100,3 +100,16 @@ def test_the_field_stays_out_of_the_spec_at_its_default():
     assert "parallel_proposals" not in optimizer_spec(evo.Evolution())
     assert "parallel_proposals" not in optimizer_spec(evo.GEPA())
     assert optimizer_spec(evo.GEPA(parallel_proposals=3))["parallel_proposals"] == 3
+
+
+def test_a_round_that_repeats_a_parent_pays_each_cell_once():
+    """A round may pick one parent several times with overlapping training minibatches (always
+    so with current_best and a small trainset): each (candidate, example) cell is still paid and
+    charged once."""
+    lm = ScriptedLM(HASHED.respond, max_concurrency=8)
+    result = evo.optimize(HASHED.program(), HASHED.train[:5], HASHED.val, lm=lm, cache=False,
+                          optimizer=evo.GEPA(budget=evo.Budget(metric_calls=120),
+                                             candidate_selection="current_best",
+                                             parallel_proposals=4, encoder="hashing"))
+    task = [r.key("m") for r in lm.calls if r.purpose == "task"]
+    assert len(task) == len(set(task)) == result.metric_calls

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -261,3 +262,23 @@ def test_an_unreachable_lm_mid_evaluate_stops_it_and_leaves_no_thread():
     assert settled(before) == 0 and evo_threads() == [] and lm.now == 0
     # the calls not yet started when it failed were never sent
     assert len(lm.calls) < 1 + len(HASHED.test)
+
+
+def test_an_interrupted_evaluation_sends_no_call_after_it_stops():
+    """Ctrl-C (here: a metric raising KeyboardInterrupt) during a concurrent evaluation: the
+    calls not yet sent are cancelled, so nothing more is paid once it returns."""
+    lm = ScriptedLM(HASHED.respond, max_concurrency=4, delay_s=0.005)
+    scored = 0
+
+    def metric(example, prediction):
+        nonlocal scored
+        scored += 1
+        if scored == 5:
+            raise KeyboardInterrupt
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt):
+        evo.evaluate(HASHED.program(), HASHED.test, lm=lm, metric=metric, cache=False)
+    sent = len(lm.calls)
+    time.sleep(0.1)
+    assert len(lm.calls) == sent < len(HASHED.test)
