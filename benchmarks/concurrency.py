@@ -1,6 +1,6 @@
 """evo vs DSPy at concurrency T against a loopback server with 0.5 s latency (issue 16).
 
-    .venv/bin/python benchmarks/concurrency.py            # T = 1, 4, 8, 16, 32 (~12 min)
+    .venv/bin/python benchmarks/concurrency.py            # T = 1, 4, 8, 16, 32 (~20 min)
     .venv/bin/python benchmarks/concurrency.py --quick    # optimize at T = 1, 8, 32 only
 
 A latency server (``python -m evo.testing.latency_server --latency 0.5 --whole-prompt``) runs in
@@ -9,19 +9,24 @@ a process of its own, so its CPU is not the client's. Both sides reach it throug
 measurement runs once (``--repeat N``: the best of N); every ratio in the table comes from this
 one run. Measured:
 
-- **evaluate**: 40 TREC test examples, ``evo.evaluate(max_concurrency=T)`` vs
-  ``dspy.Evaluate(num_threads=T)``.
-- **optimize**: budget 200 metric calls on TREC (train 50 / val 20), ``evo.GEPA`` (and at
-  T = 32, or the ``--evolution`` T, evo's default ``Evolution``) with ``max_concurrency=T``
-  vs ``dspy.GEPA`` (``max_metric_calls=200``, the same LM as reflection LM, ``num_threads=T``).
+- **evaluate**: 64 TREC test examples, ``evo.evaluate(max_concurrency=T)`` vs
+  ``dspy.Evaluate(num_threads=T)``. 64 is divisible by every T, so the rounds bound below is
+  the ideal itself: the issue's goal (within 10% of the ideal at T <= 16) is measured exactly.
+- **optimize**: budget 200 metric calls on TREC (train 50 / val 20), ``evo.GEPA`` with
+  ``parallel_proposals`` K = 1 and K = 8 (``--parallel-proposals``; and at T = 32, or the
+  ``--evolution`` T, evo's default ``Evolution`` with each K) with ``max_concurrency=T``, vs
+  ``dspy.GEPA`` (``max_metric_calls=200``, the same LM as reflection LM, ``num_threads=T``; one
+  DSPy run per T, the denominator of every evo row at that T: ``dspy.GEPA`` has no
+  parallel-proposal option).
 - **throttled**: a second server answering 429 (Retry-After 0.5 s) above 4 requests in flight;
   ``evo.evaluate`` at T = 16: nothing may be lost (0 failed cells, the unthrottled accuracy).
 - **ray**: ``evo.evaluate`` through ``RayExecutor`` with 1 and 2 workers.
 - **overhead** at T = 32: the client's CPU time / wall, and (wall − ideal) / wall.
 
 ``ideal`` = server requests × latency / T: the wall time if every call overlapped perfectly. An
-optimizer cannot reach it: each proposal waits for the scores of the last one (reflection is a
-sequential call), so the ``no call in flight`` column (wall time during which the server was
+optimizer cannot reach it: each iteration waits for the scores of the last one (reflection is a
+call of its own; with K proposals per iteration, K reflections go out together), so the
+``no call in flight`` column (wall time during which the server was
 serving none of this client's requests) separates the engine's own time from waiting on calls.
 Writes ``benchmarks/results/concurrency.json`` and ``.md``.
 """
@@ -48,10 +53,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 LATENCY = 0.5
-N_EVAL = 40
+N_EVAL = 64  # divisible by every T in THREADS: rounds = ideal
 BUDGET = 200
 THREADS = (1, 4, 8, 16, 32)
 QUICK_OPT_THREADS = (1, 8, 32)
+PROPOSALS = (1, 8)  # evo optimizers' parallel_proposals
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -123,14 +129,14 @@ def best_of(repeat: int, run: Callable[[], dict]) -> dict:
 # --- the two sides --------------------------------------------------------------------------------
 
 class Bench:
-    def __init__(self, url: str, parallel_proposals: int, seed: int = 0) -> None:
+    def __init__(self, url: str, seed: int = 0) -> None:
         import dspy
 
         import evo
         from evo.program import Signature, default_instruction
         from evo_bench import dspy_signature, to_dspy_examples
 
-        self.url, self.seed, self.k = url, seed, parallel_proposals
+        self.url, self.seed = url, seed
         task = evo.datasets.load("trec", seed=seed, n_train=50, n_val=20, n_test=N_EVAL)
         self.task = task
         self.examples = list(task.test)[:N_EVAL]
@@ -159,21 +165,20 @@ class Bench:
                             max_concurrency=threads, **kwargs)
         return {"accuracy": result.accuracy, "failed_cells": result.failures["failed"]}
 
-    def evo_optimizer(self, name: str):
+    @staticmethod
+    def evo_optimizer(name: str, k: int):
         import evo
 
         cls = {"gepa": evo.GEPA, "evolution": evo.Evolution}[name]
-        extra = {"parallel_proposals": self.k} if "parallel_proposals" in cls.model_fields \
-            else {}
-        return cls(budget=evo.Budget(metric_calls=BUDGET), **extra)
+        return cls(budget=evo.Budget(metric_calls=BUDGET), parallel_proposals=k)
 
-    def evo_optimize(self, threads: int, name: str) -> dict:
+    def evo_optimize(self, threads: int, name: str, k: int) -> dict:
         import evo
 
         result = evo.optimize(self.program, self.train, self.val, lm=self.lm, cache=False,
-                              max_concurrency=threads, optimizer=self.evo_optimizer(name),
+                              max_concurrency=threads, optimizer=self.evo_optimizer(name, k),
                               seed=self.seed, description=self.task.description)
-        return {"metric_calls": result.metric_calls, "lm_calls": result.usage.calls,
+        return {"K": k, "metric_calls": result.metric_calls, "lm_calls": result.usage.calls,
                 "best_val": result.best_val, "candidates": len(result.candidates)}
 
     # DSPy
@@ -259,20 +264,24 @@ def run_scaling(bench: Bench, args: argparse.Namespace) -> dict:
         log(f"evaluate T={t}: evo {evo_row['wall_s']:.1f} s ({evo_row['requests']} req), "
             f"DSPy {dspy_row['wall_s']:.1f} s ({dspy_row['requests']} req)")
     for t in (QUICK_OPT_THREADS if args.quick else THREADS):
-        evo_row = best_of(args.repeat, lambda: measure(
-            bench.url, t, lambda: bench.evo_optimize(t, "gepa")))
         dspy_row = best_of(args.repeat, lambda: measure(
             bench.url, t, lambda: bench.dspy_optimize(t)))
-        out["optimize"].append({"T": t, "evo": evo_row, "dspy": dspy_row})
-        log(f"optimize T={t}: evo GEPA {evo_row['wall_s']:.1f} s ({evo_row['requests']} req, "
-            f"{evo_row['metric_calls']} metric calls), DSPy GEPA {dspy_row['wall_s']:.1f} s "
+        log(f"optimize T={t}: DSPy GEPA {dspy_row['wall_s']:.1f} s "
             f"({dspy_row['requests']} req, {dspy_row['metric_calls']} metric calls)")
+        for k in args.parallel_proposals:
+            evo_row = best_of(args.repeat, lambda: measure(
+                bench.url, t, lambda: bench.evo_optimize(t, "gepa", k)))
+            # every K at this T is compared with the same DSPy run (one proposal at a time)
+            out["optimize"].append({"T": t, "K": k, "evo": evo_row, "dspy": dspy_row})
+            log(f"optimize T={t}: evo GEPA K={k} {evo_row['wall_s']:.1f} s "
+                f"({evo_row['requests']} req, {evo_row['metric_calls']} metric calls)")
         if args.evolution is not None and (not args.evolution or t in args.evolution):
-            ev = best_of(args.repeat, lambda: measure(
-                bench.url, t, lambda: bench.evo_optimize(t, "evolution")))
-            out["optimize_evolution"].append({"T": t, "evo": ev})
-            log(f"optimize T={t}: evo Evolution {ev['wall_s']:.1f} s ({ev['requests']} req, "
-                f"{ev['metric_calls']} metric calls)")
+            for k in args.parallel_proposals:
+                ev = best_of(args.repeat, lambda: measure(
+                    bench.url, t, lambda: bench.evo_optimize(t, "evolution", k)))
+                out["optimize_evolution"].append({"T": t, "K": k, "evo": ev})
+                log(f"optimize T={t}: evo Evolution K={k} {ev['wall_s']:.1f} s "
+                    f"({ev['requests']} req, {ev['metric_calls']} metric calls)")
     return out
 
 
@@ -330,23 +339,36 @@ def _rounds(row: dict) -> float:
     return -(-row["requests"] // row["T"]) * LATENCY
 
 
+def _proposals(k: int) -> str:
+    return f"{k} proposal{'s' if k > 1 else ''}/iteration"
+
+
 def render(res: dict) -> str:
+    n_eval = res["meta"].get("n_eval", N_EVAL)
+    even = all(n_eval % r["T"] == 0 for r in res["scaling"]["evaluate"])
     lines = [f"Latency server: {LATENCY} s per request, parallel; TREC; one run "
-             f"({res['meta']['when']}, {res['meta']['machine']}). ideal = requests × "
+             f"({res['meta']['when']}, {res['meta']['machine']}, DSPy "
+             f"{res['meta'].get('dspy', '?')}). ideal = requests × "
              f"{LATENCY} s / T; rounds = ⌈requests / T⌉ × {LATENCY} s (T calls at a time "
              "cannot finish sooner). no call in flight: wall time during which the server "
-             "served none of the client's requests.", "",
+             "served none of the client's requests."
+             + (f" evaluate {n_eval}: {n_eval} is divisible by every T, so rounds = ideal "
+                "(the issue's goal: within 10% of it at T ≤ 16)." if even else "")
+             + " K = evo's parallel_proposals (children per iteration); dspy.GEPA has no "
+               "such option and proposes one at a time, so each evo GEPA row at a T is "
+               "compared with the same DSPy GEPA run at that T.", "",
              "| workload | T | evo wall | DSPy wall | evo / DSPy | requests evo / DSPy "
              "| evo ideal | evo / ideal | evo / rounds | DSPy / ideal | evo: no call in flight "
              "| metric calls evo / DSPy |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    names = {"evaluate": f"evaluate {N_EVAL}", "optimize": f"GEPA b{BUDGET}"}
     for part in ("evaluate", "optimize"):
         for row in res["scaling"][part]:
             e, d = row["evo"], row["dspy"]
-            mc = f"{e.get('metric_calls', N_EVAL)} / {d['metric_calls']}"
+            name = (f"evaluate {n_eval}" if part == "evaluate"
+                    else f"GEPA b{BUDGET}, {_proposals(row.get('K', 1))}")
+            mc = f"{e.get('metric_calls', n_eval)} / {d['metric_calls']}"
             lines.append(
-                f"| {names[part]} | {row['T']} | {_s(e['wall_s'])} | {_s(d['wall_s'])} | "
+                f"| {name} | {row['T']} | {_s(e['wall_s'])} | {_s(d['wall_s'])} | "
                 f"**{e['wall_s'] / d['wall_s']:.2f}** | {e['requests']} / {d['requests']} | "
                 f"{_s(e['ideal_s'])} | {_r(e['vs_ideal'])} | {_r(e['wall_s'] / _rounds(e))} | "
                 f"{_r(d['vs_ideal'])} | "
@@ -354,7 +376,8 @@ def render(res: dict) -> str:
     for row in res["scaling"].get("optimize_evolution", []):
         e = row["evo"]
         lines.append(
-            f"| Evolution b{BUDGET} (evo only) | {row['T']} | {_s(e['wall_s'])} | – | – | "
+            f"| Evolution b{BUDGET}, {_proposals(row.get('K', 1))} (evo only) | {row['T']} | "
+            f"{_s(e['wall_s'])} | – | – | "
             f"{e['requests']} / – | {_s(e['ideal_s'])} | {_r(e['vs_ideal'])} | "
             f"{_r(e['wall_s'] / _rounds(e))} | – | "
             f"{_s(e['idle_s'])} | {e['metric_calls']} / – |")
@@ -363,12 +386,12 @@ def render(res: dict) -> str:
         lines += ["", "| throttled server (429 above 4 in flight, Retry-After 0.5 s) | T | wall "
                   "| requests (429s) | ideal at 4 in flight | failed cells | accuracy "
                   "(= unthrottled) |", "|---|---|---|---|---|---|---|",
-                  f"| evo.evaluate {N_EVAL} | 16 | {_s(t['wall_s'])} | {t['requests']} "
+                  f"| evo.evaluate {n_eval} | 16 | {_s(t['wall_s'])} | {t['requests']} "
                   f"({t['throttled']}) | {_s(t['ideal_at_4_s'])} | {t['failed_cells']} | "
                   f"{t['accuracy']:.3f} ({'yes' if t['same_accuracy'] else 'NO'}) |"]
     if "ray" in res:
         rows = res["ray"]["rows"]
-        lines += ["", "| Ray (evo.evaluate 40, RayExecutor) | workers × calls each | wall "
+        lines += ["", f"| Ray (evo.evaluate {n_eval}, RayExecutor) | workers × calls each | wall "
                   "| actor start | speed-up vs 1 worker | ideal |",
                   "|---|---|---|---|---|---|"]
         base = {r["per_worker"]: r["wall_s"] for r in rows if r["workers"] == 1}
@@ -383,8 +406,6 @@ def render(res: dict) -> str:
         for name, r in ov:
             lines.append(f"| {name} | {_s(r['wall_s'])} | {r['cpu_share']:.0%} | "
                          f"{r['non_lm_share']:.0%} | {r['idle_s'] / r['wall_s']:.0%} |")
-    if res["meta"].get("parallel_proposals_note"):
-        lines += ["", res["meta"]["parallel_proposals_note"]]
     return "\n".join(lines)
 
 
@@ -392,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="optimize at T = 1, 8, 32 only")
     ap.add_argument("--repeat", type=int, default=1, help="best of N per measurement")
-    ap.add_argument("--parallel-proposals", type=int, default=1, metavar="K",
-                    help="evo optimizers' parallel_proposals, where the field exists")
+    ap.add_argument("--parallel-proposals", type=int, nargs="+", default=list(PROPOSALS),
+                    metavar="K", help="evo optimizers' parallel_proposals: a row per K "
+                                      f"(default {' '.join(map(str, PROPOSALS))})")
     ap.add_argument("--evolution", nargs="*", type=int, metavar="T", default=[32],
                     help="also evo's default Evolution optimizer at these T (default 32; "
                          "none given: every optimize T)")
@@ -413,31 +435,24 @@ def main(argv: list[str] | None = None) -> int:
         write(res, Path(args.out))
         return 0
 
-    import evo
-
-    has_pp = "parallel_proposals" in evo.GEPA.model_fields
-    note = (f"evo optimizers ran with parallel_proposals={args.parallel_proposals}." if has_pp
-            else "evo's optimizers have no parallel_proposals field yet: one proposal at a "
-                 "time" + (f" (--parallel-proposals {args.parallel_proposals} ignored)."
-                           if args.parallel_proposals != 1 else "."))
     import dspy
 
     res: dict[str, Any] = {"meta": {
         "when": time.strftime("%Y-%m-%d %H:%M"), "latency_s": LATENCY, "n_eval": N_EVAL,
         "budget": BUDGET, "quick": args.quick, "repeat": args.repeat,
-        "parallel_proposals": args.parallel_proposals if has_pp else None,
-        "parallel_proposals_note": note, "dspy": dspy.__version__,
+        "parallel_proposals": args.parallel_proposals, "dspy": dspy.__version__,
         "machine": f"{os.cpu_count()} CPUs, {platform.python_implementation()} "
                    f"{platform.python_version()}",
         "splits": {"eval": N_EVAL, "train": 50, "val": 20}}}
     started = time.monotonic()
     with server() as url, quiet():
-        bench = Bench(url, args.parallel_proposals)
+        bench = Bench(url)
         bench.warm_up()
         res["scaling"] = run_scaling(bench, args)
-        t32 = lambda part: next(r["evo"] for r in res["scaling"][part] if r["T"] == 32)  # noqa: E731
-        res["overhead"] = [(f"evo.evaluate {N_EVAL}", t32("evaluate")),
-                           (f"evo.optimize GEPA b{BUDGET}", t32("optimize"))]
+        res["overhead"] = [(f"evo.evaluate {N_EVAL}", r["evo"])
+                           for r in res["scaling"]["evaluate"] if r["T"] == 32]
+        res["overhead"] += [(f"evo.optimize GEPA b{BUDGET}, {_proposals(r['K'])}", r["evo"])
+                            for r in res["scaling"]["optimize"] if r["T"] == 32]
         if "throttled" not in args.skip:
             acc16 = next(r["evo"]["accuracy"] for r in res["scaling"]["evaluate"]
                          if r["T"] == 16)
