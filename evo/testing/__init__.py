@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from evo.data import Example
 from evo.lm import ScriptedLM
 from evo.lm.base import LMRequest
@@ -37,7 +39,7 @@ from evo.program import Program
 
 __all__ = ["HASHED", "LABELS", "SENTIMENT", "TEST", "TRAIN", "VAL", "ScriptedTask",
            "Killed", "assert_same_run", "dying_lm", "hashed_example", "hashed_respond", "make",
-           "program", "respond"]
+           "program", "respond", "search_figures"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,25 @@ HASHED = ScriptedTask("text -> label", _HASHED_LABELS,
                       tuple(hashed_example(i) for i in range(24)),
                       tuple(hashed_example(i) for i in range(100, 108)),
                       tuple(hashed_example(i) for i in range(200, 224)), hashed_respond)
+
+
+def search_figures(result) -> dict:  # type: ignore[no-untyped-def]
+    """What two searches that took the same decisions share, as plain data to compare with
+    ``==``: the best program and scores, the metric calls and stop reason, every candidate
+    (genome, operator, score), the instructions, the paid calls per purpose, the event kinds in
+    order, the failed cells and the whole score matrix (NaN as -1)."""
+    return {
+        "best": json.dumps(result.best.to_json(), sort_keys=True),
+        "best_val": result.best_val, "baseline_val": result.baseline_val,
+        "metric_calls": result.metric_calls, "stop_reason": str(result.stop_reason),
+        "candidates": [(json.dumps(c.genome, default=str, sort_keys=True), c.op, c.val_score)
+                       for c in result.candidates],
+        "instructions": list(result.instructions),
+        "usage.calls": result.usage.calls, "by_purpose": dict(result.usage.by_purpose),
+        "events": [e.get("event") for e in result.events],
+        "cell_errors": sum(c.error is not None for c in result.matrix.cells.values()),
+        "scores": np.nan_to_num(result.matrix.scores, nan=-1.0).tolist(),
+    }
 
 
 def assert_same_run(a: str | Path, b: str | Path) -> None:

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import subprocess
 import sys
 import threading
 
-import numpy as np
 import pytest
 
 import evo
 from evo.lm import LMSession, ScriptedLM
 from evo.lm.base import LMRequest
-from evo.testing import HASHED, assert_same_run
+from evo.testing import HASHED, assert_same_run, search_figures
 from evo.testing.latency_server import make_respond, serving
 
 needs_dspy = pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
@@ -29,22 +27,6 @@ needs_dspy = pytest.mark.skipif(importlib.util.find_spec("dspy") is None,
 
 def optimizer(budget: int, name: str = "evolution"):  # type: ignore[no-untyped-def]
     return evo.optimizers.get(name, budget=evo.Budget(metric_calls=budget), encoder="hashing")
-
-
-def figures(result) -> dict:  # type: ignore[no-untyped-def]
-    """What two runs taking the same decisions share."""
-    return {
-        "best": json.dumps(result.best.to_json(), sort_keys=True),
-        "best_val": result.best_val, "baseline_val": result.baseline_val,
-        "metric_calls": result.metric_calls, "stop_reason": str(result.stop_reason),
-        "candidates": [(json.dumps(c.genome, default=str, sort_keys=True), c.op, c.val_score)
-                       for c in result.candidates],
-        "instructions": list(result.instructions),
-        "usage.calls": result.usage.calls, "by_purpose": dict(result.usage.by_purpose),
-        "events": [e.get("event") for e in result.events],
-        "cell_errors": sum(c.error is not None for c in result.matrix.cells.values()),
-        "scores": np.nan_to_num(result.matrix.scores, nan=-1.0).tolist(),
-    }
 
 
 # ---- a throttling server ------------------------------------------------------------------------
@@ -86,7 +68,7 @@ def test_a_throttling_server_is_survived_with_nothing_lost():
         assert result.search_summary()["cell_errors"] == 0
         # the preflight and each paid call, once: no request was lost or answered twice
         assert stats["served"] == 1 + result.usage.calls and result.usage.errors == 0
-        assert figures(result) == figures(serial)
+        assert search_figures(result) == search_figures(serial)
 
 
 # ---- SIGKILL + resume under concurrency ---------------------------------------------------------
@@ -111,8 +93,7 @@ def test_sigkill_under_concurrency_then_resume_repeats_no_paid_call(sigkill_resu
     request paid once (the fixture's checks), and both are the serial run."""
     sigkill_resume(lambda run: SCRIPT.format(run=str(run), name=name, concurrency=8), kills=3,
                    spacing=6)
-    # the serial run in a fresh process too: KNN neighbours memoized in this one (by earlier
-    # tests) could differ, their ties being broken by the query batch (see the report)
+    # the serial run in a process of its own, as the sittings were
     out = subprocess.run([sys.executable, "-c", SCRIPT.format(run=str(tmp_path / "serial"),
                                                                name=name, concurrency=1)],
                          capture_output=True, text=True, timeout=300)
@@ -168,7 +149,7 @@ def test_aoptimize_gives_the_sync_result_while_the_loop_keeps_running():
             optimizer=optimizer(60), seed=0, cache=False, max_concurrency=8), ticks)
 
     result = asyncio.run(main())
-    assert figures(result) == figures(sync)
+    assert search_figures(result) == search_figures(sync)
     assert ticks[0] > 0
     assert len(lm.seen) > 1  # the loop ticked between the search's LM calls
     assert loop_thread[0] is threading.main_thread()

@@ -7,7 +7,6 @@ Scripted LMs (a few ms of simulated latency); counts only, no timed assertion.""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -22,7 +21,7 @@ from evo.lm import LMSession, ScriptedLM
 from evo.lm.base import LMRequest, LMUnavailableError
 from evo.metrics import exact_match
 from evo.search.evaluate import evaluate_program
-from evo.testing import HASHED, assert_same_run
+from evo.testing import HASHED, assert_same_run, search_figures
 
 BOUND_S = 20.0  # a bound on any join here (never reached when things work)
 
@@ -59,25 +58,11 @@ def search(name: str, concurrency: int | None, *, budget: int = 60, lm: Scripted
                         max_concurrency=concurrency if via == "lm" else 1)
     if via == "optimize":
         kw["max_concurrency"] = concurrency
-    # each search starts from no memoized KNN neighbours, so the one compared with it cannot
-    # lend it its own (see test_concurrent_runs: KNN ties depend on the query batch)
+    # each search starts from no memoized KNN neighbours (they depend on the input alone now:
+    # tests/embeddings/test_knn_batch.py; this keeps the comparison independent of that too)
     clear_retrievers()
     return evo.optimize(HASHED.program(), list(HASHED.train), list(HASHED.val), lm=lm,
                         optimizer=optimizer(name, budget), seed=0, cache=False, **kw), lm
-
-
-def figures(result) -> dict:  # type: ignore[no-untyped-def]
-    """What two searches taking the same decisions share."""
-    return {
-        "best": json.dumps(result.best.to_json(), sort_keys=True),
-        "best_val": result.best_val, "baseline_val": result.baseline_val,
-        "metric_calls": result.metric_calls, "stop_reason": str(result.stop_reason),
-        "candidates": [(json.dumps(c.genome, default=str, sort_keys=True), c.op, c.val_score)
-                       for c in result.candidates],
-        "instructions": list(result.instructions),
-        "usage.calls": result.usage.calls, "by_purpose": dict(result.usage.by_purpose),
-        "events": [e.get("event") for e in result.events],
-    }
 
 
 def keys(lm: ScriptedLM) -> list[str]:
@@ -86,7 +71,7 @@ def keys(lm: ScriptedLM) -> list[str]:
 
 def assert_same_search(a, b) -> None:  # type: ignore[no-untyped-def]
     (ra, lma), (rb, lmb) = a, b
-    assert figures(ra) == figures(rb)
+    assert search_figures(ra) == search_figures(rb)
     assert np.array_equal(ra.matrix.scores, rb.matrix.scores, equal_nan=True)
     assert keys(lma) == keys(lmb)  # the very same requests reached the model
 
