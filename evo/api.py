@@ -17,7 +17,7 @@ from evo.data import Dataset, Example
 from evo.errors import ConfigError
 from evo.lm.base import LM, Executor
 from evo.lm.cache import ResponseCache
-from evo.lm.session import LMSession, session_for
+from evo.lm.session import LMSession, on_executor, session_for
 from evo.metrics import Metric, exact_match
 from evo.program import Program
 from evo.program.ensemble import EnsembleProgram, load_program
@@ -298,11 +298,7 @@ def evaluation(program: Program | EnsembleProgram | str | Path, dataset: Data, *
                executor: Executor | None = None) -> Evaluation:
     """``program`` (or a saved program file) scored on ``dataset``, with the cells that failed
     (see :func:`evaluate`)."""
-    if executor is not None:
-        if isinstance(lm, LMSession):
-            raise ConfigError("executor= runs a backend's calls elsewhere: give lm= the "
-                              "backend (an LM), not an LMSession")
-        lm = executor.wrap(lm)
+    lm = on_executor(lm, executor)
     if isinstance(program, str | Path):
         program = load_program(program)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:

@@ -19,6 +19,7 @@ from typing import Any
 from evo.errors import ConfigError
 from evo.lm.base import (
     LM,
+    Executor,
     LMError,
     LMRequest,
     LMRequestError,
@@ -526,6 +527,17 @@ def _positive(value: float, name: str) -> float:
             math.isfinite(value) and value > 0):
         raise ConfigError(f"{name} must be a positive number per minute, got {value!r}")
     return float(value)
+
+
+def on_executor(lm: LM | LMSession, executor: Executor | None) -> LM | LMSession:
+    """``lm`` with its calls run on ``executor`` (:meth:`Executor.wrap`), or ``lm`` itself when
+    there is none. A session is refused: the backend it wraps would run here all the same."""
+    if executor is None:
+        return lm
+    if isinstance(lm, LMSession):
+        raise ConfigError("executor= runs a backend's calls elsewhere: give lm= the backend (an "
+                          "LM), not an LMSession")
+    return executor.wrap(lm)
 
 
 def session_for(lm: LM | LMSession, cache: ResponseCache | str | Path | None | bool = True

@@ -25,7 +25,7 @@ from evo.data import DataError, Dataset, Example
 from evo.errors import ConfigError
 from evo.lm.base import LM, Executor
 from evo.lm.cache import ResponseCache
-from evo.lm.session import LMSession, Usage, session_for
+from evo.lm.session import LMSession, Usage, on_executor, session_for
 from evo.metrics import Metric, exact_match
 from evo.optimizers import get
 from evo.optimizers.evolution import Evolution
@@ -102,11 +102,7 @@ def run(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
     them), returned as a ``result_type``. The run store, if any, is closed when this returns or
     raises."""
     backend = lm  # what the result keeps: its test pass runs in this process
-    if executor is not None:
-        if isinstance(lm, LMSession):
-            raise ConfigError("executor= runs a backend's calls elsewhere: give lm= the "
-                              "backend (an LM), not an LMSession")
-        lm = executor.wrap(lm)
+    lm = on_executor(lm, executor)
     if isinstance(optimizer, str):
         optimizer = get(optimizer)
     optimizer = optimizer or Evolution()

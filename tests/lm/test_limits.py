@@ -12,11 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import evo
 from evo.errors import ConfigError
 from evo.lm import LMSession, ScriptedLM
 from evo.lm.base import LMRequest, LMResponse, LMTransientError, Message
 from evo.lm.limits import ConcurrencyLimit, TokenBucket
-from evo.lm.session import DEFAULT_CONCURRENCY, default_concurrency
+from evo.lm.session import DEFAULT_CONCURRENCY, default_concurrency, on_executor
+from evo.testing import HASHED
 
 BOUND_S = 20.0  # a bound on any wait here (never reached when things work)
 
@@ -357,3 +359,21 @@ def test_setting_max_concurrency_while_a_call_is_in_flight_keeps_the_count():
     caller.join(BOUND_S)
     assert not caller.is_alive()
     assert session.limit.in_flight == 0
+
+
+def test_an_executor_takes_a_backend_not_a_session():
+    """executor= runs a backend's calls elsewhere: a session (whose backend would run here all
+    the same) is one ConfigError before any call, from optimize and evaluate alike."""
+    class Elsewhere:  # an Executor: wrap() gives the LM whose calls run elsewhere
+        def wrap(self, lm):
+            return lm
+
+    lm = ScriptedLM(HASHED.respond)
+    assert on_executor(lm, None) is lm and on_executor(lm, Elsewhere()) is lm
+    session = LMSession(lm)
+    with pytest.raises(ConfigError, match="not an LMSession"):
+        evo.optimize(HASHED.program(), HASHED.train, HASHED.val, lm=session,
+                     executor=Elsewhere(), cache=False)
+    with pytest.raises(ConfigError, match="not an LMSession"):
+        evo.evaluate(HASHED.program(), HASHED.test, lm=session, executor=Elsewhere())
+    assert lm.calls == []
