@@ -422,9 +422,11 @@ class Search:
         self._check_fits(sum(map(len, self.evaluator.missing(work))))
         return self.evaluator.evaluate_many(work)
 
-    def validate_many(self, cands: Sequence[Candidate]) -> list[Candidate]:
+    def validate_many(self, cands: Sequence[Candidate]) -> None:
         """:meth:`validate` for several candidates, their calls together: the longest prefix of
-        ``cands`` the budget can validate is validated (and accepted in order); returns it."""
+        ``cands`` the budget can validate is validated (and accepted in order); if that is not
+        all of them, :class:`BudgetExhausted` is raised then, as :meth:`validate` would for the
+        first one left."""
         fit, left = [], self.remaining()
         for cand in cands:
             need = len(self.matrix.missing(cand.id, self.all_cols))
@@ -435,7 +437,9 @@ class Search:
         self.evaluate_many([(c, self.all_cols) for c in fit])
         for cand in fit:
             self.accept(cand)
-        return fit
+        if len(fit) < len(cands):
+            raise BudgetExhausted(f"{len(cands) - len(fit)} candidates could not be validated: "
+                                  f"{self.remaining()} metric calls left")
 
     def concurrently(self, calls: Sequence[Callable[[], T]]) -> list[T]:
         """Run ``calls`` (proposals: LM calls that change no search state) up to the
