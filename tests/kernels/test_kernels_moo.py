@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from deap import base, tools
+from deap import tools
 from deap.benchmarks.tools import hypervolume as deap_hypervolume
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench_moo import deap_population  # benchmarks/ (on sys.path: tests/conftest.py)
 from evo.kernels import moo
 from evo.kernels.moo import (
     crowding_distance,
@@ -31,19 +32,6 @@ def problems(draw, max_n: int = 40, min_m: int = 2, max_m: int = 4):
     cells = draw(st.lists(st.integers(-2, 2), min_size=n * m, max_size=n * m))
     weights = draw(st.lists(st.sampled_from([1.0, -1.0, 2.0, -0.5]), min_size=m, max_size=m))
     return np.array(cells, dtype=np.float64).reshape(n, m), np.array(weights)
-
-
-def deap_population(objectives: np.ndarray, weights: np.ndarray) -> list:
-    """DEAP individuals in index order, without the global ``creator`` registry."""
-    fitness_class = type("Fit", (base.Fitness,), {"weights": tuple(float(w) for w in weights)})
-
-    class Individual(list):
-        def __init__(self, values: list[float], index: int) -> None:
-            super().__init__(values)
-            self.index = index
-            self.fitness = fitness_class(tuple(values))
-
-    return [Individual(row.tolist(), i) for i, row in enumerate(objectives)]
 
 
 def general_ranks(w: np.ndarray) -> np.ndarray:
