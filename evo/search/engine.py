@@ -404,9 +404,7 @@ class Search:
     def evaluate(self, cand: Candidate, cols: Sequence[int]) -> np.ndarray:
         """Scores of ``cand`` on validation columns ``cols``, paying only for missing cells.
         Raises :class:`BudgetExhausted` (evaluating nothing) when they do not fit."""
-        cols = list(dict.fromkeys(cols))  # a repeated column is one cell, paid once
-        self._check_fits(len(self.matrix.missing(cand.id, cols)))
-        return self.evaluator.evaluate(cand.program, self.matrix, cand.id, cols)
+        return self.evaluate_many([(cand, cols)])[0]
 
     def validate(self, cand: Candidate) -> float:
         """Score ``cand`` on the whole validation set, set its fitness and let it join the
@@ -418,9 +416,7 @@ class Search:
         """:meth:`evaluate` for several ``(candidate, columns)`` jobs at once: all their cells
         are reserved first (they all fit, or :class:`BudgetExhausted` is raised and nothing is
         evaluated), their calls go out together, and they are recorded in job order."""
-        work = [(c.program, self.matrix, c.id, list(dict.fromkeys(cols))) for c, cols in jobs]
-        self._check_fits(sum(map(len, self.evaluator.missing(work))))
-        return self.evaluator.evaluate_many(work)
+        return self._paid([(c.program, self.matrix, c.id, cols) for c, cols in jobs])
 
     def validate_many(self, cands: Sequence[Candidate]) -> None:
         """:meth:`validate` for several candidates, their calls together: the longest prefix of
@@ -533,8 +529,15 @@ class Search:
             if cand.id not in self._train_rows:
                 self._train_rows[cand.id] = self._train.add_row()
             rows.append(self._train_rows[cand.id])
-        work = [(c.program, self._train, r, list(dict.fromkeys(cols)))
-                for r, (c, cols) in zip(rows, jobs, strict=True)]
+        return self._paid([(c.program, self._train, r, cols)
+                           for r, (c, cols) in zip(rows, jobs, strict=True)])
+
+    def _paid(self, work: list[tuple[Program | EnsembleProgram, ScoreMatrix, int, Sequence[int]]]
+              ) -> list[np.ndarray]:
+        """Evaluate ``(program, matrix, row, columns)`` jobs once their missing cells (each
+        paid once: a repeated column, or a cell two jobs share) fit this search's budget and
+        cap; else :class:`BudgetExhausted`, evaluating nothing."""
+        work = [(prog, matrix, row, list(dict.fromkeys(cols))) for prog, matrix, row, cols in work]
         self._check_fits(sum(map(len, self.evaluator.missing(work))))
         return self.evaluator.evaluate_many(work)
 
