@@ -32,6 +32,12 @@ class LMRequest:
     temperature: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int = 0
+    # Label scoring: with ``choices``, the backend does not generate; it scores each choice as
+    # the continuation of the assistant turn after ``prefill`` (e.g. "label:") and returns one
+    # total log-probability per choice (:attr:`LMResponse.choice_logprobs`), and as ``text``
+    # the prefill followed by the most probable choice. Only backends with ``scores_choices``.
+    choices: tuple[str, ...] = ()
+    prefill: str = ""
     # What the call is for ("task", "reflection", "preflight", ...): kept in the ledger, not the
     # key.
     purpose: str = field(default="task", compare=False)
@@ -52,6 +58,9 @@ class LMRequest:
         }
         if endpoint:
             payload["endpoint"] = endpoint
+        if self.choices:  # absent otherwise: the keys of generation requests never changed
+            payload["choices"] = list(self.choices)
+            payload["prefill"] = self.prefill
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -66,6 +75,9 @@ class LMResponse:
     reused_prompt_tokens: int = 0
     # Why the server stopped ("stop", "length", "content_filter"), when it says; not stored.
     finish_reason: str | None = field(default=None, compare=False)
+    # A label-scoring request's answer (see LMRequest.choices): the total log-probability of each
+    # choice, in the request's order. None for a generation.
+    choice_logprobs: tuple[float, ...] | None = None
 
 
 class LMError(RuntimeError):
@@ -111,13 +123,21 @@ class LM(Protocol):
     """A language model backend. ``model_id`` names the exact model (it is part of the cache key).
 
     A backend may set ``concurrent = True`` when it serves calls in parallel (a hosted API):
-    then ``Ensemble(parallel=True)`` runs its member optimizers in threads."""
+    then ``Ensemble(parallel=True)`` runs its member optimizers in threads. A backend that sets
+    ``scores_choices = True`` answers label-scoring requests (``LMRequest.choices``) with
+    log-probabilities (:func:`scores_choices`)."""
 
     model_id: str
 
     def complete(self, request: LMRequest) -> LMResponse:
         """Run one chat completion. Raise :class:`LMError` (or any exception) on failure."""
         ...
+
+
+def scores_choices(lm: object) -> bool:
+    """Whether ``lm`` answers label-scoring requests (``LMRequest.choices``) with
+    log-probabilities: the dense scores racing and the ``rank`` answer mode use."""
+    return bool(getattr(lm, "scores_choices", False))
 
 
 @runtime_checkable

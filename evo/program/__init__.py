@@ -102,6 +102,17 @@ class Program(BaseModel):
     knn: KNNDemos | None = Field(
         default=None, description="per-input demos: the k nearest training examples, placed "
                                   "after the fixed demos")
+    # Settings genes (saved only when not at their default, so older program files and their
+    # readers see no change).
+    answer_mode: Literal["generate", "rank"] = Field(
+        "generate", description="'rank': answer a closed label set by label scoring (the most "
+                                "probable label; needs a backend that scores choices), else "
+                                "generate a reply and parse it")
+    calibrate: bool = Field(
+        False, description="with answer_mode='rank': subtract the label bias measured on "
+                           "content-free inputs (contextual calibration)")
+    reasoning: bool = Field(
+        False, description="think step by step in a 'reasoning' line before the answer fields")
 
     @model_validator(mode="before")
     @classmethod
@@ -238,6 +249,9 @@ class Program(BaseModel):
     def to_json(self) -> dict:
         data = self.model_dump(mode="json")
         data["signature"] = str(self.signature)
+        for name in SETTINGS_GENES:
+            if data[name] == type(self).model_fields[name].default:
+                del data[name]
         return data
 
     def save(self, path: str | Path) -> Path:
@@ -261,6 +275,9 @@ class Program(BaseModel):
         tokens); KNN demos count at the pool's average length."""
         fixed = sum(len(m.content) for m in self.prefix())
         return fixed + (round(self.knn.k * self.knn.mean_demo_chars) if self.knn else 0)
+
+
+SETTINGS_GENES = ("answer_mode", "calibrate", "reasoning")
 
 
 PROGRAM_HINT = ("a program file is the best.json / baseline.json an `evo run` writes "

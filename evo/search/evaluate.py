@@ -73,6 +73,10 @@ class Cell:
     prediction: Prediction
     feedback: str
     error: str | None = None  # LM, parser or metric failure, if any
+    # The model's probability of the gold answer (label scoring, ``answer_mode="rank"``): a
+    # far less noisy signal per example than the 0/1 score, used by racing and selection.
+    # None when the backend gave no log-probabilities (generation).
+    dense: float | None = None
 
     @property
     def kind(self) -> str | None:
@@ -188,6 +192,8 @@ class ScoreMatrix:
         if len(self.column) != len(self.examples):
             raise ValueError("score matrix examples must have distinct ids")
         self._scores = np.full((8, len(self.examples)), np.nan)
+        # the cells' dense scores (Cell.dense), NaN where a cell has none or is not evaluated
+        self._dense = np.full((8, len(self.examples)), np.nan)
         self.n_rows = 0
         self.cells: dict[tuple[int, int], Cell] = {}
 
@@ -195,16 +201,25 @@ class ScoreMatrix:
     def scores(self) -> np.ndarray:
         return self._scores[: self.n_rows]
 
+    @property
+    def dense(self) -> np.ndarray:
+        """The cells' dense scores (:attr:`Cell.dense`): NaN where a cell has none."""
+        return self._dense[: self.n_rows]
+
     def add_row(self) -> int:
         if self.n_rows == len(self._scores):
             grown = np.full((2 * len(self._scores), len(self.examples)), np.nan)
             grown[: self.n_rows] = self._scores[: self.n_rows]
             self._scores = grown
+            dense = np.full(grown.shape, np.nan)
+            dense[: self.n_rows] = self._dense[: self.n_rows]
+            self._dense = dense
         self.n_rows += 1
         return self.n_rows - 1
 
     def set(self, row: int, col: int, cell: Cell) -> None:
         self._scores[row, col] = cell.score
+        self._dense[row, col] = np.nan if cell.dense is None else cell.dense
         self.cells[(row, col)] = cell
 
     def missing(self, row: int, cols: Sequence[int]) -> list[int]:
