@@ -7,6 +7,14 @@ Layout of a genome with room for ``K`` demos::
 Only the first ``n_demos`` demo genes are expressed (in order: demo order is part of the prompt).
 ``knn_k > 0`` adds, per input, its ``knn_k`` nearest pool examples as further demos (see
 :mod:`evo.embeddings.knn`); ``n_demos + knn_k <= K``.
+
+An archive that varies the program's settings (:class:`SettingsSpace`: label scoring, calibration,
+a reasoning step) adds a trailer of settings genes::
+
+    [..., demo_{K-1}, SETTINGS_MARK, rank, calibrate, reasoning]
+
+``SETTINGS_MARK`` (-1) is never a demo id, so :func:`key` finds the trailer without the archive.
+Without settings a genome has no trailer and everything is as it was (keys, replays, stored runs).
 Cheap variation (DEAP's integer operators) works on these vectors; LM operators add texts to the
 archive and point a gene at them. Two genomes that express the same prompt share one
 :func:`key`, so the engine never evaluates the same prompt twice.
@@ -15,35 +23,131 @@ archive and point a gene at them. Two genomes that express the same prompt share
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from itertools import product
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from deap import tools
 
 from evo.data import Example
-from evo.embeddings.knn import MAX_K, KNNDemos, encoder_for
+from evo.embeddings.knn import MAX_K, KNNDemos, encoder_for, query_text
 from evo.program import Program
 
 INSTRUCTION, N_DEMOS, KNN, DEMOS = 0, 1, 2, 3  # gene positions (DEMOS: the first demo slot)
+SETTINGS_MARK = -1  # the gene before the settings genes (never a demo id, so key() finds them)
+N_SETTINGS = 3  # settings genes after the mark: rank, calibrate, reasoning (0/1 each)
 
 Genome = list[int]
 
 
-class GenomeKey(NamedTuple):
-    """The prompt a genome expresses (equal, and hashing equal, to the plain tuple)."""
+class Settings(NamedTuple):
+    """The :data:`~evo.program.SETTINGS_GENES` of a program, as a genome expresses them."""
 
-    instruction: int
-    demos: tuple[int, ...]  # the fixed demo ids, in order
-    knn_k: int  # nearest-neighbour demos per input
+    answer_mode: Literal["generate", "rank"] = "generate"
+    calibrate: bool = False
+    reasoning: bool = False
+
+    @classmethod
+    def of(cls, program: Program) -> Settings:
+        return cls(program.answer_mode, program.calibrate, program.reasoning)
+
+    @classmethod
+    def from_genes(cls, genes: Sequence[int]) -> Settings:
+        rank, calibrate, reasoning = genes
+        return cls("rank" if rank else "generate", bool(calibrate), bool(reasoning))
+
+    def genes(self) -> list[int]:
+        return [int(self.answer_mode == "rank"), int(self.calibrate), int(self.reasoning)]
+
+
+@dataclass(frozen=True)
+class SettingsSpace:
+    """Which settings a search may vary. ``rank`` (answer by label scoring) only for a program
+    with labels on a backend that scores choices; ``calibrate`` only together with rank; a
+    reasoning step never with rank (label scoring reads no reasoning line)."""
+
+    rank: bool = False
+    calibrate: bool = True
+    reasoning: bool = False
+
+    @classmethod
+    def for_program(cls, program: Program, *, scores_choices: bool, reasoning: bool = True,
+                    calibrate: bool = True) -> SettingsSpace:
+        """The space a search over ``program`` may use (``scores_choices``: the task backend's
+        :func:`~evo.lm.base.scores_choices`)."""
+        return cls(rank=program.labels is not None and scores_choices, calibrate=calibrate,
+                   reasoning=reasoning)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank or self.reasoning
+
+    def allows(self, settings: Settings) -> bool:
+        rank = settings.answer_mode == "rank"
+        return (not (rank and settings.reasoning) and (rank or not settings.calibrate)
+                and (self.rank or not rank) and (self.calibrate or not settings.calibrate)
+                and (self.reasoning or not settings.reasoning))
+
+    def options(self) -> list[Settings]:
+        """Every allowed combination, the default first."""
+        every = (Settings.from_genes(g) for g in product((0, 1), repeat=N_SETTINGS))
+        return [s for s in every if self.allows(s)]
+
+
+class GenomeKey(tuple[Any, ...]):
+    """The prompt a genome expresses: ``(instruction, demos, knn_k)``, and ``settings`` last when
+    the genome has settings genes. Equal, and hashing equal, to the plain tuple."""
+
+    __slots__ = ()
+
+    def __new__(cls, instruction: int, demos: tuple[int, ...], knn_k: int,
+                settings: Settings | None = None) -> GenomeKey:
+        fields = (instruction, demos, knn_k) + (() if settings is None else (settings,))
+        return super().__new__(cls, fields)
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # pickle through __new__'s own arguments
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        tail = "" if self.settings is None else f", settings={self.settings!r}"
+        return (f"GenomeKey(instruction={self.instruction!r}, demos={self.demos!r}, "
+                f"knn_k={self.knn_k!r}{tail})")
+
+    @property
+    def instruction(self) -> int:
+        return self[0]
+
+    @property
+    def demos(self) -> tuple[int, ...]:
+        """The fixed demo ids, in order."""
+        return self[1]
+
+    @property
+    def knn_k(self) -> int:
+        """Nearest-neighbour demos per input."""
+        return self[2]
+
+    @property
+    def settings(self) -> Settings | None:
+        return self[3] if len(self) > 3 else None
+
+
+def settings_of(genome: Genome) -> Settings | None:
+    """The settings a genome expresses, or None for a genome without settings genes."""
+    if len(genome) > DEMOS + N_SETTINGS and genome[-1 - N_SETTINGS] == SETTINGS_MARK:
+        return Settings.from_genes(genome[-N_SETTINGS:])
+    return None
 
 
 def key(genome: Genome) -> GenomeKey:
-    """The expressed prompt: instruction id, the ordered fixed demo ids, the KNN demo count."""
+    """The expressed prompt: instruction id, the ordered fixed demo ids, the KNN demo count (and
+    the settings, when the genome has settings genes)."""
     n = genome[N_DEMOS]
-    return GenomeKey(genome[INSTRUCTION], tuple(genome[DEMOS:DEMOS + n]), genome[KNN])
+    return GenomeKey(genome[INSTRUCTION], tuple(genome[DEMOS:DEMOS + n]), genome[KNN],
+                     settings_of(genome))
 
 
 def with_instruction(genome: Genome, instruction: int) -> Genome:
@@ -88,6 +192,9 @@ class Archive:
     # Bootstrapped demos whose outputs differ from the gold ones (a teacher's passing trace on a
     # free-text task): demo ids len(pool), len(pool) + 1, ... Never retrieved as KNN demos.
     traces: list[Example] = field(default_factory=list)
+    # The settings genomes may vary (None, or a space with nothing enabled: no settings genes).
+    settings: SettingsSpace | None = None
+    _vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # The user's own demos join the pool, so the seed genome is exactly the user's program.
@@ -103,6 +210,42 @@ class Archive:
         if self.knn_encoder is not None and self.max_demos > MAX_K:
             raise ValueError(f"KNN demos support at most {MAX_K} demo slots, got "
                              f"max_demos={self.max_demos} (lower it, or search with knn=False)")
+        if self.settings is not None and not self.settings.enabled:
+            self.settings = None
+        if self.settings is not None and self.settings.rank and self.base.labels is None:
+            raise ValueError("answer_mode='rank' needs a program with labels: build the "
+                             "settings space with SettingsSpace.for_program")
+
+    @property
+    def settings_options(self) -> list[Settings]:
+        """The settings a genome may express: the space's, and always the user's own program's
+        (so the seed genome is the user's program). Empty without settings genes."""
+        if self.settings is None:
+            return []
+        options = self.settings.options()
+        own = Settings.of(self.base)
+        return options if own in options else [own, *options]
+
+    def label(self, demo_id: int) -> str:
+        """The class of a demo ('' unless it has one output field)."""
+        ex = self.demo(demo_id)
+        return ex.label if len(ex.outputs) == 1 else ""
+
+    def pool_vectors(self, encoder: str) -> np.ndarray:
+        """Unit embeddings of the pool's inputs (as KNN demos embed them), computed once."""
+        if encoder not in self._vectors:
+            self._vectors[encoder] = _unit(encoder_for(encoder).encode(
+                [query_text(ex, self._fields) for ex in self.pool]))
+        return self._vectors[encoder]
+
+    def embed(self, examples: Sequence[Example], encoder: str) -> np.ndarray:
+        """Unit embeddings of ``examples``' inputs, comparable with :meth:`pool_vectors`."""
+        return _unit(encoder_for(encoder).encode([query_text(ex, self._fields)
+                                                   for ex in examples]))
+
+    @property
+    def _fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.base.signature.inputs)
 
     @property
     def knn(self) -> bool:
@@ -156,33 +299,51 @@ class Archive:
             return self.demo_id(source, dict(demo.outputs))
         return self.demo_id(demo)
 
-    def genome(self, instruction: int, demos: list[int], knn_k: int = 0) -> Genome:
-        """The genome expressing ``instruction`` with these fixed demos (in order) and ``knn_k``
-        nearest-neighbour demos per input."""
+    def genome(self, instruction: int, demos: list[int], knn_k: int = 0, *,
+               settings: Settings | None = None) -> Genome:
+        """The genome expressing ``instruction`` with these fixed demos (in order), ``knn_k``
+        nearest-neighbour demos per input and (with a settings space) ``settings``, by default
+        the user's program's."""
         if len(demos) + knn_k > self.max_demos:
             raise ValueError(f"{len(demos)} demos + {knn_k} KNN demos exceed max_demos="
                              f"{self.max_demos}")
         return [instruction, len(demos), knn_k] + list(demos) + \
-            [0] * (self.max_demos - len(demos))
+            [0] * (self.max_demos - len(demos)) + self._trailer(settings)
 
     def seed_genome(self) -> Genome:
         """The user's program as given: instruction 0 and its demos."""
         ids = {ex.id: i for i, ex in enumerate(self.pool)}
         demos = [ids[d.id] for d in self.base.demos]
-        return [0, len(demos), 0] + demos + [0] * (self.max_demos - len(demos))
+        return [0, len(demos), 0] + demos + [0] * (self.max_demos - len(demos)) + \
+            self._trailer(None)
+
+    def _trailer(self, settings: Settings | None) -> list[int]:
+        if self.settings is None:
+            if settings is not None and settings != Settings.of(self.base):
+                raise ValueError(f"settings {settings} given to an archive that varies none "
+                                 "(build it with a SettingsSpace)")
+            return []
+        settings = Settings.of(self.base) if settings is None else settings
+        if settings not in self.settings_options:
+            raise ValueError(f"settings {settings} are not in this archive's space "
+                             f"{self.settings}")
+        return [SETTINGS_MARK, *settings.genes()]
 
     def program(self, genome: Genome) -> Program:
-        instruction, demos, knn_k = key(genome)
+        k = key(genome)
         knn = None
-        if knn_k:
+        if k.knn_k:
             assert self.knn_encoder is not None
-            knn = KNNDemos(k=knn_k, pool=self.pool, encoder=self.knn_encoder,
-                           fields=tuple(f.name for f in self.base.signature.inputs))
-        return self.base.model_copy(update={
-            "instruction": self.instructions[instruction],
-            "demos": tuple(self.demo(d) for d in demos),
+            knn = KNNDemos(k=k.knn_k, pool=self.pool, encoder=self.knn_encoder,
+                           fields=self._fields)
+        update: dict[str, Any] = {
+            "instruction": self.instructions[k.instruction],
+            "demos": tuple(self.demo(d) for d in k.demos),
             "knn": knn,
-        })
+        }
+        if k.settings is not None:
+            update.update(k.settings._asdict())
+        return self.base.model_copy(update=update)
 
     def random_demos(self, rng: random.Random, n: int) -> list[int]:
         """``n`` distinct pool ids; with labels, covering as many distinct labels as it can
@@ -218,7 +379,24 @@ def repair(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
                 value = rng.randrange(pool)
             seen.add(value)
         genome[slot] = value
+    if archive.settings is not None:
+        _repair_settings(genome, archive, rng)
     return genome
+
+
+def _repair_settings(genome: Genome, archive: Archive, rng: random.Random) -> None:
+    """Give ``genome`` a settings trailer holding an allowed combination: its own when allowed,
+    else one of the allowed ones nearest to it (fewest genes changed)."""
+    at = DEMOS + archive.max_demos
+    genes = genome[at + 1:at + 1 + N_SETTINGS]
+    genes = [min(max(g, 0), 1) for g in genes] + \
+        Settings.of(archive.base).genes()[len(genes):]
+    options = archive.settings_options
+    settings = Settings.from_genes(genes)
+    if settings not in options:
+        dist = [sum(a != b for a, b in zip(o.genes(), genes, strict=True)) for o in options]
+        settings = rng.choice([o for o, d in zip(options, dist, strict=True) if d == min(dist)])
+    genome[at:] = [SETTINGS_MARK, *settings.genes()]
 
 
 def mutate_demos(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
@@ -264,8 +442,180 @@ def mutate_instruction(genome: Genome, archive: Archive, rng: random.Random) -> 
     return genome
 
 
+def mutate_settings(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
+    """Flip one setting (rank vs generate, calibration, a reasoning step) to another allowed
+    combination; a genome of an archive without settings is returned unchanged."""
+    current = settings_of(genome)
+    if archive.settings is None or current is None:
+        return genome
+    others = [o for o in archive.settings_options if o != current]
+    flips = [o for o in others
+             if sum(a != b for a, b in zip(o.genes(), current.genes(), strict=True)) == 1]
+    if flips or others:
+        genome[-N_SETTINGS:] = rng.choice(flips or others).genes()
+    return genome
+
+
+# ---- demo operators: edits of the demo set that a small model responds to ----
+
+def swap_for_neighbour(genome: Genome, archive: Archive, failures: Sequence[Example],
+                       rng: random.Random, *, encoder: str | None = None) -> Genome:
+    """Replace one fixed demo (or, with none, add one) by the pool example nearest to a failing
+    input (cosine of input embeddings), so the prompt shows a case like the one it got wrong.
+    ``failures``: validation examples the parent answered wrongly. On a task with labels the
+    neighbour is taken among examples of the failure's gold label when there are any.
+    ``encoder``: embedding name, default the archive's KNN encoder, else ``"hashing"``."""
+    n = genome[N_DEMOS]
+    add = n == 0 and _room(genome, archive)
+    if not failures or not (n or add):
+        return genome
+    failure = rng.choice(list(failures))
+    demos = set(genome[DEMOS:DEMOS + n])
+    unused = [i for i, ex in enumerate(archive.pool) if i not in demos and ex.id != failure.id]
+    if archive.base.labels is not None and len(failure.outputs) == 1:
+        same = [i for i in unused if archive.label(i) == failure.label]
+        unused = same or unused
+    if not unused:
+        return genome
+    name = encoder or archive.knn_encoder or "hashing"
+    sims = archive.pool_vectors(name)[unused] @ archive.embed([failure], name)[0]
+    nearest = unused[int(np.argmax(sims))]
+    if add:
+        genome[DEMOS], genome[N_DEMOS] = nearest, 1
+    else:
+        genome[DEMOS + rng.randrange(n)] = nearest
+    return repair(genome, archive, rng)
+
+
+def balance_classes(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
+    """Make the fixed demos cover as many of the pool's labels as their number allows, in
+    place: a demo of the most repeated label gives its slot to one of a missing label (a demo
+    set of one class teaches a small model to answer that class). Without labels: unchanged."""
+    n = genome[N_DEMOS]
+    if archive.base.labels is None or n < 2:
+        return genome
+    pool_labels = {archive.label(i) for i in range(len(archive.pool))} - {""}
+    while True:
+        demos = genome[DEMOS:DEMOS + n]
+        counts: dict[str, int] = {}
+        for d in demos:
+            counts[archive.label(d)] = counts.get(archive.label(d), 0) + 1
+        missing = sorted(pool_labels - set(counts))
+        top = max(counts.values())
+        if not missing or top < 2:
+            return repair(genome, archive, rng)
+        label = rng.choice(sorted(c for c, m in counts.items() if m == top))
+        slot = rng.choice([s for s, d in enumerate(demos) if archive.label(d) == label])
+        want = rng.choice(missing)
+        genome[DEMOS + slot] = rng.choice([i for i in range(len(archive.pool))
+                                           if archive.label(i) == want and i not in demos])
+
+
+ReorderMove = Literal["last", "reverse", "alternate"]
+
+
+def reorder_demos(genome: Genome, archive: Archive, rng: random.Random, *,
+                  by: ReorderMove | None = None) -> Genome:
+    """Reorder the fixed demos (small models weigh the last ones most): ``"last"`` moves a
+    random demo to the last slot, ``"reverse"`` reverses them, ``"alternate"`` interleaves the
+    labels. ``by=None`` picks one of the moves that changes the order, at random."""
+    n = genome[N_DEMOS]
+    demos = genome[DEMOS:DEMOS + n]
+    orders = {"last": lambda: _to_last(demos, rng), "reverse": lambda: demos[::-1],
+              "alternate": lambda: _alternate(demos, archive, rng)}
+    if by is not None and by not in orders:
+        raise ValueError(f"reorder_demos: by must be one of {sorted(orders)}, got {by!r}")
+    if n < 2:
+        return genome
+    moves = [by] if by is not None else \
+        ["last", "reverse"] + ["alternate"] * (archive.base.labels is not None)
+    rng.shuffle(moves)
+    for move in moves:
+        order = orders[move]()
+        if order != demos:
+            genome[DEMOS:DEMOS + n] = order
+            break
+    return repair(genome, archive, rng)
+
+
+def _to_last(demos: list[int], rng: random.Random) -> list[int]:
+    i = rng.randrange(len(demos) - 1)
+    return demos[:i] + demos[i + 1:] + [demos[i]]
+
+
+def _alternate(demos: list[int], archive: Archive, rng: random.Random) -> list[int]:
+    groups: dict[str, list[int]] = {}
+    for d in demos:
+        groups.setdefault(archive.label(d), []).append(d)
+    queues = sorted(groups.values(), key=len, reverse=True)  # the largest first: fewest repeats
+    head, rest = queues[:1], queues[1:]
+    rng.shuffle(rest)
+    queues = head + rest
+    order: list[int] = []
+    while any(queues):
+        for q in queues:
+            if q:
+                order.append(q.pop(0))
+    return order
+
+
+def resize_demos(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
+    """Trade demos for prompt length: drop the longest fixed demo, or add the shortest unused
+    pool example as the last demo (one of the two at random, among those possible)."""
+    n = genome[N_DEMOS]
+    demos = genome[DEMOS:DEMOS + n]
+    unused = [i for i in range(len(archive.pool)) if i not in demos]
+    moves = ["drop"] * (n > 0) + ["add"] * (_room(genome, archive) and bool(unused))
+    if not moves:
+        return genome
+    if rng.choice(moves) == "drop":
+        longest = max(range(n), key=lambda s: (_chars(archive.demo(demos[s])), -s))
+        del demos[longest]
+    else:
+        demos.append(min(unused, key=lambda i: (_chars(archive.pool[i]), i)))
+    genome[DEMOS:DEMOS + archive.max_demos] = demos + [0] * (archive.max_demos - len(demos))
+    genome[N_DEMOS] = len(demos)
+    return repair(genome, archive, rng)
+
+
+def mutate_knn(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
+    """Change the mix of fixed and per-input nearest-neighbour demos: trade a fixed demo for a
+    KNN slot or back, or take one KNN demo more or fewer (``n_demos + knn_k <= max_demos``).
+    Unchanged when the archive has no KNN demos."""
+    if not archive.knn:
+        return genome
+    n, k = genome[N_DEMOS], genome[KNN]
+    demos = genome[DEMOS:DEMOS + n]
+    unused = [i for i in range(len(archive.pool)) if i not in demos]
+    moves = ["to_knn"] * (n > 0) + ["to_fixed"] * (k > 0 and bool(unused)) + \
+        ["more"] * _room(genome, archive) + ["fewer"] * (k > 0)
+    if not moves:
+        return genome
+    move = rng.choice(moves)
+    if move == "to_knn":
+        del demos[rng.randrange(n)]
+    elif move == "to_fixed":
+        demos.append(rng.choice(unused))
+    genome[KNN] = k + (move in ("to_knn", "more")) - (move in ("to_fixed", "fewer"))
+    genome[DEMOS:DEMOS + archive.max_demos] = demos + [0] * (archive.max_demos - len(demos))
+    genome[N_DEMOS] = len(demos)
+    return repair(genome, archive, rng)
+
+
+def _room(genome: Genome, archive: Archive) -> bool:
+    """Whether one more demo (fixed or KNN) fits the genome's slots and the pool."""
+    return genome[N_DEMOS] + genome[KNN] < min(archive.max_demos, len(archive.pool))
+
+
+def _chars(example: Example) -> int:
+    """A demo's length in characters (its fields' values), as KNN prompt estimates count it."""
+    return sum(len(v) for v in example.inputs.values()) + \
+        sum(len(v) for v in example.outputs.values())
+
+
 def crossover(a: Genome, b: Genome, archive: Archive, rng: random.Random) -> Genome:
-    """A child of two genomes: DEAP's uniform crossover on every gene, then repair."""
+    """A child of two genomes: DEAP's uniform crossover on every gene (settings genes too),
+    then repair."""
     child, other = list(a), list(b)
     with deap_random(rng):
         tools.cxUniform(child, other, 0.5)
@@ -282,3 +632,9 @@ def deap_random(rng: random.Random) -> Iterator[None]:
         yield
     finally:
         random.setstate(state)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
