@@ -31,7 +31,15 @@ import threading
 from typing import Any
 
 from evo.errors import ConfigError
-from evo.lm.base import LM, LMError, LMRequest, LMResponse, LMTransientError, LMUnavailableError
+from evo.lm.base import (
+    LM,
+    LMError,
+    LMRequest,
+    LMResponse,
+    LMTransientError,
+    LMUnavailableError,
+    scores_choices,
+)
 
 __all__ = ["RayExecutor", "RayLM"]
 
@@ -104,6 +112,8 @@ class RayLM:
 
     def __init__(self, backend: LM, actors: list[Any], per_worker: int) -> None:
         self.model_id = backend.model_id
+        # label scoring travels as any request does; the actors' backend answers it or not
+        self.scores_choices = scores_choices(backend)
         self.endpoint: str | None = getattr(backend, "endpoint", None)
         self.max_concurrency = len(actors) * per_worker
         self.backend_repr = repr(backend)

@@ -28,6 +28,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from evo.errors import DamagedFileError
 from evo.lm.base import LMRequest, LMResponse
@@ -46,6 +47,17 @@ CREATE TABLE IF NOT EXISTS responses (
 )
 """
 
+
+# A label-scoring answer's log-probabilities (JSON list), beside its row in ``responses``: a
+# table of its own, so caches stay readable and writable by evo versions from before it (they
+# insert 8 positional values into ``responses``). Written before the response row, so a row
+# that is there has its scores (a leftover scores row is harmless and overwritten).
+_SCORES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS choice_logprobs (
+    key TEXT PRIMARY KEY,
+    logprobs TEXT NOT NULL
+)
+"""
 
 _COLUMNS = {"key", "model_id", "text", "prompt_tokens", "completion_tokens", "seconds", "request",
             "created"}
@@ -90,6 +102,41 @@ def _identity(path: Path) -> Identity | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _row(conn: sqlite3.Connection, key: str) -> Any:
+    """``key``'s text, token counts and stored choice log-probabilities."""
+    try:
+        return conn.execute(
+            "SELECT r.text, r.prompt_tokens, r.completion_tokens, s.logprobs "
+            "FROM responses r LEFT JOIN choice_logprobs s ON s.key = r.key "
+            "WHERE r.key = ?", (key,)).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table: choice_logprobs" not in str(exc):
+            raise
+    # a cache from before label scoring that this process may not write: no scores in it
+    return conn.execute("SELECT text, prompt_tokens, completion_tokens, NULL FROM responses "
+                        "WHERE key = ?", (key,)).fetchone()
+
+
+def logprobs_to_json(logprobs: tuple[float, ...] | None) -> str | None:
+    """A response's ``choice_logprobs`` as stored (JSON; None for a generation)."""
+    return None if logprobs is None else json.dumps([float(x) for x in logprobs])
+
+
+def logprobs_from_json(stored: object) -> tuple[float, ...] | None:
+    """``choice_logprobs`` back from :func:`logprobs_to_json` (None for none, or for a value
+    that is not a list of numbers: the session then treats a scoring answer as missing)."""
+    if not isinstance(stored, str):
+        return None
+    try:
+        values = json.loads(stored)
+    except ValueError:
+        return None
+    if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None
+    return tuple(float(v) for v in values)
 
 
 def default_cache_path() -> Path:
@@ -184,6 +231,8 @@ class ResponseCache:
                     conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL; faster
                     if not have:
                         conn.execute(_SCHEMA)
+                    if "choice_logprobs" not in tables:
+                        self._add_scores_table(conn)
                     break
                 except sqlite3.OperationalError as exc:
                     if not _locked(exc) or attempt == 19:
@@ -202,6 +251,16 @@ class ResponseCache:
             raise
         self._opened = before if before == _identity(self.path) else None
         return conn
+
+    @staticmethod
+    def _add_scores_table(conn: sqlite3.Connection) -> None:
+        """Add the label-scoring table to a cache from before it; a cache this process may not
+        write is still read (its answers are all generations: they have no scores)."""
+        try:
+            conn.execute(_SCORES_SCHEMA)
+        except sqlite3.OperationalError as exc:
+            if _code(exc) != sqlite3.SQLITE_READONLY and "readonly" not in str(exc):
+                raise
 
     def _set_aside(self, problem: str, found: Identity | None) -> None:
         """Move the damaged cache ``found`` (and its -wal/-shm) out of the way; bypass the cache
@@ -270,9 +329,7 @@ class ResponseCache:
             if conn is None:
                 return None
             try:
-                row = conn.execute(
-                    "SELECT text, prompt_tokens, completion_tokens FROM responses WHERE key = ?",
-                    (key,)).fetchone()
+                row = _row(conn, key)
             except sqlite3.DatabaseError as exc:
                 if not _locked(exc):
                     self._failed_later(exc, "read")
@@ -280,14 +337,19 @@ class ResponseCache:
         if row is None or not isinstance(row[0], str) or not row[0]:
             return None  # an empty answer (cached by older evo versions) is no answer
         return LMResponse(text=row[0], prompt_tokens=int(row[1] or 0),
-                          completion_tokens=int(row[2] or 0), seconds=0.0, cached=True)
+                          completion_tokens=int(row[2] or 0), seconds=0.0, cached=True,
+                          choice_logprobs=logprobs_from_json(row[3]))
 
     def put(self, key: str, response: LMResponse, *, model_id: str, request: LMRequest) -> None:
         """Store ``response`` under ``key``. The request is kept (as JSON) for inspection only.
         A file locked by another process skips the write (one warning per cache)."""
-        req = {"messages": [[m.role, m.content] for m in request.messages],
-               "max_tokens": request.max_tokens, "temperature": request.temperature,
-               "stop": list(request.stop), "seed": request.seed, "purpose": request.purpose}
+        req: dict[str, object] = {
+            "messages": [[m.role, m.content] for m in request.messages],
+            "max_tokens": request.max_tokens, "temperature": request.temperature,
+            "stop": list(request.stop), "seed": request.seed, "purpose": request.purpose}
+        if request.choices:
+            req.update(choices=list(request.choices), prefill=request.prefill)
+        scores = logprobs_to_json(response.choice_logprobs)
         with self._lock:
             if time.monotonic() < self._locked_until or self._no_writes is not None:
                 return
@@ -295,6 +357,9 @@ class ResponseCache:
             if conn is None:
                 return
             try:
+                if scores is not None:  # first: a response row that is there has its scores
+                    conn.execute("INSERT OR REPLACE INTO choice_logprobs VALUES (?, ?)",
+                                 (key, scores))
                 conn.execute(
                     "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (key, model_id, response.text, response.prompt_tokens,

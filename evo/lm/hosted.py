@@ -149,6 +149,10 @@ class DSPyLM:
     """
 
     concurrent = True  # a hosted API serves calls in parallel
+    # No label scoring: chat APIs return the log-probabilities of the tokens they generate
+    # (top_logprobs), not of a given continuation, so a multi-token choice cannot be scored
+    # exactly; the session refuses choices requests rather than approximate them.
+    scores_choices = False
 
     def __init__(self, dspy_lm: Any, *, model_id: str | None = None) -> None:
         self.dspy_lm = dspy_lm

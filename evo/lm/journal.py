@@ -30,6 +30,7 @@ from typing import Literal
 
 from evo.errors import DamagedFileError, StorageError
 from evo.lm.base import LMError, LMRequestError, LMResponse
+from evo.lm.cache import logprobs_from_json, logprobs_to_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -45,8 +46,9 @@ CREATE TABLE IF NOT EXISTS answers (
     reused_prompt_tokens INTEGER NOT NULL,
     seconds REAL NOT NULL,
     created REAL NOT NULL,
-    kind TEXT                      -- 'transient' for a failure a resumed run asks again,
+    kind TEXT,                     -- 'transient' for a failure a resumed run asks again,
                                    -- 'request' for the request's own fault
+    choice_logprobs TEXT           -- a label-scoring answer's log-probabilities (JSON list)
 );
 CREATE TABLE IF NOT EXISTS sittings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -117,8 +119,11 @@ class Journal:
         # returns); only a power cut can lose the last answers, which a resume then pays again.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(_SCHEMA)
-        if "kind" not in {r[1] for r in conn.execute("PRAGMA table_info(answers)")}:
+        have = {r[1] for r in conn.execute("PRAGMA table_info(answers)")}
+        if "kind" not in have:
             conn.execute("ALTER TABLE answers ADD COLUMN kind TEXT")  # journals before 0.x
+        if "choice_logprobs" not in have:  # journals from before label scoring
+            conn.execute("ALTER TABLE answers ADD COLUMN choice_logprobs TEXT")
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -157,18 +162,19 @@ class Journal:
         first raised), or ``None`` if this run never asked it or its failure was transient."""
         with self._lock, self._errors():
             row = self._conn.execute(
-                "SELECT text, error, prompt_tokens, completion_tokens, kind FROM answers "
-                "WHERE key = ?", (key,)).fetchone()
+                "SELECT text, error, prompt_tokens, completion_tokens, kind, choice_logprobs "
+                "FROM answers WHERE key = ?", (key,)).fetchone()
         if row is None or (row[0] is None and row[4] == "transient"):
             return None
         if row[0] is None:
             return (LMRequestError if row[4] == "request" else LMError)(str(row[1]))
         return LMResponse(text=row[0], prompt_tokens=row[2], completion_tokens=row[3],
-                          seconds=0.0, cached=True)
+                          seconds=0.0, cached=True, choice_logprobs=logprobs_from_json(row[5]))
 
     def put(self, key: str, response: LMResponse, *, source: Source) -> None:
         self._insert(key, source, response.text, None, response.prompt_tokens,
-                     response.completion_tokens, response.reused_prompt_tokens, response.seconds)
+                     response.completion_tokens, response.reused_prompt_tokens, response.seconds,
+                     scores=logprobs_to_json(response.choice_logprobs))
 
     def fail(self, key: str, error: str, *, transient: bool = False, request: bool = False,
              spent: Sequence[LMResponse] = ()) -> None:
@@ -183,7 +189,7 @@ class Journal:
 
     def _insert(self, key: str, source: str, text: str | None, error: str | None,
                 prompt: int, completion: int, reused: int, seconds: float,
-                kind: str | None = None) -> None:
+                kind: str | None = None, scores: str | None = None) -> None:
         with self._lock, self._errors():
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -194,9 +200,9 @@ class Journal:
                 conn.execute(
                     "INSERT INTO answers (key, source, sitting, phase, text, error, "
                     "prompt_tokens, completion_tokens, reused_prompt_tokens, seconds, created, "
-                    "kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "kind, choice_logprobs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (key, source, self.sitting, self.phase, text, error, prompt, completion,
-                     reused, seconds, time.time(), kind))
+                     reused, seconds, time.time(), kind, scores))
             except BaseException:
                 if conn.in_transaction:  # SQLite may have rolled back already (disk full)
                     conn.execute("ROLLBACK")

@@ -5,6 +5,10 @@ overlap). llama-cpp keeps the KV cache of the previous prompt and re-evaluates o
 a new prompt after their common prefix: so callers should put the shared part (instruction,
 demos) first and run one candidate's examples back to back. :attr:`LMResponse.reused_prompt_tokens`
 reports how many prompt tokens that saved.
+
+A label-scoring request (``LMRequest.choices``) is not generated: :meth:`LocalLM.complete`
+evaluates the prompt once (with the same prefix reuse) and scores each choice by the model's
+log-probability of it followed by the end of the turn, a few token evaluations per choice.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,39 @@ def _build_has_amx() -> bool:
     return b"AMX_INT8 = 1" in (info if isinstance(info, bytes) else str(info).encode())
 
 
+def continuation(prefill: str, choice: str) -> str:
+    """What a label-scoring request's choice continues the assistant turn with: the prefill,
+    then the choice after one space (none after an empty prefill or one that ends in
+    whitespace). The text a scored reply reads as."""
+    if not prefill or prefill[-1].isspace():
+        return prefill + choice
+    return f"{prefill} {choice}"
+
+
+def _chat_formatter(llama: Any) -> Any:
+    """The chat formatter ``llama.create_chat_completion`` uses: the one its chat handler was
+    built from (llama-cpp keeps it only in the handler's closure)."""
+    from llama_cpp import llama_chat_format
+
+    handler = (llama.chat_handler or llama._chat_handlers.get(llama.chat_format)
+               or llama_chat_format.get_chat_completion_handler(llama.chat_format))
+    cells = dict(zip(getattr(handler, "__code__", None) and handler.__code__.co_freevars or (),
+                     handler.__closure__ or (), strict=False))
+    cell = cells.get("chat_formatter")
+    if cell is None:  # a custom chat handler (multimodal, function calling): no plain template
+        raise LMRequestError(f"chat format {llama.chat_format!r} has no plain chat template "
+                             "to score choices with")
+    return cell.cell_contents
+
+
+def _log_softmax(logits: Any) -> Any:
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
 def _common_prefix(a: Any, b: Any) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):  # lengths differ
@@ -79,9 +116,11 @@ def _common_prefix(a: Any, b: Any) -> int:
 
 
 class LocalLM:
-    """A GGUF model file run by llama-cpp-python. Greedy decoding when ``temperature == 0``."""
+    """A GGUF model file run by llama-cpp-python. Greedy decoding when ``temperature == 0``;
+    label-scoring requests (``LMRequest.choices``) are scored, not generated."""
 
     concurrent = False  # one llama.cpp context: calls are serialised
+    scores_choices = True
 
     def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 4096,
                  n_threads: int | None = None, model_id: str | None = None,
@@ -147,6 +186,8 @@ class LocalLM:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         with self._lock:
             llama = self._load()
+            if request.choices:
+                return self._score(llama, messages, request)
             # The tokens now in the KV cache: the new prompt's common prefix with them is reused.
             before = llama._input_ids.copy()  # no public accessor; a cheap copy
             t0 = time.perf_counter()
@@ -170,6 +211,87 @@ class LocalLM:
         return LMResponse(text=text, prompt_tokens=n_prompt,
                           completion_tokens=int(usage.get("completion_tokens", 0)),
                           seconds=seconds, reused_prompt_tokens=reused)
+
+    def _score(self, llama: Any, messages: list[dict[str, str]],
+               request: LMRequest) -> LMResponse:
+        """Answer a label-scoring request (caller holds the lock): each choice's total
+        log-probability as the continuation of the assistant turn after the prefill, with the
+        end-of-turn token after it (so a choice that is a prefix of another is not favoured).
+
+        The prompt is formatted as :meth:`complete` would send it (the model's chat template,
+        with the assistant's generation prompt) and evaluated once, reusing the KV-cache prefix
+        shared with the previous call; each choice then costs one batched decode of its few
+        tokens from that state, rolled back before the next. Tokenizing prompt + choice
+        whole (not the choice alone) keeps BPE merges across the boundary exact: scoring starts
+        where the choices' tokenizations first part from the prompt's."""
+        t0 = time.perf_counter()
+        fmt = _chat_formatter(llama)(messages=messages)
+        add_bos = not fmt.added_special
+
+        def tokens(text: str) -> list[int]:
+            return list(llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+        context = tokens(fmt.prompt + request.prefill)
+        full = [tokens(fmt.prompt + continuation(request.prefill, c)) for c in request.choices]
+        base = min(_common_prefix(context, f) for f in full)  # the tokens all choices share
+        need = max(len(f) for f in full) + 1
+        if need > llama.n_ctx():
+            raise LMRequestError(f"{self.model_id}: the prompt and its longest choice need "
+                                 f"{need} tokens, more than the context window of "
+                                 f"{llama.n_ctx()}")
+        if base == 0:
+            raise LMRequestError(f"{self.model_id}: an empty prompt cannot be scored")
+        eot = llama._model.token_eot()
+        eot = eot if eot >= 0 else llama.token_eos()
+        # Reuse the common prefix with what the KV cache holds, as llama-cpp's generate does;
+        # the last shared token is evaluated again for its logits.
+        reused = min(_common_prefix(llama._input_ids, context[:base]), base - 1)
+        if reused > 0 and not llama._ctx.kv_cache_seq_rm(-1, reused, -1):
+            reused = 0
+        try:
+            if reused == 0:
+                llama.reset()
+            llama.n_tokens = reused
+            llama.eval(context[reused:base])
+            first = _log_softmax(self._logits(llama, -1))
+            logprobs = []
+            for f in full:
+                seq = [*f[base:], eot]
+                total = float(first[seq[0]])
+                for row, nxt in zip(self._decode(llama, seq[:-1], base), seq[1:], strict=True):
+                    total += float(_log_softmax(row)[nxt])
+                logprobs.append(total)
+        except (RuntimeError, ValueError) as exc:  # llama_decode failed
+            raise LMError(f"{self.model_id}: {exc}") from exc
+        finally:  # the KV cache keeps the prompt alone; its logits are stale now
+            llama.n_tokens = min(llama.n_tokens, base)
+            llama._ctx.kv_cache_seq_rm(-1, llama.n_tokens, -1)
+            llama._requires_eval = True
+        best = max(range(len(logprobs)), key=lambda i: (logprobs[i], -i))
+        return LMResponse(text=continuation(request.prefill, request.choices[best]),
+                          prompt_tokens=len(context), completion_tokens=0,
+                          seconds=time.perf_counter() - t0, reused_prompt_tokens=reused,
+                          choice_logprobs=tuple(logprobs))
+
+    @staticmethod
+    def _logits(llama: Any, i: int) -> Any:
+        """The logits of output row ``i`` of the last decode (a copy)."""
+        import numpy as np
+
+        ptr = llama._ctx.get_logits_ith(i)
+        return np.ctypeslib.as_array(ptr, shape=(llama.n_vocab(),)).copy()
+
+    def _decode(self, llama: Any, seq: Sequence[int], pos: int) -> list[Any]:
+        """Decode ``seq`` at positions ``pos`` onwards (after clearing them) and return the
+        logits after each of its tokens; ``llama.n_tokens`` is left as it was."""
+        rows: list[Any] = []
+        llama._ctx.kv_cache_seq_rm(-1, pos, -1)
+        for i in range(0, len(seq), llama.n_batch):
+            chunk = list(seq[i:i + llama.n_batch])
+            llama._batch.set_batch(batch=chunk, n_past=pos + i, logits_all=True)
+            llama._ctx.decode(llama._batch)
+            rows.extend(self._logits(llama, j) for j in range(len(chunk)))
+        return rows
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in this model's vocabulary (loads the vocabulary alone, not the

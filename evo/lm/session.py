@@ -27,6 +27,7 @@ from evo.lm.base import (
     LMTransientError,
     LMUnavailableError,
     Message,
+    scores_choices,
 )
 from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.journal import Journal
@@ -287,7 +288,7 @@ class LMSession:
         ep = self.endpoint
         return ep.rstrip("/") if ep and "://" in ep else None
 
-    def _cached(self, key: str, cache_key: str) -> LMResponse | None:
+    def _cached(self, key: str, cache_key: str, request: LMRequest) -> LMResponse | None:
         # Caller holds self._lock.
         if self.journal is not None:
             old = self.journal.get(key)
@@ -298,6 +299,8 @@ class LMSession:
                 self.usage.replayed += 1
                 return old
         hit = self.cache.get(cache_key) if self.cache is not None else None
+        if hit is not None and _unscored(hit, request):  # a scoring answer without its scores
+            hit = None
         if hit is not None:
             self.usage.cache_hits += 1
             if self.journal is not None:
@@ -305,7 +308,17 @@ class LMSession:
         return hit
 
     def complete(self, request: LMRequest) -> LMResponse:
-        """Answer ``request`` from the cache or the backend (with retries); see the class doc."""
+        """Answer ``request`` from the cache or the backend (with retries); see the class doc.
+
+        A label-scoring request (``request.choices``) to a backend that does not score choices
+        is a :class:`~evo.errors.ConfigError`, raised before anything is asked or read: never
+        a silent generation in its place."""
+        if request.choices and not scores_choices(self.lm):
+            raise ConfigError(
+                f"{self.model_id}: label scoring (answer_mode='rank', dense scores) needs a "
+                f"backend that scores choices (LMRequest.choices), such as the local llama.cpp "
+                f"model (evo.lm.local); {type(self.lm).__name__} only generates. Use "
+                f"answer_mode='generate', or a local model")
         key = request.key(self.model_id)  # the journal's: model only (see the class doc)
         scope = self.cache_scope if self.cache is not None else None
         cache_key = key if scope is None else request.key(self.model_id, scope)
@@ -313,7 +326,7 @@ class LMSession:
             with self._lock:
                 if self._unavailable is not None:
                     raise self._unavailable
-                hit = self._cached(key, cache_key)
+                hit = self._cached(key, cache_key, request)
                 if hit is not None:
                     return hit
                 waiting = self._inflight.get(key)
@@ -360,10 +373,11 @@ class LMSession:
         finally:
             limit.release()
 
-    def _checked(self, resp: object, seconds: float) -> LMResponse:
+    def _checked(self, resp: object, seconds: float, request: LMRequest) -> LMResponse:
         """The backend's reply if it is an answer; an empty or malformed one is a failed
         attempt (a custom LM returning ``text=None`` must not score 0 silently, nor be cached).
-        The error of an empty reply carries the reply as ``paid``: what it cost is booked."""
+        The error of an empty reply carries the reply as ``paid``: what it cost is booked. A
+        label-scoring reply must carry one log-probability (a number, not NaN) per choice."""
         where = f" at {self.endpoint}" if self.endpoint else ""
         if not isinstance(resp, LMResponse):
             raise LMError(f"{self.model_id}{where} returned {type(resp).__name__}, "
@@ -381,6 +395,13 @@ class LMSession:
         if not isinstance(resp.text, str):
             raise LMError(f"{self.model_id}{where} returned text of type "
                           f"{type(resp.text).__name__}, not str")
+        if request.choices:
+            if _unscored(resp, request):
+                raise LMError(f"{self.model_id}{where} answered a label-scoring request for "
+                              f"{len(request.choices)} choices with choice_logprobs="
+                              f"{resp.choice_logprobs!r}: one number (not NaN) per choice")
+            resp = dataclasses.replace(
+                resp, choice_logprobs=tuple(float(x) for x in resp.choice_logprobs or ()))
         return resp
 
     def _book_spent(self, exc: BaseException, spent: list[LMResponse]) -> None:
@@ -407,7 +428,7 @@ class LMSession:
             t0 = time.perf_counter()
             try:
                 raw, t0 = self._send(request)
-                resp = self._checked(raw, time.perf_counter() - t0)
+                resp = self._checked(raw, time.perf_counter() - t0, request)
             except LMUnavailableError as exc:
                 self._failed(exc, sticky=True)
                 raise
@@ -520,6 +541,17 @@ class LMSession:
 
     def __repr__(self) -> str:
         return f"LMSession({self.model_id!r}, cache={self.cache!r})"
+
+
+def _unscored(resp: LMResponse, request: LMRequest) -> bool:
+    """Whether ``resp`` lacks what a label-scoring ``request`` needs: one log-probability per
+    choice, each a number and not NaN (``-inf`` is a probability of 0)."""
+    if not request.choices:
+        return False
+    lp = resp.choice_logprobs
+    return not (isinstance(lp, tuple | list) and len(lp) == len(request.choices) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) and not math.isnan(x)
+        and x <= 1e-6 for x in lp))  # (a rounding above 0 is still a probability of 1)
 
 
 def _positive(value: float, name: str) -> float:
