@@ -10,6 +10,8 @@ name (``evo run --optimizer``)          what it searches
 ``gepa`` (:class:`GEPA`)                reflective instruction evolution, Pareto front, merge
 ``miprov2`` (:class:`MIPROv2`)          bootstrapped demo sets x grounded instruction proposals
 ``copro`` (:class:`COPRO`)              instruction breadth x depth, attempts fed back by score
+``simba`` (:class:`SIMBA`)              minibatch ascent: demos and rules where runs disagree
+``infer_rules`` (:class:`InferRules`)   bootstrapped demos + rules induced from training examples
 ``labeled_fewshot``                     k random labeled demos
 ``bootstrap_fewshot``                   the teacher's passing traces as demos
 ``bootstrap_random_search``             many bootstrapped demo sets, the best on validation
@@ -33,6 +35,7 @@ from evo.optimizers.fewshot import (
                                     LabeledFewShot,
 )
 from evo.optimizers.gepa import GEPA
+from evo.optimizers.infer_rules import InferRules
 from evo.optimizers.mipro import MIPROv2
 from evo.optimizers.registry import (
                                     get,
@@ -41,11 +44,13 @@ from evo.optimizers.registry import (
                                     register_operator,
                                     register_optimizer,
 )
+from evo.optimizers.simba import SIMBA
 from evo.search.engine import Search, SearchConfig
 
 register_optimizer(Evolution)
 
-__all__ = ["COPRO", "DE", "GA", "GEPA", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
-           "Ensemble", "EvoPrompt", "Evolution", "KNNFewShot", "LabeledFewShot", "MIPROv2",
-           "Search", "SearchConfig", "get", "names", "optimizer_class", "register_operator",
+__all__ = ["COPRO", "DE", "GA", "GEPA", "SIMBA", "BootstrapFewShot",
+           "BootstrapFewShotWithRandomSearch", "Ensemble", "EvoPrompt", "Evolution",
+           "InferRules", "KNNFewShot", "LabeledFewShot", "MIPROv2", "Search", "SearchConfig",
+           "get", "names", "optimizer_class", "register_operator",
            "register_optimizer", "vote_ensemble"]
