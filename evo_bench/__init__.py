@@ -254,11 +254,44 @@ def _dspy_bootstrap_rs(student, train, val, metric: EvoMetric, budget: int, seed
     return optimizer.compile(student, trainset=train, valset=val)
 
 
+def _dspy_simba(student, train, val, metric: EvoMetric, budget: int, seed: int, lms):
+    from dspy.teleprompt import SIMBA
+
+    # SIMBA has one set: its minibatches and its final pick (every kept winner scored on the
+    # whole set) come from what it is given, so give it the validation split, as COPRO. Worst
+    # case per step: bsize x num_candidates trajectories + (num_candidates + 1) x bsize
+    # candidate runs; at the end (num_candidates + 1) x n_val. DSPy's defaults, cut to fit:
+    # at most half the budget for the final pick, the rest over up to 8 steps.
+    n_val = len(val)
+    candidates = max(1, min(6, budget // (2 * n_val) - 1))
+    left = max(0, budget - (candidates + 1) * n_val)
+    per_example = 2 * candidates + 1
+    bsize = max(1, min(32, n_val, left // (8 * per_example)))
+    steps = max(1, min(8, left // (bsize * per_example)))
+    optimizer = SIMBA(metric=metric, bsize=bsize, num_candidates=candidates, max_steps=steps,
+                      prompt_model=lms["prompt"], num_threads=1)
+    return optimizer.compile(student, trainset=val, seed=seed)
+
+
+def _dspy_infer_rules(student, train, val, metric: EvoMetric, budget: int, seed: int, lms):
+    from dspy.teleprompt.infer_rules import InferRules
+
+    # BootstrapFewShot first (~8 teacher runs), then each candidate's rules scored on the whole
+    # validation split. The rules come from the prompt model, as every proposal here does.
+    candidates = max(1, (budget - 8) // len(val))
+    optimizer = InferRules(num_candidates=candidates, num_threads=1, metric=metric,
+                           max_bootstrapped_demos=4, max_labeled_demos=4)
+    optimizer.rules_induction_program.teacher_settings = {"lm": lms["prompt"]}
+    return optimizer.compile(student, trainset=train, valset=val)
+
+
 DSPY_OPTIMIZERS: dict[str, Callable[..., Any]] = {
     "dspy.gepa": _dspy_gepa,
     "dspy.miprov2": _dspy_miprov2,
     "dspy.copro": _dspy_copro,
     "dspy.bootstrap_random_search": _dspy_bootstrap_rs,
+    "dspy.simba": _dspy_simba,
+    "dspy.infer_rules": _dspy_infer_rules,
 }
 
 
