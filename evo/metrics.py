@@ -8,8 +8,11 @@ the same scores as calling ``metric`` on each pair, through the kernels of
 :mod:`evo.kernels.text` (the evaluator uses ``batch`` when a metric has one). ``exact_match``
 compares labels (case and punctuation folded); :data:`f1`, :data:`contains`,
 :data:`numeric_match` and :data:`normalized_exact_match` are :class:`TokenMetric` answer metrics
-(SQuAD normalization, as dspy). With several output fields ``exact_match`` needs every field right
-and a :class:`TokenMetric` scores the mean over fields; an unusable reply scores 0.
+(SQuAD normalization, as dspy). For generative tasks, :data:`numeric_match` reads the reply's
+final number, written in digits or words ("so there are seven" -> 7), and
+:data:`normalized_exact_match` drops a leading "the answer is" before comparing. With several
+output fields ``exact_match`` needs every field right and a :class:`TokenMetric` scores the mean
+over fields; an unusable reply scores 0.
 """
 
 from __future__ import annotations
@@ -156,7 +159,8 @@ class TokenMetric:
     """An answer metric over normalized tokens, scored by the kernels of
     :mod:`evo.kernels.text`: ``kind`` is one of ``"exact_match"`` (tokens, case kept),
     ``"normalized_exact_match"``, ``"f1"``, ``"contains"`` (the gold occurs in the answer) or
-    ``"numeric"`` (the last number in the answer equals the gold's, ``math.isclose``).
+    ``"numeric"`` (the last number in the answer equals the gold's, ``math.isclose``; numbers
+    written in words count, :func:`evo.kernels.text.number_words_to_digits`).
 
     A :data:`Metric`: ``metric(example, prediction) -> Score``, plus ``metric.batch(examples,
     predictions) -> list[Score]`` (the same scores, all pairs in one kernel call). Several
@@ -189,7 +193,10 @@ class TokenMetric:
               ) -> list[Score]:
         """Score every pair at once; equal to calling the metric on each pair."""
         pairs = _FieldPairs(examples, predictions)
-        values = _text.score_batch(self.kind, pairs.said, pairs.gold, **self.options)
+        said, gold = pairs.said, pairs.gold
+        if self.kind == "numeric":  # "twenty-one" is 21 (texts only: the kernel is unchanged)
+            said, gold = _digits(said), _digits(gold)
+        values = _text.score_batch(self.kind, said, gold, **self.options)
         scores = []
         for k, (example, prediction) in enumerate(zip(examples, predictions)):
             if not prediction.ok:
@@ -225,7 +232,15 @@ class TokenMetric:
 
 
 def _has_number(text: str) -> bool:
-    return any(not math.isnan(_text.parse_number(token)) for token in text.split())
+    return any(not math.isnan(_text.parse_number(token))
+               for token in _text.number_words_to_digits(text).split())
+
+
+def _digits(texts: list[str]) -> list[str]:
+    """Each text with its number words in digits, each distinct text converted once."""
+    memo: dict[str, str] = {}
+    return [memo[t] if t in memo else memo.setdefault(t, _text.number_words_to_digits(t))
+            for t in texts]
 
 
 f1 = TokenMetric("f1")
@@ -233,9 +248,12 @@ f1 = TokenMetric("f1")
 contains = TokenMetric("contains")
 """1.0 when the gold's tokens occur contiguously in the answer (SQuAD normalization)."""
 numeric_match = TokenMetric("numeric")
-"""1.0 when the last number in the answer equals the gold's (``math.isclose``)."""
-normalized_exact_match = TokenMetric("normalized_exact_match")
-"""1.0 when answer and gold are equal after SQuAD normalization (dspy ``em_score``)."""
+"""1.0 when the last number in the answer equals the gold's (``math.isclose``), numbers in
+digits or words: ``"so there are seven"`` matches ``"7"``, ``"twenty-one"`` matches ``"21"``."""
+normalized_exact_match = TokenMetric("normalized_exact_match", normalize="answer")
+"""1.0 when answer and gold are equal after SQuAD normalization (dspy ``em_score``: case,
+punctuation and the articles a/an/the dropped), a leading "the answer is" dropped first
+(:func:`evo.kernels.text.normalize_answer`)."""
 
 
 def _gold(example: Example) -> str:

@@ -43,7 +43,8 @@ __all__ = [
     "contains_batch", "contains_ids", "contains_kernel", "contains_reference",
     "exact_match_batch", "exact_match_ids", "exact_match_kernel", "exact_match_reference",
     "group_max_kernel", "group_max_reference",
-    "normalize_squad", "normalize_text", "numeric_match_batch", "numeric_match_ids",
+    "normalize_answer", "normalize_squad", "normalize_text", "number_words_to_digits",
+    "numeric_match_batch", "numeric_match_ids", "strip_answer_phrase",
     "numeric_match_kernel", "numeric_match_reference", "parse_number", "score_batch",
     "token_f1_batch", "token_f1_ids", "token_f1_kernel", "token_f1_reference",
 ]
@@ -78,9 +79,37 @@ def normalize_squad(text: str) -> str:
     return " ".join(_ARTICLES_RE.sub(" ", _PUNCT_RE.sub("", text)).split())
 
 
+# "The answer is", "So the final answer is:", "Answer:" ... at the start of a reply
+_ANSWER_PHRASE = re.compile(
+    r"^\W*(?:(?:so|thus|therefore|hence)\b[\s,]*)?(?:the\s+)?(?:final\s+|correct\s+)?"
+    r"answer\s*(?:is\b\s*:?|[:=])\s*", re.IGNORECASE)
+
+
+def strip_answer_phrase(text: str) -> str:
+    """``text`` without a leading "the answer is" (or "So the final answer is:", "Answer:"):
+    the words a model wraps a short answer in. A text that is only the phrase stays as it is.
+
+    >>> strip_answer_phrase("The answer is Paris.")
+    'Paris.'
+    """
+    rest = _ANSWER_PHRASE.sub("", text, count=1)
+    return rest if any(c.isalnum() for c in rest) else text
+
+
+def normalize_answer(text: str) -> str:
+    """:func:`normalize_squad` after :func:`strip_answer_phrase`: a short answer compared as
+    dspy's ``em_score`` does, once the model's "the answer is" is dropped.
+
+    >>> normalize_answer("So the answer is: the Eiffel Tower!")
+    'eiffel tower'
+    """
+    return normalize_squad(strip_answer_phrase(text))
+
+
 def normalize_text(text: str, normalize: Normalize = "squad") -> str:
     """One text under a normalization mode: ``"none"`` (whitespace collapsed only, case kept),
-    ``"squad"`` (:func:`normalize_squad`) or a callable ``str -> str``."""
+    ``"squad"`` (:func:`normalize_squad`), ``"answer"`` (:func:`normalize_answer`) or a callable
+    ``str -> str``."""
     return " ".join(_check_normalize(normalize)(text).split())
 
 
@@ -95,7 +124,10 @@ def _check_normalize(normalize: Normalize) -> Callable[[str], str]:
         return normalize_squad
     if normalize == "none":
         return _identity
-    raise ValueError(f"normalize must be 'none', 'squad' or a callable, got {normalize!r}")
+    if normalize == "answer":
+        return normalize_answer
+    raise ValueError(f"normalize must be 'none', 'squad', 'answer' or a callable, got "
+                     f"{normalize!r}")
 
 
 # 1,024 / -3 / .5 / 2.75 / 1e-3 / $5 / 5% / (42) / 42. — thousands commas only between groups of
@@ -118,6 +150,96 @@ def parse_number(token: str) -> float:
         return math.nan
     sign = "-" if m.group("sign") in ("-", "\u2212") else ""
     return float(sign + m.group("num").replace(",", ""))
+
+
+# ---- number words ------------------------------------------------------------------------------
+
+_UNITS = {w: v for v, w in enumerate([
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen"])}
+_TENS = {w: 10 * v for v, w in enumerate([
+    "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"], start=2)}
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+_NUMBER_WORD = re.compile(r"\b(?:" + "|".join([*_UNITS, *_TENS, "hundred", *_SCALES]) + r")\b",
+                          re.IGNORECASE)
+_WORD_RE = re.compile(r"[A-Za-z]+")
+# "the one", "this one", "no one": a pronoun, not the number 1
+_DETERMINERS = frozenset({"the", "this", "that", "which", "no", "each", "every", "any",
+                          "another"})
+
+
+def number_words_to_digits(text: str) -> str:
+    """``text`` with each English number written in words replaced by its digits, so a numeric
+    answer compares as a number: ``"seven"`` -> ``"7"``, ``"twenty-one"`` -> ``"21"``, ``"one
+    hundred and five"`` -> ``"105"``, ``"three thousand two hundred"`` -> ``"3200"``. Words
+    that do not form one number stay apart (``"one, two"`` -> ``"1, 2"``); "one" after a
+    determiner ("the one", "no one") is a pronoun and stays a word.
+
+    >>> number_words_to_digits("So there are twenty-one apples, not seven.")
+    'So there are 21 apples, not 7.'
+    """
+    if not _NUMBER_WORD.search(text):
+        return text
+    words = list(_WORD_RE.finditer(text))
+    out, pos, i = [], 0, 0
+    while i < len(words):
+        run = _number_run(text, words, i)
+        if run is None:
+            i += 1
+            continue
+        end, value = run
+        out += [text[pos:words[i].start()], str(value)]
+        pos, i = words[end - 1].end(), end
+    return "".join(out) + text[pos:]
+
+
+def _number_run(text: str, words: list[re.Match], start: int) -> tuple[int, int] | None:
+    """The longest run of number words from ``words[start]`` that reads as one number (words
+    joined by spaces, hyphens or "and" after a hundred / thousand): ``(end, value)``."""
+    total = current = 0
+    last, top_scale, end = "", 10**15, start
+    k = start
+    while k < len(words):
+        word = words[k].group().lower()
+        if k > start and text[words[k - 1].end():words[k].start()].strip() not in ("", "-"):
+            break
+        if word == "and" and last in ("hundred", "scale") and k + 1 < len(words) \
+                and words[k + 1].group().lower() in (_UNITS.keys() | _TENS.keys()):
+            k += 1
+            continue
+        if word in _UNITS:
+            kind = "teen" if _UNITS[word] >= 10 else "unit"
+            ok = last in ("", "hundred", "scale") or (
+                kind == "unit" and last == "ten" and _UNITS[word] > 0)
+            if not ok or (last and _UNITS[word] == 0):
+                break
+            current += _UNITS[word]
+        elif word in _TENS:
+            kind = "ten"
+            if last not in ("", "hundred", "scale"):
+                break
+            current += _TENS[word]
+        elif word == "hundred":
+            kind = "hundred"
+            if last not in ("unit", "teen", "ten") or current >= 100:
+                break
+            current *= 100
+        elif word in _SCALES:
+            kind = "scale"
+            if last not in ("unit", "teen", "ten", "hundred") or _SCALES[word] >= top_scale:
+                break
+            total += current * _SCALES[word]
+            current, top_scale = 0, _SCALES[word]
+        else:
+            break
+        last, end, k = kind, k + 1, k + 1
+    if end == start:
+        return None
+    if end == start + 1 and words[start].group().lower() == "one" and start > 0 \
+            and words[start - 1].group().lower() in _DETERMINERS:
+        return None
+    return end, total + current
 
 
 # ---- vocabulary and CSR batches -----------------------------------------------------------------

@@ -23,6 +23,7 @@ from evo._io import write_json
 from evo.data import Example
 from evo.embeddings.knn import KNNDemos
 from evo.errors import ConfigError, DamagedFileError
+from evo.kernels.text import number_words_to_digits
 from evo.lm.base import Message
 
 FieldType = Literal["str", "int", "float", "bool"]
@@ -112,7 +113,9 @@ class Program(BaseModel):
         False, description="with answer_mode='rank': subtract the label bias measured on "
                            "content-free inputs (contextual calibration)")
     reasoning: bool = Field(
-        False, description="think step by step in a 'reasoning' line before the answer fields")
+        False, description="think step by step in a 'reasoning' line before the answer fields "
+                           "(a reply then needs more tokens: see "
+                           "evo.search.evaluate.REASONING_MAX_TOKENS)")
 
     @model_validator(mode="before")
     @classmethod
@@ -133,6 +136,7 @@ class Program(BaseModel):
                 raise ValueError("labels need a signature with exactly one output field")
             if len(set(self.labels)) != len(self.labels) or not self.labels:
                 raise ValueError(f"labels must be distinct and non-empty: {self.labels}")
+        self._check_settings()
         fields = ([f.name for f in self.signature.inputs], [f.name for f in self.signature.outputs])
         for i, demo in enumerate(self.demos):  # a demo is shown with every field of the signature
             for names, have, kind in ((fields[0], demo.inputs, "inputs"),
@@ -143,10 +147,31 @@ class Program(BaseModel):
                                      f"'{self.signature}'")
         return self
 
+    def _check_settings(self) -> None:
+        """The settings genes that cannot go together, refused where the program is made."""
+        if self.answer_mode == "rank" and self.labels is None:
+            raise ValueError("answer_mode='rank' picks the most probable of a closed label set: "
+                             "give the program labels=[...] (or use answer_mode='generate')")
+        if self.answer_mode == "rank" and self.reasoning:
+            raise ValueError("answer_mode='rank' scores the labels without generating, so it "
+                             "cannot think step by step first: reasoning=True needs "
+                             "answer_mode='generate'")
+        if self.calibrate and self.answer_mode != "rank":
+            raise ValueError("calibrate=True corrects the label probabilities of label scoring: "
+                             "it needs answer_mode='rank' (and labels)")
+        if self.reasoning:
+            taken = [f.name for f in (*self.signature.inputs, *self.signature.outputs)
+                     if f.name.lower() == REASONING_FIELD]
+            if taken:
+                raise ValueError(f"reasoning=True adds a '{REASONING_FIELD}' line to the reply, "
+                                 f"but the signature '{self.signature}' has a field named "
+                                 f"{taken[0]!r}")
+
     # ---- rendering -------------------------------------------------------------------------
     def format_spec(self) -> str:
         """The output-format line(s) appended to the instruction. Fixed by code, not evolved, so
-        no mutation can break the reply format."""
+        no mutation can break the reply format. With ``reasoning`` the reply starts with a
+        ``reasoning:`` line of step-by-step thinking and ends with the answer line(s)."""
         lines = []
         for f in self.signature.outputs:
             if self.labels is not None:
@@ -155,6 +180,11 @@ class Program(BaseModel):
                 hint = {"str": "text", "int": "an integer", "float": "a number",
                         "bool": "yes or no"}[f.type]
             lines.append(f"{f.name}: <{hint}>")
+        if self.reasoning:
+            last = "the last line" if len(lines) == 1 else f"the last {len(lines)} lines"
+            return ("Think step by step before answering. Reply in this format, nothing else: "
+                    f"first your reasoning, then the answer as {last}:\n"
+                    f"{REASONING_FIELD}: <your step-by-step thinking>\n" + "\n".join(lines))
         word = "one line" if len(lines) == 1 else f"{len(lines)} lines"
         return f"Reply with exactly {word}, nothing else:\n" + "\n".join(lines)
 
@@ -162,7 +192,26 @@ class Program(BaseModel):
         return "\n".join(f"{f.name}: {example.inputs[f.name]}" for f in self.signature.inputs)
 
     def render_outputs(self, example: Example) -> str:
-        return "\n".join(f"{f.name}: {example.outputs[f.name]}" for f in self.signature.outputs)
+        """A demo's reply: its output fields, after its ``reasoning`` (when the program reasons
+        and the demo has one, e.g. a bootstrapped trace), as the format asks."""
+        lines = [f"{f.name}: {example.outputs[f.name]}" for f in self.signature.outputs]
+        if self.reasoning and example.outputs.get(REASONING_FIELD):
+            lines.insert(0, f"{REASONING_FIELD}: {example.outputs[REASONING_FIELD]}")
+        return "\n".join(lines)
+
+    # ---- label scoring (answer_mode="rank") -------------------------------------------------
+    def rank_prefill(self) -> str:
+        """Where the scored labels continue the assistant turn: ``"<output field>:"``, the
+        start of the one line the format asks for (:attr:`LMRequest.prefill`)."""
+        return f"{self.signature.outputs[0].name}:"
+
+    def content_free_messages(self, text: str) -> tuple[Message, ...]:
+        """The prompt of a content-free input (every input field set to ``text``, e.g.
+        ``"N/A"``) under this program's shared :meth:`prefix`: what contextual calibration
+        measures the label bias on (Zhao et al. 2021). No KNN demos: they belong to a real
+        input, and the bias is the prefix's."""
+        content = "\n".join(f"{f.name}: {text}".rstrip() for f in self.signature.inputs)
+        return self.prefix() + (Message("user", content),)
 
     def prefix(self) -> tuple[Message, ...]:
         """The part of every prompt that does not depend on the example: system message
@@ -234,11 +283,17 @@ class Program(BaseModel):
 
     # ---- parsing ---------------------------------------------------------------------------
     def parse(self, text: str) -> Prediction:
+        """The reply's output fields (the last ``field:`` line of each wins). A single output
+        field may also be a bare first line, unless the program reasons and the reply has a
+        reasoning line: the reasoning is never taken for the answer."""
         outputs: dict[str, str] = {}
+        single = len(self.signature.outputs) == 1 and not (
+            self.reasoning and _has_field_line(text, REASONING_FIELD))
         for f in self.signature.outputs:
-            raw = _field_value(text, f.name, single=len(self.signature.outputs) == 1)
+            raw = _field_value(text, f.name, single=single)
             if raw is None:
-                return Prediction(text, None, f"no '{f.name}:' line in the reply")
+                after = " after the reasoning" if self.reasoning else ""
+                return Prediction(text, None, f"no '{f.name}:' line{after} in the reply")
             value, error = _coerce_value(raw, f.type, self.labels)
             if error:
                 return Prediction(text, None, error)
@@ -278,6 +333,10 @@ class Program(BaseModel):
 
 
 SETTINGS_GENES = ("answer_mode", "calibrate", "reasoning")
+REASONING_FIELD = "reasoning"  # the reply line a reasoning program thinks in, before its answer
+# Content-free inputs of contextual calibration (Zhao et al. 2021): the label distribution the
+# prompt gives them, averaged, is its bias.
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
 
 
 PROGRAM_HINT = ("a program file is the best.json / baseline.json an `evo run` writes "
@@ -383,11 +442,19 @@ def label_key(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
+def _field_line(name: str) -> re.Pattern[str]:
+    # "label: x", "**Label**: x", "Label = x"
+    return re.compile(rf"^[\s>*_`#-]*{re.escape(name)}[\s*_`]*[:=]\s*(.*)$",
+                      re.IGNORECASE | re.MULTILINE)
+
+
+def _has_field_line(text: str, name: str) -> bool:
+    return _field_line(name).search(text) is not None
+
+
 def _field_value(text: str, name: str, *, single: bool) -> str | None:
-    # "label: x", "**Label**: x", "Label = x"; the last such line wins (models restate the format
-    # first and answer after it).
-    pattern = re.compile(rf"^[\s>*_`#-]*{re.escape(name)}[\s*_`]*[:=]\s*(.*)$",
-                         re.IGNORECASE | re.MULTILINE)
+    # The last "name:" line wins (models restate the format first and answer after it).
+    pattern = _field_line(name)
     hits = [m.group(1).strip() for m in pattern.finditer(text) if m.group(1).strip()]
     hits = [h for h in hits if not h.startswith("<")]  # a copied format hint is no answer
     if hits:
@@ -412,8 +479,8 @@ def _coerce_value(raw: str, type_: FieldType, labels: tuple[str, ...] | None
         if word in {"no", "false"}:
             return "no", None
         return "", f"'{value[:60]}' is not yes or no"
-    number = _NUMBER.search(value)
-    if not number:
+    number = _NUMBER.search(value) or _NUMBER.search(number_words_to_digits(value))
+    if not number:  # (a number in words, "seven", counts only where no digit is written)
         return "", f"'{value[:60]}' contains no number"
     try:
         parsed = Decimal(number.group(0).replace(",", ""))

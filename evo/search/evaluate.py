@@ -8,10 +8,17 @@ one after the other for a backend that serves one call at a time, else up to the
 ``max_concurrency`` at once. Either way the cells are paid for (reserved against the budget)
 before any is sent and recorded in column order, so a search takes the same decisions at any
 concurrency.
+
+Label scoring (a program with ``answer_mode="rank"``) asks the backend for the log-probability
+of each label instead of a reply: the cell's prediction is the most probable label and its
+:attr:`Cell.dense` score the model's probability of the gold label. With ``calibrate`` the label
+bias the prompt shows on content-free inputs is divided out first (contextual calibration).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import numbers
 import random
 import re
@@ -32,11 +39,16 @@ from evo.lm.base import (
     LMRequestError,
     LMTransientError,
     LMUnavailableError,
+    scores_choices,
 )
 from evo.lm.session import LMSession
 from evo.metrics import Metric, Score, as_score, metric_name
-from evo.program import Prediction, Program
+from evo.program import CONTENT_FREE_INPUTS, Prediction, Program
 from evo.program.ensemble import EnsembleProgram
+
+# A reasoning program (``reasoning=True``) thinks before it answers: its replies may use at least
+# this many tokens, whatever the evaluator's ``max_tokens`` (a direct answer needs few).
+REASONING_MAX_TOKENS = 256
 
 
 class BudgetExhausted(Exception):
@@ -280,6 +292,9 @@ class Evaluator:
     lm_sessions: tuple[LMSession, ...] = ()
     score_chunk: int = 8  # replies scored together (batch metrics; progress granularity)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    # contextual calibration: each prompt prefix's label bias, measured once per evaluator
+    _biases: dict[tuple[LMRequest, ...], np.ndarray] = field(
+        default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.lm_sessions = tuple(dict.fromkeys(self.lm_sessions or (self.session,)))
@@ -315,17 +330,33 @@ class Evaluator:
         """:meth:`evaluate` for several ``(program, matrix, row, cols)`` jobs (the children of
         one round of parallel proposals): every missing cell is reserved against the budget
         first (all fit, or nothing is evaluated), all their calls go out together, and the
-        cells are recorded job by job, in column order, as :meth:`evaluate` would."""
+        cells are recorded job by job, in column order, as :meth:`evaluate` would.
+
+        A label-scoring program (``answer_mode="rank"``) needs a backend that scores choices
+        (else one :class:`~evo.errors.ConfigError`, before any call); with ``calibrate`` its
+        prefix's label bias is measured first, in this thread, once per evaluator (LM calls of
+        purpose ``"calibration"``, not metric calls), so every concurrency sees the same bias."""
+        for program, *_ in jobs:
+            self.check_answer_mode(program)
         todos = self.missing(jobs)
         need = sum(map(len, todos))
+        calibrations = self._calibrations(jobs, todos)
         if charge and need > self.remaining():
             raise BudgetExhausted(f"{need} evaluations needed, {self.remaining()} left")
+        extra = len(CONTENT_FREE_INPUTS) * sum(key not in self._biases for key in calibrations)
+        if charge and extra and self.budget.lm_calls is not None \
+                and need + extra > self.budget.lm_calls - self.lm_requests:
+            raise BudgetExhausted(f"{need} evaluations and {extra} calibration calls needed, "
+                                  f"{self.budget.lm_calls - self.lm_requests} LM calls left")
+        biases = {key: self._bias(key) for key in calibrations}
         streams, sent = [], []
         try:
             for (program, matrix, _, _), todo in zip(jobs, todos, strict=True):
                 examples = [matrix.examples[c] for c in todo]
                 program.prepare(examples)  # KNN demos: one batched search
-                replies, futures = self._replies(program, examples)
+                bias = biases[_calibration_key(program, self.max_tokens)] if todo and getattr(
+                    program, "calibrate", False) else None
+                replies, futures = self._replies(program, examples, bias)
                 streams.append(replies)
                 sent += futures
             for (_, matrix, row, _), todo, replies in zip(jobs, todos, streams, strict=True):
@@ -333,7 +364,12 @@ class Evaluator:
                     chunk = todo[start:start + self.score_chunk]
                     examples = [matrix.examples[c] for c in chunk]
                     got = [next(replies) for _ in chunk]
-                    for col, cell in zip(chunk, self.score(examples, got), strict=True):
+                    dense = [g.dense if isinstance(g, _Ranked) else None for g in got]
+                    got = [g.prediction if isinstance(g, _Ranked) else g for g in got]
+                    cells = self.score(examples, got)
+                    for col, cell, p in zip(chunk, cells, dense, strict=True):
+                        if p is not None:
+                            cell = dataclasses.replace(cell, dense=p)
                         matrix.set(row, col, cell)
                         if charge:
                             self.metric_calls += 1
@@ -358,13 +394,75 @@ class Evaluator:
             todos.append(todo)
         return todos
 
+    def check_answer_mode(self, program: object) -> None:
+        """Raise :class:`~evo.errors.ConfigError` when ``program`` answers by label scoring
+        (``answer_mode="rank"``) and this evaluator's LM cannot score choices: said once, before
+        anything is paid, instead of a failed cell per example."""
+        if getattr(program, "answer_mode", "generate") != "rank" \
+                or scores_choices(self.session.lm):
+            return
+        setting = "answer_mode='rank'" + (", calibrate=True" if getattr(
+            program, "calibrate", False) else "")
+        raise ConfigError(
+            f"the program answers by label scoring ({setting}), but the task LM "
+            f"{self.session.model_id!r} ({type(self.session.lm).__name__}) cannot score "
+            "choices (it gives no log-probabilities): use answer_mode='generate', or a backend "
+            "that scores choices (scores_choices = True, e.g. a local GGUF model)")
+
+    def _calibrations(self, jobs: Sequence[tuple[Program, ScoreMatrix, int, Sequence[int]]],
+                      todos: Sequence[Sequence[int]]) -> list[tuple[LMRequest, ...]]:
+        """The calibration keys (:func:`_calibration_key`) of the jobs that have cells to fill
+        and calibrate, each once, in job order."""
+        keys = [_calibration_key(program, self.max_tokens)
+                for (program, *_), todo in zip(jobs, todos, strict=True)
+                if todo and getattr(program, "calibrate", False)]
+        return list(dict.fromkeys(keys))
+
+    def _bias(self, key: tuple[LMRequest, ...]) -> np.ndarray | Cell:
+        """The label bias ``p_cf`` of one prompt prefix (contextual calibration, Zhao et al.
+        2021): its label distribution on each content-free input, averaged. Measured once per
+        evaluator (and journaled like any request, so a resumed run replays it); a failed
+        calibration call fails the program's cells (it is asked again next time)."""
+        if key in self._biases:
+            return self._biases[key]
+        distributions = []
+        for request in key:
+            try:
+                response = self.session.complete(request)
+            except LMUnavailableError:
+                raise
+            except LMError as exc:
+                message = lm_cell_error(exc) + " (calibration on a content-free input)"
+                return _failed(Prediction("", None, str(exc)), message)
+            logprobs = self._choice_logprobs(response.choice_logprobs, len(request.choices))
+            if isinstance(logprobs, str):
+                return _failed(Prediction(response.text, None, logprobs),
+                               logprobs + " (calibration on a content-free input)")
+            distributions.append(label_probabilities(logprobs))
+        bias = self._biases[key] = np.mean(distributions, axis=0)
+        return bias
+
+    def _choice_logprobs(self, logprobs: object, n: int) -> np.ndarray | str:
+        """A label-scoring reply's log-probabilities, or the cell error when it has none
+        usable (one per label, not NaN, at least one finite)."""
+        try:
+            values = np.asarray(logprobs, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = np.zeros(0)
+        if logprobs is None or values.shape != (n,) or np.isnan(values).any() \
+                or not np.isfinite(values).any() or (values == math.inf).any():
+            return (f"{_LM_PREFIX}[bad reply] {self.session.model_id} returned log-probabilities "
+                    f"{_short(repr(logprobs), 60)} for {n} labels")
+        return values
+
     @property
     def concurrency(self) -> int:
         """How many of a candidate's cells go out at once: the session's ``max_concurrency``."""
         return self.session.max_concurrency
 
-    def _replies(self, program: Program, examples: Sequence[Example]
-                 ) -> tuple[Iterator[Prediction | Cell], list[Future]]:
+    def _replies(self, program: Program, examples: Sequence[Example],
+                 bias: np.ndarray | Cell | None = None
+                 ) -> tuple[Iterator[Prediction | Cell | _Ranked], list[Future]]:
         """The replies to ``examples``, in their order, and the calls sent for them. With a
         concurrency above 1 every call is sent at once to a pool of that many threads (the
         session keeps at most that many in flight); a program that runs itself
@@ -373,9 +471,9 @@ class Evaluator:
         parallel = self.concurrency > 1 and len(examples) > 1 and (
             not isinstance(program, RunsItself) or getattr(program, "concurrent", False))
         if not parallel:
-            return (self._predict(program, ex) for ex in examples), []
+            return (self._predict(program, ex, bias) for ex in examples), []
         pool = self._executor()
-        futures = [pool.submit(self._predict, program, ex) for ex in examples]
+        futures = [pool.submit(self._predict, program, ex, bias) for ex in examples]
         return _in_order(futures), futures
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -392,13 +490,19 @@ class Evaluator:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _predict(self, program: Program, example: Example) -> Prediction | Cell:
+    def _predict(self, program: Program, example: Example,
+                 bias: np.ndarray | Cell | None = None) -> Prediction | Cell | _Ranked:
         """The parsed reply, or the failed cell when the LM or the parser failed. An empty
         reply (or none) is an LM failure: no prompt asks for one. A program that runs itself
-        (:class:`RunsItself`) is run by its own ``run`` instead."""
+        (:class:`RunsItself`) is run by its own ``run`` instead; a label-scoring one by
+        :meth:`_rank`. A reasoning program may use :data:`REASONING_MAX_TOKENS`."""
         if isinstance(program, RunsItself):
             return self._run_itself(program, example)
-        request = LMRequest(program.messages(example), max_tokens=self.max_tokens, purpose="task")
+        if getattr(program, "answer_mode", "generate") == "rank":
+            return self._rank(program, example, bias)
+        max_tokens = max(self.max_tokens, REASONING_MAX_TOKENS) if getattr(
+            program, "reasoning", False) else self.max_tokens
+        request = LMRequest(program.messages(example), max_tokens=max_tokens, purpose="task")
         try:
             response = self.session.complete(request)
         except LMUnavailableError:
@@ -414,6 +518,38 @@ class Evaluator:
         except Exception as exc:  # a parser bug must not end a run: record it on the cell
             return _failed(Prediction(text, None, str(exc)),
                            f"{_PARSE_PREFIX}{type(exc).__name__}: {exc}")
+
+    def _rank(self, program: Program, example: Example, bias: np.ndarray | Cell | None
+              ) -> Prediction | Cell | _Ranked:
+        """Label scoring: the backend's log-probability of each label after the program's
+        :meth:`~Program.rank_prefill`. The prediction is the reply parsed as usual (the most
+        probable label); with a calibration ``bias`` the label of highest calibrated
+        probability instead. The dense score is the gold label's (calibrated) probability."""
+        if isinstance(bias, Cell):  # its calibration failed: so does every cell
+            return bias
+        labels = program.labels or ()
+        request = LMRequest(program.messages(example), max_tokens=self.max_tokens,
+                            purpose="task", choices=labels, prefill=program.rank_prefill())
+        try:
+            response = self.session.complete(request)
+        except LMUnavailableError:
+            raise
+        except LMError as exc:
+            return _failed(Prediction("", None, str(exc)), lm_cell_error(exc))
+        logprobs = self._choice_logprobs(response.choice_logprobs, len(labels))
+        if isinstance(logprobs, str):
+            return _failed(Prediction(response.text, None, logprobs), logprobs)
+        probs = label_probabilities(logprobs, bias)
+        if bias is None:
+            prediction = program.parse(response.text)
+        else:
+            label = labels[int(np.argmax(probs))]
+            name = program.signature.outputs[0].name
+            prediction = Prediction(f"{program.rank_prefill()} {label}", {name: label})
+        gold = example.outputs.get(program.signature.outputs[0].name)
+        dense = None if gold is None else (
+            float(probs[labels.index(gold)]) if gold in labels else 0.0)
+        return _Ranked(prediction, dense)
 
     def _run_itself(self, program: RunsItself, example: Example) -> Prediction | Cell:
         """``program.run`` on one example: an LM error after the session's retries fails the
@@ -468,6 +604,43 @@ class Evaluator:
         return Cell(score.value, prediction, score.feedback)
 
 
+@dataclass(frozen=True)
+class _Ranked:
+    """A label-scoring reply on its way to its cell: the prediction the metric scores, and the
+    dense score the cell carries."""
+
+    prediction: Prediction
+    dense: float | None
+
+
+def label_probabilities(logprobs: Sequence[float] | np.ndarray,
+                        bias: np.ndarray | None = None) -> np.ndarray:
+    """The label distribution of one label-scoring reply: the softmax of its log-probabilities,
+    or with a content-free ``bias`` ``p_cf`` the calibrated ``softmax(logp - log p_cf)`` (Zhao et
+    al. 2021: each label's probability divided by the prompt's bias for it, renormalized).
+
+    >>> label_probabilities([math.log(0.6), math.log(0.4)], np.array([0.8, 0.2])).round(3)
+    array([0.273, 0.727])
+    """
+    z = np.asarray(logprobs, dtype=np.float64)
+    if bias is not None:  # a label the bias gives probability 0 would be infinitely favoured
+        z = z - np.log(np.maximum(np.asarray(bias, dtype=np.float64), _TINY))
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+_TINY = 1e-12
+
+
+def _calibration_key(program: Program, max_tokens: int) -> tuple[LMRequest, ...]:
+    """The calibration requests of ``program``'s prompt prefix, one per content-free input:
+    also the key its bias is remembered under (two programs with one prefix share it)."""
+    return tuple(LMRequest(program.content_free_messages(text), max_tokens=max_tokens,
+                           purpose="calibration", choices=program.labels or (),
+                           prefill=program.rank_prefill())
+                 for text in CONTENT_FREE_INPUTS)
+
+
 def _in_order(futures: list[Future]) -> Iterator[Prediction | Cell]:
     """The futures' results in submission order; if one raises (the LM is unreachable) or the
     caller stops early, the calls not yet started are cancelled."""
@@ -514,9 +687,10 @@ def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Exam
     return scores, [matrix.cells[(row, j)] for j in range(len(examples))]
 
 
-__all__ = ["MEANINGLESS_SHARE", "Budget", "BudgetExhausted", "Cell", "Evaluator", "RunsItself",
-           "Score", "ScoreMatrix", "cell_failures", "error_kind", "evaluate_program",
-           "failures_from_errors", "format_failures", "meaningless", "unique_examples"]
+__all__ = ["MEANINGLESS_SHARE", "REASONING_MAX_TOKENS", "Budget", "BudgetExhausted", "Cell",
+           "Evaluator", "RunsItself", "Score", "ScoreMatrix", "cell_failures", "error_kind",
+           "evaluate_program", "failures_from_errors", "format_failures", "label_probabilities",
+           "meaningless", "unique_examples"]
 
 
 def check_testset(program: Program | EnsembleProgram, testset: Dataset | Sequence[Example], *,

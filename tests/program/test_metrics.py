@@ -116,8 +116,9 @@ def test_token_metric_feedback():
         "Expected an answer containing 'Paris', got 'Lyon'.")
     it_is = Prediction("", {"answer": "It is 1,024."})
     assert numeric_match(_ex(answer="1024"), it_is).value == 1.0
-    assert numeric_match(_ex(answer="42"), Prediction("", {"answer": "forty-two"})).feedback == (
-        "Expected '42', got 'forty-two' (no number found).")
+    assert numeric_match(_ex(answer="42"), Prediction("", {"answer": "forty-two"})).value == 1.0
+    assert numeric_match(_ex(answer="42"), Prediction("", {"answer": "many"})).feedback == (
+        "Expected '42', got 'many' (no number found).")
     assert normalized_exact_match(ex, Prediction("", {"answer": "the PARIS!"})).value == 1.0
     unusable = Prediction("x", None, "no 'answer:' line in the reply")
     assert f1(ex, unusable) == exact_match(ex, unusable)
