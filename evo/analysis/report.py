@@ -12,7 +12,14 @@ What it shows, read from the run store (:mod:`evo.runs.store`) alone:
   whole lineage tree as a picture;
 * per-example wins and losses of the best candidate against the baseline;
 * usage and cost: LM calls, cache hits and journal replays per sitting, tokens, LM time, and a
-  price when one is given.
+  price when one is given;
+* for a search that raced its candidates (the ``candidate_raced`` events of
+  :func:`evo.optimizers.steps.race_many`): how far each child got against the incumbent, the
+  signal it was compared on (0/1 scores, or the model's probability of the gold answer), the
+  counts by outcome; the metric calls left unspent and why the search stopped; and the final
+  pick's confirmation on the held-out part of validation (the ``confirmed`` event).
+
+A run stored before racing (no such events or summary keys) renders as it always did.
 
 Plots are matplotlib PNGs embedded in the page (no file beside it, no network); without
 matplotlib (an optional dependency, in the ``bench`` extra) the page says so where they would be.
@@ -35,10 +42,12 @@ from evo._io import write_text
 from evo.analysis.compare import format_p
 from evo.data import DataError
 from evo.errors import DamagedFileError
+from evo.optimizers.steps import rungs
 from evo.program import validate_file_data
 from evo.runs.store import CHECKPOINT_FILE, EVENTS_FILE, RUN_FILE
+from evo.search.engine import StopReason
 from evo.search.evaluate import MEANINGLESS_SHARE, failures_from_errors, format_failures
-from evo.search.genome import DEMOS, INSTRUCTION, KNN, N_DEMOS
+from evo.search.genome import DEMOS, INSTRUCTION, KNN, N_DEMOS, settings_of
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -181,8 +190,28 @@ class _Sitting(_Loose):
     lm_seconds: float = 0.0
 
 
+class _Confirmation(_Loose):
+    candidate: int | None = None
+    val_score: float | None = None
+    holdout_score: float
+    seed_holdout_score: float | None = None
+    n: int = 0
+
+
+class _Raced(_Loose):
+    candidate: int
+    incumbent: int | None = None
+    rungs: list[tuple[float, float, float]] = []  # [examples, child mean, incumbent mean]
+    dense: bool = False
+    outcome: str = ""
+
+
 class _Summary(_Loose):
     stop_reason: str = ""
+    metric_calls: int | None = None
+    unspent: int | None = None  # absent from runs stored before racing
+    confirmation: _Confirmation | None = None
+    raced: dict[str, int] | None = None
     optimizer: str = ""
     budget: int | None = None
     seed: int | str | None = None
@@ -273,6 +302,11 @@ class _Evaluated(_Loose):
     lm_calls: float | None = None
 
 
+# the events the page reads fields of, validated into these shapes (the rest are only counted)
+_EVENT_SHAPES: dict[str, type[_Loose]] = {"candidate_evaluated": _Evaluated,
+                                          "candidate_raced": _Raced, "confirmed": _Confirmation}
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -346,10 +380,11 @@ def _load(run_dir: Path) -> tuple[dict, dict, list[dict], dict | None, bool, lis
             if not isinstance(event, dict) or not isinstance(event.get("event"), str):
                 bad += 1
                 continue
-            if event["event"] == "candidate_evaluated" and event.get("val_score") is not None:
+            shape = _EVENT_SHAPES.get(event["event"])
+            if shape is not None and (event["event"] != "candidate_evaluated"
+                                      or event.get("val_score") is not None):
                 try:
-                    event = {"event": event["event"], **_Evaluated.model_validate(event)
-                             .model_dump()}
+                    event = {"event": event["event"], **shape.model_validate(event).model_dump()}
                 except ValidationError:
                     bad += 1
                     continue
@@ -392,6 +427,112 @@ def _failures_section(record: dict[str, Any], scores: np.ndarray, test: dict | N
     return out
 
 
+def _confirmation_row(conf: dict[str, Any], best: int) -> list[Any]:
+    """The outcome table's row of the held-out confirmation: the seed's and the final pick's
+    accuracy on validation examples that never took part in choosing, next to the pick's
+    validation score (the gap is how much choosing on validation flattered it)."""
+    who = "best" if conf.get("candidate") in (None, best) else f"#{conf['candidate']}"
+    seed = conf.get("seed_holdout_score")
+    gap = ("" if conf.get("val_score") is None else
+           f"; its validation accuracy {conf['val_score']:.3f} (held-out minus validation "
+           f"{conf['holdout_score'] - conf['val_score']:+.3f})")
+    return [f"held-out part of validation, baseline → {who}",
+            f"{_f3(seed)} → {conf['holdout_score']:.3f}",
+            f"{conf.get('n', 0)} examples never used to choose, scored once at the end{gap}"]
+
+
+def _stop_words(reason: str, unspent: int, first_rung: int | None) -> str:
+    """Why the search stopped, in words: a budget stop says what was left."""
+    if reason == StopReason.BUDGET:
+        if first_rung is not None and unspent < first_rung:
+            return (f"budget exhausted: less than one rung left ({unspent} metric calls, a "
+                    f"race's first rung costs {first_rung})")
+        return f"budget exhausted: too little left for another candidate ({unspent} unspent)"
+    if reason == StopReason.CONVERGED:
+        return "converged: nothing new left to propose"
+    return reason or "?"
+
+
+def _budget_row(summary: dict[str, Any], budget: int | None, raced: list[dict]) -> list[Any]:
+    """The outcome table's budget line: metric calls spent and unspent, and the stop reason."""
+    spent = summary.get("metric_calls")
+    first = min((e["rungs"][0][0] for e in raced if e["rungs"]), default=None)
+    return ["metric calls spent / budget",
+            f"{'?' if spent is None else spent} / {'?' if budget is None else budget} "
+            f"({summary['unspent']} unspent)",
+            _stop_words(summary["stop_reason"], summary["unspent"],
+                        None if first is None else int(first))]
+
+
+def _race_total(raced: list[dict], record: dict[str, Any], conf: dict | None) -> list[int]:
+    """The rung sizes of the search's races (:func:`~evo.optimizers.steps.rungs`): from the
+    first rung any race paid up to the validation examples that choose, which is a validated
+    race's last rung, else the validation set less the held-out part."""
+    start = min((int(e["rungs"][0][0]) for e in raced if e["rungs"]), default=0)
+    full = [int(e["rungs"][-1][0]) for e in raced if e["outcome"] == "validated" and e["rungs"]]
+    n = max(full) if full else len(record["val_example_ids"]) - (conf or {}).get("n", 0)
+    return rungs(n, start) if start and n >= start else ([n] if n else [])
+
+
+_OUTCOME_COLOUR = {"validated": "#137333", "dropped": "#b3261e", "out of budget": "#b06d00"}
+
+
+def _bar(reached: int, total: int, outcome: str) -> _Html:
+    """How far a race got, as a bar (inline styles: the page's stylesheet stays as it was)."""
+    share = min(1.0, reached / total) if total else 0.0
+    colour = _OUTCOME_COLOUR.get(outcome, "#666")
+    return _Html("<span style='display:inline-block;width:7rem;height:.7rem;background:#eee;"
+                 "vertical-align:middle;margin-right:.4rem'><span style='display:block;"
+                 f"height:100%;width:{share:.0%};background:{colour}'></span></span>"
+                 f"{reached} / {total}")
+
+
+def _racing_section(raced: list[dict], schedule: list[int], stored: dict | None) -> list[str]:
+    """How each raced child fared against the incumbent: rungs reached out of the schedule,
+    the means at its last rung, the signal compared, the outcome; counts by outcome; and, where
+    the races were dense, the probability means."""
+    counts: dict[str, int] = {}
+    order = list(_OUTCOME_COLOUR)  # the known outcomes first, in this order
+    for e in sorted(raced, key=lambda e: order.index(e["outcome"]) if e["outcome"] in order
+                    else len(order)):
+        counts[e["outcome"]] = counts.get(e["outcome"], 0) + 1
+    total = len(schedule)
+    examples = [int(e["rungs"][-1][0]) if e["rungs"] else 0 for e in raced]
+    out = ["<h2>Racing</h2>",
+           f"<p>{len(raced)} candidate{'s' if len(raced) != 1 else ''} raced against the "
+           "incumbent (the best validated candidate) on growing prefixes of the validation set "
+           f"(rungs of {', '.join(map(str, schedule)) or '?'} examples), each dropped as soon "
+           "as it was confidently worse: "
+           + ", ".join(f"<b>{n}</b> {_e(outcome)}" for outcome, n in counts.items())
+           + f". A candidate was scored on {np.mean(examples):.1f} examples on average before "
+           f"its race ended ({schedule[-1] if schedule else '?'} for full validation).</p>"]
+    if stored and stored != counts:
+        out.append(f"<p class='warn'>The run's summary counts {_e(stored)}, its event log "
+                   f"{_e(counts)}: some events are missing (a damaged or cut log?).</p>")
+    dense = [e for e in raced if e["dense"] and e["rungs"]]
+    if dense:
+        child = np.mean([e["rungs"][-1][1] for e in dense])
+        inc = np.mean([e["rungs"][-1][2] for e in dense])
+        out.append(f"<p><b>Dense signal</b>: {len(dense)} of {len(raced)} races compared the "
+                   "model's probability of the gold answer (label scoring) rather than 0/1 "
+                   f"scores; at their last rung the children averaged {child:.3f} and the "
+                   f"incumbent {inc:.3f}. In those rows the means are probabilities.</p>")
+    shown = raced[:80]
+    out.append(_table(
+        ["candidate", "incumbent", "rungs reached", "examples", "child mean", "incumbent mean",
+         "signal", "outcome"],
+        [[f"#{e['candidate']}", "–" if e["incumbent"] is None else f"#{e['incumbent']}",
+          _bar(len(e["rungs"]), total, e["outcome"]), n,
+          f"{e['rungs'][-1][1]:.3f}" if e["rungs"] else "–",
+          f"{e['rungs'][-1][2]:.3f}" if e["rungs"] else "–",
+          "P(gold) (dense)" if e["dense"] else "0/1 score", e["outcome"]]
+         for e, n in zip(shown, examples, strict=False)], num={3, 4, 5}))
+    if len(raced) > len(shown):
+        out.append(f"<p class='note'>… and {len(raced) - len(shown)} more races in "
+                   f"{_e(EVENTS_FILE)}.</p>")
+    return out
+
+
 def _f3(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
@@ -414,13 +555,31 @@ def _lineage(candidates: list[dict], best: int) -> list[int]:
     return chain[::-1]
 
 
-def _genome_text(genome: list[int]) -> str:
+def _demos_text(genome: list[int]) -> str:
     if not genome:
         return "a voting ensemble"
     n, knn = genome[N_DEMOS], genome[KNN]
     demos = genome[DEMOS:DEMOS + n]
     return (f"{n} demo{'s' if n != 1 else ''} {demos}" if n else "no fixed demos") + (
         f" + {knn} nearest per input" if knn else "")
+
+
+def _settings_text(genome: list[int]) -> str:
+    """The settings genes of ``genome`` in words ("" for a genome without them, as every genome
+    was before settings genes existed)."""
+    settings = settings_of(genome) if genome else None
+    if settings is None:
+        return ""
+    return ", ".join(["answers ranked by label scoring" if settings.answer_mode == "rank"
+                      else "answers generated",
+                      *(["calibrated"] if settings.calibrate else []),
+                      *(["reasoning step"] if settings.reasoning else [])])
+
+
+def _genome_text(genome: list[int]) -> str:
+    """A candidate's demos, nearest-neighbour demos and settings genes, in words."""
+    settings = _settings_text(genome)
+    return _demos_text(genome) + (f"; {settings}" if settings else "")
 
 
 def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> str:
@@ -474,6 +633,14 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     # ---- outcome --------------------------------------------------------------------------
     rows = [["validation accuracy, baseline → best", f"{seed_val} → {best_val}",
              f"{len(record['val_example_ids'])} examples"]]
+    raced = [e for e in events if e["event"] == "candidate_raced"]
+    confirmation = summary.get("confirmation") or next(
+        (e for e in reversed(events) if e["event"] == "confirmed"), None)
+    if confirmation:  # the validation score is over the examples that chose, not all
+        n_val = len(record["val_example_ids"])
+        rows[0][2] = (f"{n_val - confirmation.get('n', 0)} of the {n_val} examples (the rest "
+                      "held out)")
+        rows.append(_confirmation_row(confirmation, best))
     if test:
         p = format_p(test["p_value"])
         rows.append(["held-out test accuracy, baseline → best",
@@ -483,6 +650,8 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
                      f"paired permutation test {p}"])
     rows.append(["candidates generated / validated", f"{len(cands)} / {len(validated)}",
                  summary["stop_reason"] or record["stop_reason"]])
+    if summary.get("unspent") is not None:
+        rows.append(_budget_row(summary, budget, raced))
     parts += ["<h2>Outcome</h2>", _table(["", "", ""], rows)]
     parts += _failures_section(record, scores, test)
     genome = by_id[best]["genome"]
@@ -508,6 +677,11 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
         axes[0].set_ylabel("validation accuracy")
         axes[0].legend(loc="lower right", fontsize=8)
         parts += ["<h2>Validation accuracy vs calls</h2>", _png(fig)]
+
+    # ---- racing ---------------------------------------------------------------------------
+    if raced:
+        parts += _racing_section(raced, _race_total(raced, record, confirmation),
+                                 summary.get("raced"))
 
     # ---- Pareto fronts --------------------------------------------------------------------
     chars = {int(k): v for k, v in (record.get("prompt_chars") or {}).items()}
@@ -569,9 +743,10 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
             old, new = texts[by_id[prev]["genome"][INSTRUCTION]], texts[c["genome"][INSTRUCTION]]
             body = word_diff(old, new) if old != new else "<span class='note'>instruction " \
                 "unchanged</span>"
-            was, now = _genome_text(by_id[prev]["genome"]), _genome_text(c["genome"])
-            if was != now:
-                body += f"<div class='note'>demos: {_e(was)} → {_e(now)}</div>"
+            for what, text_of in (("demos", _demos_text), ("settings", _settings_text)):
+                was, now = text_of(by_id[prev]["genome"]), text_of(c["genome"])
+                if was != now:
+                    body += f"<div class='note'>{what}: {_e(was or '–')} → {_e(now or '–')}</div>"
         parts.append(f"<div class='step'><div class='head'>{head}</div>"
                      f"<div class='text'>{body}</div></div>")
 
