@@ -108,6 +108,12 @@ class Report:
              f"{self.delta:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"),
             ("paired permutation test (two-sided)", format_p(self.p_value)),
             ("validation: baseline -> best", f"{s['baseline_val']:.3f} -> {s['best_val']:.3f}"),
+            *([("held-out part of validation: baseline -> best",
+                f"{c['seed_holdout_score']:.3f} -> {c['holdout_score']:.3f} ({c['n']} examples "
+                "never used to choose)")] if (c := s.get("confirmation")) else []),
+            *([("candidates raced: validated / dropped / out of budget",
+                f"{r.get('validated', 0)} / {r.get('dropped', 0)} / "
+                f"{r.get('out of budget', 0)}")] if (r := s.get("raced")) else []),
             ("search metric calls / budget", f"{s['metric_calls']} / {s['budget']}"),
             ("search LM calls (paid / cache hits / replayed)",
              f"{s['usage']['calls']} / {s['usage']['cache_hits']} / "

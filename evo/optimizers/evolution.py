@@ -9,12 +9,20 @@ with DEAP operators and GEPA-style reflective mutation. Each iteration:
    a few fresh random demo sets (each must beat the best so far), then reflective mutation (the
    reflection LM reads the parent's failures; a near-duplicate of an archived instruction is
    not paid for), crossover with another member, or a cheap demo / instruction mutation;
-3. **minibatch acceptance**: the child is scored on a few validation examples (half of them the
-   parent's failures); the parent's scores there are already in the matrix, so they cost nothing.
-   A child that is not strictly better is dropped;
-4. **full validation**: an accepted child is scored on the rest of the validation set (its
-   minibatch cells are reused) and joins the population, which keeps the best ``population_size``
-   (with two objectives, NSGA-II's survivors: :mod:`evo.kernels.moo`).
+3. **racing**: the child is scored on growing prefixes of a fixed shuffle of the validation set
+   (``minibatch_size`` examples, then twice as many, ... then all of them) against the incumbent,
+   the best validated candidate, whose scores there are already paid. At each rung a child that
+   is confidently worse (its mean paired difference plus ``race_z`` standard errors is below
+   zero) is dropped; the signal is the model's probability of the gold answer when both have it
+   (label scoring), else the metric's scores. So most children cost a few examples and full
+   validation goes to contenders: a budget of 300 assesses tens of candidates;
+4. **full validation**: a child that reaches the whole validation set joins the population,
+   which keeps the best ``population_size`` (with two objectives, NSGA-II's survivors:
+   :mod:`evo.kernels.moo`).
+
+A share of the validation set (``holdout``, 20%) never takes part in choosing: the seed is scored
+on it first and the final pick once at the end (``Result.confirmation``). The search runs until
+the budget cannot start another race (less than one rung left) or nothing new can be proposed.
 """
 
 from __future__ import annotations
@@ -31,21 +39,21 @@ from evo.optimizers.steps import (
     Variation,
     add_child,
     plan_reflection,
+    race_many,
     reflect,
     resolve,
     screen,
-    screen_many,
 )
 from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
-from evo.search.engine import OMIT_DEFAULT, Candidate, Search, SearchConfig
+from evo.search.engine import OMIT_DEFAULT, Candidate, Search, SearchConfig, StopReason
 
 __all__ = ["Evolution", "evolve", "reflect", "screen"]
 
 
 class Evolution(SearchConfig):
     """evo's own optimizer: genomes of (instruction, demos) evolved with DEAP operators and
-    GEPA-style reflective mutation, minibatch acceptance, then full validation.
+    GEPA-style reflective mutation, raced against the incumbent on growing validation subsets.
 
     ``operators`` adds registered variation operators (:func:`evo.optimizers.register_operator`)
     by name, each tried with its probability before the built-in mix. A subclass may change
@@ -56,7 +64,16 @@ class Evolution(SearchConfig):
     """
 
     initial_demo_sets: int = Field(3, ge=0, description="random demo sets tried first")
-    minibatch_size: int = Field(6, ge=1, description="validation examples for acceptance")
+    minibatch_size: int = Field(8, ge=1, description="validation examples of a race's first "
+                                                     "rung (each next rung doubles it)")
+    race_z: float = Field(
+        0.5, ge=0, json_schema_extra=OMIT_DEFAULT,
+        description="patience of a race: a child is dropped when its mean paired difference "
+                    "from the incumbent plus race_z standard errors is below zero")
+    holdout: float = Field(
+        0.2, ge=0, lt=1, json_schema_extra=OMIT_DEFAULT,
+        description="share of the validation set kept out of every choice, to confirm the "
+                    "final pick (Result.confirmation)")
     reflection_rate: float = Field(0.35, ge=0, le=1, description="share of reflective mutations")
     crossover_rate: float = Field(0.25, ge=0, le=1)
     reflection_style: ReflectionStyle = "rules"
@@ -85,7 +102,7 @@ class Evolution(SearchConfig):
 
 def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None) -> None:
     """The evolutionary loop of :class:`Evolution` (module docstring, steps 1-4); it stops when
-    the budget cannot validate another child or after ``stale_limit`` (default: the config's)
+    the budget cannot pay a race's first rung or after ``stale_limit`` (default: the config's)
     proposals in a row that brought nothing new."""
     stale_limit = config.stale_limit if stale_limit is None else stale_limit
     archive = search.archive
@@ -94,10 +111,11 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
     n_init = (config.initial_demo_sets + archive.knn) if archive.max_demos else 0
     tries = 0  # first-phase proposals made (a duplicate counts: the phase always ends)
     stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
-    while search.can_validate() and stale < stale_limit:
+    first_rung = min(config.minibatch_size, len(search.race_order))
+    while search.remaining() >= first_rung and stale < stale_limit:
         search.next_iteration()
-        # a round of children, no more than the budget could validate in full
-        room = search.remaining() // max(1, len(search.valset))
+        # a round of children, no more than the budget could start racing
+        room = search.remaining() // max(1, first_rung)
         plans = []
         for _ in range(max(1, min(config.parallel_proposals, room))):
             # While the first random demo sets are tried, each must beat the best so far (not
@@ -125,11 +143,9 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
                 stale += 1
                 continue
             stale = 0
-            trials.append((child, parent, search.minibatch(parent, config.minibatch_size)))
-        if len(trials) == 1:
-            screen(search, *trials[0], acceptance=config.acceptance)
-        else:
-            screen_many(search, trials, acceptance=config.acceptance)
+            trials.append(child)
+        race_many(search, trials, start=config.minibatch_size, z=config.race_z)
+    search.stop(StopReason.CONVERGED if stale >= stale_limit else StopReason.BUDGET)
 
 
 def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bool,

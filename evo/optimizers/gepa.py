@@ -166,7 +166,8 @@ def _merge(search: Search, config: GEPA, tried: set[tuple[int, int, int]]) -> bo
     if len(rows) < 3:
         return False
     agg = search.val_scores(rows)
-    front = [rows[i] for i in np.flatnonzero(pareto_frequencies(search.matrix.scores[rows], agg))]
+    frequencies = pareto_frequencies(search.selection_scores(rows), agg)
+    front = [rows[i] for i in np.flatnonzero(frequencies)]
     pairs = [(i, j) for i in front for j in front if i < j]
     search.rng.shuffle(pairs)
     for i, j in pairs:

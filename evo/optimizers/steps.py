@@ -8,6 +8,9 @@
 * **acceptance**: :func:`screen` scores a child on a validation minibatch and validates it in
   full when the acceptance strategy (:mod:`evo.search.strategies`) lets it through;
   :func:`screen_many` does it for a round of children, their calls together;
+* **racing**: :func:`race_many` compares a round of children with the incumbent on growing
+  prefixes of validation (successive rungs), dropping each as soon as it is confidently worse,
+  so full validation is spent only on contenders;
 * **demo sets**: :func:`labeled_demos`, :func:`bootstrap` and :func:`compile_bootstrap` (DSPy's
   BootstrapFewShot), and :func:`demo_set`, DSPy's schedule of candidate demo sets that
   BootstrapFewShotWithRandomSearch and MIPROv2 both draw from; :func:`try_validate`.
@@ -15,10 +18,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from evo.data import Example
 from evo.program import Program
@@ -26,7 +32,7 @@ from evo.proposers.reflection import Proposal, ReflectionStyle, propose
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search
 from evo.search.evaluate import Cell
-from evo.search.events import CandidateEvaluated, ProposalRejected
+from evo.search.events import CandidateEvaluated, CandidateRaced, ProposalRejected
 from evo.search.genome import Genome
 from evo.search.strategies import Acceptance, StrictImprovement
 
@@ -153,6 +159,99 @@ def screen_many(search: Search, trials: Sequence[tuple[Candidate, Candidate, lis
             accepted.append(child)
     search.validate_many(accepted)
     return accepted
+
+
+# ---- racing -----------------------------------------------------------------------------------
+
+def rungs(n: int, start: int) -> list[int]:
+    """Racing's rung sizes over ``n`` validation examples: ``start``, twice that, four times
+    that ... and finally ``n`` (successive halving's schedule of growing subsets).
+
+    >>> rungs(40, 8)
+    [8, 16, 32, 40]
+    """
+    sizes, size = [], max(1, min(start, n))
+    while size < n:
+        sizes.append(size)
+        size *= 2
+    return sizes + [n]
+
+
+def race_signal(search: Search, child: Candidate, incumbent: Candidate, cols: Sequence[int]
+                ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The scores a race compares at ``cols``: the model's probability of the gold answer
+    (dense, far less noisy per example than 0/1) when both candidates have it on every column,
+    else the metric's scores; and whether they were dense."""
+    index = list(cols)
+    a, b = search.matrix.dense[child.id, index], search.matrix.dense[incumbent.id, index]
+    if not (np.isnan(a).any() or np.isnan(b).any()):
+        return a, b, True
+    return search.matrix.scores[child.id, index], search.matrix.scores[incumbent.id, index], False
+
+
+def keeps_racing(child: np.ndarray, incumbent: np.ndarray, z: float) -> bool:
+    """The sequential test of a race: a child stays in while its paired mean difference from
+    the incumbent, plus ``z`` standard errors, is not below zero (it is not confidently
+    worse). ``z`` = 0 drops every child that is behind at all; a larger ``z`` is more patient.
+
+    >>> keeps_racing(np.array([1., 0, 1, 1]), np.array([1., 1, 1, 1]), 0.5)
+    False
+    >>> keeps_racing(np.array([1., 0, 1, 1]), np.array([1., 1, 0, 1]), 0.5)
+    True
+    """
+    d = np.asarray(child, dtype=np.float64) - np.asarray(incumbent, dtype=np.float64)
+    sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    return float(d.mean()) + z * sd / math.sqrt(len(d)) >= -1e-12
+
+
+def race_many(search: Search, children: Sequence[Candidate], *, start: int, z: float
+              ) -> list[Candidate]:
+    """Race a round of ``children`` against the incumbent (the best validated candidate, fixed
+    for the round) over growing prefixes of :attr:`Search.race_order` (:func:`rungs` from
+    ``start``): at each rung the children still in are scored together, the ones that reached
+    the whole validation set join the population, and the ones confidently worse
+    (:func:`keeps_racing`) are dropped. A child whose next rung no longer fits the budget
+    stops there. Each child's race ends with a ``candidate_raced`` event. Returns the
+    validated children."""
+    incumbent = search.best
+    order = search.race_order
+    records: dict[int, list[list[float]]] = {c.id: [] for c in children}
+    dense: dict[int, bool] = {}
+    validated: list[Candidate] = []
+
+    def end(child: Candidate, outcome: str) -> None:
+        search.emit(CandidateRaced(candidate=child.id, incumbent=incumbent.id,
+                                   rungs=records[child.id], dense=dense.get(child.id, False),
+                                   outcome=outcome))
+
+    alive = list(children)
+    for size in rungs(len(order), start):
+        cols = order[:size]
+        fit, left = [], search.remaining()
+        for child in alive:
+            need = len(search.matrix.missing(child.id, cols))
+            if need > left:
+                end(child, "out of budget")
+                continue
+            fit.append(child)
+            left -= need
+        alive, going = fit, []
+        if not alive:
+            break
+        search.evaluate_many([(child, cols) for child in alive])
+        for child in alive:
+            a, b, dense[child.id] = race_signal(search, child, incumbent, cols)
+            records[child.id].append([size, float(a.mean()), float(b.mean())])
+            if size == len(order):
+                search.accept(child)
+                validated.append(child)
+                end(child, "validated")
+            elif keeps_racing(a, b, z):
+                going.append(child)
+            else:
+                end(child, "dropped")
+        alive = going
+    return validated
 
 
 # ---- demo sets --------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from evo.search.engine import SearchState
 
@@ -71,15 +73,18 @@ class SearchRecord:
     instruction; ``candidates``: ``{"id", "genome", "parents", "op", "iteration", "accepted",
     "val_score", "note"}`` (``val_score`` None until validated); ``val_example_ids`` name the
     score matrix's columns; ``cell_errors``: ``{"candidate", "example", "error"}`` per failed
-    cell; ``scores``: the validation score matrix, None where a cell was not evaluated."""
+    cell; ``scores``: the validation score matrix, None where a cell was not evaluated;
+    ``dense``: the cells' dense scores (the model's probability of the gold answer under label
+    scoring), None where a cell has none, and absent when no cell has one."""
 
     instructions: list[dict[str, Any]]
     candidates: list[dict[str, Any]]
     val_example_ids: list[str]
     cell_errors: list[dict[str, Any]]
     scores: list[list[float | None]]
+    dense: list[list[float | None]] | None = None
 
-    KEYS = ("instructions", "candidates", "val_example_ids", "cell_errors", "scores")
+    KEYS = ("instructions", "candidates", "val_example_ids", "cell_errors", "scores", "dense")
 
     @classmethod
     def from_state(cls, state: SearchState) -> SearchRecord:
@@ -97,10 +102,15 @@ class SearchRecord:
                           "error": cell.error}
                          for (row, col), cell in sorted(matrix.cells.items())
                          if cell.error is not None],
-            scores=[[_number(v) for v in row] for row in matrix.scores.tolist()])
+            scores=[[_number(v) for v in row] for row in matrix.scores.tolist()],
+            dense=None if np.isnan(matrix.dense).all() else
+            [[_number(v) for v in row] for row in matrix.dense.tolist()])
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.KEYS}
+        # "dense" only when some cell has one: the files of runs without label scoring are as
+        # they always were
+        return {key: getattr(self, key) for key in self.KEYS
+                if key != "dense" or self.dense is not None}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> SearchRecord:
@@ -111,8 +121,10 @@ class SearchRecord:
                    "is not a candidate (an object with an integer id)")
         errors = raw.get("cell_errors", [])
         _check(isinstance(errors, list), "cell_errors", "is not a list")
+        dense = raw.get("dense")
+        _check(dense is None or isinstance(dense, list), "dense", "is not a list")
         return cls(raw["instructions"], raw["candidates"], raw["val_example_ids"], errors,
-                   raw["scores"])
+                   raw["scores"], dense)
 
 
 def _extra(raw: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:

@@ -32,6 +32,16 @@ from evo.search.engine import Candidate
 from evo.search.evaluate import ScoreMatrix, cell_failures
 
 
+def race_counts(events: list[dict[str, Any]]) -> dict[str, int] | None:
+    """How the search's races ended: ``{outcome: children}`` ("validated", "dropped", "out of
+    budget"), from its ``candidate_raced`` events; None when it raced none."""
+    counts: dict[str, int] = {}
+    for event in events:
+        if event.get("event") == "candidate_raced":
+            counts[event["outcome"]] = counts.get(event["outcome"], 0) + 1
+    return counts or None
+
+
 @dataclass
 class SearchResult:
     """What a search returns: the best program, the baseline, every candidate and the matrix.
@@ -71,6 +81,10 @@ class SearchResult:
     spec: dict[str, Any] | None = field(default=None, repr=False)  # the stored run's spec
     # calls in flight at once, as the search was told (None: the backend's default)
     max_concurrency: int | None = None
+    # the final pick's score on the held-out part of validation that never took part in
+    # choosing, next to its validation score and the seed's held-out score (SearchConfig.holdout;
+    # keys candidate, val_score, holdout_score, seed_holdout_score, n); None without a holdout
+    confirmation: dict[str, Any] | None = None
 
     def tradeoff(self) -> list[Candidate]:
         """The validated candidates no other beats on both validation accuracy and prompt length
@@ -101,6 +115,9 @@ class SearchResult:
                 # listed in result.json's cell_errors); per kind in cell_failures
                 "cell_errors": failures["failed"], "cell_failures": failures,
                 "stop_reason": getattr(self.stop_reason, "value", self.stop_reason),
+                "unspent": max(0, self.budget - self.metric_calls),
+                "confirmation": self.confirmation,
+                "raced": race_counts(self.events),
                 "seed": self.seed, "optimizer": self.optimizer,
                 "sittings": self.sittings,
                 "paid_calls_all_sittings": (sum(s["paid"] for s in self.sittings)

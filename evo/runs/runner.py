@@ -218,7 +218,8 @@ def _search(program: Program, train: list[Example], val: list[Example], optimize
         sittings=store.ledger() if store is not None else [], best_id=best.id,
         run_dir=store.path if store is not None else None,
         sitting=store.sitting if store is not None else 0,
-        spec=store.info["spec"] if store is not None else None)
+        spec=store.info["spec"] if store is not None else None,
+        confirmation=state.confirmation)
     done = SearchCompleted(
         t=time.time(), iteration=state.iteration, metric_calls=result.metric_calls,
         lm_calls=state.evaluator.lm_requests, best=best.id, best_val=best.val_score,

@@ -60,6 +60,7 @@ from evo.search.events import (
     BudgetExhaustedEvent,
     CandidateEvaluated,
     CandidateGenerated,
+    Confirmed,
     Converged,
     Event,
     NewBest,
@@ -83,6 +84,12 @@ Objective = Literal["accuracy", "prompt_chars"]
 Fitness = Callable[[np.ndarray, Any], float]
 Callback = Callable[[dict[str, Any]], None]
 T = TypeVar("T")
+
+
+# A field marked ``json_schema_extra=OMIT_DEFAULT`` is left out of the run spec (and the start
+# event) while it has its default: a field added after runs were stored does not change their
+# spec, so they still resume.
+OMIT_DEFAULT = {"spec": "omit_default"}
 
 
 class StopReason(StrEnum):
@@ -129,6 +136,11 @@ class SearchConfig(BaseModel):
     fitness: Fitness | None = Field(
         None, description="program-level fitness over the validation score row (default: mean)")
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
+    holdout: float = Field(
+        0.0, ge=0, lt=1, json_schema_extra=OMIT_DEFAULT,
+        description="share of the validation set kept out of every choice: the seed is scored "
+                    "on it first, and the final pick once at the end, as an honest confirmation "
+                    "of its validation score (Result.confirmation)")
 
     name: ClassVar[str] = ""
     # How an optimizer that screens children judges a child's minibatch scores against its
@@ -164,6 +176,7 @@ class SearchConfig(BaseModel):
                 self.run(ctx)
             except BudgetExhausted:  # e.g. an lm_calls cap hit by a proposal call
                 pass
+            ctx.confirm()
             ctx.finish()
         finally:  # calls still in flight end (and are journaled) before the run store closes
             ctx.evaluator.close()
@@ -217,6 +230,9 @@ class SearchState:
     iteration: int = 0
     # "" until the search has stopped; a StopReason, or a user optimizer's own text
     stop_reason: StopReason | str = ""
+    # the final pick's held-out confirmation (the ``confirmed`` event's data), when the search
+    # kept part of validation out (SearchConfig.holdout)
+    confirmation: dict[str, Any] | None = None
 
     @property
     def best(self) -> Candidate:
@@ -255,7 +271,18 @@ class Search:
         self.state.evaluator = self.evaluator
         if on_state is not None:  # a run store checkpoints this state as it changes
             on_state(self.state)
-        self.all_cols = list(range(len(valset)))
+        # Validation columns that choose (all_cols) and the held-out ones that only confirm the
+        # final pick (SearchConfig.holdout), drawn from their own stream so the search's random
+        # choices do not depend on the split.
+        n_hold = round(config.holdout * len(valset)) if len(valset) >= 5 else 0
+        held = set(random.Random(seed * 7919 + 17).sample(range(len(valset)), n_hold))
+        self.all_cols = [c for c in range(len(valset)) if c not in held]
+        self.holdout_cols = sorted(held)
+        # the order in which racing adds validation examples (every race uses the same
+        # growing prefixes, so children are compared on the same examples)
+        self.race_order = random.Random(seed * 7919 + 29).sample(self.all_cols,
+                                                                 len(self.all_cols))
+        self._reserve = len(self.holdout_cols)  # kept for the final pick's confirmation
         self._train: ScoreMatrix | None = None
         self._train_rows: dict[int, int] = {}
         self._cap: int | None = None  # a metric-call ceiling for one part of the search
@@ -302,9 +329,11 @@ class Search:
         return None if row is None else self.candidates[row]
 
     def val_failures(self, cand: Candidate) -> list[tuple[Example, Cell]]:
-        """``cand``'s validation cells that scored below 1, in the order they were paid."""
+        """``cand``'s validation cells that scored below 1, in the order they were paid (never
+        a held-out one)."""
+        held = set(self.holdout_cols)
         return [(self.matrix.examples[col], cell) for (row, col), cell in self.matrix.cells.items()
-                if row == cand.id and cell.score < 1.0]
+                if row == cand.id and cell.score < 1.0 and col not in held]
 
     @property
     def multi_objective(self) -> bool:
@@ -344,15 +373,15 @@ class Search:
 
     # ---- budget ---------------------------------------------------------------------------
     def remaining(self) -> int:
-        left = self.evaluator.remaining()
+        left = self.evaluator.remaining() - self._reserve
         if self._cap is not None:
             left = min(left, max(0, self._cap - self.evaluator.metric_calls))
         return left
 
     def can_validate(self, cand: Candidate | None = None) -> bool:
         """Whether the budget can still validate ``cand`` (a new candidate if None) in full."""
-        need = len(self.valset) if cand is None else len(self.matrix.missing(cand.id,
-                                                                             self.all_cols))
+        need = len(self.all_cols) if cand is None else len(self.matrix.missing(cand.id,
+                                                                               self.all_cols))
         return self.remaining() >= need
 
     @contextmanager
@@ -460,7 +489,7 @@ class Search:
         first."""
         for col, cell in (cells or {}).items():
             self.matrix.set(cand.id, col, cell)
-        cand.val_score = self.fitness(self.matrix.scores[cand.id], cand.program)
+        cand.val_score = self.fitness(self.matrix.scores[cand.id, self.all_cols], cand.program)
         cand.accepted = True
         best_before = self.best.val_score if self.state.validated else float("-inf")
         self.state.validated.append(cand.id)
@@ -489,10 +518,10 @@ class Search:
         return float(row_stats(np.array(row, dtype=np.float64)[None, :]).mean[0])
 
     def score_replies(self, predictions: Sequence[Prediction]) -> list[Cell]:
-        """Validation cells for replies that cost no LM call (one per validation example, e.g.
-        a vote of candidates' predictions already in the matrix): scored by the metric, not
-        charged to the budget."""
-        return self.evaluator.score(self.valset, predictions)
+        """Validation cells for replies that cost no LM call (one per validation example that
+        chooses, :attr:`all_cols`, e.g. a vote of candidates' predictions already in the
+        matrix): scored by the metric, not charged to the budget."""
+        return self.evaluator.score([self.valset[c] for c in self.all_cols], predictions)
 
     def objectives(self, ids: Sequence[int]) -> np.ndarray:
         """(fitness, prompt characters) of each candidate of ``ids``, one row each."""
@@ -581,8 +610,15 @@ class Search:
         return np.array([self.candidates[i].val_score for i in ids])
 
     def minibatch(self, parent: Candidate, size: int) -> list[int]:
-        """Validation columns for an acceptance test (:func:`failure_minibatch`)."""
-        return failure_minibatch(self.matrix.scores[parent.id], size, self.rng)
+        """Validation columns for an acceptance test (:func:`failure_minibatch`), never held-out
+        ones."""
+        picked = failure_minibatch(self.matrix.scores[parent.id, self.all_cols], size, self.rng)
+        return [self.all_cols[i] for i in picked]
+
+    def selection_scores(self, ids: Sequence[int]) -> np.ndarray:
+        """The score matrix rows of ``ids`` on the validation columns that choose (held-out
+        columns left out)."""
+        return self.matrix.scores[np.asarray(ids, dtype=np.int64)][:, self.all_cols]
 
     # ---- start / finish -------------------------------------------------------------------
     def start(self, seed_cells: dict[int, Cell] | None = None) -> None:
@@ -596,12 +632,37 @@ class Search:
         assert seed_cand is not None
         self._fill(seed_cand, seed_cells or {})
         try:
-            self.validate(seed_cand)
+            self._reserve = 0  # the seed's held-out cells are paid with its validation
+            self.evaluate_many([(seed_cand, self.all_cols + self.holdout_cols)])
+            self._reserve = len(self.holdout_cols)
+            self.accept(seed_cand)
         except BudgetExhausted:
             raise ConfigError(f"budget of {self.config.budget.metric_calls} metric calls "
                               f"cannot validate the seed program on {len(self.valset)} "
                               "validation examples") from None
         self._check_metric(seed_cand)
+
+    def confirm(self) -> None:
+        """Score the final pick on the held-out validation columns (the budget kept them in
+        reserve) and record it next to its validation score and the seed's held-out score
+        (the ``confirmed`` event, :attr:`SearchState.confirmation`). No-op without a holdout."""
+        if not self.holdout_cols or not self.state.validated:
+            return
+        self._reserve = 0
+        best = self.best
+        try:
+            held = self.evaluate(best, self.holdout_cols)
+        except BudgetExhausted:  # an lm_calls cap spent the reserve: nothing to confirm
+            return
+        seed_held = self.matrix.scores[0, self.holdout_cols]
+        event = Confirmed(candidate=best.id, val_score=best.val_score,
+                          holdout_score=float(np.mean(held)),
+                          seed_holdout_score=float(np.mean(seed_held)), n=len(held))
+        self.state.confirmation = {"candidate": best.id, "val_score": best.val_score,
+                                   "holdout_score": event.holdout_score,
+                                   "seed_holdout_score": event.seed_holdout_score,
+                                   "n": event.n}
+        self.emit(event)
 
     def _fill(self, cand: Candidate, cells: dict[int, Cell]) -> None:
         for col, cell in cells.items():
@@ -635,7 +696,7 @@ class Search:
         """Stop before the search is paid for when the metric failed on every seed cell that
         had a usable reply: no candidate could ever be told apart (the cells, with their
         errors, are in the events and the checkpoint)."""
-        cells = [self.matrix.cells[(seed_cand.id, c)] for c in self.all_cols]
+        cells = [self.matrix.cells[(seed_cand.id, c)] for c in self.all_cols + self.holdout_cols]
         usable = [c for c in cells if c.kind in (None, "metric") and c.prediction.ok]
         if usable and all(c.kind == "metric" for c in usable):
             raise RunFailedError(
@@ -646,7 +707,7 @@ class Search:
     def finish(self, reason: StopReason | str | None = None) -> None:
         """Record why the search stopped: ``reason``, else the optimizer's (:meth:`stop`), else
         whether the budget can still validate a candidate."""
-        exhausted = self.evaluator.remaining() < len(self.valset)
+        exhausted = self.evaluator.remaining() < len(self.all_cols)
         self.state.stop_reason = stop_reason(reason or self.state.stop_reason or (
             StopReason.BUDGET if exhausted else StopReason.CONVERGED))
         stopped = BudgetExhaustedEvent if self.state.stop_reason is StopReason.BUDGET \
@@ -675,12 +736,6 @@ def jsonable(config: BaseModel, *, name: Callable[[Any], str] | None = None
             return value.__dict__
         return value
     return conv(config)
-
-
-# A field marked ``json_schema_extra=OMIT_DEFAULT`` is left out of the run spec (and the start
-# event) while it has its default: a field added after runs were stored does not change their
-# spec, so they still resume.
-OMIT_DEFAULT = {"spec": "omit_default"}
 
 
 def _omitted(field_info: Any, value: Any) -> bool:

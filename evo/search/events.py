@@ -124,6 +124,35 @@ class CandidateEvaluated(Event, kind="candidate_evaluated"):
 
 
 @dataclass(frozen=True)
+class CandidateRaced(Event, kind="candidate_raced"):
+    """A child's race against the incumbent (the best validated candidate) ended: ``rungs``
+    lists, per rung reached, ``[examples, child mean, incumbent mean]`` on the same validation
+    examples (the signal the race used: the model's probability of the gold answer when both
+    have dense scores, ``dense`` true, else the metric's scores); ``outcome`` is "validated"
+    (it reached the whole validation set), "dropped" (confidently worse at its last rung) or
+    "out of budget" (its next rung no longer fit)."""
+
+    candidate: int = -1
+    incumbent: int = -1
+    rungs: list[list[float]] = field(default_factory=list)
+    dense: bool = False
+    outcome: str = ""
+
+
+@dataclass(frozen=True)
+class Confirmed(Event, kind="confirmed"):
+    """The final pick scored once on the held-out part of validation that never took part in
+    choosing (``holdout_score``, on ``n`` examples), next to its validation score and the seed
+    program's held-out score."""
+
+    candidate: int = -1
+    val_score: float = 0.0
+    holdout_score: float = 0.0
+    seed_holdout_score: float = 0.0
+    n: int = 0
+
+
+@dataclass(frozen=True)
 class NewBest(Event, kind="new_best"):
     candidate: int = -1
     val_score: float = 0.0

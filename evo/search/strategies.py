@@ -41,6 +41,8 @@ class SearchView(Protocol):
 
     def val_scores(self, ids: Sequence[int]) -> np.ndarray: ...
 
+    def selection_scores(self, ids: Sequence[int]) -> np.ndarray: ...
+
     def objectives(self, ids: Sequence[int]) -> np.ndarray: ...
 
 
@@ -60,7 +62,7 @@ class ParetoSelector:
 
     def select(self, search: SearchView) -> int:
         rows = search.parent_pool
-        pick = select_from_pareto_front(search.matrix.scores[rows], search.val_scores(rows),
+        pick = select_from_pareto_front(search.selection_scores(rows), search.val_scores(rows),
                                         search.rng)
         return rows[pick]
 

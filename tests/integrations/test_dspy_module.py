@@ -145,7 +145,9 @@ def test_any_optimizer_runs_on_a_two_predictor_module(name):
     seen = []
     result, lm = run(optimizer=optimizer(name), on_event=seen.append)
     assert result.metric_calls <= result.budget == 150
-    assert result.baseline_val == pytest.approx(0.5)
+    # half the validation labels are right for the seed; evolution holds a fifth of them out
+    held = 0 if result.confirmation is None else result.confirmation["n"]
+    assert result.baseline_val == pytest.approx(0.5, abs=held / 20)
     assert result.best_val > result.baseline_val
     kinds = [e["event"] for e in seen]
     assert kinds[0] == "start" and kinds[-1] == "complete" and "candidate_evaluated" in kinds
@@ -221,7 +223,8 @@ def test_a_two_argument_metric_is_accepted():
     result = evo.optimize_module(ClassifyThenVerify(), TRAIN, VAL,
                                  lambda gold, pred: gold.final_label == pred.final_label,
                                  lm=ScriptedLM(respond), budget=60, cache=False)
-    assert result.baseline_val == pytest.approx(0.5)
+    held = 0 if result.confirmation is None else result.confirmation["n"]
+    assert result.baseline_val == pytest.approx(0.5, abs=held / len(VAL))
     assert not any(c.error for c in result.matrix.cells.values())
 
 

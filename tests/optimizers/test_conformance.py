@@ -135,7 +135,8 @@ def test_the_scripted_tasks():
     assert len(SENTIMENT.train) == 40 and SENTIMENT.labels == ("pos", "neg")
     result = evo.optimize(SENTIMENT.program(), SENTIMENT.train, SENTIMENT.val, lm=SENTIMENT.lm(),
                           optimizer=evo.Evolution(budget=evo.Budget(metric_calls=120),
-                                                  knn=False, encoder="hashing"), cache=False)
+                                                  knn=False, encoder="hashing", holdout=0.0),
+                          cache=False)
     assert result.baseline_val == 0.5 and result.best_val == 1.0
     # the hashed model scores prompts apart: a search finds a better one than the seed
     result = evo.optimize(HASHED.program(), HASHED.train, HASHED.val, lm=HASHED.lm(),

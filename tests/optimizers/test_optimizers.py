@@ -37,7 +37,10 @@ def task_calls(lm):
 def test_every_optimizer_improves_within_budget_and_pays_each_cell_once(name):
     result, lm = run(name)
     assert result.optimizer == name
-    assert result.baseline_val == pytest.approx(0.5)
+    # the seed answers "neg" to everything: its score is the share of "neg" among the
+    # validation examples that choose (evolution holds a fifth of them out)
+    held = 0 if result.confirmation is None else result.confirmation["n"]
+    assert result.baseline_val == pytest.approx(0.5, abs=held / len(VAL))
     assert result.best_val == 1.0
     assert result.metric_calls <= 200
     # every task call is a distinct (prompt, example) cell: nothing paid twice (the preflight

@@ -269,6 +269,11 @@ class ModuleResult:
         return self.result.baseline_val
 
     @property
+    def confirmation(self) -> dict[str, Any] | None:
+        """The final pick's held-out confirmation (:attr:`evo.api.Result.confirmation`)."""
+        return self.result.confirmation
+
+    @property
     def candidates(self) -> list[Candidate]:
         return self.result.candidates
 
