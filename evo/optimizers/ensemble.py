@@ -97,7 +97,7 @@ def _run_parallel(search: Search, members: list[SearchConfig]) -> None:
     seed_cells = {col: search.matrix.cells[(0, col)] for col in search.all_cols}
     shared = {k: getattr(search.config, k) for k in
               ("max_demos", "knn", "encoder", "dedupe_threshold", "objectives", "fitness",
-               "max_tokens", "holdout")}
+               "max_tokens", "holdout", "settings")}
 
     def one(i: int, member: SearchConfig) -> Search:
         config = member.model_copy(update={**shared, "budget": Budget(metric_calls=share)})

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -36,6 +37,7 @@ from pydantic import Field
 from evo.optimizers.registry import operator
 from evo.optimizers.steps import (
     Deferred,
+    Race,
     Variation,
     add_child,
     plan_reflection,
@@ -47,6 +49,7 @@ from evo.optimizers.steps import (
 from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
 from evo.search.engine import OMIT_DEFAULT, Candidate, Search, SearchConfig, StopReason
+from evo.search.events import OperatorStats
 
 __all__ = ["Evolution", "evolve", "reflect", "screen"]
 
@@ -70,6 +73,11 @@ class Evolution(SearchConfig):
         0.5, ge=0, json_schema_extra=OMIT_DEFAULT,
         description="patience of a race: a child is dropped when its mean paired difference "
                     "from the incumbent plus race_z standard errors is below zero")
+    settings: bool = Field(
+        True, json_schema_extra=OMIT_DEFAULT,
+        description="let genomes vary the program's settings: label scoring for a closed label "
+                    "set on a backend that scores choices (with contextual calibration), and a "
+                    "reasoning step")
     holdout: float = Field(
         0.2, ge=0, lt=1, json_schema_extra=OMIT_DEFAULT,
         description="share of the validation set kept out of every choice, to confirm the "
@@ -108,7 +116,10 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
     archive = search.archive
     extra = {name: operator(name) for name in config.operators}  # unknown names fail here
     extra_rng = random.Random(search.seed + 1)  # user operators do not shift the default stream
-    n_init = (config.initial_demo_sets + archive.knn) if archive.max_demos else 0
+    openings = _openings(search)
+    n_init = len(openings) + ((config.initial_demo_sets + archive.knn) if archive.max_demos
+                              else 0)
+    credit = Credit()
     tries = 0  # first-phase proposals made (a duplicate counts: the phase always ends)
     stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
     first_rung = min(config.minibatch_size, len(search.race_order))
@@ -118,8 +129,8 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
         room = search.remaining() // max(1, first_rung)
         plans = []
         for _ in range(max(1, min(config.parallel_proposals, room))):
-            # While the first random demo sets are tried, each must beat the best so far (not
-            # just the zero-shot seed), or every one of them would be paid a full validation.
+            # The first children are the openings (the seed with other settings), the KNN
+            # candidate and fresh random demo sets, each from the best so far.
             initialising = tries < n_init
             tries += initialising
             parent = search.select_parent("best") if initialising else search.select_parent(
@@ -130,7 +141,10 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
                     plan = extra[name](parent, search), name, ""
                     break
             if plan is None:
-                plan = _vary(parent, search, config, initialising, first=tries == 1)
+                plan = _opening(search, openings[tries - 1]) if initialising and \
+                    tries <= len(openings) else \
+                    _vary(parent, search, config, initialising, first=tries == len(openings) + 1,
+                          credit=credit)
             plans.append((parent, plan))
         trials = []
         for (parent, _), (child_genome, op, note) in zip(
@@ -144,17 +158,73 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
                 continue
             stale = 0
             trials.append(child)
-        race_many(search, trials, start=config.minibatch_size, z=config.race_z)
+        for race in race_many(search, trials, start=config.minibatch_size, z=config.race_z):
+            credit.record(race)
+    search.emit(OperatorStats(stats=credit.table(), note=credit.note()))
     search.stop(StopReason.CONVERGED if stale >= stale_limit else StopReason.BUDGET)
 
 
+def _openings(search: Search) -> list[G.Settings]:
+    """Settings the seed program is tried with first, before any demo: label scoring (no parse
+    failures, and dense scores for every later race) for a closed label set on a backend that
+    scores choices; a reasoning step for a generative task (a small model that answers directly
+    gets multi-step problems wrong far more often)."""
+    options = search.archive.settings_options
+    if not options:
+        return []
+    own = G.Settings.of(search.archive.base)
+    wanted = [G.Settings(answer_mode="rank")] if search.archive.base.labels is not None else \
+        [G.Settings(reasoning=True)]
+    return [s for s in wanted if s in options and s != own]
+
+
+def _opening(search: Search, settings: G.Settings) -> Variation:
+    archive = search.archive
+    seed = search.seed_candidate.genome
+    demos = list(G.key(seed).demos)
+    return archive.genome(seed[G.INSTRUCTION], demos, settings=settings), "settings", \
+        ", ".join(f"{k}={v}" for k, v in settings._asdict().items())
+
+
+@dataclass
+class Credit:
+    """How the children of each operator fared in their races: proposed, past the first rung,
+    validated. The cheap operators are drawn in proportion to their rate times a smoothed
+    success share, so a search whose reflections never get past the first rung (a reflection
+    LM too small to help) spends its budget on demo and settings operators instead."""
+
+    counts: dict[str, list[int]] = field(default_factory=dict)
+
+    def record(self, race: Race) -> None:
+        row = self.counts.setdefault(race.candidate.op, [0, 0, 0])
+        row[0] += 1
+        row[1] += len(race.rungs) > 1 or race.outcome == "validated"
+        row[2] += race.outcome == "validated"
+
+    def weight(self, op: str) -> float:
+        tried, passed, _ = self.counts.get(op, [0, 0, 0])
+        return 2.0 * (passed + 1) / (tried + 2)  # 1.0 before any evidence
+
+    def table(self) -> dict[str, list[int]]:
+        return {op: list(row) for op, row in sorted(self.counts.items())}
+
+    def note(self) -> str:
+        tried, passed, _ = self.counts.get("reflection", [0, 0, 0])
+        if tried >= 3 and passed == 0:
+            return (f"no reflective mutation got past the first rung ({tried} tried): the "
+                    "reflection LM could not help here, so the budget went to demo and "
+                    "settings operators")
+        return ""
+
+
 def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bool,
-          first: bool) -> Variation | Deferred:
+          first: bool, credit: Credit | None = None) -> Variation | Deferred:
     archive, rng = search.archive, search.rng
     genome = list(parent.genome)
+    settings = G.settings_of(parent.genome)
     if initialising:
         k = min(archive.max_demos, len(archive.pool))
-        knn_genome = archive.genome(parent.genome[G.INSTRUCTION], [], k)
+        knn_genome = archive.genome(parent.genome[G.INSTRUCTION], [], k, settings=settings)
         if archive.knn and first and not search.known(knn_genome):
             # Each input's nearest training examples as its demos: the strongest demo policy
             # for a small model on most tasks, and no LM call to build.
@@ -162,16 +232,50 @@ def _vary(parent: Candidate, search: Search, config: Evolution, initialising: bo
         # A fresh random demo set: the first generation explores demo sets broadly, as
         # BootstrapFewShotWithRandomSearch does, before evolution refines them.
         demos = archive.random_demos(rng, archive.max_demos)
-        return archive.genome(parent.genome[G.INSTRUCTION], demos), "random_demos", ""
-    roll = rng.random()
-    if roll < config.reflection_rate:
-        failures = search.val_failures(parent)
-        if failures:
-            shown = rng.sample(failures, min(config.reflection_minibatch, len(failures)))
-            return plan_reflection(search, parent, shown, config.reflection_style)
-    if roll < config.reflection_rate + config.crossover_rate and len(search.population) > 1:
+        return archive.genome(parent.genome[G.INSTRUCTION], demos, settings=settings), \
+            "random_demos", ""
+    credit = credit or Credit()
+    failures = search.val_failures(parent)
+    ops = _operators(parent, search, config, failures)
+    op = rng.choices(list(ops), [w * credit.weight(name) for name, w in ops.items()])[0]
+    if op == "reflection":
+        shown = rng.sample(failures, min(config.reflection_minibatch, len(failures)))
+        return plan_reflection(search, parent, shown, config.reflection_style)
+    if op == "crossover":
         mate = search.candidates[rng.choice([i for i in search.population if i != parent.id])]
         return G.crossover(genome, mate.genome, archive, rng), "crossover", f"mate={mate.id}"
-    if archive.max_demos and (len(archive.instructions) == 1 or rng.random() < 0.8):
-        return G.mutate_demos(genome, archive, rng), "mutate_demos", ""
-    return G.mutate_instruction(genome, archive, rng), "mutate_instruction", ""
+    if op == "swap_for_neighbour":
+        return G.swap_for_neighbour(genome, archive, [ex for ex, _ in failures], rng), op, ""
+    return CHEAP[op](genome, archive, rng), op, ""
+
+
+# The cheap operators of evo.search.genome, by the name their children carry.
+CHEAP = {"mutate_demos": G.mutate_demos, "balance_classes": G.balance_classes,
+         "reorder_demos": G.reorder_demos, "resize_demos": G.resize_demos,
+         "mutate_knn": G.mutate_knn, "mutate_settings": G.mutate_settings,
+         "mutate_instruction": G.mutate_instruction}
+
+
+def _operators(parent: Candidate, search: Search, config: Evolution,
+               failures: list) -> dict[str, float]:
+    """The variation operators that can change ``parent``, each with its prior rate: reflection
+    and crossover at theirs, the cheap operators sharing the rest evenly."""
+    archive = search.archive
+    n_demos = parent.genome[G.N_DEMOS]
+    ops = {"reflection": config.reflection_rate if failures else 0.0,
+           "crossover": config.crossover_rate if len(search.population) > 1 else 0.0}
+    cheap = [name for name, usable in (
+        ("mutate_demos", archive.max_demos > 0),
+        ("swap_for_neighbour", archive.max_demos > 0 and bool(failures)),
+        ("balance_classes", archive.max_demos > 0 and archive.base.labels is not None
+         and n_demos > 1),
+        ("reorder_demos", n_demos > 1),
+        ("resize_demos", archive.max_demos > 0),
+        ("mutate_knn", archive.knn),
+        ("mutate_settings", bool(archive.settings_options)),
+        ("mutate_instruction", len(archive.instructions) > 1),
+    ) if usable]
+    rest = max(0.0, 1.0 - ops["reflection"] - ops["crossover"])
+    ops.update({name: rest / len(cheap) for name in cheap})
+    ops = {name: w for name, w in ops.items() if w > 0}
+    return ops or {"mutate_instruction": 1.0}

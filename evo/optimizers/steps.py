@@ -204,28 +204,42 @@ def keeps_racing(child: np.ndarray, incumbent: np.ndarray, z: float) -> bool:
     return float(d.mean()) + z * sd / math.sqrt(len(d)) >= -1e-12
 
 
+@dataclass(frozen=True)
+class Race:
+    """How one child's race ended: the rungs it reached (``[examples, child mean, incumbent
+    mean]`` each) and its outcome ("validated", "dropped" or "out of budget")."""
+
+    candidate: Candidate
+    rungs: list[list[float]]
+    outcome: str
+
+
 def race_many(search: Search, children: Sequence[Candidate], *, start: int, z: float
-              ) -> list[Candidate]:
+              ) -> list[Race]:
     """Race a round of ``children`` against the incumbent (the best validated candidate, fixed
     for the round) over growing prefixes of :attr:`Search.race_order` (:func:`rungs` from
     ``start``): at each rung the children still in are scored together, the ones that reached
     the whole validation set join the population, and the ones confidently worse
-    (:func:`keeps_racing`) are dropped. A child whose next rung no longer fits the budget
-    stops there. Each child's race ends with a ``candidate_raced`` event. Returns the
-    validated children."""
+    (:func:`keeps_racing`), or past the first rung better on no example, are dropped. A
+    child whose next rung no longer fits the budget stops there. Each child's race ends with a
+    ``candidate_raced`` event. Returns each child's :class:`Race`, in the order the races
+    ended."""
     incumbent = search.best
     order = search.race_order
     records: dict[int, list[list[float]]] = {c.id: [] for c in children}
     dense: dict[int, bool] = {}
-    validated: list[Candidate] = []
+    ended: list[Race] = []
 
     def end(child: Candidate, outcome: str) -> None:
         search.emit(CandidateRaced(candidate=child.id, incumbent=incumbent.id,
                                    rungs=records[child.id], dense=dense.get(child.id, False),
                                    outcome=outcome))
+        ended.append(Race(child, records[child.id], outcome))
 
     alive = list(children)
-    for size in rungs(len(order), start):
+    schedule = rungs(len(order), start)
+    order_start = schedule[0]
+    for size in schedule:
         cols = order[:size]
         fit, left = [], search.remaining()
         for child in alive:
@@ -244,14 +258,15 @@ def race_many(search: Search, children: Sequence[Candidate], *, start: int, z: f
             records[child.id].append([size, float(a.mean()), float(b.mean())])
             if size == len(order):
                 search.accept(child)
-                validated.append(child)
                 end(child, "validated")
-            elif keeps_racing(a, b, z):
+            elif keeps_racing(a, b, z) and (size == order_start or bool((a > b).any())):
+                # past the first rung a contender must beat the incumbent somewhere: a child
+                # that only ties it (the same answers so far) is not paid a full validation
                 going.append(child)
             else:
                 end(child, "dropped")
         alive = going
-    return validated
+    return ended
 
 
 # ---- demo sets --------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from evo.data import Example
 from evo.errors import ConfigError, RunFailedError
 from evo.kernels.matrix import row_stats
 from evo.kernels.moo import select_nsga2
+from evo.lm.base import scores_choices
 from evo.lm.session import LMSession
 from evo.metrics import Metric
 from evo.program import Prediction, Program
@@ -136,6 +137,11 @@ class SearchConfig(BaseModel):
     fitness: Fitness | None = Field(
         None, description="program-level fitness over the validation score row (default: mean)")
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
+    settings: bool = Field(
+        False, json_schema_extra=OMIT_DEFAULT,
+        description="let genomes vary the program's settings: label scoring (answer_mode="
+                    "'rank', for a closed label set on a backend that scores choices) with "
+                    "contextual calibration, and a reasoning step")
     holdout: float = Field(
         0.0, ge=0, lt=1, json_schema_extra=OMIT_DEFAULT,
         description="share of the validation set kept out of every choice: the seed is scored "
@@ -263,7 +269,10 @@ class Search:
         archive = Archive(base_program, self.trainset, max_demos=config.max_demos,
                           knn_encoder=config.encoder if config.knn else None,
                           dedupe=(G.InstructionDedupe(config.encoder, config.dedupe_threshold)
-                                  if config.dedupe_threshold is not None else None))
+                                  if config.dedupe_threshold is not None else None),
+                          settings=G.SettingsSpace.for_program(
+                              base_program, scores_choices=scores_choices(task_session.lm))
+                          if config.settings else None)
         self.state = SearchState(archive, ScoreMatrix(valset))
         self.evaluator = Evaluator(task_session, metric, config.budget,
                                    max_tokens=config.max_tokens, on_cell=on_cell,
@@ -674,11 +683,12 @@ class Search:
         their validation cells; and its spend, charged to this budget."""
         ids = {0: 0}
         for cand in sub.candidates[1:]:
-            instruction, demo_ids, knn_k = G.key(cand.genome)
-            iid, _ = self.archive.add_instruction(sub.archive.instructions[instruction],
-                                                  sub.archive.origins[instruction], dedupe=False)
-            demos = [self.archive.demo_index(sub.archive.demo(d)) for d in demo_ids]
-            genome = self.archive.genome(iid, demos, knn_k)
+            k = G.key(cand.genome)
+            iid, _ = self.archive.add_instruction(sub.archive.instructions[k.instruction],
+                                                  sub.archive.origins[k.instruction],
+                                                  dedupe=False)
+            demos = [self.archive.demo_index(sub.archive.demo(d)) for d in k.demos]
+            genome = self.archive.genome(iid, demos, k.knn_k, settings=k.settings)
             parents = tuple(ids.get(p, 0) for p in cand.parents)
             new = self.add(genome, parents, cand.op, f"{label}: {cand.note}".strip())
             if new is None:

@@ -140,6 +140,16 @@ class CandidateRaced(Event, kind="candidate_raced"):
 
 
 @dataclass(frozen=True)
+class OperatorStats(Event, kind="operator_stats"):
+    """How each variation operator's children fared in their races, at the end of a search:
+    ``{operator: [raced, past the first rung, validated]}``; ``note`` says when reflection
+    helped no child (its budget then went to the demo and settings operators)."""
+
+    stats: dict[str, list[int]] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Confirmed(Event, kind="confirmed"):
     """The final pick scored once on the held-out part of validation that never took part in
     choosing (``holdout_score``, on ``n`` examples), next to its validation score and the seed

@@ -25,7 +25,10 @@ def raced_run(run_dir: Path, answer_mode: str) -> Path:
     rungs and a held-out part); ``answer_mode="rank"`` makes every cell dense."""
     val = [hashed_example(i) for i in range(100, 140)]
     seed = HASHED.program().model_copy(update={"answer_mode": answer_mode})
-    opt = evo.Evolution(budget=evo.Budget(metric_calls=300), knn=False, encoder="hashing")
+    # settings genes off: the run answers in one mode throughout (the settings text is tested
+    # on a genome given them below)
+    opt = evo.Evolution(budget=evo.Budget(metric_calls=300), knn=False, encoder="hashing",
+                        settings=False)
     evo.optimize(seed, list(HASHED.train), val, lm=HASHED.lm(), optimizer=opt, cache=False,
                  progress=False, run_dir=run_dir)
     return run_dir

@@ -17,7 +17,9 @@ def run(lm, budget=200, seed=0, config=None, **kw):
     # candidate, and these tests are about the evolutionary loop (KNN has its own tests below).
     # No held-out share either: these tests count cells and scores over the whole validation set
     # (tests/search/test_racing.py tests the holdout).
-    config = {"knn": False, "encoder": "hashing", "holdout": 0.0, **(config or {})}
+    # Nor settings genes (label scoring, reasoning): tests/search/test_racing.py has them.
+    config = {"knn": False, "encoder": "hashing", "holdout": 0.0, "settings": False,
+              **(config or {})}
     return evo.optimize(program(), TRAIN, VAL, lm=lm, seed=seed,
                         optimizer=evo.Evolution(budget=evo.Budget(metric_calls=budget), **config),
                         **kw)
@@ -295,7 +297,8 @@ def _search(budget=400, **config):
     from evo.search.engine import Search
     session = LMSession(ScriptedLM(respond))
     config = evo.Evolution(budget=evo.Budget(metric_calls=budget),
-                           **{"knn": False, "encoder": "hashing", "holdout": 0.0, **config})
+                           **{"knn": False, "encoder": "hashing", "holdout": 0.0,
+                              "settings": False, **config})
     search = Search(program(), TRAIN, VAL, config=config, task_session=session,
                     reflection_session=session, metric=evo.exact_match)
     search.start()

@@ -47,9 +47,9 @@ def test_keeps_racing_drops_a_child_confidently_behind_and_keeps_a_tie():
 
 
 def test_a_budget_of_300_assesses_tens_of_candidates_and_is_spent():
-    result, lm = run(300)
+    result, lm = run(300, settings=False)
     races = raced(result)
-    assert len(races) >= 15  # the old minibatch + full validation loop assessed about 5
+    assert len(races) >= 12  # the old minibatch + full validation loop assessed about 5
     outcomes = {e["outcome"] for e in races}
     assert "dropped" in outcomes and "validated" in outcomes
     # under 5% of the budget left, and the reason recorded
@@ -162,5 +162,6 @@ def test_dense_scores_are_kept_in_the_run_files_only_when_there_are_some(tmp_pat
     assert np.allclose(np.nan_to_num(dense, nan=-1), np.nan_to_num(result.matrix.dense, nan=-1))
     evo.optimize(program_hashed(), TRAIN, VAL, lm=ScriptedLM(hashed_respond),
                  optimizer=evo.Evolution(budget=evo.Budget(metric_calls=80), encoder="hashing",
-                                         knn=False), cache=False, run_dir=tmp_path / "gen")
+                                         knn=False, settings=False),
+                 cache=False, run_dir=tmp_path / "gen")
     assert "dense" not in json.loads((tmp_path / "gen" / "result.json").read_text())
