@@ -12,7 +12,12 @@ import evo
 from evo.cli.common import add_lm_args, cache, lm
 from evo.errors import ConfigError, config_error
 from evo.lm import session_for
-from evo.lm.base import LMError, LMRequest
+from evo.lm.base import LMError
+from evo.search.engine import SearchConfig
+from evo.search.evaluate import Cell, predict_program
+
+# the reply length of a task call in a run (and in `evo eval`): predict answers as they do
+MAX_TOKENS = SearchConfig.model_fields["max_tokens"].default
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,19 +42,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise config_error(exc, "--input") from None
     except ValueError as exc:  # a field the program reads is missing
         raise ConfigError(f"--input: {exc}") from None
-    # One input through each member of the program: this belongs in the library (a
-    # `predict(program, inputs, lm)` beside evaluate); it is here until that exists.
+    # The evaluator's own path (label scoring and its calibration, the reasoning reply length,
+    # KNN demos, an ensemble's vote), at the reply length a run evaluates with: the answer is
+    # the one `evo eval` scores.
     session = session_for(lm(args), cache(args))
-    members = program.members if isinstance(program, evo.EnsembleProgram) else (program,)
     try:
-        predictions = [m.parse(session.complete(LMRequest(m.messages(example),
-                                                          max_tokens=48)).text)
-                       for m in members]
-    except LMError as exc:  # failed after its retries: nothing to predict from
+        (reply,) = predict_program(program, [example], session, max_tokens=MAX_TOKENS)
+    except LMError as exc:  # the LM is unreachable: nothing to predict from
         print(f"evo: {exc}", file=sys.stderr)
         return 2
-    prediction = (program.vote_on(predictions) if isinstance(program, evo.EnsembleProgram)
-                  else predictions[0])
+    if isinstance(reply, Cell) and (reply.kind or "").startswith("lm"):
+        # failed after its retries: nothing to predict from
+        print(f"evo: {reply.prediction.error or reply.error}", file=sys.stderr)
+        return 2
+    prediction = reply.prediction if isinstance(reply, Cell) else reply
     if not prediction.ok:  # the program ran, its reply is no answer: exit 1, not a mistake (2)
         print(f"evo: the reply could not be parsed: {prediction.error}", file=sys.stderr)
         return 1

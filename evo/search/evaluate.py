@@ -409,6 +409,28 @@ class Evaluator:
             "choices (it gives no log-probabilities): use answer_mode='generate', or a backend "
             "that scores choices (scores_choices = True, e.g. a local GGUF model)")
 
+    def predict(self, program: Program, examples: Sequence[Example]
+                ) -> list[Prediction | Cell]:
+        """``program``'s answers to ``examples``, got exactly as :meth:`evaluate` gets them (its
+        KNN demos, label scoring with its calibration, a reasoning program's reply length),
+        but with no metric, score matrix or budget: for answering new inputs. Each is the
+        parsed :class:`Prediction`, or the failed :class:`Cell` when the LM call or the parser
+        failed (its :attr:`Cell.kind` says which). A label-scoring program on a backend that
+        cannot score choices is one :class:`~evo.errors.ConfigError` before any call."""
+        self.check_answer_mode(program)
+        examples = list(examples)
+        if not examples:
+            return []
+        program.prepare(examples)
+        bias = (self._bias(_calibration_key(program, self.max_tokens))
+                if getattr(program, "calibrate", False) else None)
+        replies, futures = self._replies(program, examples, bias)
+        try:
+            return [r.prediction if isinstance(r, _Ranked) else r for r in replies]
+        finally:
+            for future in futures:
+                future.cancel()
+
     def _calibrations(self, jobs: Sequence[tuple[Program, ScoreMatrix, int, Sequence[int]]],
                       todos: Sequence[Sequence[int]]) -> list[tuple[LMRequest, ...]]:
         """The calibration keys (:func:`_calibration_key`) of the jobs that have cells to fill
@@ -687,10 +709,45 @@ def evaluate_program(program: Program | EnsembleProgram, examples: Sequence[Exam
     return scores, [matrix.cells[(row, j)] for j in range(len(examples))]
 
 
+def predict_program(program: Program | EnsembleProgram, examples: Sequence[Example],
+                    session: LMSession, *, max_tokens: int = 64) -> list[Prediction | Cell]:
+    """The answers of one program (or a voting ensemble: each member, then the vote) to
+    ``examples``, as :func:`evaluate_program` gets them (:meth:`Evaluator.predict`): each the
+    parsed :class:`Prediction`, or the failed :class:`Cell` (an LM or parser failure). An
+    ensemble's example that no member answered is the first member's failed LM call when there
+    is one, so an unreachable answer reads as the LM's failure, not as a bad reply.
+
+    >>> # evo.search.evaluate.predict_program(best, [evo.Example(inputs={...})], session)
+    """
+    examples = list(examples)
+    members = program.members if isinstance(program, EnsembleProgram) else (program,)
+    evaluator = Evaluator(session, _unscored, Budget(metric_calls=1), max_tokens=max_tokens)
+    try:
+        for member in members:  # a member that cannot answer is found before any call
+            evaluator.check_answer_mode(member)
+        runs = [evaluator.predict(member, examples) for member in members]
+    finally:
+        evaluator.close()
+    if not isinstance(program, EnsembleProgram):
+        return runs[0]
+    answers: list[Prediction | Cell] = []
+    for j in range(len(examples)):
+        got = [run[j] for run in runs]
+        vote = program.vote_on([g.prediction if isinstance(g, Cell) else g for g in got])
+        lm_failed = [g for g in got if isinstance(g, Cell) and (g.kind or "").startswith("lm")]
+        answers.append(lm_failed[0] if not vote.ok and lm_failed else vote)
+    return answers
+
+
+def _unscored(example: Example, prediction: Prediction) -> float:
+    """The metric of :func:`predict_program`'s evaluator, which scores nothing."""
+    raise AssertionError("predict_program scores nothing")
+
+
 __all__ = ["MEANINGLESS_SHARE", "REASONING_MAX_TOKENS", "Budget", "BudgetExhausted", "Cell",
            "Evaluator", "RunsItself", "Score", "ScoreMatrix", "cell_failures", "error_kind",
            "evaluate_program", "failures_from_errors", "format_failures", "label_probabilities",
-           "meaningless", "unique_examples"]
+           "meaningless", "predict_program", "unique_examples"]
 
 
 def check_testset(program: Program | EnsembleProgram, testset: Dataset | Sequence[Example], *,
