@@ -137,6 +137,11 @@ class SearchConfig(BaseModel):
     fitness: Fitness | None = Field(
         None, description="program-level fitness over the validation score row (default: mean)")
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
+    max_prompt_chars: int | None = Field(
+        None, ge=1, json_schema_extra=OMIT_DEFAULT,
+        description="a length budget for the pick: the best validated candidate whose prompt "
+                    "(before the example) is at most this many characters, if any is; "
+                    "Result.pareto_front() is the whole accuracy / length front")
     settings: bool = Field(
         False, json_schema_extra=OMIT_DEFAULT,
         description="let genomes vary the program's settings: label scoring (answer_mode="
@@ -239,10 +244,18 @@ class SearchState:
     # the final pick's held-out confirmation (the ``confirmed`` event's data), when the search
     # kept part of validation out (SearchConfig.holdout)
     confirmation: dict[str, Any] | None = None
+    # the pick's length budget in prompt characters (SearchConfig.max_prompt_chars)
+    max_prompt_chars: int | None = None
 
     @property
     def best(self) -> Candidate:
-        return max((self.candidates[i] for i in self.validated), key=_rank)
+        """The pick: the best validated candidate (fitness, then the shorter prompt), within the
+        length budget when one is set and some candidate meets it."""
+        validated = [self.candidates[i] for i in self.validated]
+        if self.max_prompt_chars is not None:
+            validated = [c for c in validated
+                         if c.program.prompt_chars() <= self.max_prompt_chars] or validated
+        return max(validated, key=_rank)
 
 
 def _rank(c: Candidate) -> tuple[float, int, int]:
@@ -273,7 +286,8 @@ class Search:
                           settings=G.SettingsSpace.for_program(
                               base_program, scores_choices=scores_choices(task_session.lm))
                           if config.settings else None)
-        self.state = SearchState(archive, ScoreMatrix(valset))
+        self.state = SearchState(archive, ScoreMatrix(valset),
+                                 max_prompt_chars=config.max_prompt_chars)
         self.evaluator = Evaluator(task_session, metric, config.budget,
                                    max_tokens=config.max_tokens, on_cell=on_cell,
                                    lm_sessions=(task_session, reflection_session))

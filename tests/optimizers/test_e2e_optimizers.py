@@ -19,6 +19,8 @@ SETTINGS = {
     "bootstrap_random_search": ["--set", "num_candidate_programs=1"],
     "ga": ["--set", "population_size=2"],
     "de": ["--set", "population_size=3"],
+    "simba": ["--set", "max_steps=2"],
+    "infer_rules": ["--set", "num_candidates=2", "--set", "num_rules=3"],
 }
 
 

@@ -165,3 +165,15 @@ def test_dense_scores_are_kept_in_the_run_files_only_when_there_are_some(tmp_pat
                                          knn=False, settings=False),
                  cache=False, run_dir=tmp_path / "gen")
     assert "dense" not in json.loads((tmp_path / "gen" / "result.json").read_text())
+
+
+def test_a_length_budget_picks_the_best_prompt_within_it():
+    free, _ = run(300, settings=False)
+    front = free.pareto_front()
+    assert len(front) >= 1
+    longest = max(c.program.prompt_chars() for c in free.candidates if c.accepted)
+    limit = min(c.program.prompt_chars() for c in free.candidates if c.accepted)
+    capped, _ = run(300, settings=False, max_prompt_chars=limit)
+    assert capped.best.prompt_chars() <= limit < longest or limit == longest
+    within = [c for c in capped.candidates if c.accepted and c.program.prompt_chars() <= limit]
+    assert capped.best_val == max(c.val_score for c in within)
