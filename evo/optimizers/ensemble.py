@@ -94,7 +94,9 @@ class Ensemble(SearchConfig):
 def _run_parallel(search: Search, members: list[SearchConfig]) -> None:
     """Each member on its own search in a thread, then merged into ``search`` (module doc)."""
     share = search.remaining() // len(members)
-    seed_cells = {col: search.matrix.cells[(0, col)] for col in search.all_cols}
+    # the seed's cells, held-out ones too: a member pays none of them again
+    seed_cells = {col: search.matrix.cells[(0, col)]
+                  for col in search.all_cols + search.holdout_cols}
     shared = {k: getattr(search.config, k) for k in
               ("max_demos", "knn", "encoder", "dedupe_threshold", "objectives", "fitness",
                "max_tokens", "holdout", "settings")}
@@ -104,7 +106,8 @@ def _run_parallel(search: Search, members: list[SearchConfig]) -> None:
         sub = Search(search.archive.base, search.trainset, search.valset, config=config,
                      task_session=search.task_session,
                      reflection_session=search.reflection_session, metric=search.metric,
-                     seed=search.seed + 1 + i, description=search.description)
+                     seed=search.seed + 1 + i, description=search.description,
+                     holdout_cols=search.holdout_cols)  # the examples this search holds out
         try:
             sub.start(seed_cells)
             try:

@@ -271,7 +271,8 @@ class Search:
                  reflection_session: LMSession, metric: Metric, seed: int = 0,
                  description: str = "", on_event: Callback | None = None,
                  on_cell: Callable[[int, Cell], None] | None = None,
-                 on_state: Callable[[SearchState], None] | None = None) -> None:
+                 on_state: Callable[[SearchState], None] | None = None,
+                 holdout_cols: Sequence[int] | None = None) -> None:
         self.config = config
         self.seed = seed
         self.rng = random.Random(seed)
@@ -297,15 +298,22 @@ class Search:
         # Validation columns that choose (all_cols) and the held-out ones that only confirm the
         # final pick (SearchConfig.holdout), drawn from their own stream so the search's random
         # choices do not depend on the split.
-        n_hold = round(config.holdout * len(valset)) if len(valset) >= 5 else 0
-        held = set(random.Random(seed * 7919 + 17).sample(range(len(valset)), n_hold))
+        # ``holdout_cols`` given: another search's split (a parallel ensemble member's, run on a
+        # search of its own and merged back), which that search confirms, so none is reserved.
+        # (at least one example always chooses: a fitness of no column is undefined)
+        n_hold = min(round(config.holdout * len(valset)), len(valset) - 1) \
+            if len(valset) >= 5 else 0
+        held = set(random.Random(seed * 7919 + 17).sample(range(len(valset)), n_hold)
+                   if holdout_cols is None else holdout_cols)
         self.all_cols = [c for c in range(len(valset)) if c not in held]
         self.holdout_cols = sorted(held)
         # the order in which racing adds validation examples (every race uses the same
         # growing prefixes, so children are compared on the same examples)
         self.race_order = random.Random(seed * 7919 + 29).sample(self.all_cols,
                                                                  len(self.all_cols))
-        self._reserve = len(self.holdout_cols)  # kept for the final pick's confirmation
+        # kept for the final pick's confirmation
+        self._reserve = len(self.holdout_cols) if holdout_cols is None else 0
+        self._confirms = holdout_cols is None
         self._train: ScoreMatrix | None = None
         self._train_rows: dict[int, int] = {}
         self._cap: int | None = None  # a metric-call ceiling for one part of the search
@@ -657,7 +665,7 @@ class Search:
         try:
             self._reserve = 0  # the seed's held-out cells are paid with its validation
             self.evaluate_many([(seed_cand, self.all_cols + self.holdout_cols)])
-            self._reserve = len(self.holdout_cols)
+            self._reserve = len(self.holdout_cols) if self._confirms else 0
             self.accept(seed_cand)
         except BudgetExhausted:
             raise ConfigError(f"budget of {self.config.budget.metric_calls} metric calls "
