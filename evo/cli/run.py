@@ -26,8 +26,9 @@ from evo.cli.common import (
     load_task,
     positive,
 )
-from evo.errors import ConfigError, DamagedFileError, RunFailedError, config_error
+from evo.errors import ConfigError, DamagedFileError, EvoError, RunFailedError, config_error
 from evo.lm.base import LMUnavailableError
+from evo.lm.models import stronger_installed
 from evo.runs.store import RUN_FILE, run_cli
 from evo.search.evaluate import check_testset
 
@@ -39,6 +40,7 @@ RUN_ARGS = ("task", "data", "inputs", "outputs", "labels", "n_train", "n_val", "
             "model", "api_base", "cache", "no_cache", "budget", "reflection_model", "optimizer",
             "set", "reflection_style", "max_demos", "population", "selection", "no_knn",
             "encoder")
+SAME_MODEL = "same"  # --reflection-model same: reflect with the task model
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
@@ -47,7 +49,10 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     add_concurrency_args(run)
     run.add_argument("--budget", type=positive(int), default=300,
                      help="metric calls for the search")
-    run.add_argument("--reflection-model", help="a stronger LM for reflection (default: --model)")
+    run.add_argument("--reflection-model", metavar="MODEL",
+                     help="the LM that writes instructions (reflection); 'same' for --model. "
+                          "Default, for an embedded --model: the largest embedded model "
+                          "already fetched and larger than it, else --model")
     run.add_argument("--optimizer", default="evolution",
                      help="evolution (default), gepa, miprov2, copro, labeled_fewshot, "
                           "bootstrap_fewshot, bootstrap_random_search, knn_fewshot, ensemble, "
@@ -191,6 +196,28 @@ def _shown(best) -> str:
     return f"instruction:\n{best.instruction}\ndemos: {len(best.demos)}{knn}"
 
 
+def _default_reflection(args: argparse.Namespace, out: Path) -> str | None:
+    """Settle ``args.reflection_model`` when ``--reflection-model`` was not given, and return
+    the model it chose (None when it chose nothing new). A new run with an embedded ``--model``
+    reflects with the strongest embedded model already fetched (:func:`stronger_installed`;
+    a 0.5B model cannot write instructions, a 1.5B one sometimes can), never with a weaker
+    one and never after a download. The choice is recorded with the run's flags, so
+    ``--resume`` (and the same command again on its run store) repeats it: a run recorded
+    without one keeps reflecting with its task model."""
+    if args.reflection_model is not None or args.resume:
+        return None
+    if (out / RUN_FILE).is_file():  # the same command again, on its own run store
+        try:
+            cli = run_cli(out)
+        except EvoError:  # a damaged store: the store reports it, in its own words
+            cli = None
+        if cli:
+            take_recorded(args, cli, out / RUN_FILE, ("reflection_model",))
+            return None
+    args.reflection_model = stronger_installed(args.model)
+    return args.reflection_model
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
@@ -207,14 +234,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_testset(program, task.test, what=f"{task.name} test split")  # before paying
     if args.dry_run:
         return _dry_run(args, task, program, optimizer)
-    model = lm_call(args)
-    reflection = lm(args, args.reflection_model) if args.reflection_model else None
     out = Path(args.out or f"runs/{task.name}-s{args.seed}")
+    chosen = _default_reflection(args, out)
+    model = lm_call(args)
+    reflection = (None if args.reflection_model in (None, SAME_MODEL, args.model)
+                  else lm(args, args.reflection_model))
     print(f"evo: {task.name}: train {len(task.train)}, val {len(task.val)}, "
           f"test {len(task.test)}; model {args.model}; optimizer {optimizer.name}; "
           f"budget {args.budget} metric calls; run store {out}"
           + (" (resuming)" if (out / "run.json").exists() else ""),
           file=sys.stderr)
+    if chosen:
+        print(f"evo: reflection: {chosen} (the strongest model installed; --reflection-model "
+              "to choose, 'same' for --model)", file=sys.stderr)
     started = time.perf_counter()
     try:
         result = evo.optimize(program, task.train, task.val, optimizer=optimizer,

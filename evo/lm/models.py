@@ -150,6 +150,35 @@ def _copy(src: IO[bytes], dst: IO[bytes], digest: hashlib._Hash, progress: _Prog
         progress.update(len(chunk))
 
 
+def installed(name: str) -> bool:
+    """Whether registry model ``name`` is fetched and verified in :func:`models_dir` (its file of
+    the pinned size, with the ``.sha256`` stamp of the pinned hash beside it): loading it needs
+    no download. Never fetches nor hashes anything."""
+    spec = _spec(name)
+    target = models_dir() / f"{name}.gguf"
+    stamp = target.with_name(target.name + ".sha256")
+    try:
+        return (target.is_file() and target.stat().st_size == spec.size and stamp.is_file()
+                and stamp.read_text().strip() == spec.sha256)
+    except (OSError, UnicodeDecodeError):  # unreadable: not usable without a fetch either
+        return False
+
+
+def stronger_installed(model: str) -> str | None:
+    """The largest registry model already :func:`installed` that is larger than the registry
+    model ``model`` (by the size of its weights), else None; None too for a model that is not
+    a registry model (a ``.gguf`` path, a hosted model), whose strength is unknown. What
+    ``evo run`` reflects with by default: a stronger reflection LM at no download.
+
+    >>> # stronger_installed("qwen2.5-coder-0.5b") -> "qwen2.5-coder-1.5b" once it was fetched
+    """
+    if model not in MODELS:
+        return None
+    floor = MODELS[model].size
+    larger = [m for m in MODELS.values() if m.size > floor and installed(m.name)]
+    return max(larger, key=lambda m: m.size).name if larger else None
+
+
 def ensure_model(name: str, *, jobs: int = 4) -> Path:
     """Path to the verified GGUF file of registry model ``name``, fetching it on first use.
 
@@ -163,15 +192,11 @@ def ensure_model(name: str, *, jobs: int = 4) -> Path:
     target = models_dir() / f"{name}.gguf"
     stamp = target.with_name(target.name + ".sha256")
 
-    def ready() -> bool:
-        return (target.is_file() and target.stat().st_size == spec.size and stamp.is_file()
-                and stamp.read_text().strip() == spec.sha256)
-
-    if ready():
+    if installed(name):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.with_name(target.name + ".lock")):
-        if ready():  # another process fetched it while we waited for the lock
+        if installed(name):  # another process fetched it while we waited for the lock
             return target
         if target.is_file() and target.stat().st_size == spec.size:
             # Present but unstamped (e.g. copied in by hand): verify instead of re-fetching.
