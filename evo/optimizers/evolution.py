@@ -122,7 +122,7 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
     credit = Credit()
     tries = 0  # first-phase proposals made (a duplicate counts: the phase always ends)
     stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
-    first_rung = min(config.minibatch_size, len(search.race_order))
+    first_rung = min(config.minibatch_size, len(search.all_cols))
     while search.remaining() >= first_rung and stale < stale_limit:
         search.next_iteration()
         # a round of children, no more than the budget could start racing

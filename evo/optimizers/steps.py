@@ -217,15 +217,16 @@ class Race:
 def race_many(search: Search, children: Sequence[Candidate], *, start: int, z: float
               ) -> list[Race]:
     """Race a round of ``children`` against the incumbent (the best validated candidate, fixed
-    for the round) over growing prefixes of :attr:`Search.race_order` (:func:`rungs` from
-    ``start``): at each rung the children still in are scored together, the ones that reached
-    the whole validation set join the population, and the ones confidently worse
-    (:func:`keeps_racing`), or past the first rung better on no example, are dropped. A
-    child whose next rung no longer fits the budget stops there. Each child's race ends with a
-    ``candidate_raced`` event. Returns each child's :class:`Race`, in the order the races
-    ended."""
+    for the round) over growing prefixes of each child's own shuffle of the validation examples
+    that choose (:meth:`Search.race_order_for`; :func:`rungs` from ``start``): at each rung the
+    children still in are scored together, the ones that reached the whole validation set join
+    the population, and the ones confidently worse (:func:`keeps_racing`), or past the first
+    rung better on no example, are dropped. A child whose next rung no longer fits the budget
+    stops there. Each child's race ends with a ``candidate_raced`` event. Returns each child's
+    :class:`Race`, in the order the races ended."""
     incumbent = search.best
-    order = search.race_order
+    orders = {child.id: search.race_order_for(child) for child in children}
+    n = len(search.all_cols)
     records: dict[int, list[list[float]]] = {c.id: [] for c in children}
     dense: dict[int, bool] = {}
     ended: list[Race] = []
@@ -237,13 +238,11 @@ def race_many(search: Search, children: Sequence[Candidate], *, start: int, z: f
         ended.append(Race(child, records[child.id], outcome))
 
     alive = list(children)
-    schedule = rungs(len(order), start)
-    order_start = schedule[0]
+    schedule = rungs(n, start)
     for size in schedule:
-        cols = order[:size]
         fit, left = [], search.remaining()
         for child in alive:
-            need = len(search.matrix.missing(child.id, cols))
+            need = len(search.matrix.missing(child.id, orders[child.id][:size]))
             if need > left:
                 end(child, "out of budget")
                 continue
@@ -252,14 +251,15 @@ def race_many(search: Search, children: Sequence[Candidate], *, start: int, z: f
         alive, going = fit, []
         if not alive:
             break
-        search.evaluate_many([(child, cols) for child in alive])
+        search.evaluate_many([(child, orders[child.id][:size]) for child in alive])
         for child in alive:
-            a, b, dense[child.id] = race_signal(search, child, incumbent, cols)
+            a, b, dense[child.id] = race_signal(search, child, incumbent,
+                                                orders[child.id][:size])
             records[child.id].append([size, float(a.mean()), float(b.mean())])
-            if size == len(order):
+            if size == n:
                 search.accept(child)
                 end(child, "validated")
-            elif keeps_racing(a, b, z) and (size == order_start or bool((a > b).any())):
+            elif keeps_racing(a, b, z) and (size == schedule[0] or bool((a > b).any())):
                 # past the first rung a contender must beat the incumbent somewhere: a child
                 # that only ties it (the same answers so far) is not paid a full validation
                 going.append(child)

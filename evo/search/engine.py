@@ -307,10 +307,6 @@ class Search:
                    if holdout_cols is None else holdout_cols)
         self.all_cols = [c for c in range(len(valset)) if c not in held]
         self.holdout_cols = sorted(held)
-        # the order in which racing adds validation examples (every race uses the same
-        # growing prefixes, so children are compared on the same examples)
-        self.race_order = random.Random(seed * 7919 + 29).sample(self.all_cols,
-                                                                 len(self.all_cols))
         # kept for the final pick's confirmation
         self._reserve = len(self.holdout_cols) if holdout_cols is None else 0
         self._confirms = holdout_cols is None
@@ -645,6 +641,14 @@ class Search:
         ones."""
         picked = failure_minibatch(self.matrix.scores[parent.id, self.all_cols], size, self.rng)
         return [self.all_cols[i] for i in picked]
+
+    def race_order_for(self, cand: Candidate) -> list[int]:
+        """The order in which a race adds validation examples for ``cand``: a shuffle of the
+        columns that choose, its own for each candidate (drawn from the seed and its id, so the
+        same at any concurrency). Were every race run on the same first examples, each child
+        would have to beat the incumbent there, and the search would fit those few."""
+        return random.Random(self.seed * 7919 + 31 + 104_729 * cand.id).sample(
+            self.all_cols, len(self.all_cols))
 
     def selection_scores(self, ids: Sequence[int]) -> np.ndarray:
         """The score matrix rows of ``ids`` on the validation columns that choose (held-out
