@@ -686,7 +686,8 @@ class Search:
         self._reserve = 0
         best = self.best
         try:
-            held = self.evaluate(best, self.holdout_cols)
+            held = self._confirm_vote(best) if isinstance(best.program, EnsembleProgram) \
+                else self.evaluate(best, self.holdout_cols)
         except BudgetExhausted:  # an lm_calls cap spent the reserve: nothing to confirm
             return
         seed_held = self.matrix.scores[0, self.holdout_cols]
@@ -698,6 +699,22 @@ class Search:
                                    "seed_holdout_score": event.seed_holdout_score,
                                    "n": event.n}
         self.emit(event)
+
+    def _confirm_vote(self, vote: Candidate) -> np.ndarray:
+        """A voting ensemble's held-out scores: its members' held-out cells (paid, one LM call
+        each, as their validation was; :class:`BudgetExhausted` when they do not fit), then the
+        vote of their predictions, as its validation cells were made."""
+        assert isinstance(vote.program, EnsembleProgram)
+        members = [self.candidates[i] for i in vote.parents]
+        assert [m.program for m in members] == list(vote.program.members)
+        self.evaluate_many([(m, self.holdout_cols) for m in members])
+        cells = self.evaluator.score(
+            [self.valset[c] for c in self.holdout_cols],
+            [vote.program.vote_on([self.matrix.cells[(m.id, c)].prediction for m in members])
+             for c in self.holdout_cols])
+        for col, cell in zip(self.holdout_cols, cells, strict=True):
+            self.matrix.set(vote.id, col, cell)
+        return np.array([cell.score for cell in cells], dtype=np.float64)
 
     def _fill(self, cand: Candidate, cells: dict[int, Cell]) -> None:
         for col, cell in cells.items():
