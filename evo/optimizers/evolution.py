@@ -69,17 +69,20 @@ class Evolution(SearchConfig):
     initial_demo_sets: int = Field(3, ge=0, description="random demo sets tried first")
     minibatch_size: int = Field(8, ge=1, description="validation examples of a race's first "
                                                      "rung (each next rung doubles it)")
+    # race_z, settings and holdout are always in the run spec (unlike parallel_proposals): a run
+    # stored before racing has none of them, so it is refused with the fields that differ
+    # instead of resuming on a search it never ran
     race_z: float = Field(
-        0.5, ge=0, json_schema_extra=OMIT_DEFAULT,
+        0.5, ge=0,
         description="patience of a race: a child is dropped when its mean paired difference "
                     "from the incumbent plus race_z standard errors is below zero")
     settings: bool = Field(
-        True, json_schema_extra=OMIT_DEFAULT,
+        True,
         description="let genomes vary the program's settings: label scoring for a closed label "
                     "set on a backend that scores choices (with contextual calibration), and a "
                     "reasoning step")
     holdout: float = Field(
-        0.2, ge=0, lt=1, json_schema_extra=OMIT_DEFAULT,
+        0.2, ge=0, lt=1,
         description="share of the validation set kept out of every choice, to confirm the "
                     "final pick (Result.confirmation)")
     reflection_rate: float = Field(0.35, ge=0, le=1, description="share of reflective mutations")
@@ -105,13 +108,19 @@ class Evolution(SearchConfig):
         return math.ceil(super().projected_proposals(n_train, n_val) * self.reflection_rate)
 
     def run(self, search: Search) -> None:
-        evolve(search, self)
+        credit = Credit()
+        try:
+            evolve(search, self, credit=credit)
+        finally:  # also when an lm_calls cap ends the search
+            search.emit(OperatorStats(stats=credit.table(), note=credit.note()))
 
 
-def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None) -> None:
+def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None,
+           credit: Credit | None = None) -> None:
     """The evolutionary loop of :class:`Evolution` (module docstring, steps 1-4); it stops when
     the budget cannot pay a race's first rung or after ``stale_limit`` (default: the config's)
-    proposals in a row that brought nothing new."""
+    proposals in a row that brought nothing new. ``credit`` collects how each operator's
+    children fared (and weighs the operators by it)."""
     stale_limit = config.stale_limit if stale_limit is None else stale_limit
     archive = search.archive
     extra = {name: operator(name) for name in config.operators}  # unknown names fail here
@@ -119,10 +128,10 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
     openings = _openings(search)
     n_init = len(openings) + ((config.initial_demo_sets + archive.knn) if archive.max_demos
                               else 0)
-    credit = Credit()
+    credit = Credit() if credit is None else credit
+    first_rung = min(config.minibatch_size, len(search.all_cols))
     tries = 0  # first-phase proposals made (a duplicate counts: the phase always ends)
     stale = 0  # proposals in a row that produced nothing new (all possible prompts seen)
-    first_rung = min(config.minibatch_size, len(search.all_cols))
     while search.remaining() >= first_rung and stale < stale_limit:
         search.next_iteration()
         # a round of children, no more than the budget could start racing
@@ -160,7 +169,6 @@ def evolve(search: Search, config: Evolution, *, stale_limit: int | None = None)
             trials.append(child)
         for race in race_many(search, trials, start=config.minibatch_size, z=config.race_z):
             credit.record(race)
-    search.emit(OperatorStats(stats=credit.table(), note=credit.note()))
     search.stop(StopReason.CONVERGED if stale >= stale_limit else StopReason.BUDGET)
 
 

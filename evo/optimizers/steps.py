@@ -31,7 +31,7 @@ from evo.program import Program
 from evo.proposers.reflection import Proposal, ReflectionStyle, propose
 from evo.search import genome as G
 from evo.search.engine import Candidate, Search
-from evo.search.evaluate import Cell
+from evo.search.evaluate import BudgetExhausted, Cell
 from evo.search.events import CandidateEvaluated, CandidateRaced, ProposalRejected
 from evo.search.genome import Genome
 from evo.search.strategies import Acceptance, StrictImprovement
@@ -251,7 +251,12 @@ def race_many(search: Search, children: Sequence[Candidate], *, start: int, z: f
         alive, going = fit, []
         if not alive:
             break
-        search.evaluate_many([(child, orders[child.id][:size]) for child in alive])
+        try:
+            search.evaluate_many([(child, orders[child.id][:size]) for child in alive])
+        except BudgetExhausted:  # an lm_calls cap (calibration calls) hit first: races end
+            for child in alive:
+                end(child, "out of budget")
+            raise
         for child in alive:
             a, b, dense[child.id] = race_signal(search, child, incumbent,
                                                 orders[child.id][:size])

@@ -177,3 +177,18 @@ def test_a_length_budget_picks_the_best_prompt_within_it():
     assert capped.best.prompt_chars() <= limit < longest or limit == longest
     within = [c for c in capped.candidates if c.accepted and c.program.prompt_chars() <= limit]
     assert capped.best_val == max(c.val_score for c in within)
+
+
+@pytest.mark.parametrize("cap", [70, 90, 120, 160])
+def test_an_lm_call_cap_ends_every_race_on_record(cap):
+    # calibration calls are LM calls the rung's fit check does not count: a cap can land in the
+    # middle of a rung; every child still ends its race on record and the operator stats come out
+    lm = ScriptedLM(hashed_respond)
+    seed = program_hashed().model_copy(update={"answer_mode": "rank", "calibrate": True})
+    optimizer = evo.Evolution(budget=evo.Budget(metric_calls=400, lm_calls=cap),
+                              encoder="hashing")
+    result = evo.optimize(seed, TRAIN, VAL, lm=lm, optimizer=optimizer, cache=False)
+    assert len(lm.calls) <= cap + 1  # + the preflight
+    raced_ids = [e["candidate"] for e in raced(result)]
+    assert sorted(raced_ids) == list(range(1, len(result.candidates)))
+    assert sum(e["event"] == "operator_stats" for e in result.events) == 1
