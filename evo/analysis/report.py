@@ -514,9 +514,10 @@ def _racing_section(raced: list[dict], schedule: list[int], stored: dict | None)
         child = np.mean([e["rungs"][-1][1] for e in dense])
         inc = np.mean([e["rungs"][-1][2] for e in dense])
         out.append(f"<p><b>Dense signal</b>: {len(dense)} of {len(raced)} races compared the "
-                   "model's probability of the gold answer (label scoring) rather than 0/1 "
-                   f"scores; at their last rung the children averaged {child:.3f} and the "
-                   f"incumbent {inc:.3f}. In those rows the means are probabilities.</p>")
+                   "metric's score plus the model's probability of the gold answer (label "
+                   "scoring) rather than 0/1 scores alone; at their last rung the children "
+                   f"averaged {child:.3f} and the incumbent {inc:.3f}. In those rows the means "
+                   "are score + P(gold), between 0 and 2.</p>")
     shown = raced[:80]
     out.append(_table(
         ["candidate", "incumbent", "rungs reached", "examples", "child mean", "incumbent mean",
@@ -525,7 +526,7 @@ def _racing_section(raced: list[dict], schedule: list[int], stored: dict | None)
           _bar(len(e["rungs"]), total, e["outcome"]), n,
           f"{e['rungs'][-1][1]:.3f}" if e["rungs"] else "–",
           f"{e['rungs'][-1][2]:.3f}" if e["rungs"] else "–",
-          "P(gold) (dense)" if e["dense"] else "0/1 score", e["outcome"]]
+          "score + P(gold) (dense)" if e["dense"] else "0/1 score", e["outcome"]]
          for e, n in zip(shown, examples, strict=False)], num={3, 4, 5}))
     if len(raced) > len(shown):
         out.append(f"<p class='note'>… and {len(raced) - len(shown)} more races in "

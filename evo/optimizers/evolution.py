@@ -11,10 +11,11 @@ with DEAP operators and GEPA-style reflective mutation. Each iteration:
    not paid for), crossover with another member, or a cheap demo / instruction mutation;
 3. **racing**: the child is scored on growing prefixes of a fixed shuffle of the validation set
    (``minibatch_size`` examples, then twice as many, ... then all of them) against the incumbent,
-   the best validated candidate, whose scores there are already paid. At each rung a child that
-   is confidently worse (its mean paired difference plus ``race_z`` standard errors is below
-   zero) is dropped; the signal is the model's probability of the gold answer when both have it
-   (label scoring), else the metric's scores. So most children cost a few examples and full
+   the best validated candidate, whose scores there are already paid. At each rung a child whose
+   mean paired difference (plus ``race_z`` standard errors; 0 by default) is below zero is
+   dropped, and past the first rung so is one that beats the incumbent on no example; the
+   signal is the metric's score plus the model's probability of the gold answer when both have
+   it (label scoring), else the metric's score. So most children cost a few examples and full
    validation goes to contenders: a budget of 300 assesses tens of candidates;
 4. **full validation**: a child that reaches the whole validation set joins the population,
    which keeps the best ``population_size`` (with two objectives, NSGA-II's survivors:
@@ -73,7 +74,7 @@ class Evolution(SearchConfig):
     # stored before racing has none of them, so it is refused with the fields that differ
     # instead of resuming on a search it never ran
     race_z: float = Field(
-        0.5, ge=0,
+        0.0, ge=0,
         description="patience of a race: a child is dropped when its mean paired difference "
                     "from the incumbent plus race_z standard errors is below zero")
     settings: bool = Field(

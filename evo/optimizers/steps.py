@@ -179,14 +179,21 @@ def rungs(n: int, start: int) -> list[int]:
 
 def race_signal(search: Search, child: Candidate, incumbent: Candidate, cols: Sequence[int]
                 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """The scores a race compares at ``cols``: the model's probability of the gold answer
-    (dense, far less noisy per example than 0/1) when both candidates have it on every column,
-    else the metric's scores; and whether they were dense."""
+    """The scores a race compares at ``cols``: the metric's score plus the model's probability
+    of the gold answer when both candidates have that dense score on every column, else the
+    metric's scores alone; and whether they were dense.
+
+    The sum keeps the user's metric in charge (a right answer outweighs any change in
+    probability) while the dense part grades the examples where both are right or both wrong,
+    which 0/1 scores call ties: far less noise per example. P(gold) alone is not enough: a
+    candidate can raise the gold label's mean probability and still answer fewer examples
+    right (measured on TREC with the 0.5B model)."""
     index = list(cols)
-    a, b = search.matrix.dense[child.id, index], search.matrix.dense[incumbent.id, index]
-    if not (np.isnan(a).any() or np.isnan(b).any()):
-        return a, b, True
-    return search.matrix.scores[child.id, index], search.matrix.scores[incumbent.id, index], False
+    a, b = search.matrix.scores[child.id, index], search.matrix.scores[incumbent.id, index]
+    da, db = search.matrix.dense[child.id, index], search.matrix.dense[incumbent.id, index]
+    if not (np.isnan(da).any() or np.isnan(db).any()):
+        return a + da, b + db, True
+    return a, b, False
 
 
 def keeps_racing(child: np.ndarray, incumbent: np.ndarray, z: float) -> bool:

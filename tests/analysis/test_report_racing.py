@@ -104,10 +104,11 @@ def test_dense_races_are_said_to_be_dense(run):
     raced = events(run, "candidate_raced")
     dense = [e for e in raced if e["dense"]]
     racing = section(page, "Racing")
-    assert racing.count("<td>P(gold) (dense)</td>") == len(dense)
+    assert racing.count("<td>score + P(gold) (dense)</td>") == len(dense)
     assert racing.count("<td>0/1 score</td>") == len(raced) - len(dense)
     if dense:
-        assert f"{len(dense)} of {len(raced)} races compared the model's probability" in racing
+        assert (f"{len(dense)} of {len(raced)} races compared the metric's score plus the "
+                "model's probability") in racing
         mean = sum(e["rungs"][-1][1] for e in dense) / len(dense)
         assert f"the children averaged {mean:.3f}" in racing
     else:

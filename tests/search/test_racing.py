@@ -140,12 +140,15 @@ def test_races_use_the_dense_signal_when_every_cell_has_one():
         child = event["candidate"]
         if child == result.best_id:  # its held-out cells joined its row after the race
             continue
-        cells = dense[child][~np.isnan(dense[child])]
-        assert len(cells) == int(event["rungs"][-1][0])
-        assert event["rungs"][-1][1] == pytest.approx(float(cells.mean()))
-        # the incumbent's mean on the same examples, from its own dense row
-        inc = dense[event["incumbent"]][~np.isnan(dense[child])]
-        assert event["rungs"][-1][2] == pytest.approx(float(inc.mean()))
+        seen = ~np.isnan(dense[child])
+        assert seen.sum() == int(event["rungs"][-1][0])
+        # the signal: the metric's score plus P(gold), on the child's examples, for both
+        scores = result.matrix.scores
+        assert event["rungs"][-1][1] == pytest.approx(
+            float((scores[child][seen] + dense[child][seen]).mean()))
+        inc = event["incumbent"]
+        assert event["rungs"][-1][2] == pytest.approx(
+            float((scores[inc][seen] + dense[inc][seen]).mean()))
     assert result.best_val >= result.baseline_val
 
 
