@@ -206,6 +206,11 @@ class _Raced(_Loose):
     outcome: str = ""
 
 
+class _OperatorStats(_Loose):
+    stats: dict[str, tuple[int, int, int]] = {}  # operator -> [raced, past rung 1, validated]
+    note: str = ""
+
+
 class _Summary(_Loose):
     stop_reason: str = ""
     metric_calls: int | None = None
@@ -304,7 +309,8 @@ class _Evaluated(_Loose):
 
 # the events the page reads fields of, validated into these shapes (the rest are only counted)
 _EVENT_SHAPES: dict[str, type[_Loose]] = {"candidate_evaluated": _Evaluated,
-                                          "candidate_raced": _Raced, "confirmed": _Confirmation}
+                                          "candidate_raced": _Raced, "confirmed": _Confirmation,
+                                          "operator_stats": _OperatorStats}
 
 
 def _read_json(path: Path) -> Any:
@@ -485,6 +491,20 @@ def _bar(reached: int, total: int, outcome: str) -> _Html:
                  "vertical-align:middle;margin-right:.4rem'><span style='display:block;"
                  f"height:100%;width:{share:.0%};background:{colour}'></span></span>"
                  f"{reached} / {total}")
+
+
+def _operators_section(event: dict) -> list[str]:
+    """How each variation operator's children fared (the search's ``operator_stats``): the
+    operators are drawn in proportion to this, so the budget follows what worked."""
+    rows = [[_e(op), raced, passed, validated]
+            for op, (raced, passed, validated) in sorted(event["stats"].items(),
+                                                         key=lambda kv: (-kv[1][0], kv[0]))]
+    out = ["<h3>Operators</h3>",
+           _table(["operator", "children raced", "past the first rung", "validated"], rows,
+                  num={1, 2, 3})]
+    if event.get("note"):
+        out.append(f"<p class='note'>{_e(event['note'])}.</p>")
+    return out
 
 
 def _racing_section(raced: list[dict], schedule: list[int], stored: dict | None) -> list[str]:
@@ -683,6 +703,9 @@ def build(run_dir: str | Path, *, price: tuple[float, float] | None = None) -> s
     if raced:
         parts += _racing_section(raced, _race_total(raced, record, confirmation),
                                  summary.get("raced"))
+    operators = [e for e in events if e["event"] == "operator_stats"]
+    if operators and operators[-1]["stats"]:
+        parts += _operators_section(operators[-1])
 
     # ---- Pareto fronts --------------------------------------------------------------------
     chars = {int(k): v for k, v in (record.get("prompt_chars") or {}).items()}

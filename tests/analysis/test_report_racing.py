@@ -176,3 +176,18 @@ def test_an_old_run_renders_without_the_new_sections(tmp_path):
     for new in ("<h2>Racing</h2>", "unspent", "held-out part of validation", "Dense signal",
                 "settings:", "label scoring"):
         assert new not in page
+
+
+def test_the_operators_table_shows_how_each_operators_children_fared(tmp_path):
+    run_dir = tmp_path / "run"
+    val = [hashed_example(i) for i in range(100, 140)]
+    opt = evo.Evolution(budget=evo.Budget(metric_calls=300), encoder="hashing")
+    evo.optimize(HASHED.program(), list(HASHED.train), val, lm=HASHED.lm(), optimizer=opt,
+                 cache=False, run_dir=run_dir)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    stats = next(e for e in events if e["event"] == "operator_stats")["stats"]
+    page = build(run_dir)
+    assert "<h3>Operators</h3>" in page
+    for op, (raced, passed, validated) in stats.items():
+        assert (f'<td>{op}</td><td class="num">{raced}</td><td class="num">{passed}</td>'
+                f'<td class="num">{validated}</td>') in page
