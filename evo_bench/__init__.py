@@ -577,8 +577,20 @@ def read_result(path: Path) -> dict[str, Any]:
 
 
 def load_results(out: Path) -> list[dict]:
-    """Every run result under ``out`` (:func:`read_result`)."""
-    return [read_result(p) for p in sorted(Path(out).glob("*/seed*/*/result.json"))]
+    """Every run result under ``out`` (:func:`read_result`), with ``candidates`` (how many
+    candidates an evo search assessed, from its run store's summary) where known."""
+    return [{**read_result(p), **_assessed(p.parent)}
+            for p in sorted(Path(out).glob("*/seed*/*/result.json"))]
+
+
+def _assessed(cell: Path) -> dict[str, int]:
+    """``{"candidates": n}`` from an evo cell's ``search/result.json`` summary; ``{}`` for a
+    DSPy cell, a baseline, or a summary that cannot be read (the table then shows –)."""
+    try:
+        summary = json.loads((cell / "search" / "result.json").read_text())["summary"]
+        return {"candidates": int(summary["candidates"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _mean_ci(per_seed: list[np.ndarray], seed: int = 0) -> tuple[float, float, float]:
@@ -612,6 +624,9 @@ def summarize(results: list[dict]) -> list[dict]:
             "wall_s": float(np.mean([r["wall_s"] for r in rs])),
             "lm_share": float(np.mean([r["lm_share"] for r in rs])),
             "resumed": any(r["resumed"] for r in rs),
+            "candidates": (float(np.mean([r["candidates"] for r in rs]))
+                           if all("candidates" in r for r in rs) else None),
+            "unspent": float(np.mean([max(0, budget - r["metric_calls"]) for r in rs])),
         })
     rows.sort(key=lambda r: (r["task"], r["budget"], -r["test"]))
     return rows
@@ -627,8 +642,9 @@ def table(rows: list[dict]) -> str:
     """The markdown table: held-out accuracy (mean over seeds, 95% bootstrap CI over the test
     examples; the per-seed values show the spread between seeds) and what each search spent."""
     lines = ["| task | optimizer | budget | test accuracy [95% CI] | per seed | metric calls "
-             "| LM calls | prompt tokens | search wall | LM share |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| unspent | candidates assessed | LM calls | prompt tokens | search wall "
+             "| LM share |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     resumed = False
     best: dict[str, float] = {}  # task -> the highest mean test accuracy: printed in bold
     for r in rows:
@@ -638,7 +654,7 @@ def table(rows: list[dict]) -> str:
     for i, r in enumerate(rows):
         if i == 0 or rows[i - 1]["task"] != r["task"]:
             lines.append(f"| {_md(r['task'])} | *always the most common answer* | – | "
-                         f"{r['majority']:.3f} | | | | | | |")
+                         f"{r['majority']:.3f} | | | | | | | | |")
         over = (f" (**+{r['over_budget']} over**"
                 + (", worst seed)" if len(r["per_seed"]) > 1 else ")")) if r["over_budget"] else ""
         budget = str(r["budget"]) if r["budget"] else "–"
@@ -646,16 +662,19 @@ def table(rows: list[dict]) -> str:
         mark = "†" if r["resumed"] else ""
         resumed = resumed or r["resumed"]
         low, high = max(0.0, r["ci"][0]), min(1.0, r["ci"][1])
-        spent = (f"{r['metric_calls']:.0f}{over} | {r['lm_calls']:.0f} | "
-                 f"{r['prompt_tokens'] / 1000:.0f}k | {r['wall_s']:.0f} s | {r['lm_share']:.0%}"
-                 if r["budget"] else "– | – | – | – | –")  # a baseline searches nothing
+        assessed = "–" if r.get("candidates") is None else f"{r['candidates']:.0f}"
+        spent = (f"{r['metric_calls']:.0f}{over} | {r.get('unspent', 0):.0f} | {assessed} | "
+                 f"{r['lm_calls']:.0f} | {r['prompt_tokens'] / 1000:.0f}k | {r['wall_s']:.0f} s "
+                 f"| {r['lm_share']:.0%}"
+                 if r["budget"] else "– | – | – | – | – | – | –")  # a baseline searches nothing
         acc = f"**{r['test']:.3f}**" if r["test"] == best[r["task"]] else f"{r['test']:.3f}"
         lines.append(
             f"| {_md(r['task'])} | {_md(r['optimizer'])}{mark} | {budget} | {acc} "
             f"[{low:.3f}, {high:.3f}] | {seeds} | {spent} |")
     lines.append("\nCI: resampling of test examples within each seed (test-set noise, not "
                  "seed-to-seed spread). LM calls count cache hits; metric calls = program runs on "
-                 "one example, as both sides' budgets count them.")
+                 "one example, as both sides' budgets count them. Candidates assessed: prompts an "
+                 "evo search scored (– where the optimizer does not report it).")
     if resumed:
         lines.append("† resumed from its cache after a stop: prompt tokens, wall time and LM "
                      "share count only what the last run paid (LM and metric calls are whole).")

@@ -218,4 +218,21 @@ def test_a_result_file_of_the_wrong_shape_is_one_error_naming_it(tmp_path, field
 def test_names_from_result_files_cannot_break_the_tables():
     rows = bench.summarize([{**result(0, "dspy.a", [1.0, 0.0]), "task": "to|y\nx"}])
     line = next(line for line in bench.table(rows).splitlines() if "dspy.a" in line)
-    assert line.startswith("| to\\|y x | dspy.a |") and line.count(" | ") == 9
+    assert line.startswith("| to\\|y x | dspy.a |") and line.count(" | ") == 11
+
+
+def test_the_table_shows_unspent_budget_and_the_candidates_an_evo_search_assessed(tmp_path):
+    for seed, n in ((0, 21), (1, 17)):
+        cell = tmp_path / "toy" / f"seed{seed}" / "evolution-b300"
+        (cell / "search").mkdir(parents=True)
+        (cell / "result.json").write_text(json.dumps(
+            result(seed, "evolution", [1.0, 0.0], side="evo", metric_calls=296)))
+        (cell / "search" / "result.json").write_text(json.dumps({"summary": {"candidates": n}}))
+    cell = tmp_path / "toy" / "seed0" / "dspy.a-b300"
+    cell.mkdir(parents=True)
+    (cell / "result.json").write_text(json.dumps(result(0, "dspy.a", [1.0, 0.0])))
+    text = bench.table(bench.summarize(bench.load_results(tmp_path)))
+    evo_line = next(line for line in text.splitlines() if "| evolution |" in line)
+    dspy_line = next(line for line in text.splitlines() if "| dspy.a |" in line)
+    assert "| 296 | 4 | 19 |" in evo_line  # metric calls, unspent, candidates (mean of 21, 17)
+    assert "| – |" in dspy_line
