@@ -291,6 +291,9 @@ class Program(BaseModel):
             self.reasoning and _has_field_line(text, REASONING_FIELD))
         for f in self.signature.outputs:
             raw = _field_value(text, f.name, single=single)
+            if raw is None and single is False and len(self.signature.outputs) == 1:
+                # a reasoning reply that ends "... so the answer is 7" without its field line
+                raw = _stated_answer(text)
             if raw is None:
                 after = " after the reasoning" if self.reasoning else ""
                 return Prediction(text, None, f"no '{f.name}:' line{after} in the reply")
@@ -450,6 +453,19 @@ def _field_line(name: str) -> re.Pattern[str]:
 
 def _has_field_line(text: str, name: str) -> bool:
     return _field_line(name).search(text) is not None
+
+
+# "the answer is 7", "Final answer: 7", "answer = 7": a conclusion stated in words (the last one)
+_STATED = re.compile(r"^.*\banswer\b(?:\s+is)?\s*[:=]?\s*(.+?)\s*$",
+                     re.IGNORECASE | re.MULTILINE)
+
+
+def _stated_answer(text: str) -> str | None:
+    """The answer a reasoning reply states in words when it has no field line for it: what
+    follows the last "answer is" / "answer:" (the reasoning's conclusion), else None."""
+    hits = [m.group(1).strip().rstrip(".") for m in _STATED.finditer(text)]
+    hits = [h for h in hits if h]
+    return hits[-1] if hits else None
 
 
 def _field_value(text: str, name: str, *, single: bool) -> str | None:

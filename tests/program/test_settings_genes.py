@@ -98,3 +98,19 @@ def test_settings_genes_round_trip_and_stay_out_of_default_files(tmp_path):
     assert Program.load(p.save(tmp_path / "p.json")) == p
     assert not {"answer_mode", "calibrate", "reasoning"} & set(
         Program(signature="q -> label").to_json())
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("reasoning: 40 costs 56, so\nTherefore, the answer is: 120%", "120%"),
+    ("reasoning: three and four make seven, so the answer is 7.", "7"),
+    ("reasoning: first the answer is 3, then correcting, the final answer = 5", "5"),
+])
+def test_a_reasoning_reply_without_its_field_line_gives_the_answer_it_states(reply, expected):
+    program = Program(signature="question -> answer", reasoning=True)
+    assert program.parse(reply).outputs == {"answer": expected}
+
+
+def test_a_reasoning_reply_cut_before_any_answer_is_unparseable():
+    program = Program(signature="question -> answer: int", reasoning=True)
+    prediction = program.parse("reasoning: first add the two numbers, then")
+    assert prediction.outputs is None and "after the reasoning" in prediction.error
