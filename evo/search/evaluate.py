@@ -37,6 +37,7 @@ from evo.lm.base import (
     LMError,
     LMRequest,
     LMRequestError,
+    LMResponse,
     LMTransientError,
     LMUnavailableError,
     scores_choices,
@@ -449,13 +450,9 @@ class Evaluator:
             return self._biases[key]
         distributions = []
         for request in key:
-            try:
-                response = self.session.complete(request)
-            except LMUnavailableError:
-                raise
-            except LMError as exc:
-                message = lm_cell_error(exc) + " (calibration on a content-free input)"
-                return _failed(Prediction("", None, str(exc)), message)
+            response = self._ask(request, note=" (calibration on a content-free input)")
+            if isinstance(response, Cell):
+                return response
             logprobs = self._choice_logprobs(response.choice_logprobs, len(request.choices))
             if isinstance(logprobs, str):
                 return _failed(Prediction(response.text, None, logprobs),
@@ -524,13 +521,10 @@ class Evaluator:
             return self._rank(program, example, bias)
         max_tokens = max(self.max_tokens, REASONING_MAX_TOKENS) if getattr(
             program, "reasoning", False) else self.max_tokens
-        request = LMRequest(program.messages(example), max_tokens=max_tokens, purpose="task")
-        try:
-            response = self.session.complete(request)
-        except LMUnavailableError:
-            raise
-        except LMError as exc:
-            return _failed(Prediction("", None, str(exc)), lm_cell_error(exc))
+        response = self._ask(LMRequest(program.messages(example), max_tokens=max_tokens,
+                                       purpose="task"))
+        if isinstance(response, Cell):
+            return response
         text = response.text
         if not isinstance(text, str):  # (the session already refuses empty replies)
             return _failed(Prediction("", None, "empty reply"),
@@ -540,6 +534,16 @@ class Evaluator:
         except Exception as exc:  # a parser bug must not end a run: record it on the cell
             return _failed(Prediction(text, None, str(exc)),
                            f"{_PARSE_PREFIX}{type(exc).__name__}: {exc}")
+
+    def _ask(self, request: LMRequest, *, note: str = "") -> LMResponse | Cell:
+        """The session's answer to ``request``, or the failed cell of an LM error (``note``
+        added to its message); an unreachable LM ends the evaluation."""
+        try:
+            return self.session.complete(request)
+        except LMUnavailableError:
+            raise
+        except LMError as exc:
+            return _failed(Prediction("", None, str(exc)), lm_cell_error(exc) + note)
 
     def _rank(self, program: Program, example: Example, bias: np.ndarray | Cell | None
               ) -> Prediction | Cell | _Ranked:
@@ -552,12 +556,9 @@ class Evaluator:
         labels = program.labels or ()
         request = LMRequest(program.messages(example), max_tokens=self.max_tokens,
                             purpose="task", choices=labels, prefill=program.rank_prefill())
-        try:
-            response = self.session.complete(request)
-        except LMUnavailableError:
-            raise
-        except LMError as exc:
-            return _failed(Prediction("", None, str(exc)), lm_cell_error(exc))
+        response = self._ask(request)
+        if isinstance(response, Cell):
+            return response
         logprobs = self._choice_logprobs(response.choice_logprobs, len(labels))
         if isinstance(logprobs, str):
             return _failed(Prediction(response.text, None, logprobs), logprobs)
