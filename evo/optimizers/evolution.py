@@ -198,9 +198,10 @@ def _opening(search: Search, settings: G.Settings) -> Variation:
 @dataclass
 class Credit:
     """How the children of each operator fared in their races: proposed, past the first rung,
-    validated. The cheap operators are drawn in proportion to their rate times a smoothed
-    success share, so a search whose reflections never get past the first rung (a reflection
-    LM too small to help) spends its budget on demo and settings operators instead."""
+    validated. After the first children, operators (reflection and crossover included) are
+    drawn in proportion to their rate times a smoothed share of their children that got past
+    the first rung, so a search whose reflections never do (a reflection LM too small to help)
+    spends its budget on demo and settings operators instead."""
 
     counts: dict[str, list[int]] = field(default_factory=dict)
 
