@@ -522,7 +522,7 @@ def _racing_section(raced: list[dict], schedule: list[int], stored: dict | None)
            f"<p>{len(raced)} candidate{'s' if len(raced) != 1 else ''} raced against the "
            "incumbent (the best validated candidate) on growing prefixes of the validation set "
            f"(rungs of {', '.join(map(str, schedule)) or '?'} examples), each dropped as soon "
-           "as it was confidently worse: "
+           "as it fell behind (or, past the first rung, beat the incumbent on no example): "
            + ", ".join(f"<b>{n}</b> {_e(outcome)}" for outcome, n in counts.items())
            + f". A candidate was scored on {np.mean(examples):.1f} examples on average before "
            f"its race ended ({schedule[-1] if schedule else '?'} for full validation).</p>"]
