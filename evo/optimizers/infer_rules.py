@@ -32,13 +32,19 @@ from typing import ClassVar
 from pydantic import Field
 
 from evo.data import Example
-from evo.lm.base import LMError, LMRequest, LMUnavailableError, Message
+from evo.lm.base import LMError, LMRequest, LMUnavailableError
 from evo.lm.session import LMSession
 from evo.optimizers.registry import register_optimizer
 from evo.optimizers.simba import parse_rules
 from evo.optimizers.steps import Deferred, Variation, add_child, compile_bootstrap, resolve
 from evo.program import Program
-from evo.proposers.reflection import Proposal, describe_task, join_rules, split_rules
+from evo.proposers.reflection import (
+    Proposal,
+    describe_task,
+    join_rules,
+    rule_writer_request,
+    split_rules,
+)
 from evo.search import genome as G
 from evo.search.engine import Search, SearchConfig
 
@@ -67,10 +73,8 @@ def rules_induction_request(program: Program, examples: Sequence[Example], *, nu
         "must apply to many inputs of this kind, so do not mention particular examples.\n"
         "Reply with the rules only, one per line, each line starting with \"- \"."
     )
-    return LMRequest(
-        (Message("system", "You are an expert prompt engineer who writes clear rules."),
-         Message("user", prompt)),
-        max_tokens=60 * num_rules + 40, temperature=temperature, seed=seed, purpose="reflection")
+    return rule_writer_request(prompt, max_tokens=60 * num_rules + 40, temperature=temperature,
+                               seed=seed)
 
 
 def induce_rules(session: LMSession, program: Program, examples: Sequence[Example], *,

@@ -50,7 +50,7 @@ import numpy as np
 from pydantic import Field
 
 from evo.data import Example
-from evo.lm.base import LMError, LMRequest, LMUnavailableError, Message
+from evo.lm.base import LMError, LMRequest, LMUnavailableError
 from evo.lm.session import LMSession
 from evo.optimizers.registry import register_optimizer
 from evo.optimizers.steps import Deferred, Variation, add_child, resolve
@@ -61,6 +61,7 @@ from evo.proposers.reflection import (
     describe_task,
     jaccard,
     join_rules,
+    rule_writer_request,
     split_rules,
 )
 from evo.search import genome as G
@@ -125,10 +126,7 @@ def rule_request(program: Program, example: Example, better: Cell | None, worse:
         "with many other inputs of this kind, so do not mention this particular input.\n"
         "Reply with the rule only, on one line starting with \"- \"."
     )
-    return LMRequest(
-        (Message("system", "You are an expert prompt engineer who writes clear rules."),
-         Message("user", prompt)),
-        max_tokens=120, temperature=temperature, seed=seed, purpose="reflection")
+    return rule_writer_request(prompt, max_tokens=120, temperature=temperature, seed=seed)
 
 
 def simba_rule(session: LMSession, program: Program, example: Example, better: Cell | None,

@@ -106,10 +106,18 @@ def rules_request(program: Program, failures: Sequence[tuple[Example, Cell]], *,
         "mention these particular examples. Do not answer the examples.\n"
         "Reply with the rules only, one per line, each line starting with \"- \"."
     )
+    return rule_writer_request(prompt, max_tokens=60 * n_rules + 40, temperature=temperature,
+                               seed=seed)
+
+
+def rule_writer_request(prompt: str, *, max_tokens: int, temperature: float, seed: int
+                        ) -> LMRequest:
+    """``prompt`` sent to the reflection LM as a rule writer: every meta-prompt that asks for
+    rules ("- " lines) goes out this way (reflection, SIMBA's and InferRules' rules)."""
     return LMRequest(
         (Message("system", "You are an expert prompt engineer who writes clear rules."),
          Message("user", prompt)),
-        max_tokens=60 * n_rules + 40, temperature=temperature, seed=seed, purpose="reflection")
+        max_tokens=max_tokens, temperature=temperature, seed=seed, purpose="reflection")
 
 
 def rewrite_request(program: Program, failures: Sequence[tuple[Example, Cell]], *,
