@@ -8,8 +8,8 @@ characters, more than the 200 allowed"). Built in: :class:`Regex`, :class:`JSONS
 :class:`LMJudge` (an LM says yes or no to a criterion). Nothing read from data is ever run as
 code: a JSON schema is only validated against, by ``jsonschema``.
 
->>> metric = validated(evo.metrics.f1, [Length("answer", max_chars=200)])  # doctest: +SKIP
->>> refine(program, example, session, [Regex("answer", r"^\\d+$")])          # doctest: +SKIP
+>>> # metric = validated(evo.metrics.f1, [Length("answer", max_chars=200)])
+>>> # refine(program, example, session, [Regex("answer", r"^\\d+$")]).prediction
 """
 
 from __future__ import annotations
@@ -253,7 +253,10 @@ class LMJudge:
     answering "yes" or "no". Its calls go through an :class:`~evo.lm.session.LMSession` (a bare
     LM is wrapped with no cache) and are counted in :attr:`lm_calls`, so the caller can add
     them to a budget or a cost. A judge whose LM fails, or whose reply is neither yes nor no,
-    could not judge: the output passes, and :attr:`notes` says why."""
+    could not judge: the output passes, and :attr:`notes` says why.
+
+    Given the session a search runs on (``run(..., lm=session)``), the judge's calls are in
+    that run's usage and journal, so a resumed run replays them instead of paying again."""
 
     lm: LM | LMSession
     criterion: str
@@ -287,7 +290,8 @@ class LMJudge:
 
     @property
     def lm_calls(self) -> int:
-        """Judge requests sent so far (answered, cached or failed)."""
+        """Judge requests sent so far (answered by the LM, its cache or a run's journal, or
+        failed); the session's ``usage`` says which of them were paid."""
         return self._counts["calls"]
 
     @property
@@ -449,7 +453,7 @@ def validated(metric: Metric, validators: Sequence[Validator], *, penalty: float
     that could not be parsed is scored by ``metric`` alone. ``.lm_calls`` counts the judges'
     LM calls (add them to what a search cost).
 
-    >>> m = validated(evo.metrics.exact_match, [OneOf("label", ["yes", "no"])])  # doctest: +SKIP
+    >>> # evo.optimize(..., metric=validated(evo.metrics.f1, [JSONSchema("answer", schema)]))
     """
     return Validated(metric, validators, penalty=penalty)
 

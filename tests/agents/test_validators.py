@@ -379,3 +379,32 @@ def test_refine_retries_an_unparsable_reply() -> None:
     assert got.attempts == 2 and got.passed
     assert got.failures[0][0][0] == "format" and "no 'answer:' line" in got.failures[0][0][1]
     assert "I think so" in lm.calls[1].messages[0].content
+
+
+def test_a_judge_on_the_runs_session_is_journaled_and_replayed_on_resume(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from evo.optimizers.evolution import Evolution
+    from evo.runs.runner import run
+    from evo.search.evaluate import Budget
+
+    def respond(req: LMRequest) -> str:
+        if req.purpose == "judge":
+            return "no" if "sentiment of" in req.messages[-1].content else "yes"
+        return _verbose_respond(req)
+
+    train = [_sentiment(i) for i in range(12)]
+    val = [_sentiment(i) for i in range(100, 108)]
+    sittings = []
+    for _ in range(2):
+        lm = ScriptedLM(respond)
+        session = LMSession(lm)
+        metric = validated(contains, [LMJudge(session, "is one word", field="answer")])
+        result = run(Program(signature="text -> answer"), train, val, lm=session,
+                     optimizer=Evolution(budget=Budget(metric_calls=60), knn=False,
+                                         encoder="hashing"),
+                     metric=metric, cache=False, run_dir=tmp_path / "run")
+        sittings.append((result.baseline_val, result.best_val, metric.lm_calls,
+                         [r.purpose for r in lm.calls]))
+    (base, best, judged, calls), (base2, best2, judged2, calls2) = sittings
+    assert (base, best) == (base2, best2) == (0.0, 1.0)  # the judge's "no" cost the wordy ones
+    assert judged == judged2 > 0 and "judge" in calls
+    assert calls2 == ["preflight"]  # every judge answer replayed from the run's journal
