@@ -219,7 +219,8 @@ class OneOf:
 @dataclass(frozen=True)
 class Check:
     """A Python check the user writes in code: ``fn(inputs, outputs) -> bool`` (True passes);
-    ``message`` is the feedback when it fails. Never built from data."""
+    ``message`` is the feedback when it fails. Never built from data. What ``fn`` raises is
+    not caught: a bug in the check shows (in a search, as a metric error on the cell)."""
 
     fn: Callable[[dict[str, str], dict[str, str]], bool]
     name: str = _f(kw_only=True)
