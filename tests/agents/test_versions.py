@@ -158,43 +158,50 @@ def test_a_reader_never_sees_none_once_deployed(reg):
         reg.add(_program(str(i)))
     reg.deploy(1)
     seen, done = [], threading.Event()
+    other = VersionRegistry(reg.path)  # its own connection, as another process has
 
-    def reader():  # as an agent serving calls does
+    def reader(r):  # as an agent serving calls does
         while not done.is_set():
-            seen.append(reg.deployed())
+            seen.append(r.deployed())
 
-    t = threading.Thread(target=reader)
-    t.start()
+    threads = [threading.Thread(target=reader, args=(r,)) for r in (reg, other)]
+    for t in threads:
+        t.start()
     for j in range(60):
         reg.deploy(j % 4 + 1) if j % 3 else reg.rollback(j % 4 + 1)
     done.set()
-    t.join()
+    for t in threads:
+        t.join()
+    other.close()
     assert seen and all(v is not None and v.status == "deployed" for v in seen)
 
 
-def _deploy_in_child(path: str, numbers: list[int]) -> None:
-    with VersionRegistry(path) as r:
-        for k in numbers:
-            r.deploy(k)
+def _deploy_in_child(registry: str | VersionRegistry, numbers: list[int]) -> None:
+    r = VersionRegistry(registry) if isinstance(registry, str) else registry
+    for k in numbers:
+        r.deploy(k)
+    r.close()
 
 
 def test_processes_share_one_registry(tmp_path):
     path = tmp_path / "versions.sqlite"
-    with VersionRegistry(path) as r:
-        for i in range(6):
-            r.add(_program(str(i)))
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_deploy_in_child, args=(str(path), [(k + j) % 6 + 1
-                                                                    for j in range(10)]))
+    r = VersionRegistry(path)
+    for i in range(6):
+        r.add(_program(str(i)))
+    r.deploy(1)
+    ctx = multiprocessing.get_context("fork")  # (spawn would import evo again in each child)
+    # two children open the file, the third uses the registry it inherited: its own connection
+    procs = [ctx.Process(target=_deploy_in_child,
+                         args=(str(path) if k < 2 else r, [(k + j) % 6 + 1 for j in range(10)]))
              for k in range(3)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0]
-    with VersionRegistry(path) as r:
-        assert [v.status for v in r.history()].count("deployed") == 1
-        assert len(r.deployments()) >= 3
+    assert [v.status for v in r.history()].count("deployed") == 1  # the parent's connection
+    assert len(r.deployments()) >= 3
+    r.close()
 
 
 def test_corrupt_file_is_one_damaged_file_error(tmp_path):
