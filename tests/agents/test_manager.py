@@ -176,6 +176,25 @@ def test_a_runner_that_raises_fails_its_job_and_the_worker_goes_on(tmp_path):
         e for e in finished if e["event"] == "job_finished" and e["job"] == bad.id).items()
 
 
+def test_several_workers_run_each_job_once(tmp_path):
+    ran: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def runner(job, run_dir, *, budget, on_event):  # type: ignore[no-untyped-def]
+        with lock:
+            ran.append((job.id, threading.current_thread().name))
+        time.sleep(0.005)
+        return {"metric_calls": 0}
+
+    with OptimizationManager(tmp_path, workers=3) as mgr:
+        mgr.register("a", runner)
+        jobs = [mgr.schedule("a", {}) for _ in range(12)]
+        mgr.start()
+        for job in jobs:
+            assert mgr.wait(job.id, timeout=30).status == "done"
+    assert sorted(job_id for job_id, _ in ran) == sorted(j.id for j in jobs)
+
+
 def test_keyboard_interrupt_is_not_swallowed_and_the_job_stays_queued(tmp_path):
     mgr = OptimizationManager(tmp_path)
 
@@ -251,11 +270,12 @@ def test_cancel_a_running_job_then_retry_resumes_it_from_its_journal(tmp_path, r
     resumes it: nothing is asked twice, the result is the uninterrupted one."""
     log = tmp_path / "calls.log"
     mgr = OptimizationManager(tmp_path / "home")
+    other = OptimizationManager(tmp_path / "home")  # the cancel goes through the queue file
     job_id: list[str] = []
 
     def cancel_at_20() -> None:
         if len(lines(log)) == 20:
-            mgr.cancel(job_id[0])
+            assert other.cancel(job_id[0]).status == "running"
 
     mgr.register("sentiment", runner_module.make_runner(log, gate=cancel_at_20))
     job_id.append(mgr.schedule("sentiment", {"budget": 60}).id)
