@@ -24,6 +24,7 @@ from evo.lm.cache import ResponseCache, default_cache_path
 from evo.lm.hosted import DSPyLM, from_dspy, hosted
 from evo.lm.local import LocalLM, local
 from evo.lm.models import MODELS, ModelSpec, ensure_model
+from evo.lm.router import ModelChoice
 from evo.lm.scripted import ScriptedLM
 from evo.lm.session import LMSession, Usage, session_for
 
@@ -32,6 +33,7 @@ __all__ = [
     "LMUnavailableError", "LMSession", "session_for", "make_lm",
     "Usage", "ResponseCache", "default_cache_path", "ScriptedLM",
     "LocalLM", "local", "MODELS", "ModelSpec", "ensure_model", "DSPyLM", "hosted", "from_dspy",
+    "ModelChoice",
 ]
 
 

@@ -41,6 +41,9 @@ class LMRequest:
     # What the call is for ("task", "reflection", "preflight", ...): kept in the ledger, not the
     # key.
     purpose: str = field(default="task", compare=False)
+    # Which member of a :class:`~evo.lm.router.ModelChoice` answers ("" = its default; other
+    # backends ignore it). Part of the key only when set, so every older key stays as it was.
+    model: str = ""
 
     def key(self, model_id: str, endpoint: str | None = None) -> str:
         """The request's identity for ``model_id``; with ``endpoint`` (a server URL) the
@@ -61,6 +64,8 @@ class LMRequest:
         if self.choices:  # absent otherwise: the keys of generation requests never changed
             payload["choices"] = list(self.choices)
             payload["prefill"] = self.prefill
+        if self.model:  # absent otherwise, as above
+            payload["route"] = self.model
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -181,10 +181,13 @@ def _openings(search: Search) -> list[G.Settings]:
     options = search.archive.settings_options
     if not options:
         return []
-    own = G.Settings.of(search.archive.base)
-    wanted = [G.Settings(answer_mode="rank")] if search.archive.base.labels is not None else \
-        [G.Settings(reasoning=True)]
-    return [s for s in wanted if s in options and s != own]
+    own = search.archive.own_settings
+    wanted = [G.Settings(answer_mode="rank", model=own.model)] \
+        if search.archive.base.labels is not None else \
+        [G.Settings(reasoning=True, model=own.model)]
+    # With a model choice, the seed (on the default model) is then tried on each other model.
+    wanted += [own._replace(model=m) for m in range(len(search.archive.models))]
+    return [s for s in dict.fromkeys(wanted) if s in options and s != own]
 
 
 def _opening(search: Search, settings: G.Settings) -> Variation:
@@ -192,7 +195,7 @@ def _opening(search: Search, settings: G.Settings) -> Variation:
     seed = search.seed_candidate.genome
     demos = list(G.key(seed).demos)
     return archive.genome(seed[G.INSTRUCTION], demos, settings=settings), "settings", \
-        ", ".join(f"{k}={v}" for k, v in settings._asdict().items())
+        settings.describe(archive.models)
 
 
 @dataclass

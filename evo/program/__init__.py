@@ -116,6 +116,9 @@ class Program(BaseModel):
         False, description="think step by step in a 'reasoning' line before the answer fields "
                            "(a reply then needs more tokens: see "
                            "evo.search.evaluate.REASONING_MAX_TOKENS)")
+    model: str | None = Field(
+        None, description="which model of a model choice (evo.lm.ModelChoice) answers, by its "
+                          "name; None: the task LM's default (other LMs ignore it)")
 
     @model_validator(mode="before")
     @classmethod
@@ -148,6 +151,9 @@ class Program(BaseModel):
         return self
 
     def _check_settings(self) -> None:
+        if self.model is not None and (not self.model.strip() or self.model != self.model.strip()):
+            raise ValueError(f"model {self.model!r} must name a model of the task LM's choice "
+                             "(evo.lm.ModelChoice), without surrounding spaces, or be None")
         """The settings genes that cannot go together, refused where the program is made."""
         if self.answer_mode == "rank" and self.labels is None:
             raise ValueError("answer_mode='rank' picks the most probable of a closed label set: "
@@ -335,7 +341,7 @@ class Program(BaseModel):
         return fixed + (round(self.knn.k * self.knn.mean_demo_chars) if self.knn else 0)
 
 
-SETTINGS_GENES = ("answer_mode", "calibrate", "reasoning")
+SETTINGS_GENES = ("answer_mode", "calibrate", "reasoning", "model")
 REASONING_FIELD = "reasoning"  # the reply line a reasoning program thinks in, before its answer
 # Content-free inputs of contextual calibration (Zhao et al. 2021): the label distribution the
 # prompt gives them, averaged, is its bias.

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from evo._io import write_json, write_text
-from evo.errors import UnsafeRunDirError
+from evo.errors import ConfigError, UnsafeRunDirError
 from evo.kernels.moo import nondominated_ranks
 from evo.lm.base import LM
 from evo.lm.cache import ResponseCache
@@ -29,7 +29,7 @@ from evo.program.ensemble import EnsembleProgram
 from evo.runs.record import RESULT_MARKER, ResultRecord, SearchRecord
 from evo.runs.store import EVENTS_FILE, RUN_FILE, check_run_dir
 from evo.search.engine import Candidate
-from evo.search.evaluate import ScoreMatrix, cell_failures
+from evo.search.evaluate import ScoreMatrix, cell_failures, cells_cost
 
 
 def race_counts(events: list[dict[str, Any]]) -> dict[str, int] | None:
@@ -98,10 +98,36 @@ class SearchResult:
         front = [c for c, r in zip(validated, ranks, strict=True) if r == 0]
         return sorted(front, key=lambda c: (c.program.prompt_chars(), c.id))
 
-    def pareto_front(self) -> list[Candidate]:
+    def pareto_front(self, objective: Literal["prompt_chars", "cost"] = "prompt_chars"
+                     ) -> list[Candidate]:
         """The multi-objective result: the (validation accuracy, prompt length) Pareto set
-        (:meth:`tradeoff`), shortest prompt first."""
-        return self.tradeoff()
+        (:meth:`tradeoff`), shortest prompt first; with ``objective="cost"`` the (validation
+        accuracy, cost) set (:meth:`cost`: what a candidate's answers cost per example, $ at a
+        model choice's prices, else tokens), cheapest first: with a model choice
+        (:class:`evo.lm.ModelChoice`) the cheap-but-worse and the dear-but-better programs to
+        choose from."""
+        if objective == "prompt_chars":
+            return self.tradeoff()
+        if objective != "cost":
+            raise ConfigError(f"pareto_front: objective must be 'prompt_chars' or 'cost', got "
+                              f"{objective!r}")
+        validated = [c for c in self.candidates if c.accepted]
+        costs = {c.id: self.cost(c) for c in validated}
+        validated = [c for c in validated if not np.isnan(costs[c.id])]
+        if not validated:
+            return []
+        objectives = np.array([[c.val_score, costs[c.id]] for c in validated])
+        ranks = nondominated_ranks(objectives, np.array([1.0, -1.0]))
+        front = [c for c, r in zip(validated, ranks, strict=True) if r == 0]
+        return sorted(front, key=lambda c: (costs[c.id], c.id))
+
+    def cost(self, candidate: Candidate | int) -> float:
+        """What a candidate's evaluated answers cost per example (its score-matrix cells' LM
+        calls: prompt + completion tokens, or $ at the prices of the task LM's model choice);
+        NaN for a candidate with no evaluated cell."""
+        cand = self.candidates[candidate] if isinstance(candidate, int) else candidate
+        cells = [cell for (row, _), cell in self.matrix.cells.items() if row == cand.id]
+        return cells_cost(cells, self.lm, getattr(cand.program, "model", None))
 
     def search_summary(self) -> dict[str, Any]:
         failures = cell_failures(self.matrix.cells.values())

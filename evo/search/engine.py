@@ -43,6 +43,7 @@ from evo.errors import ConfigError, RunFailedError
 from evo.kernels.matrix import row_stats
 from evo.kernels.moo import select_nsga2
 from evo.lm.base import scores_choices
+from evo.lm.router import model_names
 from evo.lm.session import LMSession
 from evo.metrics import Metric
 from evo.program import Prediction, Program
@@ -55,6 +56,7 @@ from evo.search.evaluate import (
     Evaluator,
     ScoreMatrix,
     cell_failures,
+    cells_cost,
     failure_minibatch,
 )
 from evo.search.events import (
@@ -78,7 +80,7 @@ from evo.search.strategies import (
     TournamentSelector,
 )
 
-Objective = Literal["accuracy", "prompt_chars"]
+Objective = Literal["accuracy", "prompt_chars", "cost"]
 # A program-level fitness: the candidate's validation score row (one score per example, all
 # observed) and its program (a Program, or an EnsembleProgram for a vote) -> the number the
 # search maximizes instead of the mean.
@@ -131,9 +133,10 @@ class SearchConfig(BaseModel):
                                       "copy of an archived one (None: exact copies only)")
     population_size: int = Field(8, ge=1, description="fully validated candidates kept")
     objectives: tuple[Objective, ...] = Field(
-        ("accuracy",), description="('accuracy',) or ('accuracy', 'prompt_chars'): with two, "
-                                   "the population is NSGA-II's survivors and parents are drawn "
-                                   "by crowded tournament; Result.pareto_front() is the set")
+        ("accuracy",), description="('accuracy',), ('accuracy', 'prompt_chars') or ('accuracy', "
+                                   "'cost') (what the answers cost, evo.lm.ModelChoice): with "
+                                   "two, the population is NSGA-II's survivors and parents are "
+                                   "drawn by crowded tournament; Result.pareto_front() is the set")
     fitness: Fitness | None = Field(
         None, description="program-level fitness over the validation score row (default: mean)")
     max_tokens: int = Field(48, ge=1, description="reply length cap of task calls")
@@ -173,9 +176,9 @@ class SearchConfig(BaseModel):
     @field_validator("objectives")
     @classmethod
     def _check_objectives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if value not in (("accuracy",), ("accuracy", "prompt_chars")):
-            raise ValueError(f"objectives must be ('accuracy',) or ('accuracy', 'prompt_chars'), "
-                             f"got {value}")
+        if value not in (("accuracy",), ("accuracy", "prompt_chars"), ("accuracy", "cost")):
+            raise ValueError(f"objectives must be ('accuracy',), ('accuracy', 'prompt_chars') or "
+                             f"('accuracy', 'cost'), got {value}")
         return value
 
     def search(self, program: Program, trainset: Sequence[Example], valset: Sequence[Example],
@@ -247,6 +250,12 @@ class SearchState:
     # the pick's length budget in prompt characters (SearchConfig.max_prompt_chars)
     max_prompt_chars: int | None = None
 
+    def cost(self, cand_id: int, lm: object) -> float:
+        """What candidate ``cand_id``'s evaluated answers cost per example on the task LM
+        ``lm`` (:func:`~evo.search.evaluate.cells_cost`)."""
+        cells = [cell for (row, _), cell in self.matrix.cells.items() if row == cand_id]
+        return cells_cost(cells, lm, getattr(self.candidates[cand_id].program, "model", None))
+
     @property
     def best(self) -> Candidate:
         """The pick: the best validated candidate (fitness, then the shorter prompt), within the
@@ -261,6 +270,17 @@ class SearchState:
 def _rank(c: Candidate) -> tuple[float, int, int]:
     """Best first: fitness, then the shorter prompt, then the earlier candidate."""
     return c.val_score, -c.program.prompt_chars(), -c.id
+
+
+def _settings_space(program: Program, config: SearchConfig, session: LMSession
+                    ) -> G.SettingsSpace | None:
+    """What genomes may vary of the program's settings: the flags with ``config.settings``, and
+    the model when the task LM is a model choice (:class:`evo.lm.ModelChoice`) of two or more."""
+    models = model_names(session.lm)
+    if not config.settings and len(models) < 2:
+        return None
+    return G.SettingsSpace.for_program(program, scores_choices=scores_choices(session.lm),
+                                       models=models, flags=config.settings)
 
 
 class Search:
@@ -284,9 +304,7 @@ class Search:
                           knn_encoder=config.encoder if config.knn else None,
                           dedupe=(G.InstructionDedupe(config.encoder, config.dedupe_threshold)
                                   if config.dedupe_threshold is not None else None),
-                          settings=G.SettingsSpace.for_program(
-                              base_program, scores_choices=scores_choices(task_session.lm))
-                          if config.settings else None)
+                          settings=_settings_space(base_program, config, task_session))
         self.state = SearchState(archive, ScoreMatrix(valset),
                                  max_prompt_chars=config.max_prompt_chars)
         self.evaluator = Evaluator(task_session, metric, config.budget,
@@ -551,9 +569,18 @@ class Search:
         return self.evaluator.score([self.valset[c] for c in self.all_cols], predictions)
 
     def objectives(self, ids: Sequence[int]) -> np.ndarray:
-        """(fitness, prompt characters) of each candidate of ``ids``, one row each."""
+        """(fitness, prompt characters) of each candidate of ``ids``, one row each; (fitness,
+        cost) with the objectives ``('accuracy', 'cost')``."""
+        if self.config.objectives[-1] == "cost":
+            return np.array([[self.candidates[i].val_score, self.cost(i)] for i in ids],
+                            dtype=np.float64)
         return np.array([[self.candidates[i].val_score, self.candidates[i].program.prompt_chars()]
                          for i in ids], dtype=np.float64)
+
+    def cost(self, cand_id: int) -> float:
+        """What candidate ``cand_id``'s answers cost per example (:func:`cells_cost` of its
+        cells: $ at a model choice's prices, else tokens); NaN before any is evaluated."""
+        return self.state.cost(cand_id, self.task_session.lm)
 
     def _truncate_population(self) -> None:
         pop = self.state.population

@@ -42,6 +42,7 @@ from evo.lm.base import (
     LMUnavailableError,
     scores_choices,
 )
+from evo.lm.router import ModelChoice
 from evo.lm.session import LMSession
 from evo.metrics import Metric, Score, as_score, metric_name
 from evo.program import CONTENT_FREE_INPUTS, Prediction, Program
@@ -90,6 +91,10 @@ class Cell:
     # far less noisy signal per example than the 0/1 score, used by racing and selection.
     # None when the backend gave no log-probabilities (generation).
     dense: float | None = None
+    # What the cell's LM call used (0 when none answered): a candidate's cost
+    # (:func:`cells_cost`). A resumed run reads them back from its journal.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     @property
     def kind(self) -> str | None:
@@ -365,12 +370,12 @@ class Evaluator:
                     chunk = todo[start:start + self.score_chunk]
                     examples = [matrix.examples[c] for c in chunk]
                     got = [next(replies) for _ in chunk]
-                    dense = [g.dense if isinstance(g, _Ranked) else None for g in got]
+                    carried = [g if isinstance(g, _Ranked) else None for g in got]
                     got = [g.prediction if isinstance(g, _Ranked) else g for g in got]
                     cells = self.score(examples, got)
-                    for col, cell, p in zip(chunk, cells, dense, strict=True):
-                        if p is not None:
-                            cell = dataclasses.replace(cell, dense=p)
+                    for col, cell, r in zip(chunk, cells, carried, strict=True):
+                        if r is not None:
+                            cell = r.onto(cell)
                         matrix.set(row, col, cell)
                         if charge:
                             self.metric_calls += 1
@@ -522,7 +527,7 @@ class Evaluator:
         max_tokens = max(self.max_tokens, REASONING_MAX_TOKENS) if getattr(
             program, "reasoning", False) else self.max_tokens
         response = self._ask(LMRequest(program.messages(example), max_tokens=max_tokens,
-                                       purpose="task"))
+                                       purpose="task", model=_model(program)))
         if isinstance(response, Cell):
             return response
         text = response.text
@@ -530,10 +535,14 @@ class Evaluator:
             return _failed(Prediction("", None, "empty reply"),
                            f"{_LM_PREFIX}[empty reply] {text!r} from {self.session.model_id}")
         try:
-            return program.parse(text)
+            prediction = program.parse(text)
         except Exception as exc:  # a parser bug must not end a run: record it on the cell
-            return _failed(Prediction(text, None, str(exc)),
-                           f"{_PARSE_PREFIX}{type(exc).__name__}: {exc}")
+            return dataclasses.replace(
+                _failed(Prediction(text, None, str(exc)),
+                        f"{_PARSE_PREFIX}{type(exc).__name__}: {exc}"),
+                prompt_tokens=response.prompt_tokens,
+                completion_tokens=response.completion_tokens)
+        return _Ranked(prediction, None, response.prompt_tokens, response.completion_tokens)
 
     def _ask(self, request: LMRequest, *, note: str = "") -> LMResponse | Cell:
         """The session's answer to ``request``, or the failed cell of an LM error (``note``
@@ -555,7 +564,8 @@ class Evaluator:
             return bias
         labels = program.labels or ()
         request = LMRequest(program.messages(example), max_tokens=self.max_tokens,
-                            purpose="task", choices=labels, prefill=program.rank_prefill())
+                            purpose="task", choices=labels, prefill=program.rank_prefill(),
+                            model=_model(program))
         response = self._ask(request)
         if isinstance(response, Cell):
             return response
@@ -572,7 +582,7 @@ class Evaluator:
         gold = example.outputs.get(program.signature.outputs[0].name)
         dense = None if gold is None else (
             float(probs[labels.index(gold)]) if gold in labels else 0.0)
-        return _Ranked(prediction, dense)
+        return _Ranked(prediction, dense, response.prompt_tokens, response.completion_tokens)
 
     def _run_itself(self, program: RunsItself, example: Example) -> Prediction | Cell:
         """``program.run`` on one example: an LM error after the session's retries fails the
@@ -629,11 +639,44 @@ class Evaluator:
 
 @dataclass(frozen=True)
 class _Ranked:
-    """A label-scoring reply on its way to its cell: the prediction the metric scores, and the
-    dense score the cell carries."""
+    """A reply on its way to its cell: the prediction the metric scores, and what the cell
+    carries besides (a label-scoring reply's dense score, the call's token counts)."""
 
     prediction: Prediction
     dense: float | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def onto(self, cell: Cell) -> Cell:
+        """``cell`` (the metric's) with what this reply carries."""
+        return dataclasses.replace(cell, dense=self.dense if self.dense is not None else cell.dense,
+                                   prompt_tokens=self.prompt_tokens,
+                                   completion_tokens=self.completion_tokens)
+
+
+def _model(program: object) -> str:
+    """The model a program's requests name (:attr:`LMRequest.model`): its ``model`` setting,
+    "" (the task LM's default) without one."""
+    return getattr(program, "model", None) or ""
+
+
+def cell_cost(cell: Cell, lm: object, model: str | None = None) -> float:
+    """What ``cell``'s LM call cost: $ at the price of ``model`` on ``lm`` (an
+    :class:`~evo.lm.router.ModelChoice` or a session over one, with ``prices``), else its
+    prompt + completion tokens."""
+    choice = getattr(lm, "lm", lm)
+    if isinstance(choice, ModelChoice) and (model or "") in ("", *choice.names):
+        dollars = choice.cost(model or "", cell.prompt_tokens, cell.completion_tokens)
+        if dollars is not None:
+            return dollars
+    return float(cell.prompt_tokens + cell.completion_tokens)
+
+
+def cells_cost(cells: Iterable[Cell], lm: object, model: str | None = None) -> float:
+    """The mean cost per example of ``cells`` (:func:`cell_cost`; a failed call costs what it
+    used, 0 when nothing answered); NaN for no cell."""
+    costs = [cell_cost(c, lm, model) for c in cells]
+    return float(np.mean(costs)) if costs else math.nan
 
 
 def label_probabilities(logprobs: Sequence[float] | np.ndarray,
@@ -660,7 +703,7 @@ def _calibration_key(program: Program, max_tokens: int) -> tuple[LMRequest, ...]
     also the key its bias is remembered under (two programs with one prefix share it)."""
     return tuple(LMRequest(program.content_free_messages(text), max_tokens=max_tokens,
                            purpose="calibration", choices=program.labels or (),
-                           prefill=program.rank_prefill())
+                           prefill=program.rank_prefill(), model=_model(program))
                  for text in CONTENT_FREE_INPUTS)
 
 
@@ -746,7 +789,8 @@ def _unscored(example: Example, prediction: Prediction) -> float:
 
 
 __all__ = ["MEANINGLESS_SHARE", "REASONING_MAX_TOKENS", "Budget", "BudgetExhausted", "Cell",
-           "Evaluator", "RunsItself", "Score", "ScoreMatrix", "cell_failures", "error_kind",
+           "Evaluator", "RunsItself", "Score", "ScoreMatrix", "cell_cost", "cell_failures",
+           "cells_cost", "error_kind",
            "evaluate_program", "failures_from_errors", "format_failures", "label_probabilities",
            "meaningless", "predict_program", "unique_examples"]
 

@@ -15,6 +15,11 @@ a reasoning step) adds a trailer of settings genes::
 
 ``SETTINGS_MARK`` (-1) is never a demo id, so :func:`key` finds the trailer without the archive.
 Without settings a genome has no trailer and everything is as it was (keys, replays, stored runs).
+When the task LM is a model choice (:class:`evo.lm.ModelChoice` of two models or more) the
+trailer ends with one more gene, the chosen model's index among its names (0: the default)::
+
+    [..., demo_{K-1}, SETTINGS_MARK, rank, calibrate, reasoning, model]
+
 Cheap variation (DEAP's integer operators) works on these vectors; LM operators add texts to the
 archive and point a gene at them. Two genomes that express the same prompt share one
 :func:`key`, so the engine never evaluates the same prompt twice.
@@ -27,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 from deap import tools
@@ -39,61 +44,129 @@ from evo.program import Program
 INSTRUCTION, N_DEMOS, KNN, DEMOS = 0, 1, 2, 3  # gene positions (DEMOS: the first demo slot)
 SETTINGS_MARK = -1  # the gene before the settings genes (never a demo id, so key() finds them)
 N_SETTINGS = 3  # settings genes after the mark: rank, calibrate, reasoning (0/1 each)
+# ... and, in an archive with a model choice, one model gene after them
 
 Genome = list[int]
 
 
-class Settings(NamedTuple):
-    """The :data:`~evo.program.SETTINGS_GENES` of a program, as a genome expresses them."""
+class Settings(tuple[Any, ...]):
+    """The :data:`~evo.program.SETTINGS_GENES` of a program, as a genome expresses them:
+    ``(answer_mode, calibrate, reasoning)``, and ``model`` last (the index of the program's
+    model among a model choice's names) only in an archive with a model gene, so a settings
+    key without one is the 3-tuple it always was."""
 
-    answer_mode: Literal["generate", "rank"] = "generate"
-    calibrate: bool = False
-    reasoning: bool = False
+    __slots__ = ()
+    _fields = ("answer_mode", "calibrate", "reasoning", "model")
+
+    def __new__(cls, answer_mode: Literal["generate", "rank"] = "generate",
+                calibrate: bool = False, reasoning: bool = False,
+                model: int | None = None) -> Settings:
+        return super().__new__(cls, (answer_mode, calibrate, reasoning)
+                               + (() if model is None else (model,)))
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # pickle through __new__'s own arguments
+        return tuple(self)
+
+    @property
+    def answer_mode(self) -> Literal["generate", "rank"]:
+        return self[0]
+
+    @property
+    def calibrate(self) -> bool:
+        return self[1]
+
+    @property
+    def reasoning(self) -> bool:
+        return self[2]
+
+    @property
+    def model(self) -> int | None:
+        return self[3] if len(self) > 3 else None
+
+    def _asdict(self) -> dict[str, Any]:
+        """The fields by name (``model`` only when the settings have one)."""
+        return dict(zip(self._fields, self, strict=False))
+
+    def _replace(self, **changes: Any) -> Settings:
+        return type(self)(**{**self._asdict(), **changes})
+
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self._asdict().items())})"
 
     @classmethod
-    def of(cls, program: Program) -> Settings:
-        return cls(program.answer_mode, program.calibrate, program.reasoning)
+    def of(cls, program: Program, models: Sequence[str] = ()) -> Settings:
+        """``program``'s settings; with ``models`` (a model choice's names) the index of its
+        model among them (0, the default, for a program that names none)."""
+        model = None
+        if models:
+            if program.model is not None and program.model not in models:
+                raise ValueError(f"the program's model {program.model!r} is not one of the task "
+                                 f"LM's models {list(models)}")
+            model = 0 if program.model is None else list(models).index(program.model)
+        return cls(program.answer_mode, program.calibrate, program.reasoning, model)
 
     @classmethod
     def from_genes(cls, genes: Sequence[int]) -> Settings:
-        rank, calibrate, reasoning = genes
-        return cls("rank" if rank else "generate", bool(calibrate), bool(reasoning))
+        rank, calibrate, reasoning, *model = genes
+        return cls("rank" if rank else "generate", bool(calibrate), bool(reasoning),
+                   model[0] if model else None)
 
     def genes(self) -> list[int]:
-        return [int(self.answer_mode == "rank"), int(self.calibrate), int(self.reasoning)]
+        flags = [int(self.answer_mode == "rank"), int(self.calibrate), int(self.reasoning)]
+        return flags if self.model is None else [*flags, self.model]
+
+    def describe(self, models: Sequence[str] = ()) -> str:
+        """``"answer_mode=rank, calibrate=False, reasoning=False"`` (and ``model=<name>``)."""
+        parts = [f"{k}={v}" for k, v in self._asdict().items() if k != "model"]
+        if self.model is not None:
+            name = models[self.model] if self.model < len(models) else self.model
+            parts.append(f"model={name}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
 class SettingsSpace:
     """Which settings a search may vary. ``rank`` (answer by label scoring) only for a program
     with labels on a backend that scores choices; ``calibrate`` only together with rank; a
-    reasoning step never with rank (label scoring reads no reasoning line)."""
+    reasoning step never with rank (label scoring reads no reasoning line).
+
+    ``models``: the names of a model choice (:class:`evo.lm.ModelChoice`) a genome picks one
+    of (a model gene, with two names or more). ``flags=False`` varies the model only: every
+    genome keeps the program's own answer mode, calibration and reasoning."""
 
     rank: bool = False
     calibrate: bool = True
     reasoning: bool = False
+    models: tuple[str, ...] = ()
+    flags: bool = True
 
     @classmethod
     def for_program(cls, program: Program, *, scores_choices: bool, reasoning: bool = True,
-                    calibrate: bool = True) -> SettingsSpace:
+                    calibrate: bool = True, models: Sequence[str] = (),
+                    flags: bool = True) -> SettingsSpace:
         """The space a search over ``program`` may use (``scores_choices``: the task backend's
-        :func:`~evo.lm.base.scores_choices`)."""
+        :func:`~evo.lm.base.scores_choices`; ``models``: its model choice's names, if any)."""
         return cls(rank=program.labels is not None and scores_choices, calibrate=calibrate,
-                   reasoning=reasoning)
+                   reasoning=reasoning, models=tuple(models) if len(models) > 1 else (),
+                   flags=flags)
 
     @property
     def enabled(self) -> bool:
-        return self.rank or self.reasoning
+        return (self.flags and (self.rank or self.reasoning)) or len(self.models) > 1
 
     def allows(self, settings: Settings) -> bool:
         rank = settings.answer_mode == "rank"
-        return (not (rank and settings.reasoning) and (rank or not settings.calibrate)
+        model = settings.model is None if not self.models else \
+            settings.model is not None and 0 <= settings.model < len(self.models)
+        return (model and not (rank and settings.reasoning) and (rank or not settings.calibrate)
                 and (self.rank or not rank) and (self.calibrate or not settings.calibrate)
                 and (self.reasoning or not settings.reasoning))
 
     def options(self) -> list[Settings]:
         """Every allowed combination, the default first."""
-        every = (Settings.from_genes(g) for g in product((0, 1), repeat=N_SETTINGS))
+        models: list[int | None] = list(range(len(self.models))) if self.models else [None]
+        every = (Settings.from_genes(g)._replace(model=m)
+                 for g in product((0, 1), repeat=N_SETTINGS) for m in models)
         return [s for s in every if self.allows(s)]
 
 
@@ -135,11 +208,19 @@ class GenomeKey(tuple[Any, ...]):
         return self[3] if len(self) > 3 else None
 
 
+def _settings_at(genome: Genome) -> int | None:
+    """The position of a genome's settings mark (its trailer: three flags, and a model gene
+    when the archive has a model choice), or None for a genome without settings genes."""
+    for n in (N_SETTINGS, N_SETTINGS + 1):  # (every gene but the mark is >= 0: no ambiguity)
+        if len(genome) > DEMOS + n and genome[-1 - n] == SETTINGS_MARK:
+            return len(genome) - 1 - n
+    return None
+
+
 def settings_of(genome: Genome) -> Settings | None:
     """The settings a genome expresses, or None for a genome without settings genes."""
-    if len(genome) > DEMOS + N_SETTINGS and genome[-1 - N_SETTINGS] == SETTINGS_MARK:
-        return Settings.from_genes(genome[-N_SETTINGS:])
-    return None
+    at = _settings_at(genome)
+    return None if at is None else Settings.from_genes(genome[at + 1:])
 
 
 def key(genome: Genome) -> GenomeKey:
@@ -215,16 +296,37 @@ class Archive:
         if self.settings is not None and self.settings.rank and self.base.labels is None:
             raise ValueError("answer_mode='rank' needs a program with labels: build the "
                              "settings space with SettingsSpace.for_program")
+        self.own_settings  # a program naming a model the choice lacks fails here  # noqa: B018
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The model choice's names a genome picks among (empty: no model gene)."""
+        return self.settings.models if self.settings is not None else ()
+
+    @property
+    def own_settings(self) -> Settings:
+        """The user's program's settings, as this archive's genomes express them."""
+        return Settings.of(self.base, self.models)
 
     @property
     def settings_options(self) -> list[Settings]:
         """The settings a genome may express: the space's, and always the user's own program's
-        (so the seed genome is the user's program). Empty without settings genes."""
+        (so the seed genome is the user's program). Empty without settings genes. A space that
+        varies the model only keeps the program's own flags with every model."""
         if self.settings is None:
             return []
+        own = self.own_settings
+        if not self.settings.flags:
+            return [own, *(own._replace(model=m) for m in range(len(self.models))
+                           if m != own.model)]
         options = self.settings.options()
-        own = Settings.of(self.base)
         return options if own in options else [own, *options]
+
+    def model_name(self, index: int) -> str | None:
+        """The ``model`` a program of model gene ``index`` gets: the model's name, or the user's
+        program's own value (None: the default) when it picks that same model."""
+        name = self.models[index]
+        return self.base.model if name == (self.base.model or self.models[0]) else name
 
     def label(self, demo_id: int) -> str:
         """The class of a demo ('' unless it has one output field)."""
@@ -319,11 +421,11 @@ class Archive:
 
     def _trailer(self, settings: Settings | None) -> list[int]:
         if self.settings is None:
-            if settings is not None and settings != Settings.of(self.base):
+            if settings is not None and settings != self.own_settings:
                 raise ValueError(f"settings {settings} given to an archive that varies none "
                                  "(build it with a SettingsSpace)")
             return []
-        settings = Settings.of(self.base) if settings is None else settings
+        settings = self.own_settings if settings is None else settings
         if settings not in self.settings_options:
             raise ValueError(f"settings {settings} are not in this archive's space "
                              f"{self.settings}")
@@ -342,7 +444,9 @@ class Archive:
             "knn": knn,
         }
         if k.settings is not None:
-            update.update(k.settings._asdict())
+            update.update({f: v for f, v in k.settings._asdict().items() if f != "model"})
+            if k.settings.model is not None:
+                update["model"] = self.model_name(k.settings.model)
         return self.base.model_copy(update=update)
 
     def random_demos(self, rng: random.Random, n: int) -> list[int]:
@@ -388,9 +492,10 @@ def _repair_settings(genome: Genome, archive: Archive, rng: random.Random) -> No
     """Give ``genome`` a settings trailer holding an allowed combination: its own when allowed,
     else one of the allowed ones nearest to it (fewest genes changed)."""
     at = DEMOS + archive.max_demos
-    genes = genome[at + 1:at + 1 + N_SETTINGS]
-    genes = [min(max(g, 0), 1) for g in genes] + \
-        Settings.of(archive.base).genes()[len(genes):]
+    own = archive.own_settings.genes()
+    genes = genome[at + 1:at + 1 + len(own)]
+    genes = [min(max(g, 0), 1 if i < N_SETTINGS else len(archive.models) - 1)
+             for i, g in enumerate(genes)] + own[len(genes):]
     options = archive.settings_options
     settings = Settings.from_genes(genes)
     if settings not in options:
@@ -443,16 +548,17 @@ def mutate_instruction(genome: Genome, archive: Archive, rng: random.Random) -> 
 
 
 def mutate_settings(genome: Genome, archive: Archive, rng: random.Random) -> Genome:
-    """Flip one setting (rank vs generate, calibration, a reasoning step) to another allowed
-    combination; a genome of an archive without settings is returned unchanged."""
-    current = settings_of(genome)
-    if archive.settings is None or current is None:
+    """Flip one setting (rank vs generate, calibration, a reasoning step, the model of a model
+    choice) to another allowed combination; a genome of an archive without settings is
+    returned unchanged."""
+    current, at = settings_of(genome), _settings_at(genome)
+    if archive.settings is None or current is None or at is None:
         return genome
     others = [o for o in archive.settings_options if o != current]
     flips = [o for o in others
              if sum(a != b for a, b in zip(o.genes(), current.genes(), strict=True)) == 1]
     if flips or others:
-        genome[-N_SETTINGS:] = rng.choice(flips or others).genes()
+        genome[at + 1:] = rng.choice(flips or others).genes()
     return genome
 
 
