@@ -9,10 +9,12 @@ filtering need no key. Retention (``max_age_s``, ``max_rows``) runs every 100 re
 and on :meth:`TraceStore.apply_retention`. A damaged file is one
 :class:`~evo.errors.DamagedFileError` naming it, never recreated behind the user's back.
 
->>> store = TraceStore(tmp / "traces.sqlite")                            # doctest: +SKIP
->>> cid = store.record(agent="qa", version=1, inputs={"q": "2+2?"}, outputs={"a": "4"})
->>> store.feedback(cid, 1.0).score                                       # doctest: +SKIP
-1.0
+::
+
+    store = TraceStore(home / "traces.sqlite", key=os.environ["EVO_TRACE_KEY"])
+    cid = store.record(agent="qa", version=1, inputs={"q": "2+2?"}, outputs={"a": "4"})
+    store.feedback(cid, 1.0)
+    store.examples("qa", QualityFilter(), outputs=["a"])   # [Example(inputs=..., outputs=...)]
 """
 
 from __future__ import annotations
