@@ -11,3 +11,64 @@ version (:mod:`evo.agents.versions`) that is deployed only when a paired test on
 data says it beats the deployed one. Validators (:mod:`evo.agents.validators`) become fitness
 terms and feedback text during a search and, optionally, retries at inference.
 """
+
+from evo.agents.agent import Agent, AgentCallError, OptimizedFunction, Reply, optimized
+from evo.agents.events import (
+    AgentCallback,
+    CallServed,
+    DegradationAlert,
+    FeedbackReceived,
+    JobFinished,
+    JobScheduled,
+    RolledBack,
+    TriggerFired,
+    VersionDeployed,
+    VersionKept,
+)
+from evo.agents.manager import Job, JobCancelled, OptimizationManager, UnknownJobError
+from evo.agents.redact import PIIRedactor, redact
+from evo.agents.roi import ROI, roi
+from evo.agents.traces import QualityFilter, Trace, TraceStore, UnknownCallError
+from evo.agents.triggers import (
+    AgentView,
+    AnyOf,
+    EveryN,
+    Manual,
+    PerformanceDrop,
+    Periodic,
+    Trigger,
+    every,
+    manual,
+    performance,
+    periodic,
+)
+from evo.agents.validators import (
+    Check,
+    JSONSchema,
+    Length,
+    LMJudge,
+    OneOf,
+    Regex,
+    Validator,
+    check_outputs,
+    refine,
+    validated,
+)
+from evo.agents.versions import (
+    DeployDecision,
+    UnknownVersionError,
+    Version,
+    VersionRegistry,
+    paired_decision,
+)
+
+__all__ = ["ROI", "Agent", "AgentCallError", "AgentCallback", "AgentView", "AnyOf",
+           "CallServed", "Check", "DegradationAlert", "DeployDecision", "EveryN",
+           "FeedbackReceived", "JSONSchema", "Job", "JobCancelled", "JobFinished",
+           "JobScheduled", "LMJudge", "Length", "Manual", "OneOf", "OptimizationManager",
+           "OptimizedFunction", "PIIRedactor", "PerformanceDrop", "Periodic", "QualityFilter",
+           "Regex", "Reply", "RolledBack", "Trace", "TraceStore", "Trigger", "TriggerFired",
+           "UnknownCallError", "UnknownJobError", "UnknownVersionError", "Validator", "Version",
+           "VersionDeployed", "VersionKept", "VersionRegistry", "check_outputs", "every",
+           "manual", "optimized", "paired_decision", "performance", "periodic", "redact",
+           "refine", "roi", "validated"]

@@ -443,9 +443,9 @@ class OptimizationManager:
     def events(self, job_id: str, *, after: int = 0, follow: bool = False,
                timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """The job's events (its run directory's ``events.jsonl``) after the first ``after``,
-        each with ``"n"``, its line number from 1 (an event's own ``n`` field is renamed
-        ``event_n``); with ``follow``, new ones as they are written, until the job finishes
-        (TimeoutError after ``timeout`` seconds)."""
+        each with ``"seq"``, its line number from 1 (a client that reconnects passes the last
+        one it saw as ``after``); with ``follow``, new ones as they are written, until the job
+        finishes (TimeoutError after ``timeout`` seconds)."""
         self.status(job_id)  # an unknown id is an error at once
         path = self.run_dir(job_id) / "events.jsonl"
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -453,7 +453,7 @@ class OptimizationManager:
         while True:
             done = self.status(job_id).status in FINISHED  # before reading: nothing missed
             for event in self._read_events(path, n):
-                n = event["n"]
+                n = event["seq"]
                 if n > after:
                     yield event
             if not follow or done:
@@ -481,9 +481,7 @@ class OptimizationManager:
                 break  # a line cut by a kill: the resumed run rewrites it
             if not isinstance(event, dict):
                 break
-            if "n" in event:  # an event's own n (Confirmed's holdout size) is kept, renamed
-                event["event_n"] = event.pop("n")
-            out.append({**event, "n": i})
+            out.append({**event, "seq": i})
         return out
 
     # ---- running -----------------------------------------------------------------------------
@@ -660,6 +658,11 @@ class OptimizationManager:
             if self.run_one() is None:
                 with self._changed:
                     self._changed.wait(self.poll_s)
+
+    @property
+    def running(self) -> bool:
+        """Whether this manager's worker threads are running (:meth:`start`)."""
+        return any(t.is_alive() for t in self._threads) and not self._stopping.is_set()
 
     def stop(self, wait: bool = True) -> None:
         """Stop the workers: a running job stops at its next event and goes back to the queue

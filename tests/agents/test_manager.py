@@ -328,13 +328,11 @@ def test_events_follow_a_running_job_in_order_until_it_finishes(tmp_path, runner
     assert mgr.status(job.id).status == "done"  # the stream ended because the job finished
     on_file = [json.loads(line) for line in
                (mgr.run_dir(job.id) / "events.jsonl").read_text().splitlines()]
-    assert [e["n"] for e in streamed] == list(range(1, len(on_file) + 1))
-    renamed = [{("n" if k == "event_n" else k): v for k, v in e.items() if k != "n"}
-               for e in streamed]  # (an event's own n, e.g. Confirmed's, is kept as event_n)
-    assert renamed == on_file
+    assert [e["seq"] for e in streamed] == list(range(1, len(on_file) + 1))
+    assert [{k: v for k, v in e.items() if k != "seq"} for e in streamed] == on_file
     assert on_file[-1]["event"] == "complete"
     later = list(mgr.events(job.id, after=len(on_file) - 2))
-    assert [e["n"] for e in later] == [len(on_file) - 1, len(on_file)]
+    assert [e["seq"] for e in later] == [len(on_file) - 1, len(on_file)]
 
 
 # ---- crash and resume -----------------------------------------------------------------------
