@@ -8,7 +8,9 @@
 >>> print(result.report(task.test))                                     # doctest: +SKIP
 """
 
-from evo import datasets, lm, optimizers
+from evo import agents, datasets, lm, optimizers
+from evo.agents import Agent, optimized
+from evo.agents import triggers as triggers
 from evo.analysis.compare import Comparison, compare
 from evo.analysis.projection import Projection, project
 from evo.analysis.report import write_report
@@ -86,7 +88,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'evo' has no attribute {name!r}")
 
 
-__all__ = ["COPRO", "DE", "GA", "GEPA", "SIMBA", "BootstrapFewShot",
+__all__ = ["COPRO", "DE", "GA", "GEPA", "SIMBA", "Agent", "BootstrapFewShot",
            "BootstrapFewShotWithRandomSearch",
            "Budget", "Callback", "CandidateStore", "Comparison", "ConfigError", "DamagedFileError",
            "DataError", "EvoError", "RunFailedError", "StorageError", "UnsafeRunDirError",
@@ -96,7 +98,8 @@ __all__ = ["COPRO", "DE", "GA", "GEPA", "SIMBA", "BootstrapFewShot",
            "Program",
            "RayExecutor", "Report", "Result", "Score", "ScoreMatrix", "Search", "SearchConfig",
            "Signature",
-           "Task", "TokenMetric", "aevaluate", "aoptimize", "compare", "contains", "datasets",
+           "Task", "TokenMetric", "aevaluate", "agents", "optimized", "triggers", "aoptimize",
+           "compare", "contains", "datasets",
            "events", "evaluate",
            "exact_match", "f1", "lm", "load_program", "normalized_exact_match", "numeric_match",
            "optimize", "optimize_module", "optimizers", "project", "to_dspy", "register_operator",
