@@ -1,5 +1,6 @@
 """The ``evo`` command: ``evo run``, ``evo eval``, ``evo compare``, ``evo report``,
-``evo predict``, ``evo bench``, ``evo optimizers``, ``evo datasets``, ``evo models``.
+``evo predict``, ``evo agents``, ``evo jobs``, ``evo bench``, ``evo optimizers``,
+``evo datasets``, ``evo models``.
 
 One module per command (its flags, then a call into the library and what it prints); the flags
 several commands share are in :mod:`evo.cli.common`."""
@@ -11,7 +12,17 @@ import os
 import sys
 import warnings
 
-from evo.cli import bench, compare, datasets, models, optimizers, predict, report, run
+from evo.cli import (
+    agents,
+    bench,
+    compare,
+    datasets,
+    models,
+    optimizers,
+    predict,
+    report,
+    run,
+)
 from evo.cli import eval as evaluate
 from evo.cli.common import build_optimizer, load_task
 from evo.errors import EvoError
@@ -19,7 +30,8 @@ from evo.errors import EvoError
 __all__ = ["build_optimizer", "build_parser", "load_task", "main"]
 
 # In the order `evo --help` lists them.
-COMMANDS = (run, evaluate, compare, report, predict, bench, optimizers, datasets, models)
+COMMANDS = (run, evaluate, compare, report, predict, agents, bench, optimizers, datasets,
+            models)
 
 
 def build_parser() -> argparse.ArgumentParser:
