@@ -173,7 +173,7 @@ class Agent:
             first = self.versions.add(self.seed_program, source="seed")
             deployed = self.versions.deploy(first.number, decision={"reason": "first version"})
         self._current: tuple[int, Program | EnsembleProgram] = (deployed.number,
-                                                                 deployed.load())
+                                                                 self._load(deployed))
         self._checked = time.monotonic()
         self._alerted: int | None = None  # graded calls when the last degradation alert went out
         self.manager.register(name, self._run_job)
@@ -393,7 +393,7 @@ class Agent:
         against the one deployed when the job was scheduled, the version and the deploy."""
         spec = job.spec
         started, t0 = time.time(), time.perf_counter()
-        program = _load_program(spec["program"])
+        program = self._from_dict(spec["program"])
         train, val, held = (_examples(spec[k]) for k in ("trainset", "valset", "holdout"))
         allowed = spec["budget"] if budget is None else min(budget, spec["budget"])
         optimizer = _build_optimizer(spec["optimizer"], allowed)
@@ -450,7 +450,15 @@ class Agent:
         return True
 
     def _swap(self, version: Version) -> None:
-        self._current = (version.number, version.load())  # one assignment: atomic
+        self._current = (version.number, self._load(version))  # one assignment: atomic
+
+    # The two ways a program comes back from storage (a version, a job's spec): an adapter
+    # for another kind of program (a dspy.Module's, evo.integrations.dspy) overrides both.
+    def _load(self, version: Version) -> Program | EnsembleProgram:
+        return version.load()
+
+    def _from_dict(self, data: dict[str, Any]) -> Program | EnsembleProgram:
+        return _load_program(data)
 
     # ---- versions -----------------------------------------------------------------------
 
