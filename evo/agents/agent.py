@@ -397,6 +397,7 @@ class Agent:
         train, val, held = (_examples(spec[k]) for k in ("trainset", "valset", "holdout"))
         allowed = spec["budget"] if budget is None else min(budget, spec["budget"])
         optimizer = _build_optimizer(spec["optimizer"], allowed)
+        judged = getattr(self.metric, "lm_calls", 0)  # an LM judge's calls (validators)
         base = program if isinstance(program, Program) else program.members[0]
         result = run(base, train, val, lm=self.lm, optimizer=optimizer, metric=self.metric,
                      reflection_lm=self.reflection_lm, seed=spec["seed"], cache=self.cache,
@@ -421,12 +422,15 @@ class Agent:
                                    seed=spec["seed"], version=version.number)
         deployed = self._decide(version, decision)
         usage = (result.usage + session.usage).to_dict()
+        judged = getattr(self.metric, "lm_calls", 0) - judged
+        usage["calls"] += judged  # the judge's own session is not the run's: counted here
         served = self.traces.count(self.name, since=started)
         gain = roi(decision, usage, metric_calls=result.metric_calls,
                    wall_s=time.perf_counter() - t0, served_during=served)
         return {"metric_calls": result.metric_calls, "version": version.number,
                 "deployed": deployed, "decision": decision.to_dict(), "roi": gain.to_dict(),
                 "best_val": result.best_val, "baseline_val": result.baseline_val,
+                "judge_calls": judged,
                 "examples": {"train": len(train), "val": len(val), "holdout": len(held)}}
 
     def _decide(self, version: Version, decision: DeployDecision) -> bool:

@@ -206,3 +206,30 @@ def test_bad_agent_configuration_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="missing text"):
         agent(txt="typo")
     agent.close()
+
+
+def test_validators_retry_with_feedback_at_inference_and_score_during_the_search(tmp_path):
+    from evo.agents import OneOf
+
+    asked: list[str] = []
+
+    def respond(request):
+        asked.append(request.messages[0].content)
+        # answers "pos" only once told that its last answer failed the check
+        return "label: pos" if "failed" in request.messages[0].content.lower() else "label: neg"
+
+    agent = make_agent(tmp_path, lm=evo.lm.ScriptedLM(respond), trigger=None,
+                       validators=[OneOf("label", ["pos"], name="only_pos")], retries=1)
+    reply = agent(text="item 1 is bad stuff")
+    assert reply.ok and reply.outputs == {"label": "pos"} and len(asked) == 2
+    assert agent.traces.get(reply.call_id).error is None
+    # without retries the failing reply is recorded as such, never as training data
+    plain = make_agent(tmp_path / "plain", lm=evo.lm.ScriptedLM(lambda r: "label: neg"),
+                       trigger=None, validators=[OneOf("label", ["pos"], name="only_pos")])
+    failed = plain(text="item 1 is bad stuff")
+    assert not failed.ok and "only_pos" in failed.error
+    assert plain.traces.get(failed.call_id).error == failed.error
+    # during a search the validators are fitness terms of the metric
+    assert "only_pos" in evo.runs.runner.name_of(plain.metric)
+    agent.close()
+    plain.close()
