@@ -19,6 +19,7 @@ import asyncio
 import functools
 import hashlib
 import inspect
+import json
 import threading
 import time
 import typing
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evo._io import write_json
 from evo.agents.events import (
     CallServed,
     FeedbackReceived,
@@ -44,7 +46,7 @@ from evo.agents.triggers import AgentView, Trigger
 from evo.agents.validators import Validator, check_outputs, refine, validated
 from evo.agents.versions import DeployDecision, Version, VersionRegistry, paired_decision
 from evo.data import Example
-from evo.errors import ConfigError, EvoError
+from evo.errors import ConfigError, DamagedFileError, EvoError
 from evo.lm.base import LM
 from evo.lm.cache import ResponseCache
 from evo.lm.local import local
@@ -162,6 +164,7 @@ class Agent:
         self.on_event = on_event
         self.home = Path(home) if home is not None else cache_root() / "agents" / name
         self.home.mkdir(parents=True, exist_ok=True)
+        _claim_home(self.home, name, self.seed_program)
         self.traces = TraceStore(self.home / "traces.sqlite", redactor=redactor, key=key,
                                  max_age_s=max_age_s, max_rows=max_rows)
         self.versions = VersionRegistry(self.home / "versions.sqlite")
@@ -650,6 +653,30 @@ def _program(signature: str | Signature | Program, instruction: str,
                        labels=tuple(labels) if labels else None)
     except ValueError as exc:
         raise ConfigError(f"agent signature: {exc}") from None
+
+
+AGENT_FILE = "agent.json"
+
+
+def _claim_home(home: Path, name: str, program: Program) -> None:
+    """Write (or check) the home's ``agent.json``: which agent lives here, so that ``evo
+    agents`` names it and a second agent given the same home is refused before it mixes its
+    traces and versions with the first one's."""
+    path = home / AGENT_FILE
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symbolic link: evo does not write through links")
+    if path.is_file():
+        try:
+            owner = json.loads(path.read_text()).get("name")
+        except (OSError, ValueError, AttributeError):
+            raise DamagedFileError(path, "not the agent file evo writes (a JSON object with "
+                                         "the agent's name)") from None
+        if owner != name:
+            raise ConfigError(f"{home} is the home of agent {owner!r}, not {name!r}: give "
+                              "each agent its own home")
+        return
+    write_json(path, {"name": name, "signature": str(_signature_of(program)),
+                      "created": time.time()})
 
 
 def _check_optimizer(name: str, optimizer: str | SearchConfig) -> None:

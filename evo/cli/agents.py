@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from evo.agents.agent import AGENT_FILE
 from evo.agents.manager import OptimizationManager, UnknownJobError
 from evo.agents.traces import TraceStore
 from evo.agents.versions import VersionRegistry
@@ -117,6 +118,14 @@ def _home(args: argparse.Namespace) -> Path:
     return home
 
 
+def _name(home: Path) -> str:
+    """The agent living in ``home`` (its agent.json), else the folder's name."""
+    try:
+        return str(json.loads((home / AGENT_FILE).read_text())["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return home.name
+
+
 def _key(args: argparse.Namespace) -> str | None:
     return os.environ.get(args.key_env) or None
 
@@ -158,7 +167,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
         return _show_agent(args, home)
     if command == "traces":
         with _traces(args, home) as store:
-            found = store.traces(home.name, graded=True if args.graded else None,
+            found = store.traces(_name(home), graded=True if args.graded else None,
                                  limit=args.limit or None, newest_first=True)
         for trace in reversed(found):
             print(json.dumps(trace.to_dict()))
@@ -176,7 +185,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
         return 0
     if command == "export":
         with _traces(args, home) as store:
-            n = store.export_jsonl(args.file, agent=home.name)
+            n = store.export_jsonl(args.file, agent=_name(home))
         print(f"exported {n} traces to {args.file}")
         return 0
     if command == "import":
@@ -191,8 +200,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
                                                                   "(evo agents deploy)"})
             else:
                 version = registry.rollback(args.version)
-        print(f"{home.name}: version {version.number} deployed (a running agent follows within "
-              "a second)")
+        print(f"{_name(home)}: version {version.number} deployed (a running agent follows "
+              "within a second)")
         return 0
     if command == "prune":
         if args.max_age_days is None and args.max_rows is None:
@@ -217,11 +226,12 @@ def _list_agents(args: argparse.Namespace) -> int:
             versions = len(registry.history())
         try:
             with _traces(args, home) as store:
-                calls, graded = str(store.count(home.name)), str(store.count(home.name,
-                                                                            graded=True))
+                name = _name(home)
+                calls = str(store.count(name))
+                graded = str(store.count(name, graded=True))
         except ConfigError:  # encrypted, no key given: the counts need it to open
             calls = graded = "(encrypted)"
-        rows.append([home.name, f"v{deployed.number}" if deployed else "-", str(versions),
+        rows.append([_name(home), f"v{deployed.number}" if deployed else "-", str(versions),
                      calls, graded, _job_counts(home / "jobs")])
     print(_table(rows))
     return 0
@@ -251,7 +261,7 @@ def _show_agent(args: argparse.Namespace, home: Path) -> int:
         reason = (v.decision or {}).get("reason", "")
         rows.append([f"v{v.number}", v.status, v.source, str(v.parent or "-"),
                      _when(v.created), holdout, reason[:70]])
-    print(f"agent {home.name} ({home})\n")
+    print(f"agent {_name(home)} ({home})\n")
     print(_table(rows))
     if deployments:
         print("\ndeployments:")

@@ -233,3 +233,13 @@ def test_validators_retry_with_feedback_at_inference_and_score_during_the_search
     assert "only_pos" in evo.runs.runner.name_of(plain.metric)
     agent.close()
     plain.close()
+
+
+def test_a_home_belongs_to_one_agent_and_a_damaged_agent_file_is_named(tmp_path):
+    make_agent(tmp_path).close()
+    with pytest.raises(ConfigError, match="home of agent 'sentiment', not 'other'"):
+        Agent("other", "text -> label", lm=evo.lm.ScriptedLM({}), home=tmp_path / "agent",
+              background=False)
+    (tmp_path / "agent" / "agent.json").write_text("{not json")
+    with pytest.raises(evo.DamagedFileError, match="agent.json"):
+        make_agent(tmp_path)
