@@ -69,7 +69,7 @@ __version__ = "0.1.0"
 
 # The DSPy bridge and the Ray executor are bound on first use: ``import evo`` imports neither
 # dspy nor ray.
-_DSPY = {"optimize_module", "ModuleResult", "to_dspy"}
+_DSPY = {"optimize_module", "ModuleResult", "to_dspy", "ModuleAgent"}
 
 
 def __getattr__(name: str):
