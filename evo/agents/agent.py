@@ -505,7 +505,7 @@ class Agent:
         """Stop the agent's own manager (a running job stops at its next event and resumes
         when the agent is built again) and close its stores."""
         if self._own_manager:
-            self.manager.stop()
+            self.manager.close()
         self.traces.close()
         self.versions.close()
 
