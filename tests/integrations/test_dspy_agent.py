@@ -6,6 +6,7 @@ to_module / forward drop it back into DSPy code."""
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 
@@ -226,3 +227,43 @@ def test_bad_configuration_is_one_clear_error(tmp_path):
         ModuleAgent(dspy.Predict("text -> label"), "plain", "text -> label", lm=lm,
                     home=tmp_path / "plain", cache=False, background=False)
     assert not lm.calls
+
+
+def test_validators_retry_a_module_call_with_advice(tmp_path):
+    def vague(req) -> str:  # answers "maybe" until an earlier answer's failed check is shown
+        label = parity(field(req.messages[-1].content, "text")) \
+            if "failed these checks" in req.messages[0].content else "maybe"
+        return f"[[ ## label ## ]]\n{label}\n\n[[ ## completed ## ]]"
+
+    lm = ScriptedLM(vague)
+    a = make(tmp_path, lm=lm, validators=[evo.agents.OneOf("label", ["even", "odd"])],
+             retries=1)
+    reply = a(text=text(6))
+    assert reply.ok and reply.outputs == {"label": "even"} and len(lm.calls) == 2
+    without = make(tmp_path / "none", lm=ScriptedLM(vague),
+                   validators=[evo.agents.OneOf("label", ["even", "odd"])])
+    assert "failed validators" in without(text=text(6)).error
+    a.close()
+    without.close()
+
+
+def test_calls_from_threads_while_a_background_job_deploys_are_all_served(tmp_path):
+    a = make(tmp_path, background=True, metric=dspy_metric)
+    serve_and_grade(a, range(100, 160))
+    job = a.optimize_now()
+    replies: list = []
+
+    def client(k: int) -> None:
+        replies.extend(a(text=text(300 + 20 * k + i)) for i in range(20))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    done = a.manager.wait(job.id, timeout=120)
+    for t in threads:
+        t.join(timeout=60)
+    assert done.status == "done" and done.result["deployed"], done.error
+    assert len(replies) == 60 and all(r.ok for r in replies)
+    assert {r.version for r in replies} <= {1, 2}
+    assert a.traces.count("parity") == 120
+    a.close()
