@@ -12,7 +12,14 @@ data says it beats the deployed one. Validators (:mod:`evo.agents.validators`) b
 terms and feedback text during a search and, optionally, retries at inference.
 """
 
-from evo.agents.agent import Agent, AgentCallError, OptimizedFunction, Reply, optimized
+from evo.agents.agent import (
+    Agent,
+    AgentCallError,
+    OptimizedFunction,
+    Reply,
+    optimize_together,
+    optimized,
+)
 from evo.agents.events import (
     AgentCallback,
     CallServed,
@@ -70,5 +77,5 @@ __all__ = ["ROI", "Agent", "AgentCallError", "AgentCallback", "AgentView", "AnyO
            "Regex", "Reply", "RolledBack", "Trace", "TraceStore", "Trigger", "TriggerFired",
            "UnknownCallError", "UnknownJobError", "UnknownVersionError", "Validator", "Version",
            "VersionDeployed", "VersionKept", "VersionRegistry", "check_outputs", "every",
-           "manual", "optimized", "paired_decision", "performance", "periodic", "redact",
-           "refine", "roi", "validated"]
+           "manual", "optimize_together", "optimized", "paired_decision", "performance",
+           "periodic", "redact", "refine", "roi", "validated"]

@@ -63,7 +63,7 @@ from evo.search.engine import SearchConfig
 from evo.search.evaluate import Budget, Cell, evaluate_program, predict_program
 
 __all__ = ["Agent", "AgentCallError", "OptimizedFunction", "Reply", "function_signature",
-           "optimized"]
+           "optimize_together", "optimized"]
 
 # what a trace store redacts by default (emails, phones, cards, IBANs, IPs)
 DEFAULT_REDACTOR = PIIRedactor()
@@ -344,13 +344,7 @@ class Agent:
     def optimize_now(self, *, reason: str = "manual") -> Job:
         """Schedule an optimization on the examples collected so far (the manual trigger).
         Fewer than ``min_examples`` usable examples is a :class:`~evo.errors.ConfigError`."""
-        examples = self.examples()
-        if len(examples) < self.min_examples:
-            raise ConfigError(f"agent {self.name!r} has {len(examples)} usable graded "
-                              f"example(s); an optimization needs at least {self.min_examples} "
-                              "(grade more calls with agent.feedback, or lower min_examples)")
-        train, val, held = _split(examples, self.holdout)
-        return self._schedule(train, val, held, reason)
+        return self.manager.schedule(self.name, self.collected_spec(), reason=reason)
 
     def train(self, trainset: Sequence[Example], valset: Sequence[Example], *,
               holdout: Sequence[Example] | None = None, wait: bool = True) -> Job:
@@ -379,15 +373,30 @@ class Agent:
 
     def _schedule(self, train: list[Example], val: list[Example], held: list[Example],
                   reason: str) -> Job:
+        return self.manager.schedule(self.name, self._spec(train, val, held), reason=reason)
+
+    def _spec(self, train: list[Example], val: list[Example], held: list[Example]
+              ) -> dict[str, Any]:
+        """A job's spec: everything its run needs, stored with it (a crash loses nothing)."""
         if not val or not held:
             raise ConfigError(f"agent {self.name!r}: an optimization needs validation and "
                               f"held-out examples (got {len(val)} and {len(held)})")
         number, program = self._current
-        spec = {"agent": self.name, "program": _program_file(program), "deployed": number,
+        return {"agent": self.name, "program": _program_file(program), "deployed": number,
                 "trainset": [_row(e) for e in train], "valset": [_row(e) for e in val],
-                "holdout": [_row(e) for e in held], "optimizer": _optimizer_spec(self.optimizer),
-                "budget": self.budget, "seed": self.seed}
-        return self.manager.schedule(self.name, spec, reason=reason)
+                "holdout": [_row(e) for e in held],
+                "optimizer": _optimizer_spec(self.optimizer), "budget": self.budget,
+                "seed": self.seed}
+
+    def collected_spec(self) -> dict[str, Any]:
+        """The spec of an optimization on the examples collected so far (see
+        :meth:`optimize_now`, :func:`optimize_together`)."""
+        examples = self.examples()
+        if len(examples) < self.min_examples:
+            raise ConfigError(f"agent {self.name!r} has {len(examples)} usable graded "
+                              f"example(s); an optimization needs at least {self.min_examples} "
+                              "(grade more calls with agent.feedback, or lower min_examples)")
+        return self._spec(*_split(examples, self.holdout))
 
     def _run_job(self, job: Job, run_dir: Path, *, budget: int | None,
                  on_event: Callable[[dict], None]) -> dict:
@@ -517,6 +526,23 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, version {self.version}, home {self.home})"
+
+
+def optimize_together(agents: Sequence[Agent], *, budget: int, reason: str = "batch"
+                      ) -> list[Job]:
+    """Schedule an optimization of each agent on what it collected, under one shared budget of
+    ``budget`` metric calls split evenly between them (the agents must share one
+    :class:`~evo.agents.manager.OptimizationManager`: ``Agent(..., manager=shared)``). Each job
+    deploys by its own agent's paired test."""
+    agents = list(agents)
+    if not agents:
+        raise ConfigError("optimize_together: give at least one agent")
+    managers = {id(a.manager) for a in agents}
+    if len(managers) != 1:
+        raise ConfigError("optimize_together: the agents have different managers; build them "
+                          "with one shared manager (Agent(..., manager=shared))")
+    items = [(a.name, a.collected_spec()) for a in agents]
+    return agents[0].manager.schedule_batch(items, budget=budget, reason=reason)
 
 
 # ---- the decorator ------------------------------------------------------------------------

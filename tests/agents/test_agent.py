@@ -243,3 +243,22 @@ def test_a_home_belongs_to_one_agent_and_a_damaged_agent_file_is_named(tmp_path)
     (tmp_path / "agent" / "agent.json").write_text("{not json")
     with pytest.raises(evo.DamagedFileError, match="agent.json"):
         make_agent(tmp_path)
+
+
+def test_several_agents_optimize_under_one_shared_budget(tmp_path):
+    from evo.agents import OptimizationManager, optimize_together
+
+    shared = OptimizationManager(tmp_path / "jobs")
+    agents = [Agent(name, "text -> label", labels=T.LABELS, lm=evo.lm.ScriptedLM(T.respond),
+                    home=tmp_path / name, cache=False, background=False, manager=shared,
+                    optimizer=FAST, budget=120) for name in ("a", "b")]
+    for agent in agents:
+        serve(agent, [T.make(i) for i in range(300, 360)])
+    jobs = optimize_together(agents, budget=150)
+    assert [j.spec["budget"] for j in jobs] == [75, 75]
+    done = shared.run_pending()
+    assert sorted(j.name for j in done) == ["a", "b"]
+    assert all(j.status == "done" and j.result["metric_calls"] <= 75 for j in done)
+    with pytest.raises(ConfigError, match="one shared manager"):
+        optimize_together([agents[0], make_agent(tmp_path)], budget=10)
+    shared.close()
