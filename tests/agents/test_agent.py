@@ -262,3 +262,23 @@ def test_several_agents_optimize_under_one_shared_budget(tmp_path):
     with pytest.raises(ConfigError, match="one shared manager"):
         optimize_together([agents[0], make_agent(tmp_path)], budget=10)
     shared.close()
+
+
+def test_an_agent_over_a_model_choice_can_deploy_the_other_model(tmp_path):
+    def right(request):
+        last = request.messages[-1].content
+        return "label: " + ("pos" if "good" in last else "neg")
+
+    small = evo.lm.ScriptedLM(lambda r: "label: neg", model_id="small")
+    large = evo.lm.ScriptedLM(right, model_id="large")
+    choice = evo.lm.ModelChoice({"small": small, "large": large},
+                                prices={"small": (0.01, 0.01), "large": (1.0, 1.0)})
+    agent = make_agent(tmp_path, lm=choice, trigger=None,
+                       optimizer=evo.Evolution(knn=False, encoder="hashing", max_demos=0))
+    job = agent.train(T.TRAIN, [*T.VAL, *T.TEST])
+    assert job.result["deployed"], job.result["decision"]
+    assert agent.program.model == "large"
+    before = len(large.calls)
+    assert agent(text="item 3 is good stuff").outputs == {"label": "pos"}
+    assert len(large.calls) == before + 1  # served by the model the search chose
+    agent.close()
