@@ -111,7 +111,8 @@ class Agent:
     held-out share (``holdout``) of the graded examples with a paired test at ``alpha``.
     ``validators`` score outputs during a search (fitness terms and feedback) and, with
     ``retries`` > 0, are retried with feedback at inference. ``background`` runs optimizations
-    in the manager's worker thread while the agent keeps serving.
+    in the manager's worker thread while the agent keeps serving. ``max_tokens`` (default: the
+    optimizer's) is the reply length when serving and in the deploy test, as in the search.
     """
 
     def __init__(self, name: str, signature: str | Signature | Program, *,
@@ -128,7 +129,7 @@ class Agent:
                  key: str | bytes | None = None, max_age_s: float | None = None,
                  max_rows: int | None = None, reflection_lm: LM | LMSession | None = None,
                  cache: ResponseCache | str | Path | bool | None = True, seed: int = 0,
-                 max_tokens: int = 48, background: bool = True,
+                 max_tokens: int | None = None, background: bool = True,
                  callbacks: Sequence[Callback] = (),
                  on_event: Callable[[dict], None] | None = None) -> None:
         if not name or not set(name) <= _NAME_OK:
@@ -145,9 +146,12 @@ class Agent:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"agent {name!r}: retries must be a whole number >= 0, got "
                               f"{retries!r}")
-        self.optimizer = optimizer if isinstance(optimizer, str) else optimizer
         _check_optimizer(name, optimizer)
-        self.budget, self.seed, self.max_tokens = budget, seed, max_tokens
+        self.optimizer = optimizer
+        # serving and the deploy test answer at the search's reply length (the optimizer's)
+        built = get(optimizer) if isinstance(optimizer, str) else optimizer
+        self.budget, self.seed = budget, seed
+        self.max_tokens = built.max_tokens if max_tokens is None else max_tokens
         self.alpha, self.holdout, self.min_examples = alpha, holdout, min_examples
         self.base_metric = metric or exact_match
         self.validators = tuple(validators)
@@ -672,6 +676,9 @@ def _convert(value: str, kind: type) -> Any:
 def _program(signature: str | Signature | Program, instruction: str,
              labels: Sequence[str] | None) -> Program:
     if isinstance(signature, Program):
+        if instruction or labels:
+            raise ConfigError("agent: a ready Program carries its own instruction and labels; "
+                              "pass them only with a signature text")
         return signature
     try:
         sig = signature if isinstance(signature, Signature) else Signature.parse(signature)
