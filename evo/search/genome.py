@@ -278,10 +278,16 @@ class Archive:
     _vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        # The user's own demos join the pool, so the seed genome is exactly the user's program.
+        # The user's own demos join the pool, so the seed genome is exactly the user's program;
+        # so does the pool of its KNN demos, which the seed genome retrieves from (a program
+        # that an earlier search gave KNN demos, re-optimized on new data, starts as it was).
         known = {ex.id for ex in self.pool}
-        self.pool = self.pool + tuple(d for d in self.base.demos if d.id not in known)
-        self.max_demos = max(self.max_demos, len(self.base.demos))
+        own = [*self.base.demos, *(self.base.knn.pool if self._seed_knn else ())]
+        for d in own:
+            if d.id not in known:
+                known.add(d.id)
+                self.pool = (*self.pool, d)
+        self.max_demos = max(self.max_demos, len(self.base.demos) + self._seed_knn)
         if not self.instructions:
             self.add_instruction(self.base.instruction, {"op": "seed"})
         if self.max_demos and not self.pool:
@@ -412,12 +418,19 @@ class Archive:
         return [instruction, len(demos), knn_k] + list(demos) + \
             [0] * (self.max_demos - len(demos)) + self._trailer(settings)
 
+    @property
+    def _seed_knn(self) -> int:
+        """The user's program's KNN demos per input, when this search varies KNN demos too
+        (0 otherwise: a search without KNN starts from the program's fixed demos alone)."""
+        knn = self.base.knn
+        return knn.k if knn is not None and self.knn_encoder is not None else 0
+
     def seed_genome(self) -> Genome:
-        """The user's program as given: instruction 0 and its demos."""
+        """The user's program as given: instruction 0, its demos and its KNN demos."""
         ids = {ex.id: i for i, ex in enumerate(self.pool)}
         demos = [ids[d.id] for d in self.base.demos]
-        return [0, len(demos), 0] + demos + [0] * (self.max_demos - len(demos)) + \
-            self._trailer(None)
+        return [0, len(demos), self._seed_knn] + demos + \
+            [0] * (self.max_demos - len(demos)) + self._trailer(None)
 
     def _trailer(self, settings: Settings | None) -> list[int]:
         if self.settings is None:
