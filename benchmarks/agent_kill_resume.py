@@ -89,12 +89,11 @@ def ledger(run_dir: Path) -> dict:
         sittings = journal.ledger(phase=None)
     finally:
         journal.close()
-    result = json.loads((run_dir / "result.json").read_text())
-    usage = result.get("search", result).get("usage", {})
-    return {"sittings": [{k: s[k] for k in ("sitting", "answers", "paid", "failed")}
+    usage = json.loads((run_dir / "result.json").read_text())["summary"]["usage"]
+    return {"sittings": [{k: s[k] for k in ("sitting", "phase", "answers", "paid",
+                                            "shared_cache", "failed") if k in s}
                          for s in sittings],
-            "last_sitting_replayed": usage.get("replayed"),
-            "last_sitting_paid": usage.get("calls")}
+            "last_sitting_replayed": usage["replayed"], "last_sitting_paid": usage["calls"]}
 
 
 def main() -> int:

@@ -68,11 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     calls, graded = read_log(log_path)  # a rerun after a kill goes on where it stopped
     rows = stream(args.seed)[:args.calls]
     task = evo.datasets.load("trec", seed=args.seed)
-    events: list[dict] = []
     agent = Agent("trec-stream", task.signature, labels=task.labels, lm=evo.lm.local(args.model),
                   trigger=every(args.trigger), min_examples=min(args.trigger, 20),
                   budget=args.budget, alpha=args.alpha, seed=args.seed, home=out / "agent",
-                  cache=out / "cache.sqlite", on_event=events.append)
+                  cache=out / "cache.sqlite")
     print(f"{agent!r}: {len(calls)} calls already served, serving {len(rows) - len(calls)} more")
     pending = [c for c in calls if c["call_id"] not in graded]
     started = time.time()
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if job.status in ("queued", "running"):
             print(f"waiting for {job.id} ...", flush=True)
             agent.manager.wait(job.id)
-    summary = summarize(agent, calls, events, time.time() - started)
+    summary = summarize(agent, calls, time.time() - started)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "jobs"}, indent=2))
     plot(calls, summary, out / "accuracy.png")
@@ -118,24 +117,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarize(agent: Agent, calls: list[dict], events: list[dict], seconds: float) -> dict:
+def summarize(agent: Agent, calls: list[dict], seconds: float) -> dict:
     per_version: dict[int, list[bool]] = {}
     for c in calls:
         per_version.setdefault(c["version"], []).append(c["correct"])
     jobs = [j.to_dict() for j in reversed(agent.jobs())]
-    fired = [e["t"] for e in events if e["event"] == "trigger_fired"]
-    deployed = [e for e in events if e["event"] == "version_deployed"]
-    served_during = []
-    for j in agent.jobs():
-        if j.started and j.finished:
-            served_during.append(sum(1 for c in calls if j.started <= c["t"] <= j.finished))
+    per_job = []
+    for j in reversed(agent.jobs()):  # oldest first
+        result = j.result or {}
+        made = (agent.versions.get(result["version"]).created if "version" in result
+                else None)
+        per_job.append({
+            "job": j.id, "status": j.status, "sittings": j.sittings,
+            "version": result.get("version"), "deployed": result.get("deployed"),
+            # from the trigger (the job scheduled) to the new version's decision, kills included
+            "trigger_to_decision_s": round(made - j.created, 1) if made else None,
+            "served_while_it_ran": sum(1 for c in calls
+                                       if j.created <= c["t"] <= (j.finished or c["t"])),
+        })
     return {
         "calls": len(calls), "traces": agent.traces.count(agent.name),
         "accuracy_per_version": {v: {"calls": len(x), "accuracy": round(sum(x) / len(x), 3)}
                                  for v, x in sorted(per_version.items())},
-        "served_during_optimization": served_during,
-        "time_to_deploy_s": (round(deployed[0]["t"] - fired[0], 1)
-                             if deployed and fired else None),
+        "per_job": per_job,
+        "served_during_optimization": [p["served_while_it_ran"] for p in per_job],
         "deployed_version": agent.version,
         "decisions": [j["result"]["decision"] for j in jobs if j.get("result")],
         "roi": [j["result"]["roi"] for j in jobs if j.get("result")],
