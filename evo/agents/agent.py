@@ -45,9 +45,9 @@ from evo.agents.traces import QualityFilter, Trace, TraceStore
 from evo.agents.triggers import AgentView, Trigger
 from evo.agents.validators import Validator, check_outputs, refine, validated
 from evo.agents.versions import DeployDecision, Version, VersionRegistry, paired_decision
-from evo.data import Example
-from evo.errors import ConfigError, DamagedFileError, EvoError
-from evo.lm.base import LM
+from evo.data import DataError, Example
+from evo.errors import ConfigError, DamagedFileError, EvoError, RunFailedError
+from evo.lm.base import LM, LMError
 from evo.lm.cache import ResponseCache
 from evo.lm.local import local
 from evo.lm.session import LMSession, session_for
@@ -143,6 +143,11 @@ class Agent:
         if not 0.0 < holdout < 1.0:
             raise ConfigError(f"agent {name!r}: holdout must be a share in (0, 1), got "
                               f"{holdout!r}")
+        if isinstance(min_examples, bool) or not isinstance(min_examples, int) \
+                or min_examples < 4:
+            raise ConfigError(f"agent {name!r}: min_examples must be a whole number >= 4 (a "
+                              f"demo pool, a validation set and a held-out test), got "
+                              f"{min_examples!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"agent {name!r}: retries must be a whole number >= 0, got "
                               f"{retries!r}")
@@ -175,6 +180,7 @@ class Agent:
         self._own_manager = manager is None
         self.manager = manager or OptimizationManager(self.home / "jobs")
         self._lock = threading.Lock()
+        self._scheduling = threading.Lock()
         deployed = self.versions.deployed()
         if deployed is None:  # a new agent: its seed program is version 1, deployed
             first = self.versions.add(self.seed_program, source="seed")
@@ -251,7 +257,12 @@ class Agent:
                              max_tokens=self.max_tokens)
             prediction = refined.prediction
         else:
-            (reply,) = predict_program(program, [example], session, max_tokens=self.max_tokens)
+            try:
+                (reply,) = predict_program(program, [example], session,
+                                           max_tokens=self.max_tokens)
+            except LMError as exc:  # the LM cannot be used at all: still a recorded reply
+                return Prediction("", None, f"lm: {exc}"), f"lm: {exc}"
+
             prediction = reply.prediction if isinstance(reply, Cell) else reply
             if isinstance(reply, Cell) and prediction.ok:  # a failed cell with a parse
                 return prediction, reply.error or "failed"
@@ -273,11 +284,21 @@ class Agent:
         """Grade an earlier call: ``score`` (1.0 = right), an optional ``text`` saying why and,
         when the grader knows it, the ``expected`` outputs. An unknown call id is one
         :class:`~evo.agents.traces.UnknownCallError`. The trigger is checked afterwards."""
+        served = self.traces.get(call_id)  # unknown: UnknownCallError, before anything is written
+        if served.agent != self.name:
+            raise ConfigError(f"call {call_id!r} was served by agent {served.agent!r}, not "
+                              f"{self.name!r}")
+        if expected:
+            outputs = [f.name for f in _signature_of(self.seed_program).outputs]
+            wrong = sorted(set(expected) - set(outputs))
+            missing = sorted(set(outputs) - set(expected))
+            if wrong or missing:
+                raise ConfigError(f"feedback for {call_id!r}: expected must name the outputs "
+                                  f"{', '.join(outputs)}"
+                                  + (f" (unknown: {', '.join(wrong)})" if wrong else "")
+                                  + (f" (missing: {', '.join(missing)})" if missing else ""))
         trace = self.traces.feedback(call_id, score, text,
                                      expected=dict(expected) if expected else None)
-        if trace.agent != self.name:
-            raise ConfigError(f"call {call_id!r} was served by agent {trace.agent!r}, not "
-                              f"{self.name!r}")
         self._emit(FeedbackReceived(agent=self.name, call_id=call_id, score=float(score)))
         self.check_trigger()
         return trace
@@ -320,11 +341,18 @@ class Agent:
                 self._alerted = graded
                 self._emit(event)
         reason = self.trigger.check(view)
-        if reason is None or view.examples < self.min_examples or self._pending():
+        if reason is None or view.examples < self.min_examples:
             return None  # (too few examples yet: it fires again on a later grade)
-        self._emit(TriggerFired(agent=self.name, trigger=type(self.trigger).__name__,
-                                reason=reason))
-        return self.optimize_now(reason=reason)
+        with self._scheduling:  # grades on several threads: one job, not one each
+            if self._pending():
+                return None
+            try:
+                spec = self.collected_spec()
+            except ConfigError:  # cannot be split yet (too few distinct examples)
+                return None
+            self._emit(TriggerFired(agent=self.name, trigger=type(self.trigger).__name__,
+                                    reason=reason))
+            return self.manager.schedule(self.name, spec, reason=reason)
 
     def _pending(self) -> bool:
         return any(j.status in ("queued", "running") for j in self.manager.history(self.name))
@@ -357,17 +385,26 @@ class Agent:
         ``valset``, never seen by the search). With ``wait`` (default) it returns the finished
         job (``job.result`` has the decision and the ROI)."""
         train, val = list(trainset), list(valset)
+        held = _hold_out(val, self.holdout) if holdout is None else list(holdout)
         if holdout is None:
-            val, held = _hold_out(val, self.holdout)
-        else:
-            held = list(holdout)
+            val = [e for e in val if e not in held]
+        for what, examples in (("trainset", train), ("valset", val), ("holdout", held)):
+            for row, ex in enumerate(examples, 1):
+                try:
+                    self.seed_program.check_example(ex, outputs=True)
+                except ValueError as exc:
+                    raise DataError(str(exc), source=what, row=row) from None
         job = self._schedule(train, val, held, "train")
         if not wait:
             return job
         if self.manager.running:
-            return self.manager.wait(job.id)
-        self.manager.run_pending()
-        return self.manager.status(job.id)
+            job = self.manager.wait(job.id)
+        else:
+            self.manager.run_pending()
+            job = self.manager.status(job.id)
+        if job.status == "failed":
+            raise RunFailedError(f"agent {self.name!r}: job {job.id} failed: {job.error}")
+        return job
 
     async def atrain(self, trainset: Sequence[Example], valset: Sequence[Example],
                      **kwargs: Any) -> Job:
@@ -428,15 +465,17 @@ class Agent:
                                           max_tokens=self.max_tokens)
             finally:
                 session.journal = None
-        version = self.versions.add(result.best, parent=spec["deployed"],
-                                    source=f"job:{job.id}", job=job.id,
-                                    scores={"val": result.best_val,
-                                            "holdout": float(new.mean()),
-                                            "holdout_scores": new.tolist(),
-                                            "deployed_holdout": float(old.mean())})
+        made = [v for v in self.versions.history() if v.job == job.id]
+        version = made[0] if made else self.versions.add(  # (a resumed job made it already)
+            result.best, parent=spec["deployed"], source=f"job:{job.id}", job=job.id,
+            scores={"val": result.best_val, "holdout": float(new.mean()),
+                    "holdout_scores": new.tolist(), "deployed_holdout": float(old.mean())})
         decision = paired_decision(old, new, [e.id for e in held], alpha=self.alpha,
                                    seed=spec["seed"], version=version.number)
-        deployed = self._decide(version, decision)
+        # an earlier sitting that deployed it is done; a candidate is decided (again: the same
+        # test on the same scores gives the same answer)
+        deployed = True if made and version.status != "candidate" else \
+            self._decide(version, decision)
         usage = (result.usage + session.usage).to_dict()
         judged = getattr(self.metric, "lm_calls", 0) - judged
         usage["calls"] += judged  # the judge's own session is not the run's: counted here
@@ -451,7 +490,8 @@ class Agent:
 
     def _decide(self, version: Version, decision: DeployDecision) -> bool:
         with self._lock:
-            previous = self._current[0]
+            deployed = self.versions.deployed()  # another process may have deployed since
+            previous = deployed.number if deployed is not None else self._current[0]
             if not decision.deploy:
                 self._emit(VersionKept(agent=self.name, version=version.number,
                                        deployed=previous, decision=decision.to_dict()))
@@ -700,13 +740,18 @@ def _claim_home(home: Path, name: str, program: Program) -> None:
         raise ConfigError(f"{path} is a symbolic link: evo does not write through links")
     if path.is_file():
         try:
-            owner = json.loads(path.read_text()).get("name")
+            data = json.loads(path.read_text())
+            owner = data.get("name")
         except (OSError, ValueError, AttributeError):
             raise DamagedFileError(path, "not the agent file evo writes (a JSON object with "
                                          "the agent's name)") from None
         if owner != name:
             raise ConfigError(f"{home} is the home of agent {owner!r}, not {name!r}: give "
                               "each agent its own home")
+        if (had := data.get("signature")) and had != str(_signature_of(program)):
+            raise ConfigError(f"agent {name!r} in {home} has the signature {had!r}, not "
+                              f"{str(_signature_of(program))!r}: its versions, traces and "
+                              "examples are of that one; give the new program a new name")
         return
     write_json(path, {"name": name, "signature": str(_signature_of(program)),
                       "created": time.time()})
@@ -757,20 +802,25 @@ def _call_id() -> str:
     return f"c-{uuid.uuid4().hex}"
 
 
-def _order(examples: Sequence[Example]) -> list[Example]:
-    """A fixed order that does not depend on when examples arrived (so a split is stable)."""
-    return sorted(examples, key=lambda e: hashlib.sha256(e.id.encode()).hexdigest())
+def _draw(example: Example, salt: str) -> float:
+    """A number in [0, 1) that is the example's own (its content hash): which side of a split
+    it falls on does not depend on which other examples exist."""
+    digest = hashlib.sha256(f"{salt}:{example.id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _hold_out(examples: Sequence[Example], share: float) -> tuple[list[Example], list[Example]]:
-    ordered = _order(examples)
-    n = max(2, round(len(ordered) * share)) if len(ordered) >= 4 else 0
-    return ordered[n:], ordered[:n]
+def _hold_out(examples: Sequence[Example], share: float) -> list[Example]:
+    """The examples held out for the deploy test: each by its own draw, so an example never
+    moves from a search's data into a later job's test as examples accrue."""
+    return [e for e in examples if _draw(e, "holdout") < share]
 
 
 def _split(examples: Sequence[Example], holdout: float
            ) -> tuple[list[Example], list[Example], list[Example]]:
-    """Held-out (the deploy test), then the rest halved: a demo pool and a validation set."""
-    rest, held = _hold_out(examples, holdout)
-    half = len(rest) // 2
-    return rest[:half], rest[half:], held
+    """Held-out (the deploy test), then the rest halved by each example's own draw: a demo
+    pool and a validation set."""
+    held = _hold_out(examples, holdout)
+    rest = [e for e in examples if _draw(e, "holdout") >= holdout]
+    train = [e for e in rest if _draw(e, "pool") < 0.5]
+    val = [e for e in rest if _draw(e, "pool") >= 0.5]
+    return train, val, held

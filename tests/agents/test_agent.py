@@ -134,7 +134,7 @@ def test_optimize_now_needs_enough_examples_and_train_uses_given_data(tmp_path):
     agent = make_agent(tmp_path, trigger=None)
     with pytest.raises(ConfigError, match="usable graded"):
         agent.optimize_now()
-    job = agent.train(T.TRAIN, [*T.VAL, *T.TEST])
+    job = agent.train(T.TRAIN, T.VAL, holdout=T.TEST)
     assert job.status == "done" and job.result["deployed"]
     assert agent.version == 2
     agent.close()
@@ -275,7 +275,7 @@ def test_an_agent_over_a_model_choice_can_deploy_the_other_model(tmp_path):
                                 prices={"small": (0.01, 0.01), "large": (1.0, 1.0)})
     agent = make_agent(tmp_path, lm=choice, trigger=None,
                        optimizer=evo.Evolution(knn=False, encoder="hashing", max_demos=0))
-    job = agent.train(T.TRAIN, [*T.VAL, *T.TEST])
+    job = agent.train(T.TRAIN, T.VAL, holdout=T.TEST)
     assert job.result["deployed"], job.result["decision"]
     assert agent.program.model == "large"
     before = len(large.calls)

@@ -15,7 +15,7 @@ import pytest
 import evo
 import evo.testing as T
 from evo.agents import Agent, OptimizationManager, every
-from evo.agents.agent import AgentCallError, _hold_out, optimized
+from evo.agents.agent import AgentCallError, _hold_out, _split, optimized
 from evo.agents.redact import redact
 from evo.agents.versions import DeployDecision, VersionRegistry
 from evo.errors import ConfigError, EvoError
@@ -46,8 +46,6 @@ def serve(agent: Agent, examples, *, grade: bool = True) -> list:
 
 # ---- agent: the trigger and its pending check ----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="Agent.check_trigger reads _pending() then schedules "
-                   "with no lock: grades arriving on two threads at once schedule two jobs")
 def test_grades_from_two_threads_schedule_one_job(tmp_path):
     agent = make_agent(tmp_path, trigger=every(1), min_examples=8)
     replies = serve(agent, [T.make(i) for i in range(300, 310)], grade=False)
@@ -78,24 +76,20 @@ def test_grades_from_two_threads_schedule_one_job(tmp_path):
     agent.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a trigger that fires while the examples cannot be "
-                   "split (fewer than 4: no held-out share) makes feedback() raise the "
-                   "ConfigError of _schedule after the grade was stored")
 def test_a_grade_never_raises_because_the_trigger_cannot_schedule(tmp_path):
-    agent = make_agent(tmp_path, trigger=every(1), min_examples=2)
-    replies = serve(agent, [T.make(i) for i in range(300, 303)], grade=False)
-    for r, i in zip(replies, range(300, 303), strict=True):
+    # (fewer than 4 is refused when the agent is built: no split could be made)
+    with pytest.raises(ConfigError, match="min_examples"):
+        make_agent(tmp_path / "two", trigger=every(1), min_examples=2)
+    agent = make_agent(tmp_path, trigger=every(1), min_examples=4)
+    replies = serve(agent, [T.make(i) for i in range(300, 305)], grade=False)
+    for r, i in zip(replies, range(300, 305), strict=True):
         agent.feedback(r.call_id, 1.0, expected=T.make(i).outputs)  # must not raise
-    assert agent.traces.count("sentiment", graded=True) == 3
+    assert agent.traces.count("sentiment", graded=True) == 5
     agent.close()
 
 
 # ---- agent: the deploy decision against what is deployed NOW -------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="Agent._decide compares the job's parent with the "
-                   "process's cached _current, not the registry: a version deployed by another "
-                   "process (evo agents deploy/rollback, a replica) meanwhile is overwritten by a "
-                   "candidate never tested against it")
 def test_a_job_does_not_deploy_over_a_version_another_process_deployed(tmp_path):
     agent = make_agent(tmp_path, trigger=None)
     other = agent.versions.add(T.program().model_copy(update={"instruction": "By hand."}))
@@ -111,10 +105,6 @@ def test_a_job_does_not_deploy_over_a_version_another_process_deployed(tmp_path)
     agent.close()
 
 
-@pytest.mark.xfail(strict=True, reason="Agent._run_job adds a new version on every sitting: a "
-                   "job resumed after a crash between versions.add and the job's 'done' adds a "
-                   "duplicate version (and, deployed by the first sitting, keeps the duplicate "
-                   "as a candidate)")
 def test_a_job_run_twice_on_one_run_directory_adds_one_version(tmp_path):
     agent = make_agent(tmp_path, trigger=None, min_examples=20)
     serve(agent, [T.make(i) for i in range(300, 360)])
@@ -129,9 +119,6 @@ def test_a_job_run_twice_on_one_run_directory_adds_one_version(tmp_path):
 
 # ---- agent: its home -----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_claim_home checks only the agent's name: an agent "
-                   "rebuilt on its home with another signature silently serves the old "
-                   "deployed program, whose inputs the new code does not pass")
 def test_an_agent_rebuilt_with_another_signature_is_refused_or_served_right(tmp_path):
     home = tmp_path / "h"
     Agent("qa", "question -> answer", lm=evo.lm.ScriptedLM(lambda r: "answer: x"), home=home,
@@ -149,8 +136,6 @@ def test_an_agent_rebuilt_with_another_signature_is_refused_or_served_right(tmp_
 
 # ---- agent: feedback on another agent's call -----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="Agent.feedback stores the grade before it checks the "
-                   "call's agent: the refused grade is written anyway")
 def test_a_refused_grade_changes_nothing(tmp_path):
     agent = make_agent(tmp_path, trigger=None)
     foreign = agent.traces.record(agent="someone-else", version=1, inputs={"text": "x"},
@@ -161,9 +146,6 @@ def test_a_refused_grade_changes_nothing(tmp_path):
     agent.close()
 
 
-@pytest.mark.xfail(strict=True, reason="TraceStore.feedback / Agent.feedback accept expected "
-                   "outputs naming no output field (a typo): the grade is stored and the "
-                   "quality filter then drops the example silently")
 def test_expected_outputs_must_name_the_signatures_fields(tmp_path):
     agent = make_agent(tmp_path, trigger=None)
     reply = agent(text="item 1 is good stuff")
@@ -174,9 +156,6 @@ def test_expected_outputs_must_name_the_signatures_fields(tmp_path):
 
 # ---- agent: train() on data that does not fit ----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="Agent.train schedules whatever it is given and, with "
-                   "wait=True, returns the failed job: examples that do not fit the signature "
-                   "are no error to the caller (compare dspy's compile, which raises)")
 def test_train_on_examples_of_another_signature_is_one_clear_error(tmp_path):
     agent = make_agent(tmp_path, trigger=None)
     bad = [evo.Example(inputs={"question": f"q{i}"}, outputs={"answer": "x"}) for i in range(20)]
@@ -202,10 +181,6 @@ def test_an_unconvertible_answer_is_one_agent_call_error(tmp_path):
         count.agent.close()
 
 
-@pytest.mark.xfail(strict=True, reason="Agent._answer lets LMUnavailableError (a hosted LM's "
-                   "bad key or refused connection, a local model that will not load) escape "
-                   "__call__: no Reply, no trace recorded, though the docstring says an LM "
-                   "failure is a reply with error, never an exception")
 def test_an_unavailable_lm_is_a_recorded_reply_with_its_error(tmp_path):
     from evo.lm.base import LMUnavailableError
 
@@ -230,23 +205,18 @@ def test_an_unavailable_lm_is_a_recorded_reply_with_its_error(tmp_path):
 
 def test_the_held_out_split_is_deterministic_and_disjoint():
     examples = [T.make(i) for i in range(300, 360)]
-    rest, held = _hold_out(examples, 0.3)
-    again_rest, again_held = _hold_out(list(reversed(examples)), 0.3)
-    assert [e.id for e in held] == [e.id for e in again_held]
-    assert [e.id for e in rest] == [e.id for e in again_rest]
-    assert not {e.id for e in rest} & {e.id for e in held}
-    assert len(rest) + len(held) == len(examples)
+    train, val, held = _split(examples, 0.3)
+    again = _split(list(reversed(examples)), 0.3)
+    assert {e.id for e in held} == {e.id for e in again[2]}
+    assert {e.id for e in train} == {e.id for e in again[0]}
+    assert not ({e.id for e in train} | {e.id for e in val}) & {e.id for e in held}
+    assert len(train) + len(val) + len(held) == len(examples)
 
 
-@pytest.mark.xfail(strict=True, reason="_hold_out takes the first round(n * share) examples by "
-                   "hash: as examples accrue, examples a deployed version was searched on "
-                   "(its demos, its validation set) move into the next job's held-out test, "
-                   "which then favours the deployed version; a per-example hash threshold "
-                   "keeps each example on one side for good")
 def test_an_example_stays_on_its_side_of_the_held_out_split_as_examples_accrue():
-    first_rest, _ = _hold_out([T.make(i) for i in range(300, 360)], 0.3)
-    _, later_held = _hold_out([T.make(i) for i in range(300, 420)], 0.3)
-    assert not {e.id for e in first_rest} & {e.id for e in later_held}
+    first_train, first_val, _ = _split([T.make(i) for i in range(300, 360)], 0.3)
+    later_held = _hold_out([T.make(i) for i in range(300, 420)], 0.3)
+    assert not {e.id for e in first_train + first_val} & {e.id for e in later_held}
 
 
 # ---- the manager ---------------------------------------------------------------------------------
