@@ -175,7 +175,6 @@ class OptimizationManager:
         self.poll_s = poll_s  # how often idle workers and followers look again
         self._runners: dict[str, Callable[..., dict]] = {}
         self._lock = threading.RLock()  # the connection, the runners, the budget ledger
-        self._charged: dict[str, int] = {}  # job id -> metric calls charged to the budget
         self._changed = threading.Condition(threading.Lock())  # a job of ours changed
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -422,8 +421,6 @@ class OptimizationManager:
             conn.execute("UPDATE jobs SET status = 'queued', finished = NULL, error = NULL, "
                          "cancel_requested = 0 WHERE id = ?", (job_id,))
             job.status, job.finished, job.error = "queued", None, None
-        with self._lock:
-            self._charged.pop(job_id, None)
         self._notify()
         return job
 
@@ -495,6 +492,12 @@ class OptimizationManager:
                 continue  # running, in this process or another
             try:
                 with self._tx() as conn:
+                    # one cancelled while its process was dead is cancelled, not run again
+                    if conn.execute("UPDATE jobs SET status = 'cancelled', finished = ?, "
+                                    "owner = NULL, error = 'cancelled while its process was "
+                                    "down' WHERE id = ? AND status = 'running' AND "
+                                    "cancel_requested = 1", (time.time(), job_id)).rowcount:
+                        continue
                     if conn.execute("UPDATE jobs SET status = 'queued', owner = NULL WHERE "
                                     "id = ? AND status = 'running'", (job_id,)).rowcount:
                         back.append(job_id)
@@ -521,6 +524,12 @@ class OptimizationManager:
                     if job.status != "queued":
                         lease.close()
                         continue
+                    if conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?",
+                                    (job_id,)).fetchone()[0]:
+                        conn.execute("UPDATE jobs SET status = 'cancelled', finished = ? "
+                                     "WHERE id = ?", (time.time(), job_id))
+                        lease.close()
+                        continue
                     now = time.time()
                     job.status, job.started, job.sittings = "running", now, job.sittings + 1
                     conn.execute("UPDATE jobs SET status = 'running', started = ?, "
@@ -532,23 +541,42 @@ class OptimizationManager:
             return job, lease
         return None
 
+    @staticmethod
+    def _charged(conn: sqlite3.Connection, besides: str) -> tuple[int, int]:
+        """What the queue's jobs other than ``besides`` are charged against a shared budget,
+        read from the queue itself (so a manager rebuilt after a crash does not hand the
+        budget out again): a finished job what it used, any other its whole allotment. Returns
+        (metric calls, jobs)."""
+        total = jobs = 0
+        for job_id, status, allotted, result in conn.execute(
+                "SELECT id, status, budget, result FROM jobs WHERE budget IS NOT NULL"):
+            if job_id == besides:
+                continue
+            used = (json.loads(result) or {}).get("metric_calls") if result else None
+            total += min(allotted, used) if status == "done" and isinstance(used, int) \
+                else allotted
+            jobs += 1
+        return total, jobs
+
     def _allot(self, job: Job) -> int | None:
-        """The job's metric-call budget from the shared one (ConfigError if none is left)."""
+        """The job's metric-call budget from the shared one (ConfigError if none is left),
+        decided and written in one transaction."""
         asked = job.spec.get("budget")
         if job.budget is not None:  # a resumed job keeps its allotment: its run spec has it
-            allotted: int | None = job.budget
-        elif self.budget is None:
-            allotted = asked
-        else:
-            left = self.budget - sum(self._charged.values())
-            allotted = left if asked is None else min(int(asked), left)
-            if allotted <= 0:
-                raise ConfigError(
-                    f"job {job.id} ({job.name}): the manager's shared budget of {self.budget} "
-                    f"metric calls is spent ({sum(self._charged.values())} charged to "
-                    f"{len(self._charged)} jobs)")
-        if allotted is not None and self.budget is not None:
-            self._charged[job.id] = allotted
+            return job.budget
+        with self._tx() as conn:
+            allotted: int | None = asked
+            if self.budget is not None:
+                spent, jobs = self._charged(conn, job.id)
+                left = self.budget - spent
+                allotted = left if asked is None else min(int(asked), left)
+                if allotted <= 0:
+                    raise ConfigError(
+                        f"job {job.id} ({job.name}): the manager's shared budget of "
+                        f"{self.budget} metric calls is spent ({spent} charged to {jobs} jobs)")
+            if allotted is not None:
+                conn.execute("UPDATE jobs SET budget = ? WHERE id = ?", (allotted, job.id))
+        job.budget = allotted
         return allotted
 
     def run_one(self) -> Job | None:
@@ -590,12 +618,7 @@ class OptimizationManager:
         status: Status
         result = error = None
         try:
-            with self._lock:
-                budget = self._allot(job)
-            if budget is not None and job.budget is None:
-                with self._tx() as conn:
-                    conn.execute("UPDATE jobs SET budget = ? WHERE id = ?", (budget, job.id))
-                job.budget = budget
+            budget = self._allot(job)
             out = runner(job, self.run_dir(job.id), budget=budget, on_event=self._hook(job))
             if not isinstance(out, dict):
                 raise ConfigError(f"the runner of {job.name!r} returned {type(out).__name__}, "
@@ -614,11 +637,6 @@ class OptimizationManager:
         except BaseException:  # KeyboardInterrupt, SystemExit: back to the queue, re-raised
             self._requeue(job)
             raise
-        used = (result or {}).get("metric_calls")
-        if status == "done" and isinstance(used, int):
-            with self._lock:  # what it did not use goes back to the shared budget
-                if job.id in self._charged:
-                    self._charged[job.id] = min(self._charged[job.id], used)
         now = time.time()
         with self._tx() as conn:
             conn.execute("UPDATE jobs SET status = ?, finished = ?, result = ?, error = ?, "

@@ -42,7 +42,7 @@ _NOT_BEFORE, _NOT_AFTER = r"(?<![\w+.,/-])", r"(?!\w|[.,/:-]\d)"
 _PHONES = [(re.compile(_NOT_BEFORE + pattern + _NOT_AFTER), low, high) for pattern, low, high in (
     (r"\+\d{1,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,4})){1,7}", 7, 15),
     (r"\(\d{2,5}\)[ .-]?\d{3,4}[ .-]?\d{3,4}", 7, 12),
-    (r"\d{3}([ .-])\d{3}\1\d{4}", 10, 10),
+    (r"(?:1[ .-])?\d{3}([ .-])\d{3}\1\d{4}", 10, 11),
     (r"\d{3}-\d{4}", 7, 7),
     (r"0\d{1,4}(?:[ .-]?\d{2,4}){1,4}", 9, 11),
 )]
@@ -73,7 +73,9 @@ def _cards(text: str) -> Iterator[tuple[int, int]]:
     digit groups that stands alone (not part of a word, a decimal or a date)."""
     for m in _DIGIT_RUN.finditer(text):
         start, end = m.span()
-        if (start and re.match(r"[\w.,/:+]", text[start - 1])) or \
+        before = text[max(0, start - 2):start]
+        # (after a word, a number or a path: not a card; after 'visa:' or 'no.': a card)
+        if re.search(r"[\w,/+]$|\d\.$", before) or \
                 re.match(r"\w|[.,/:]\d", text[end:end + 2]):
             continue
         groups = [(g.start() + start, g.end() + start) for g in re.finditer(r"\d+", m.group())]
