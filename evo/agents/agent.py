@@ -24,6 +24,7 @@ import threading
 import time
 import typing
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,9 @@ class Agent:
     held-out share (``holdout``) of the graded examples with a paired test at ``alpha``.
     ``validators`` score outputs during a search (fitness terms and feedback) and, with
     ``retries`` > 0, are retried with feedback at inference. ``background`` runs optimizations
-    in the manager's worker thread while the agent keeps serving. ``max_tokens`` (default: the
+    in the manager's worker thread while the agent keeps serving, and then checks the trigger
+    every ``check_every_s`` seconds too (grades given by another process, a periodic trigger).
+    ``max_tokens`` (default: the
     optimizer's) is the reply length when serving and in the deploy test, as in the search.
     """
 
@@ -130,6 +133,7 @@ class Agent:
                  max_rows: int | None = None, reflection_lm: LM | LMSession | None = None,
                  cache: ResponseCache | str | Path | bool | None = True, seed: int = 0,
                  max_tokens: int | None = None, background: bool = True,
+                 check_every_s: float | None = 60.0,
                  callbacks: Sequence[Callback] = (),
                  on_event: Callable[[dict], None] | None = None) -> None:
         if not name or not set(name) <= _NAME_OK:
@@ -190,8 +194,16 @@ class Agent:
         self._checked = time.monotonic()
         self._alerted: int | None = None  # graded calls when the last degradation alert went out
         self.manager.register(name, self._run_job)
+        self._closed = threading.Event()
+        self._ticker: threading.Thread | None = None
         if background:
             self.manager.start()
+            if trigger is not None and check_every_s:
+                # grades given elsewhere (evo agents feedback, another replica) and periodic
+                # triggers fire without a grade in this process
+                self._ticker = threading.Thread(target=self._tick, args=(check_every_s,),
+                                                name=f"evo-agent-{name}", daemon=True)
+                self._ticker.start()
 
     # ---- serving ------------------------------------------------------------------------
 
@@ -353,6 +365,14 @@ class Agent:
             self._emit(TriggerFired(agent=self.name, trigger=type(self.trigger).__name__,
                                     reason=reason))
             return self.manager.schedule(self.name, spec, reason=reason)
+
+    def _tick(self, interval_s: float) -> None:
+        while not self._closed.wait(interval_s):
+            try:
+                self.check_trigger()
+            except EvoError as exc:  # a store that went away: say so, keep serving
+                warnings.warn(f"evo: agent {self.name!r}: trigger check failed: {exc}",
+                              RuntimeWarning, stacklevel=1)
 
     def _pending(self) -> bool:
         return any(j.status in ("queued", "running") for j in self.manager.history(self.name))
@@ -557,6 +577,9 @@ class Agent:
     def close(self) -> None:
         """Stop the agent's own manager (a running job stops at its next event and resumes
         when the agent is built again) and close its stores."""
+        self._closed.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
         if self._own_manager:
             self.manager.close()
         self.traces.close()

@@ -282,3 +282,22 @@ def test_an_agent_over_a_model_choice_can_deploy_the_other_model(tmp_path):
     assert agent(text="item 3 is good stuff").outputs == {"label": "pos"}
     assert len(large.calls) == before + 1  # served by the model the search chose
     agent.close()
+
+
+def test_a_grade_given_elsewhere_fires_the_trigger_on_the_agents_own_check(tmp_path):
+    from evo.agents.traces import TraceStore
+
+    agent = make_agent(tmp_path, background=True, check_every_s=0.05, trigger=every(60))
+    replies = serve(agent, [T.make(i) for i in range(300, 360)], grade=False)
+    other = TraceStore(tmp_path / "agent" / "traces.sqlite")  # e.g. `evo agents feedback`
+    for k, r in enumerate(replies):
+        other.feedback(r.call_id, 1.0, expected=T.make(300 + k).outputs)
+    other.close()
+    job = None
+    for _ in range(200):  # bounded: the agent's own check runs every 0.05 s
+        if agent.jobs():
+            job = agent.manager.wait(agent.jobs()[0].id, timeout=60)
+            break
+        threading.Event().wait(0.05)
+    assert job is not None and job.status == "done" and job.reason.startswith("60")
+    agent.close()
