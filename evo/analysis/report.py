@@ -594,7 +594,10 @@ def _settings_text(genome: list[int]) -> str:
     return ", ".join(["answers ranked by label scoring" if settings.answer_mode == "rank"
                       else "answers generated",
                       *(["calibrated"] if settings.calibrate else []),
-                      *(["reasoning step"] if settings.reasoning else [])])
+                      *(["reasoning step"] if settings.reasoning else []),
+                      # (the model gene: which member of the run's ModelChoice, by position)
+                      *([f"model #{settings.model}"] if getattr(settings, "model", None)
+                        is not None else [])])
 
 
 def _genome_text(genome: list[int]) -> str:

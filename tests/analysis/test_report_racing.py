@@ -191,3 +191,11 @@ def test_the_operators_table_shows_how_each_operators_children_fared(tmp_path):
     for op, (raced, passed, validated) in stats.items():
         assert (f'<td>{op}</td><td class="num">{raced}</td><td class="num">{passed}</td>'
                 f'<td class="num">{validated}</td>') in page
+
+
+def test_the_report_names_a_candidates_model_gene():
+    from evo.analysis.report import _settings_text
+    from evo.search.genome import SETTINGS_MARK
+
+    assert _settings_text([0, 0, 0, SETTINGS_MARK, 1, 0, 0, 1]).endswith("model #1")
+    assert "model" not in _settings_text([0, 0, 0, SETTINGS_MARK, 1, 0, 0])
