@@ -151,10 +151,10 @@ class Program(BaseModel):
         return self
 
     def _check_settings(self) -> None:
+        """The settings genes that cannot go together, refused where the program is made."""
         if self.model is not None and (not self.model.strip() or self.model != self.model.strip()):
             raise ValueError(f"model {self.model!r} must name a model of the task LM's choice "
                              "(evo.lm.ModelChoice), without surrounding spaces, or be None")
-        """The settings genes that cannot go together, refused where the program is made."""
         if self.answer_mode == "rank" and self.labels is None:
             raise ValueError("answer_mode='rank' picks the most probable of a closed label set: "
                              "give the program labels=[...] (or use answer_mode='generate')")
