@@ -301,3 +301,30 @@ def test_a_grade_given_elsewhere_fires_the_trigger_on_the_agents_own_check(tmp_p
         threading.Event().wait(0.05)
     assert job is not None and job.status == "done" and job.reason.startswith("60")
     agent.close()
+
+
+def test_every_agent_event_kind_is_emitted_and_round_trips(tmp_path):
+    from evo.search.events import Event
+
+    events: list[dict] = []
+    agent = make_agent(tmp_path, on_event=events.append)
+    agent.manager.on_event = events.append  # the manager's own: job scheduled / finished
+    serve(agent, [T.make(i) for i in range(300, 360)])
+    agent.manager.run_pending()  # v2 deployed
+    agent.rollback()
+    stubborn = evo.lm.ScriptedLM(lambda r: ("- be careful" if r.purpose == "reflection"
+                                            else "label: neg"))
+    kept = make_agent(tmp_path / "kept", lm=stubborn, on_event=events.append,
+                      trigger=evo.agents.AnyOf(every(60), PerformanceDrop(window=20,
+                                                                          threshold=0.8)))
+    serve(kept, [T.make(i) for i in range(300, 360)])  # half right: a degradation alert
+    kept.manager.run_pending()  # its v2 is no better: kept
+    kinds = {k for k, cls in Event.kinds.items() if cls.__module__ == "evo.agents.events"}
+    seen = {e["event"] for e in events}
+    assert kinds <= seen, kinds - seen
+    for raw in events:
+        typed = Event.from_dict(raw)
+        assert type(typed) is Event.kinds.get(raw["event"], Event)
+        assert typed.to_dict()["event"] == raw["event"]
+    agent.close()
+    kept.close()
