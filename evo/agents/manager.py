@@ -44,11 +44,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from evo._sqlite import check_store, store_errors
 from evo.agents.events import AgentCallback, JobFinished, JobScheduled
 from evo.errors import ConfigError, DamagedFileError, EvoError, StorageError
 from evo.paths import cache_root
@@ -200,38 +201,16 @@ class OptimizationManager:
                                    check_same_thread=False)
         try:
             with self._errors():
-                problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
-                if problems != ["ok"]:
-                    raise DamagedFileError(self.path, "is damaged (" + "; ".join(problems) + ")",
-                                           hint=_HINT)
-                have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
-                if have and not have >= _COLUMNS:
-                    raise DamagedFileError(self.path, "is not an evo job queue (its jobs table "
-                                           f"lacks {', '.join(sorted(_COLUMNS - have))})",
-                                           hint=_HINT)
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.executescript(_SCHEMA)
+                check_store(conn, self.path, {"jobs": _COLUMNS}, what="job queue", hint=_HINT,
+                            schema=_SCHEMA)
         except BaseException:
             conn.close()
             raise
         return conn
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self) -> AbstractContextManager[None]:
         """SQLite's errors as evo's, naming the queue file."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "full" in text:
-                raise StorageError(f"{self.path}: the disk is full ({exc})") from exc
-            if "no such table" in text or "no such column" in text:
-                raise DamagedFileError(self.path, f"is not an evo job queue ({exc})",
-                                       hint=_HINT) from exc
-            raise StorageError(f"{self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:  # not a database, malformed
-            raise DamagedFileError(self.path, f"is damaged ({exc})", hint=_HINT) from exc
+        return store_errors(self.path, what="job queue", hint=_HINT)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

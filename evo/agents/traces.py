@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from evo._io import write_text
+from evo._sqlite import check_store, refuse_links, store_errors
 from evo.agents.crypto import TextCipher, new_salt
 from evo.agents.redact import PIIRedactor
 from evo.data import DataError, Example
@@ -215,18 +216,6 @@ class QualityFilter:
         return [example for i, (_, example) in enumerate(made) if i in keep]
 
 
-def _refuse_link(path: Path) -> None:
-    """Refuse a symbolic link in place of the store or its -wal/-shm files (as the run store
-    refuses one in place of a run file): writing through it could overwrite what it points
-    to."""
-    for side in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        if side.is_symlink():
-            raise ConfigError(
-                f"{side} is a symbolic link (to {os.readlink(side)}): evo does not read or "
-                "write trace stores through links, which could overwrite the file they point "
-                "to; replace it with the file itself, or name another path")
-
-
 class TraceStore:
     """An agent's calls and grades in one SQLite file, safe for threads and processes.
 
@@ -246,7 +235,7 @@ class TraceStore:
             raise ConfigError(f"max_rows must be a whole number >= 1, got {max_rows!r}")
         self.path = Path(path).expanduser()
         self.redactor, self.max_age_s, self.max_rows = redactor, max_age_s, max_rows
-        _refuse_link(self.path)
+        refuse_links(self.path, doing="read or write trace stores", advice=", or name another path")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -277,21 +266,10 @@ class TraceStore:
         if tables and not {"meta", "traces"} <= tables:
             raise DamagedFileError(self.path, "is not an evo trace store (its tables: "
                                    f"{', '.join(sorted(tables)[:5])})", hint=_HINT)
-        have = {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
-        if have and not set(_COLUMNS) <= have:
-            raise DamagedFileError(self.path, "is not an evo trace store (its traces table "
-                                   f"lacks {', '.join(sorted(set(_COLUMNS) - have))})",
-                                   hint=_HINT)
-        for attempt in range(20):  # the WAL switch takes a brief lock a racing opener may hold
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 19:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        conn.execute("PRAGMA synchronous = NORMAL")  # durable against a killed process
-        conn.executescript(_SCHEMA)
+        # Not quick_check: a trace store grows with every call served, too big to read whole
+        # on each opening; a damaged page is caught when it is read.
+        check_store(conn, self.path, {"traces": set(_COLUMNS)}, what="trace store", hint=_HINT,
+                    schema=_SCHEMA, quick_check=False)
 
     def _unlock(self, key: str | bytes | None) -> TextCipher | None:
         """The cipher for this store's texts (None: stored in clear). A new store records
@@ -323,25 +301,11 @@ class TraceStore:
             raise ConfigError(f"{self.path}: {exc}") from None
         return cipher
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self) -> AbstractContextManager[None]:
         """SQLite's errors as evo's, naming the store: a full disk or a lock held too long is
         a StorageError, a damaged file a DamagedFileError."""
-        try:
-            yield
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "no such table" in text or "no such column" in text:
-                raise DamagedFileError(self.path, f"is not an evo trace store ({exc})",
-                                       hint=_HINT) from exc
-            advice = ("free some space" if "full" in text else "another process held it for "
-                      "30 s; try again" if "locked" in text or "busy" in text else "")
-            raise StorageError(f"{self.path}: {exc}" + (f" ({advice})" if advice else "")
-                               ) from exc
-        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
-            raise DamagedFileError(self.path, f"is damaged ({exc})", hint=_HINT) from exc
+        return store_errors(self.path, what="trace store", hint=_HINT, full="free some space",
+                            busy="another process held it for 30 s; try again")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

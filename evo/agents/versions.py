@@ -27,15 +27,16 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from evo._sqlite import check_store, refuse_links, store_errors
 from evo.analysis.compare import format_p, paired
-from evo.errors import ConfigError, DamagedFileError, EvoError, StorageError
+from evo.errors import ConfigError, DamagedFileError, EvoError
 from evo.program import (
     PROGRAM_FORMAT,
     Program,
@@ -177,12 +178,7 @@ class VersionRegistry:
 
     # ---- opening -----------------------------------------------------------------------------
     def _refuse_link(self) -> None:
-        for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
-            if p.is_symlink():
-                raise ConfigError(f"{p} is a symbolic link (to {os.readlink(p)}): evo does not "
-                                  "open a version registry through links, which could "
-                                  "overwrite the file they point to; replace it with the file "
-                                  "itself")
+        refuse_links(self.path, doing="open a version registry")
 
     def _connect(self) -> sqlite3.Connection:
         uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?nofollow=1"
@@ -195,47 +191,17 @@ class VersionRegistry:
                 raise
         try:
             with self._errors():
-                self._check(conn)
+                check_store(conn, self.path, _COLUMNS, what="version registry", hint=HINT,
+                            schema=_SCHEMA)
         except BaseException:
             conn.close()
             raise
         self._conn, self._pid = conn, os.getpid()
         return conn
 
-    def _check(self, conn: sqlite3.Connection) -> None:
-        # Check before writing anything (switching to WAL writes the header): a damaged file is
-        # left exactly as it was found.
-        problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
-        if problems != ["ok"]:
-            raise DamagedFileError(self.path, "is damaged (" + "; ".join(problems) + ")",
-                                   hint=HINT)
-        for table, columns in _COLUMNS.items():
-            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if have and not columns <= have:
-                raise DamagedFileError(
-                    self.path, f"is not an evo version registry (its {table} table lacks "
-                    f"{', '.join(sorted(columns - have))})", hint=HINT)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(_SCHEMA)
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self) -> AbstractContextManager[None]:
         """SQLite's errors as evo's, naming the file."""
-        try:
-            yield
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "full" in text:
-                raise StorageError(f"{self.path}: the disk is full ({exc})") from exc
-            if "no such table" in text or "no such column" in text:
-                raise DamagedFileError(self.path, f"is not an evo version registry ({exc})",
-                                       hint=HINT) from exc
-            raise StorageError(f"{self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
-            raise DamagedFileError(self.path, f"is damaged ({exc})", hint=HINT) from exc
+        return store_errors(self.path, what="version registry", hint=HINT)
 
     @contextmanager
     def _db(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:

@@ -23,12 +23,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal
 
-from evo.errors import DamagedFileError, StorageError
+from evo._sqlite import check_store, store_errors
+from evo.errors import DamagedFileError
 from evo.lm.base import LMError, LMRequestError, LMResponse
 from evo.lm.cache import logprobs_from_json, logprobs_to_json
 
@@ -100,53 +101,21 @@ class Journal:
 
     def _open(self) -> None:
         conn = self._conn
-        # Check before writing anything (switching to WAL writes the header): a damaged file is
-        # left exactly as it was found. A truncated or overwritten file often opens fine and
-        # fails on the page it lost: check every page now (a journal holds answers, not
-        # prompts: small and quick).
-        problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
-        if problems != ["ok"]:
-            raise DamagedFileError(self.path, "is damaged (" + "; ".join(problems) + ")",
-                                   hint=HINT)
-        for table, columns in _COLUMNS.items():
-            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if have and not columns <= have:
-                raise DamagedFileError(
-                    self.path, f"is not an evo journal (its {table} table lacks "
-                    f"{', '.join(sorted(columns - have))})", hint=HINT)
-        conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL is durable against a killed process (the WAL is written before the commit
-        # returns); only a power cut can lose the last answers, which a resume then pays again.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(_SCHEMA)
+        # A journal holds answers, not prompts: small, so every page is checked on opening.
+        check_store(conn, self.path, _COLUMNS, what="journal", hint=HINT, schema=_SCHEMA)
         have = {r[1] for r in conn.execute("PRAGMA table_info(answers)")}
         if "kind" not in have:
             conn.execute("ALTER TABLE answers ADD COLUMN kind TEXT")  # journals before 0.x
         if "choice_logprobs" not in have:  # journals from before label scoring
             conn.execute("ALTER TABLE answers ADD COLUMN choice_logprobs TEXT")
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self) -> AbstractContextManager[None]:
         """SQLite's errors as evo's: a full disk names the journal, a damaged file says what to
-        do. A duplicate key (IntegrityError) stays what it is: the proof no call was paid twice."""
-        try:
-            yield
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "full" in text:
-                raise StorageError(f"{self.path}: the disk is full ({exc}); free some space and "
-                                   "resume the run (the answer received last is asked again)"
-                                   ) from exc
-            if "locked" in text or "busy" in text:
-                raise
-            if "no such table" in text or "no such column" in text:
-                raise DamagedFileError(self.path, f"is not an evo journal ({exc})",
-                                       hint=HINT) from exc
-            raise StorageError(f"{self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
-            raise DamagedFileError(self.path, f"is damaged ({exc})", hint=HINT) from exc
+        do, a lock is SQLite's own error. A duplicate key (IntegrityError) stays what it is: the
+        proof no call was paid twice."""
+        return store_errors(self.path, what="journal", hint=HINT, busy=None,
+                            full="free some space and resume the run (the answer received "
+                                 "last is asked again)")
 
     def begin_sitting(self) -> int:
         """Start booking answers to a new sitting; returns its number."""
