@@ -161,6 +161,12 @@ def plot(calls: list[dict], summary: dict, path: Path, window: int = 25) -> None
     rolling = [sum(right[max(0, k - window + 1):k + 1]) / len(right[max(0, k - window + 1):k + 1])
                for k in range(len(right))]
     fig, ax = plt.subplots(figsize=(8, 3.5))
+    for k, job in enumerate(summary.get("jobs", [])):  # while each optimization ran
+        during = [c["i"] for c in calls
+                  if job["created"] <= c["t"] <= (job.get("finished") or c["t"])]
+        if during:
+            ax.axvspan(min(during), max(during), color="tab:orange", alpha=0.15,
+                       label="optimizing in the background" if k == 0 else None)
     ax.plot(xs, rolling, lw=1.5, label=f"accuracy, rolling {window} calls")
     for k in range(1, len(calls)):
         if calls[k]["version"] != calls[k - 1]["version"]:
