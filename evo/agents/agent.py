@@ -114,8 +114,8 @@ class Agent:
     ``retries`` > 0, are retried with feedback at inference. ``background`` runs optimizations
     in the manager's worker thread while the agent keeps serving, and then checks the trigger
     every ``check_every_s`` seconds too (grades given by another process, a periodic trigger).
-    ``max_tokens`` (default: the
-    optimizer's) is the reply length when serving and in the deploy test, as in the search.
+    ``max_tokens`` (default: the optimizer's) is the reply length when serving and in the
+    deploy test, as in the search.
     """
 
     def __init__(self, name: str, signature: str | Signature | Program, *,
@@ -241,7 +241,7 @@ class Agent:
         usage = session.usage
         call_id = self.traces.record(
             agent=self.name, version=number, inputs=texts,
-            outputs=prediction.outputs if error is None else prediction.outputs,
+            outputs=prediction.outputs,
             error=error, latency_s=latency, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens) if self.collect else _call_id()
         self._emit(CallServed(agent=self.name, call_id=call_id, version=number,
@@ -256,11 +256,10 @@ class Agent:
         if now - self._checked < interval_s:
             return
         self._checked = now
-        deployed = self.versions.deployed()
-        if deployed is not None and deployed.number != self._current[0]:
-            with self._lock:
-                if deployed.number != self._current[0]:
-                    self._swap(deployed)
+        with self._lock:  # (read under the lock: a local deploy cannot be swapped back)
+            deployed = self.versions.deployed()
+            if deployed is not None and deployed.number != self._current[0]:
+                self._swap(deployed)
 
     def _answer(self, program: Program | EnsembleProgram, example: Example,
                 session: LMSession) -> tuple[Prediction, str | None]:
@@ -274,7 +273,6 @@ class Agent:
                                            max_tokens=self.max_tokens)
             except LMError as exc:  # the LM cannot be used at all: still a recorded reply
                 return Prediction("", None, f"lm: {exc}"), f"lm: {exc}"
-
             prediction = reply.prediction if isinstance(reply, Cell) else reply
             if isinstance(reply, Cell) and prediction.ok:  # a failed cell with a parse
                 return prediction, reply.error or "failed"
