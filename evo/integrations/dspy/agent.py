@@ -40,11 +40,11 @@ from evo.integrations.dspy.compat import examples as to_evo_examples
 from evo.integrations.dspy.compat import metric as to_evo_metric
 from evo.integrations.dspy.lm import to_dspy
 from evo.integrations.dspy.module import (
+    Bridge,
     ModuleProgram,
-    _book_key,
-    _Bridge,
-    _optimizer,
+    book_key,
     joint_instruction,
+    module_optimizer,
 )
 from evo.lm.base import LM
 from evo.lm.session import LMSession
@@ -64,14 +64,14 @@ class AgentModuleProgram(ModuleProgram):
 
     def to_json(self) -> dict:
         data = super().to_json()
-        steps = [self.bridge.book.get(_book_key(d.source_id, d.outputs)) for d in self.demos]
+        steps = [self.bridge.book.get(book_key(d.source_id, d.outputs)) for d in self.demos]
         if any(steps):
             data["demo_steps"] = json.loads(json.dumps(
                 [None if s is None else [list(step) for step in s] for s in steps], default=str))
         return data
 
 
-class _ServingBridge(_Bridge):
+class _ServingBridge(Bridge):
     """The bridge of a version that serves: its calls never become demos (no trace book growing
     with every input), each call's session gets its own dspy LM (none kept after the call), and
     at most :data:`_KEEP_BUILT` built modules are kept (refine's retries build one each)."""
@@ -130,7 +130,7 @@ class ModuleAgent(Agent):
         if not callable(named):
             raise ConfigError(f"agent {name!r}: module must be a dspy.Module, got "
                               f"{type(module).__name__}")
-        opt = _optimizer(optimizer, None, None, None)
+        opt = module_optimizer(optimizer, None, None, None)
         agent_kw.setdefault("max_tokens", getattr(opt, "max_tokens", 256))
         self.module = module
         self._local = threading.local()  # the last prediction of this thread's call
@@ -150,9 +150,9 @@ class ModuleAgent(Agent):
     def _from_dict(self, data: dict[str, Any]) -> Program | EnsembleProgram:
         """A job's program (the version deployed when it was scheduled) on a bridge of the
         job's own: the search's runs become its demos' predictor calls."""
-        return self._rebuild(data, _Bridge(self.module), f"agent {self.name!r}'s job spec")
+        return self._rebuild(data, Bridge(self.module), f"agent {self.name!r}'s job spec")
 
-    def _rebuild(self, data: dict[str, Any], bridge: _Bridge, where: str) -> AgentModuleProgram:
+    def _rebuild(self, data: dict[str, Any], bridge: Bridge, where: str) -> AgentModuleProgram:
         if not isinstance(data, dict) or "evo_program" not in data:
             raise ConfigError(f"{where}: not one dspy.Module program (an ensemble, or a plain "
                               "evo program: was this home made by another agent?)")
@@ -165,7 +165,7 @@ class ModuleAgent(Agent):
         return self._program(bridge, plain, steps, where)
 
     @staticmethod
-    def _program(bridge: _Bridge, base: str | Program, steps: Any,
+    def _program(bridge: Bridge, base: str | Program, steps: Any,
                  where: str) -> AgentModuleProgram:
         """The program of ``bridge``'s module: a new one for a signature text, else ``base``'s
         instruction and demos, with the demos' predictor calls put back in the trace book."""
@@ -190,7 +190,7 @@ class ModuleAgent(Agent):
                                               f"{len(program.demos)} demos")
             for demo, calls in zip(program.demos, steps, strict=True):
                 if calls:
-                    bridge.book[_book_key(demo.source_id, demo.outputs)] = [
+                    bridge.book[book_key(demo.source_id, demo.outputs)] = [
                         (str(n), dict(i), dict(o)) for n, i, o in calls]
         return program
 

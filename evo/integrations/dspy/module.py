@@ -95,11 +95,12 @@ def split_instruction(text: str, names: Sequence[str], seed: Sequence[str]) -> l
     return out
 
 
-def _book_key(example_id: str, outputs: dict[str, Any]) -> tuple[str, tuple]:
+def book_key(example_id: str, outputs: dict[str, Any]) -> tuple[str, tuple]:
+    """Where the trace book keeps an example's run that gave ``outputs``."""
     return example_id, tuple(sorted((k, str(v)) for k, v in outputs.items()))
 
 
-class _Bridge:
+class Bridge:
     """What every copy of one :class:`ModuleProgram` shares: the user's module, the trace book
     (each example's first run that gave each outputs: its predictor calls), the built dspy
     programs and the dspy LMs. Never copied (a program copy is the same module's)."""
@@ -115,7 +116,7 @@ class _Bridge:
         self.built: dict[tuple, Any] = {}
         self.lms: dict[tuple[int, int], tuple[LMSession, Any]] = {}
 
-    def __deepcopy__(self, memo: dict) -> _Bridge:
+    def __deepcopy__(self, memo: dict) -> Bridge:
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -135,13 +136,13 @@ class _Bridge:
         return self.lms[key][1]
 
     def record(self, example: Example, outputs: dict[str, Any], steps: list[Step]) -> None:
-        self.book.setdefault(_book_key(example.id, outputs), steps)
+        self.book.setdefault(book_key(example.id, outputs), steps)
 
     def predictor_demos(self, demo: Example) -> dict[str, dict[str, Any]]:
         """Each predictor's demo from one evo demo: its own call in a run that gave the demo's
         outputs, else the demo's fields it has (at least one input and one output)."""
         out: dict[str, dict[str, Any]] = {}
-        for name, inputs, outputs in self.book.get(_book_key(demo.source_id, demo.outputs), ()):
+        for name, inputs, outputs in self.book.get(book_key(demo.source_id, demo.outputs), ()):
             out.setdefault(name, {**inputs, **outputs})
         fields = {**demo.inputs, **demo.outputs}
         for name, predictor in self.module.named_predictors():
@@ -202,7 +203,7 @@ class ModuleProgram(Program):
 
     @classmethod
     def from_module(cls, module: Any, signature: str) -> ModuleProgram:
-        bridge = _Bridge(module)
+        bridge = Bridge(module)
         return cls(signature=signature, instruction=joint_instruction(bridge.names, bridge.seed),
                    bridge=bridge)
 
@@ -335,9 +336,9 @@ _VOTE = ("an Ensemble with combine='vote' may return a vote of several programs,
 _MODULE_MAX_TOKENS = 256  # a module's predictor replies (reasoning, several fields) need room
 
 
-def _optimizer(optimizer: Optimizer | str | None, budget: int | Budget | None,
-               max_tokens: int | None, max_demos: int | None,
-               minibatch_size: int | None = None) -> Optimizer:
+def module_optimizer(optimizer: Optimizer | str | None, budget: int | Budget | None,
+                     max_tokens: int | None, max_demos: int | None,
+                     minibatch_size: int | None = None) -> Optimizer:
     """The optimizer to run: by name or given (default: evo's Evolution), with the keyword
     arguments (``budget`` as metric calls, ``max_tokens``, ``max_demos``, ``minibatch_size``)
     set on it when given, ``max_tokens`` 256 unless set, and no KNN demos. What cannot give one
@@ -455,7 +456,7 @@ def optimize_module(module: Any, trainset: Sequence[Any], valset: Sequence[Any],
     originals: dict[str, Any] = {}  # evo example id -> the user's dspy.Example, for the metric
     train = to_evo(trainset, source="trainset", originals=originals)
     val = to_evo(valset, source="valset", originals=originals)
-    opt = _optimizer(optimizer, budget, max_tokens, max_demos, minibatch_size)
+    opt = module_optimizer(optimizer, budget, max_tokens, max_demos, minibatch_size)
     if opt.budget.metric_calls < len(val):
         raise ConfigError(f"budget {opt.budget.metric_calls} cannot validate the program once "
                           f"on {len(val)} validation examples")
