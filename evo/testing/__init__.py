@@ -32,14 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
+from evo.agents.agent import Agent, Reply
+from evo.agents.triggers import every
 from evo.data import Example
 from evo.lm import ScriptedLM
 from evo.lm.base import LMRequest
+from evo.optimizers.evolution import Evolution
 from evo.program import Program
 
 __all__ = ["HASHED", "LABELS", "SENTIMENT", "TEST", "TRAIN", "VAL", "ScriptedTask",
            "Killed", "assert_same_run", "dying_lm", "hashed_example", "hashed_respond", "make",
-           "program", "respond", "search_figures"]
+           "program", "respond", "search_figures", "sentiment_agent", "serve"]
 
 
 @dataclass(frozen=True)
@@ -194,3 +197,33 @@ def dying_lm(respond: Callable[[LMRequest], str], n: int,
 
     lm = ScriptedLM(answer)
     return lm
+
+
+# ---- agents on the sentiment task ---------------------------------------------------------
+
+def sentiment_agent(home: str | Path, lm: object = None, **kw: object) -> Agent:
+    """The sentiment task as an :class:`evo.Agent` in ``home`` (its own folder), fast to
+    optimize: a scripted model (:func:`respond` unless ``lm`` is given), no KNN or MiniLM,
+    ``every(60)``, budget 120, jobs run where :meth:`~evo.agents.manager.OptimizationManager.
+    run_pending` is called (``background=False``). Keyword arguments override any of these."""
+    kw.setdefault("trigger", every(60))
+    kw.setdefault("background", False)
+    kw.setdefault("optimizer", Evolution(knn=False, encoder="hashing"))
+    kw.setdefault("budget", 120)
+    kw.setdefault("cache", False)
+    return Agent("sentiment", "text -> label", labels=LABELS,
+                 lm=lm or ScriptedLM(respond), home=Path(home), **kw)  # type: ignore[arg-type]
+
+
+def serve(agent: Agent, examples: list[Example] | tuple[Example, ...], *,
+          grade: bool = True) -> list[Reply]:
+    """Serve ``examples`` one by one and, with ``grade``, grade each call at once with its gold
+    outputs (score 1.0 when the reply was right)."""
+    replies = []
+    for ex in examples:
+        reply = agent(**ex.inputs)
+        replies.append(reply)
+        if grade:
+            agent.feedback(reply.call_id, float(reply.outputs == ex.outputs),
+                           expected=ex.outputs)
+    return replies

@@ -19,24 +19,10 @@ FAST = evo.Evolution(knn=False, encoder="hashing")
 
 
 def make_agent(tmp_path, lm=None, **kw) -> Agent:
-    kw.setdefault("trigger", every(60))
-    kw.setdefault("background", False)
-    kw.setdefault("optimizer", FAST)
-    kw.setdefault("budget", 120)
-    return Agent("sentiment", "text -> label", labels=T.LABELS,
-                 lm=lm or evo.lm.ScriptedLM(T.respond), home=tmp_path / "agent", cache=False,
-                 **kw)
+    return T.sentiment_agent(tmp_path / "agent", lm, **kw)
 
 
-def serve(agent: Agent, examples, *, grade: bool = True) -> list:
-    replies = []
-    for ex in examples:
-        reply = agent(**ex.inputs)
-        replies.append(reply)
-        if grade:
-            agent.feedback(reply.call_id, float(reply.outputs == ex.outputs),
-                           expected=ex.outputs)
-    return replies
+serve = T.serve
 
 
 def test_an_agent_serves_collects_optimizes_on_its_trigger_and_deploys_the_winner(tmp_path):

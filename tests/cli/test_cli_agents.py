@@ -6,23 +6,15 @@ import json
 
 import pytest
 
-import evo
 import evo.testing as T
-from evo.agents import Agent, every
 from evo.cli import main
 
 
 @pytest.fixture
 def agent_home(tmp_path):
     root = tmp_path / "agents"
-    agent = Agent("sentiment", "text -> label", labels=T.LABELS,
-                  lm=evo.lm.ScriptedLM(T.respond), home=root / "sentiment", cache=False,
-                  trigger=every(60), background=False,
-                  optimizer=evo.Evolution(knn=False, encoder="hashing"), budget=120)
-    for i in range(300, 360):
-        ex = T.make(i)
-        reply = agent(**ex.inputs)
-        agent.feedback(reply.call_id, float(reply.outputs == ex.outputs), expected=ex.outputs)
+    agent = T.sentiment_agent(root / "sentiment")
+    T.serve(agent, [T.make(i) for i in range(300, 360)])
     agent.manager.run_pending()
     reply = agent(text="item 7 is bad stuff contact me at jane.doe@example.com")
     agent.close()
