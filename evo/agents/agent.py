@@ -315,21 +315,23 @@ class Agent:
 
     def view(self, now: float | None = None) -> AgentView:
         """What the triggers read: the examples collected since the last optimization, the
-        recent grades of the deployed version, and the scores it was chosen with."""
+        graded calls in all, the recent grades of the deployed version, and the scores it was
+        chosen with."""
         now = time.time() if now is None else now
         last = self._last_scheduled()
         outputs = [f.name for f in _signature_of(self.seed_program).outputs]
-        everything = self.traces.examples(self.name, self.quality, outputs=outputs)
-        new = (self.traces.examples(self.name, self.quality, outputs=outputs,
-                                    graded_since=last)
-               if last is not None else everything)  # (graded since: a grade arrives late)
+        # only the examples graded since the last job are read (a grade arrives late: by
+        # grading time); the total is a count, so a check does not read the whole store
+        new = self.traces.examples(self.name, self.quality, outputs=outputs,
+                                   graded_since=last)
         number, _ = self._current
         window = getattr(self.trigger, "window", 100)
         recent = self.traces.traces(self.name, graded=True, version=number, limit=window,
                                     newest_first=True)
         deployed = self.versions.get(number)
         scores = deployed.scores.get("holdout_scores") if deployed.scores else None
-        return AgentView(agent=self.name, now=now, new_examples=len(new), examples=len(everything),
+        return AgentView(agent=self.name, now=now, new_examples=len(new),
+                         examples=self.traces.count(self.name, graded=True),
                          last_optimized=last,
                          recent_scores=tuple(t.score for t in reversed(recent)
                                              if t.score is not None),

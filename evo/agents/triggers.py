@@ -34,9 +34,11 @@ class AgentView:
     """What a trigger sees of an agent at time ``now`` (unix seconds).
 
     ``new_examples``: usable examples collected since the last optimization was scheduled;
-    ``examples``: usable in all; ``recent_scores``: grades of the most recent graded calls the
-    deployed version served, oldest first; ``deployed_scores``: the deployed version's held-out
-    scores when it was chosen (None: none known); ``agent``: its name, for alerts."""
+    ``examples``: graded calls in all (a bound on the usable examples, counted without reading
+    the texts, so a check stays cheap in a large store); ``recent_scores``: grades of the most
+    recent graded calls the deployed version served, oldest first; ``deployed_scores``: the
+    deployed version's held-out scores when it was chosen (None: none known); ``agent``: its
+    name, for alerts."""
 
     now: float
     new_examples: int
