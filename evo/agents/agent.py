@@ -46,7 +46,7 @@ from evo.agents.traces import QualityFilter, Trace, TraceStore
 from evo.agents.triggers import AgentView, Trigger
 from evo.agents.validators import Validator, check_outputs, refine, validated
 from evo.agents.versions import DeployDecision, Version, VersionRegistry, paired_decision
-from evo.data import DataError, Example
+from evo.data import Example
 from evo.errors import ConfigError, DamagedFileError, EvoError, RunFailedError
 from evo.lm.base import LM, LMError
 from evo.lm.cache import ResponseCache
@@ -61,7 +61,13 @@ from evo.runs.events import Callback, dispatch
 from evo.runs.runner import run
 from evo.runs.store import reopened_journal
 from evo.search.engine import SearchConfig
-from evo.search.evaluate import Budget, Cell, evaluate_program, predict_program
+from evo.search.evaluate import (
+    Budget,
+    Cell,
+    check_rows,
+    evaluate_program,
+    predict_program,
+)
 
 __all__ = ["Agent", "AgentCallError", "OptimizedFunction", "Reply", "function_signature",
            "optimize_together", "optimized"]
@@ -409,11 +415,7 @@ class Agent:
         if holdout is None:
             val = [e for e in val if e not in held]
         for what, examples in (("trainset", train), ("valset", val), ("holdout", held)):
-            for row, ex in enumerate(examples, 1):
-                try:
-                    self.seed_program.check_example(ex, outputs=True)
-                except ValueError as exc:
-                    raise DataError(str(exc), source=what, row=row) from None
+            check_rows(self.seed_program, examples, what)  # before a job is queued
         job = self._schedule(train, val, held, "train")
         if not wait:
             return job

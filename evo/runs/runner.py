@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from evo.data import DataError, Dataset, Example
+from evo.data import Dataset, Example
 from evo.errors import ConfigError
 from evo.lm.base import LM, Executor
 from evo.lm.cache import ResponseCache
@@ -38,6 +38,7 @@ from evo.runs.store import RunStore, data_digest
 from evo.search.engine import Optimizer, SearchConfig, jsonable
 from evo.search.evaluate import (
     cell_failures,
+    check_rows,
     format_failures,
     meaningless,
     unique_examples,
@@ -110,12 +111,8 @@ def run(program: Program, trainset: Data, valset: Data, *, lm: LM | LMSession,
     if not val:
         raise ConfigError("valset is empty: the search needs validation examples to compare "
                           "candidates")
-    for name, examples in (("trainset", train), ("valset", val)):
-        for row, ex in enumerate(examples, 1):
-            try:
-                program.check_example(ex, outputs=True)
-            except ValueError as exc:
-                raise DataError(str(exc), source=name, row=row) from None
+    check_rows(program, train, "trainset")
+    check_rows(program, val, "valset")
     metric = metric or exact_match
     task_session = session_for(lm, cache)
     reflection_session = task_session if reflection_lm is None else session_for(reflection_lm,

@@ -790,7 +790,7 @@ def _unscored(example: Example, prediction: Prediction) -> float:
 
 __all__ = ["MEANINGLESS_SHARE", "REASONING_MAX_TOKENS", "Budget", "BudgetExhausted", "Cell",
            "Evaluator", "RunsItself", "Score", "ScoreMatrix", "cell_cost", "cell_failures",
-           "cells_cost", "error_kind",
+           "cells_cost", "check_rows", "error_kind",
            "evaluate_program", "failures_from_errors", "format_failures", "label_probabilities",
            "meaningless", "predict_program", "unique_examples"]
 
@@ -814,9 +814,16 @@ def check_testset(program: Program | EnsembleProgram, testset: Dataset | Sequenc
         field_name = first.signature.outputs[0].name
         first.check_labels((ex.outputs[field_name] for ex in examples
                             if field_name in ex.outputs), source=what)
+    check_rows(first, examples, what)
+    return examples
+
+
+def check_rows(program: Program, examples: Sequence[Example], source: str) -> None:
+    """Every example of ``examples`` has the fields ``program`` reads and answers (gold
+    outputs included); the first that does not is a :class:`~evo.data.DataError` naming
+    ``source`` and its row (from 1), before any LM call."""
     for row, ex in enumerate(examples, 1):
         try:
-            first.check_example(ex, outputs=True)
+            program.check_example(ex, outputs=True)
         except ValueError as exc:
-            raise DataError(str(exc), source=what, row=row) from None
-    return examples
+            raise DataError(str(exc), source=source, row=row) from None
