@@ -45,7 +45,14 @@ from evo.agents.roi import roi
 from evo.agents.traces import QualityFilter, Trace, TraceStore
 from evo.agents.triggers import AgentView, Trigger
 from evo.agents.validators import Validator, check_outputs, refine, validated
-from evo.agents.versions import DeployDecision, Version, VersionRegistry, paired_decision
+from evo.agents.versions import (
+    DeployDecision,
+    Version,
+    VersionRegistry,
+    paired_decision,
+    program_dict,
+    program_from_dict,
+)
 from evo.data import Example
 from evo.errors import ConfigError, DamagedFileError, EvoError, RunFailedError
 from evo.lm.base import LM, LMError
@@ -381,7 +388,10 @@ class Agent:
                               RuntimeWarning, stacklevel=1)
 
     def _pending(self) -> bool:
-        return any(j.status in ("queued", "running") for j in self.manager.history(self.name))
+        """Whether a job of this agent is queued or running (asked by status: the queue's
+        finished jobs, each with its examples, are not read)."""
+        return any(self.manager.history(self.name, status=s, limit=1)
+                   for s in ("queued", "running"))
 
     def _last_scheduled(self) -> float | None:
         """When this agent's last optimization was scheduled (else when it was created: a
@@ -410,10 +420,9 @@ class Agent:
         deploy decision is a paired test on ``holdout`` (default: a ``holdout`` share split off
         ``valset``, never seen by the search). With ``wait`` (default) it returns the finished
         job (``job.result`` has the decision and the ROI)."""
-        train, val = list(trainset), list(valset)
-        held = _hold_out(val, self.holdout) if holdout is None else list(holdout)
+        train, val, held = list(trainset), list(valset), list(holdout or ())
         if holdout is None:
-            val = [e for e in val if e not in held]
+            held, val = _partition(val, "holdout", self.holdout)
         for what, examples in (("trainset", train), ("valset", val), ("holdout", held)):
             check_rows(self.seed_program, examples, what)  # before a job is queued
         job = self._schedule(train, val, held, "train")
@@ -445,9 +454,10 @@ class Agent:
             raise ConfigError(f"agent {self.name!r}: an optimization needs validation and "
                               f"held-out examples (got {len(val)} and {len(held)})")
         number, program = self._current
-        return {"agent": self.name, "program": _program_file(program), "deployed": number,
-                "trainset": [_row(e) for e in train], "valset": [_row(e) for e in val],
-                "holdout": [_row(e) for e in held],
+        return {"agent": self.name, "program": program_dict(program), "deployed": number,
+                **{name: [e.model_dump(include={"inputs", "outputs"}) for e in examples]
+                   for name, examples in (("trainset", train), ("valset", val),
+                                          ("holdout", held))},
                 "optimizer": _optimizer_spec(self.optimizer), "budget": self.budget,
                 "seed": self.seed}
 
@@ -469,7 +479,8 @@ class Agent:
         spec = job.spec
         started, t0 = time.time(), time.perf_counter()
         program = self._from_dict(spec["program"])
-        train, val, held = (_examples(spec[k]) for k in ("trainset", "valset", "holdout"))
+        train, val, held = ([Example.model_validate(row) for row in spec[k]]
+                            for k in ("trainset", "valset", "holdout"))
         allowed = spec["budget"] if budget is None else min(budget, spec["budget"])
         optimizer = _build_optimizer(spec["optimizer"], allowed)
         judged = getattr(self.metric, "lm_calls", 0)  # an LM judge's calls (validators)
@@ -540,7 +551,7 @@ class Agent:
         return version.load()
 
     def _from_dict(self, data: dict[str, Any]) -> Program | EnsembleProgram:
-        return _load_program(data)
+        return program_from_dict(data, f"a job spec of agent {self.name!r}", None)
 
     # ---- versions -----------------------------------------------------------------------
 
@@ -805,24 +816,6 @@ def _signature_of(program: Program | EnsembleProgram) -> Signature:
     return program.signature if isinstance(program, Program) else program.members[0].signature
 
 
-def _program_file(program: Program | EnsembleProgram) -> dict[str, Any]:
-    key = "evo_ensemble" if isinstance(program, EnsembleProgram) else "evo_program"
-    return {key: 1, **program.to_json()}
-
-
-def _load_program(data: dict[str, Any]) -> Program | EnsembleProgram:
-    body = {k: v for k, v in data.items() if k not in ("evo_program", "evo_ensemble")}
-    return (EnsembleProgram if "evo_ensemble" in data else Program).model_validate(body)
-
-
-def _row(example: Example) -> dict[str, Any]:
-    return {"inputs": example.inputs, "outputs": example.outputs}
-
-
-def _examples(rows: Sequence[dict[str, Any]]) -> list[Example]:
-    return [Example(inputs=r["inputs"], outputs=r["outputs"]) for r in rows]
-
-
 def _call_id() -> str:
     return f"c-{uuid.uuid4().hex}"
 
@@ -834,18 +827,21 @@ def _draw(example: Example, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _hold_out(examples: Sequence[Example], share: float) -> list[Example]:
-    """The examples held out for the deploy test: each by its own draw, so an example never
-    moves from a search's data into a later job's test as examples accrue."""
-    return [e for e in examples if _draw(e, "holdout") < share]
+def _partition(examples: Sequence[Example], salt: str, share: float
+               ) -> tuple[list[Example], list[Example]]:
+    """The examples whose own draw (``salt``) falls below ``share``, and the others."""
+    below: list[Example] = []
+    above: list[Example] = []
+    for e in examples:
+        (below if _draw(e, salt) < share else above).append(e)
+    return below, above
 
 
 def _split(examples: Sequence[Example], holdout: float
            ) -> tuple[list[Example], list[Example], list[Example]]:
-    """Held-out (the deploy test), then the rest halved by each example's own draw: a demo
-    pool and a validation set."""
-    held = _hold_out(examples, holdout)
-    rest = [e for e in examples if _draw(e, "holdout") >= holdout]
-    train = [e for e in rest if _draw(e, "pool") < 0.5]
-    val = [e for e in rest if _draw(e, "pool") >= 0.5]
+    """Held-out (the deploy test), then the rest halved, each example by its own draw: a demo
+    pool and a validation set. An example never moves from a search's data into a later
+    job's test as examples accrue."""
+    held, rest = _partition(examples, "holdout", holdout)
+    train, val = _partition(rest, "pool", 0.5)
     return train, val, held

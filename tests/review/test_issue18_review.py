@@ -14,7 +14,7 @@ import pytest
 import evo
 import evo.testing as T
 from evo.agents import Agent, OptimizationManager, every
-from evo.agents.agent import AgentCallError, _hold_out, _split, optimized
+from evo.agents.agent import AgentCallError, _partition, _split, optimized
 from evo.agents.redact import redact
 from evo.agents.versions import DeployDecision, VersionRegistry
 from evo.errors import ConfigError, EvoError
@@ -200,7 +200,7 @@ def test_the_held_out_split_is_deterministic_and_disjoint():
 
 def test_an_example_stays_on_its_side_of_the_held_out_split_as_examples_accrue():
     first_train, first_val, _ = _split([T.make(i) for i in range(300, 360)], 0.3)
-    later_held = _hold_out([T.make(i) for i in range(300, 420)], 0.3)
+    later_held, _ = _partition([T.make(i) for i in range(300, 420)], "holdout", 0.3)
     assert not {e.id for e in first_train + first_val} & {e.id for e in later_held}
 
 
