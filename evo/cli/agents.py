@@ -21,8 +21,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 from evo.agents.agent import AGENT_FILE
@@ -130,23 +129,13 @@ def _key(args: argparse.Namespace) -> str | None:
     return os.environ.get(args.key_env) or None
 
 
-@contextmanager
-def _traces(args: argparse.Namespace, home: Path, **kw: float | int | None
-            ) -> Iterator[TraceStore]:
-    store = TraceStore(home / "traces.sqlite", key=_key(args), **kw)  # type: ignore[arg-type]
-    try:
-        yield store
-    finally:
-        store.close()
+def _traces(args: argparse.Namespace, home: Path, **kw: float | int | None) -> TraceStore:
+    """The agent's trace store (a context manager: closed at the end of the ``with``)."""
+    return TraceStore(home / "traces.sqlite", key=_key(args), **kw)  # type: ignore[arg-type]
 
 
-@contextmanager
-def _registry(home: Path) -> Iterator[VersionRegistry]:
-    registry = VersionRegistry(home / "versions.sqlite")
-    try:
-        yield registry
-    finally:
-        registry.close()
+def _registry(home: Path) -> VersionRegistry:
+    return VersionRegistry(home / "versions.sqlite")
 
 
 def _when(t: float | None) -> str:
@@ -240,11 +229,8 @@ def _list_agents(args: argparse.Namespace) -> int:
 def _job_counts(home: Path) -> str:
     if not (home / "jobs.sqlite").is_file():
         return "-"
-    manager = OptimizationManager(home)
-    try:
+    with OptimizationManager(home) as manager:
         jobs = manager.history()
-    finally:
-        manager.close()
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
@@ -270,7 +256,8 @@ def _show_agent(args: argparse.Namespace, home: Path) -> int:
                          f"v{d['previous']}" if d["previous"] else "-"] for d in deployments]))
     if (home / "jobs" / "jobs.sqlite").is_file():
         print("\njobs:")
-        _print_jobs([home / "jobs"], agent=None, status=None)
+        with OptimizationManager(home / "jobs") as manager:
+            _print_jobs([manager], agent=None, status=None)
     return 0
 
 
@@ -288,20 +275,10 @@ def _job_homes(args: argparse.Namespace) -> list[Path]:
     return homes + ([root / "jobs"] if (root / "jobs" / "jobs.sqlite").is_file() else [])
 
 
-@contextmanager
-def _managers(homes: list[Path]) -> Iterator[list[OptimizationManager]]:
-    managers = [OptimizationManager(h) for h in homes]
-    try:
-        yield managers
-    finally:
-        for m in managers:
-            m.close()
-
-
-def _print_jobs(homes: list[Path], *, agent: str | None, status: str | None) -> None:
-    with _managers(homes) as managers:
-        jobs = sorted((j for m in managers for j in m.history(agent, status=status)),
-                      key=lambda j: j.created, reverse=True)
+def _print_jobs(managers: list[OptimizationManager], *, agent: str | None,
+                status: str | None) -> None:
+    jobs = sorted((j for m in managers for j in m.history(agent, status=status)),
+                  key=lambda j: j.created, reverse=True)
     if not jobs:
         print("no jobs")
         return
@@ -315,25 +292,25 @@ def _print_jobs(homes: list[Path], *, agent: str | None, status: str | None) -> 
     print(_table(rows))
 
 
-def _find(homes: list[Path], job_id: str) -> Path:
-    with _managers(homes) as managers:
-        for m in managers:
-            try:
-                m.status(job_id)
-                return m.home
-            except UnknownJobError:
-                continue
-    raise ConfigError(f"no job {job_id!r} in {', '.join(map(str, homes)) or 'any job queue'}")
+def _find(managers: list[OptimizationManager], job_id: str) -> OptimizationManager:
+    for m in managers:
+        try:
+            m.status(job_id)
+            return m
+        except UnknownJobError:
+            continue
+    raise ConfigError(f"no job {job_id!r} in "
+                      f"{', '.join(str(m.home) for m in managers) or 'any job queue'}")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    homes = _job_homes(args)
     command = args.jobs_command
-    if command == "list":
-        _print_jobs(homes, agent=args.agent, status=args.status)
-        return 0
-    home = _find(homes, args.job_id)
-    with _managers([home]) as (manager,):
+    with ExitStack() as opened:  # each queue opened once, closed at the end
+        managers = [opened.enter_context(OptimizationManager(h)) for h in _job_homes(args)]
+        if command == "list":
+            _print_jobs(managers, agent=args.agent, status=args.status)
+            return 0
+        manager = _find(managers, args.job_id)
         if command == "show":
             print(json.dumps(manager.status(args.job_id).to_dict(), indent=2, default=str))
         elif command == "cancel":
