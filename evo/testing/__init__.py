@@ -42,7 +42,7 @@ from evo.program import Program
 
 __all__ = ["HASHED", "LABELS", "SENTIMENT", "TEST", "TRAIN", "VAL", "ScriptedTask",
            "Killed", "assert_same_run", "dying_lm", "hashed_example", "hashed_respond", "make",
-           "program", "respond", "search_figures", "sentiment_agent", "serve"]
+           "dspy_field", "program", "respond", "search_figures", "sentiment_agent", "serve"]
 
 
 @dataclass(frozen=True)
@@ -227,3 +227,10 @@ def serve(agent: Agent, examples: list[Example] | tuple[Example, ...], *,
             agent.feedback(reply.call_id, float(reply.outputs == ex.outputs),
                            expected=ex.outputs)
     return replies
+
+
+def dspy_field(text: str, name: str) -> str | None:
+    """The value of field ``name`` in a prompt or reply in DSPy's ChatAdapter format
+    (``[[ ## name ## ]]`` then its text), for scripted models that answer DSPy programs."""
+    m = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?:\n\n|\Z)", text, re.DOTALL)
+    return m.group(1).strip() if m else None

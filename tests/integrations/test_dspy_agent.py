@@ -15,13 +15,9 @@ from evo.agents.agent import AgentCallError
 from evo.errors import ConfigError
 from evo.integrations.dspy.agent import AgentModuleProgram, ModuleAgent, agent
 from evo.lm import ScriptedLM
+from evo.testing import dspy_field
 
 dspy = pytest.importorskip("dspy")
-
-
-def field(text: str, name: str) -> str | None:
-    m = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?:\n\n|\Z)", text, re.DOTALL)
-    return m.group(1).strip() if m else None
 
 
 def parity(text: str) -> str:
@@ -37,9 +33,9 @@ def respond(req) -> str:
     if req.purpose not in ("task", "dspy"):
         return "Label the text."
     if "`final_label`" in system:
-        return f"[[ ## final_label ## ]]\n{field(user, 'label')}\n\n[[ ## completed ## ]]"
+        return f"[[ ## final_label ## ]]\n{dspy_field(user, 'label')}\n\n[[ ## completed ## ]]"
     shown_demos = sum(m.role == "user" for m in req.messages) > 1
-    label = parity(field(user, "text")) if shown_demos or "parity" in system else "odd"
+    label = parity(dspy_field(user, "text")) if shown_demos or "parity" in system else "odd"
     reasoning = ("[[ ## reasoning ## ]]\nLook at the number.\n\n" if "`reasoning`" in system
                  else "")
     return f"{reasoning}[[ ## label ## ]]\n{label}\n\n[[ ## completed ## ]]"
@@ -231,7 +227,7 @@ def test_bad_configuration_is_one_clear_error(tmp_path):
 
 def test_validators_retry_a_module_call_with_advice(tmp_path):
     def vague(req) -> str:  # answers "maybe" until an earlier answer's failed check is shown
-        label = parity(field(req.messages[-1].content, "text")) \
+        label = parity(dspy_field(req.messages[-1].content, "text")) \
             if "failed these checks" in req.messages[0].content else "maybe"
         return f"[[ ## label ## ]]\n{label}\n\n[[ ## completed ## ]]"
 

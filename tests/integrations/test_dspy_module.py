@@ -18,15 +18,10 @@ from evo.integrations.dspy.module import (
 from evo.lm import LMSession, ScriptedLM
 from evo.runs.events import JSONLLog
 from evo.search.evaluate import evaluate_program
-from evo.testing import Killed, assert_same_run, dying_lm
+from evo.testing import Killed, assert_same_run, dspy_field, dying_lm
 
 dspy = pytest.importorskip("dspy")
 
-
-
-def field(text: str, name: str) -> str | None:
-    m = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?:\n\n|\Z)", text, re.DOTALL)
-    return m.group(1).strip() if m else None
 
 
 def parity(text: str) -> str:
@@ -44,15 +39,15 @@ def respond(req) -> str:
     if req.purpose not in ("task", "dspy"):
         return "Decide whether the number in the text is even or odd."
     if "`final_label`" in system:
-        text = field(user, "text")
-        label = field(user, "label") or "odd"
+        text = dspy_field(user, "text")
+        label = dspy_field(user, "label") or "odd"
         if int(re.search(r"\d+", text).group()) % 3 == 0:
             label = "odd"
         if "Rules:" in system and "parity" in system:
             label = parity(text)
         return f"[[ ## final_label ## ]]\n{label}\n\n[[ ## completed ## ]]"
     shown_demos = sum(m.role == "user" for m in req.messages) > 1
-    label = parity(field(user, "text")) if shown_demos else "odd"
+    label = parity(dspy_field(user, "text")) if shown_demos else "odd"
     return (f"[[ ## reasoning ## ]]\nLook at the number.\n\n[[ ## label ## ]]\n{label}\n\n"
             "[[ ## completed ## ]]")
 
@@ -316,7 +311,7 @@ def count_reply(req) -> str:
     """A ChainOfThought counting words, in DSPy's ChatAdapter format, with typed fields."""
     if req.purpose not in ("task", "dspy"):
         return "Count the words."
-    words = field(req.messages[-1].content, "text").split()
+    words = dspy_field(req.messages[-1].content, "text").split()
     return (f"[[ ## reasoning ## ]]\nCount them.\n\n[[ ## n ## ]]\n{len(words)}\n\n"
             f"[[ ## words ## ]]\n{json.dumps(words)}\n\n[[ ## share ## ]]\n{len(words) / 10}"
             f"\n\n[[ ## long ## ]]\n{'true' if len(words) > 3 else 'false'}\n\n"
