@@ -8,7 +8,7 @@
 # constraint so no later step can pull the registry's CUDA torch; (3) llama-cpp-python==0.3.36,
 # which has no usable prebuilt wheel: built once into ${EVO_CACHE_DIR:-~/.cache/evo}/wheels and
 # reused from there by every later setup on the machine; (4) `pip install -e
-# ".[local,bench,mlflow,test,ray]"` (the `local` extra is then already satisfied by step 3's wheel).
+# ".[local,bench,mlflow,test,ray,service]"` (the `local` extra is then already satisfied by step 3's wheel).
 # Steps 2 and 3 are skipped when their package is there. A stamp .venv/.evo-setup-<hash> skips all
 # of it when nothing that decides the install changed: this script and pyproject.toml's
 # [build-system], [project*] and [tool.setuptools*] tables (not the lint or pytest settings).
@@ -138,7 +138,7 @@ else
 fi
 
 # 4. the project, its extras and the test and lint tools -----------------------------------------
-EXTRAS="local,bench,mlflow,test,ray"
+EXTRAS="local,bench,mlflow,test,ray,service"
 log "installing evo-prompt (editable) with its extras: pip install -e \".[$EXTRAS]\""
 pip_ install -c "$CONSTRAINTS" -e ".[$EXTRAS]"
 

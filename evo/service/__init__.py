@@ -1,0 +1,1 @@
+"""The optimization service (`evo serve`): REST + WebSocket API, dashboard, keys, audit."""
