@@ -467,11 +467,17 @@ class ServiceStore:
             where.append("label = ?")
             args.append(label)
         clause = " AND ".join(where)
-        with self._lock:  # one snapshot for the page and the total
-            total = self._query(f"SELECT COUNT(*) FROM jobs WHERE {clause}", args)[0][0]
-            rows = self._query(f"SELECT job_id FROM jobs WHERE {clause} "
-                               f"ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
-                               (*args, limit, offset))
+        with self._lock, self._errors():
+            conn = self._live()
+            conn.execute("BEGIN")  # one snapshot for the page and the total
+            try:
+                total = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {clause}",
+                                     args).fetchone()[0]
+                rows = conn.execute(f"SELECT job_id FROM jobs WHERE {clause} "
+                                    f"ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
+                                    (*args, limit, offset)).fetchall()
+            finally:
+                conn.execute("COMMIT")
         return [r[0] for r in rows], total
 
     # ---- named documents ---------------------------------------------------------------------
