@@ -430,3 +430,14 @@ def test_each_job_is_one_mlflow_run_with_params_metrics_and_the_best_program(tmp
         local = client.download_artifacts(run.info.run_id, "best.json", str(tmp_path))
         best = json.loads(Path(local).read_text())
         assert best["signature"] == "text -> label"
+
+
+def test_the_cost_objective_adds_the_pareto_front(jobs, key):
+    job = jobs.submit(key, optimize(objectives=["accuracy", "cost"]))
+    assert wait(jobs, job["id"])["status"] == "done"
+    assert jobs.manager.status(job["id"]).spec["optimizer"]["params"]["objectives"] == [
+        "accuracy", "cost"]
+    pareto = jobs.result("acme", job["id"])["pareto"]
+    assert pareto and all(p["cost"] is not None for p in pareto)
+    costs = [p["cost"] for p in pareto]
+    assert costs == sorted(costs)
