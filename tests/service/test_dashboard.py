@@ -28,6 +28,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WAIT_S = 30.0  # the bound of every wait for the page (a job here takes about a second)
 # Users' text goes into instructions and demos: the page must show it as text, never as markup.
 INSTRUCTION = "Label the <b>text</b> & say pos or neg."
+NAME = "<b>sentiment</b> & co"
 
 
 # ---- the browser -------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def _jobs_row(job_id: str) -> str:
 
 def test_a_finished_job_and_an_experiment_as_a_person_sees_them(
         api: Any, browser: Browser, tmp_path: Path) -> None:
-    job = submit(api, body("sentiment", 60, 0))
+    job = submit(api, body(NAME, 60, 0))
     status = api.wait(job)
     assert status["status"] == "done", status
     result = api.get(f"/api/v1/optimizations/{job}/result").json()
@@ -183,7 +184,7 @@ def test_a_finished_job_and_an_experiment_as_a_person_sees_them(
     row = _jobs_row(job)
     browser.wait(f"{row} && {row}.innerText.includes('done')", f"job {job} done")
     cells = browser.eval(f"[...{row}.cells].map(c => c.innerText.trim())")
-    assert cells[:4] == [job, "sentiment", "optimize", "done"] and cells[4] == "100%"
+    assert cells[:4] == [job, NAME, "optimize", "done"] and cells[4] == "100%"
     assert cells[5] == f"{status['best_score']:.3f}" == f"{result['best_score']:.3f}"
     assert cells[6] == f"{status['metric_calls']} / {status['budget']}"
 
@@ -194,8 +195,7 @@ def test_a_finished_job_and_an_experiment_as_a_person_sees_them(
     shown = browser.eval("document.querySelector('#best-instruction').textContent")
     assert shown == result["best_program"]["instruction"]
     # users' markup is text: no element was made of it, and the person reads it as written
-    assert browser.eval("document.querySelectorAll('#best-program b, #best-program i').length") \
-        == 0
+    assert browser.eval("document.querySelectorAll('main b, main i').length") == 0
     demos = result["best_program"]["demos"]
     shown_demos = browser.texts("#best-demos li", "innerText")
     assert len(shown_demos) == len(demos)
@@ -229,6 +229,7 @@ def test_a_finished_job_and_an_experiment_as_a_person_sees_them(
     diff = experiment["diff"]
     assert ecells[6] == ("+" if diff > 0 else "") + f"{diff:.3f}"
 
+    assert browser.eval("document.querySelector('#page-info').textContent") == "1–2 of 2"
     text = browser.eval("document.body.innerText")
     assert job in text and exp in text and "Score vs metric calls" in text
     assert not browser.eval("!document.querySelector('#error').hidden")

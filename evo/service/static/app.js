@@ -16,6 +16,7 @@ const state = {
   total: 0,
   statusFilter: "",
   paused: false,                  // a refused key stops the polling until a new one is entered
+  backoff: 0,                     // extra wait after a 429 (rate limit), in ms
   timer: null,
   detail: null,                   // the open job: see openDetail
   experimentResults: new Map(),   // a done experiment's result, by id (it no longer changes)
@@ -151,20 +152,47 @@ async function tick() {
       await refreshExperiments();
       if (state.detail && !state.detail.finished) await refreshDetailStatus(state.detail);
       clearError();
+      state.backoff = 0;
       $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     } catch (err) {
       showError(describe(err));
       if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
         state.paused = true;
       }
+      if (err instanceof ApiError && err.status === 429) {
+        state.backoff = Math.min(30000, Math.max(1000, state.backoff * 2));
+      }
     }
   }
-  state.timer = setTimeout(tick, POLL_MS);
+  state.timer = setTimeout(tick, POLL_MS + state.backoff);
 }
 
 function restartPolling() {
   if (state.timer) clearTimeout(state.timer);
   tick();
+}
+
+/** Show ``items`` as rows of ``body``, rebuilding only the rows whose data changed (a finished
+ * job's row stays the same element: hover and keyboard focus survive the refresh). */
+function syncRows(body, items, make, columns, emptyText) {
+  if (!items.length) {
+    body.replaceChildren(el("tr", { class: "empty" },
+      el("td", { colspan: columns, text: emptyText })));
+    return;
+  }
+  const old = new Map([...body.children].filter((r) => r.dataset.id)
+    .map((r) => [r.dataset.id, r]));
+  const rows = items.map((item) => {
+    const sig = JSON.stringify(item);
+    const row = old.get(String(item.id));
+    if (row && row.dataset.sig === sig) return row;
+    const fresh = make(item);
+    fresh.dataset.sig = sig;
+    return fresh;
+  });
+  const same = rows.length === body.children.length &&
+    rows.every((row, i) => body.children[i] === row);
+  if (!same) body.replaceChildren(...rows);
 }
 
 // ---- the jobs table --------------------------------------------------------------------------
@@ -200,11 +228,7 @@ async function refreshJobs() {
   const page = await api(`api/v1/optimizations?${q}`);
   const items = page.items || [];
   state.total = num(page.total) ? page.total : items.length;
-  const body = $("#jobs tbody");
-  body.replaceChildren(...items.map(jobRow));
-  if (!items.length) {
-    body.append(el("tr", { class: "empty" }, el("td", { colspan: 8, text: "No jobs yet." })));
-  }
+  syncRows($("#jobs tbody"), items, jobRow, 8, "No jobs yet.");
   const first = items.length ? state.offset + 1 : 0;
   $("#page-info").textContent = `${first}–${state.offset + items.length} of ${state.total}`;
   $("#prev-page").disabled = state.offset === 0;
@@ -245,12 +269,7 @@ async function refreshExperiments() {
       it.result = state.experimentResults.get(it.id);
     }
   }
-  const body = $("#experiments tbody");
-  body.replaceChildren(...items.map(experimentRow));
-  if (!items.length) {
-    body.append(el("tr", { class: "empty" },
-      el("td", { colspan: 10, text: "No experiments yet." })));
-  }
+  syncRows($("#experiments tbody"), items, experimentRow, 10, "No experiments yet.");
 }
 
 // ---- one job's detail ------------------------------------------------------------------------
@@ -301,6 +320,9 @@ function closeDetail() {
   if (d && d.ws) d.ws.close();
   if (d && d.renderTimer) clearTimeout(d.renderTimer);
   $("#detail").hidden = true;
+  for (const row of document.querySelectorAll("#jobs tbody tr.selected")) {
+    row.classList.remove("selected");
+  }
 }
 
 async function refreshDetailStatus(d) {
@@ -486,6 +508,11 @@ function eventText(ev) {
       what = num(ev.val_score) ? `candidate ${ev.candidate}: val ${fmtScore(ev.val_score)}`
         : `candidate ${ev.candidate}: minibatch ${fmtScore(ev.minibatch_score)}`; break;
     case "new_best": what = `candidate ${ev.candidate} → ${fmtScore(ev.val_score)}`; break;
+    case "candidate_raced":
+      what = `candidate ${ev.candidate} vs ${ev.incumbent}: ${ev.outcome}`; break;
+    case "confirmed":
+      what = `candidate ${ev.candidate} held-out ${fmtScore(ev.holdout_score)} ` +
+        `(seed ${fmtScore(ev.seed_holdout_score)}) on ${ev.n}`; break;
     case "proposal_rejected": what = `from ${ev.candidate} (${ev.op}): ${ev.reason}`; break;
     case "complete":
       what = `best ${ev.best}: ${fmtScore(ev.best_val)} (baseline ${fmtScore(ev.baseline_val)})`;
