@@ -1,6 +1,6 @@
 """The ``evo`` command: ``evo run``, ``evo eval``, ``evo compare``, ``evo report``,
-``evo predict``, ``evo agents``, ``evo jobs``, ``evo bench``, ``evo optimizers``,
-``evo datasets``, ``evo models``.
+``evo predict``, ``evo agents``, ``evo jobs``, ``evo serve``, ``evo bench``,
+``evo optimizers``, ``evo datasets``, ``evo models``.
 
 One module per command (its flags, then a call into the library and what it prints); the flags
 several commands share are in :mod:`evo.cli.common`."""
@@ -22,6 +22,7 @@ from evo.cli import (
     predict,
     report,
     run,
+    serve,
 )
 from evo.cli import eval as evaluate
 from evo.cli.common import build_optimizer, load_task
@@ -30,8 +31,8 @@ from evo.errors import EvoError
 __all__ = ["build_optimizer", "build_parser", "load_task", "main"]
 
 # In the order `evo --help` lists them.
-COMMANDS = (run, evaluate, compare, report, predict, agents, bench, optimizers, datasets,
-            models)
+COMMANDS = (run, evaluate, compare, report, predict, agents, serve, bench, optimizers,
+            datasets, models)
 
 
 def build_parser() -> argparse.ArgumentParser:
