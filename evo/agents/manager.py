@@ -85,6 +85,8 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 """
 _COLUMNS = {"seq", "id", "name", "status", "reason", "spec", "created", "started", "finished",
             "result", "error", "sittings", "budget", "cancel_requested", "owner"}
+_SUMMARY = ("id", "name", "status", "created", "started", "finished", "error", "sittings",
+            "budget")
 _FIELDS = ("id", "name", "status", "reason", "spec", "created", "started", "finished", "result",
            "error", "sittings", "budget")
 
@@ -367,6 +369,33 @@ class OptimizationManager:
         if limit is not None:
             args.append(int(limit))
         return [self._job(r) for r in self._query(sql, tuple(args))]
+
+    def summaries(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The state and times of jobs ``ids`` (``_SUMMARY`` fields), without their spec or
+        result: what a status poll needs, without parsing a spec that holds a job's rows.
+        Unknown ids are left out."""
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = tuple(ids[i:i + 500])
+            rows = self._query(f"SELECT {', '.join(_SUMMARY)} FROM jobs WHERE id IN "
+                               f"({', '.join('?' * len(chunk))})", chunk)
+            out.update({row[0]: dict(zip(_SUMMARY, row, strict=True)) for row in rows})
+        return out
+
+    def ids_with_status(self, status: Status) -> set[str]:
+        """The ids of the jobs in ``status``."""
+        if status not in ("queued", "running", *FINISHED):
+            raise ConfigError(f"unknown job status {status!r} (queued, running, done, failed, "
+                              "cancelled)")
+        return {row[0] for row in self._query("SELECT id FROM jobs WHERE status = ?",
+                                              (status,))}
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        """A done job's result (None before), without its spec."""
+        rows = self._query("SELECT result FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise UnknownJobError(f"no job {job_id!r} in the job queue {self.path}")
+        return _loads(rows[0][0], "result", self.path, job_id)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one at its next event (in this

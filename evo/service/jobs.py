@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -153,45 +152,6 @@ def _num(value: Any, default: float | None = None) -> float | None:
 
 # ---- the queue's light columns -----------------------------------------------------------------
 
-_ROW = ("id", "status", "created", "started", "finished", "error", "sittings", "budget")
-
-
-class _QueueReader:
-    """Read-only queries of the manager's queue for what status and listing need (a job's state
-    and times), without parsing its spec (which holds its rows) on every poll."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
-                                     check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-
-    def rows(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(ids), 500):
-            chunk = list(ids[i:i + 500])
-            marks = ", ".join("?" * len(chunk))
-            with self._lock:
-                found = self._conn.execute(f"SELECT {', '.join(_ROW)} FROM jobs WHERE id IN "
-                                           f"({marks})", chunk).fetchall()
-            out.update({r[0]: dict(zip(_ROW, r, strict=True)) for r in found})
-        return out
-
-    def with_status(self, status: str) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._conn.execute("SELECT id FROM jobs WHERE status = ?",
-                                                     (status,))}
-
-    def result(self, job_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._conn.execute("SELECT result FROM jobs WHERE id = ?",
-                                     (job_id,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-
 # ---- MLflow: one run per job, by its tag -------------------------------------------------------
 
 def _mlflow_client(uri: str) -> Any:
@@ -302,7 +262,6 @@ class ServiceJobs:
         self.executor, self.mlflow_uri = executor, mlflow_uri
         self._mlflow_experiment = _mlflow_experiment(mlflow_uri) if mlflow_uri else ""
         self.manager = OptimizationManager(self.home / "jobs", workers=workers)
-        self._queue = _QueueReader(self.manager.path)
         self._lock = threading.Lock()
         self._progress: dict[str, _Progress] = {}
         self._meta: dict[str, dict[str, Any]] = {}   # kind, name, budget (from the spec)
@@ -742,7 +701,7 @@ class ServiceJobs:
         with self._lock:
             final = self._final.get(job_id)
         if final is None:
-            result = self._queue.result(job_id) or {}
+            result = self.manager.result(job_id) or {}
             final = {k: result.get(k) for k in ("metric_calls", "best_score", "baseline_score",
                                                 "lm_calls", "tokens")}
             if "diff" in result:  # an experiment: b's mean is its "best", a's the baseline
@@ -776,7 +735,7 @@ class ServiceJobs:
                 "sittings": row["sittings"], "last_event_seq": p["events"]}
 
     def _row(self, job_id: str) -> dict[str, Any]:
-        row = self._queue.rows([job_id]).get(job_id)
+        row = self.manager.summaries([job_id]).get(job_id)
         if row is None:
             raise ServiceError(404, f"no job {job_id!r}")
         return row
@@ -793,7 +752,7 @@ class ServiceJobs:
         if row["status"] != "done":
             why = f": {row['error']}" if row["error"] else ""
             raise ServiceError(409, f"job {job_id} is {row['status']}{why}: no result")
-        return self._queue.result(job_id) or {}
+        return self.manager.result(job_id) or {}
 
     def cancel(self, tenant: str, job_id: str) -> dict[str, Any]:
         """Cancel a queued job at once, a running one at its next event; 409 once finished."""
@@ -820,7 +779,7 @@ class ServiceJobs:
             ids, total = self.store.job_ids(tenant, kind=kind, label=name, limit=limit,
                                             offset=offset)
         else:  # the tenant's ids in order, kept where the queue has that status
-            matching = self._queue.with_status(status)
+            matching = self.manager.ids_with_status(status)
             mine: list[str] = []
             start = 0
             while True:
@@ -831,7 +790,7 @@ class ServiceJobs:
                 if not page or start >= count:
                     break
             ids, total = mine[offset:offset + limit], len(mine)
-        rows = self._queue.rows(ids)
+        rows = self.manager.summaries(ids)
         items = [self._status(i, rows[i]) for i in ids if i in rows]
         return {"items": items, "total": total, "limit": limit, "offset": offset}
 
@@ -845,12 +804,12 @@ class ServiceJobs:
 
     def finished(self, job_id: str) -> bool:
         """Whether the job has finished (done, failed or cancelled)."""
-        row = self._queue.rows([job_id]).get(job_id)
+        row = self.manager.summaries([job_id]).get(job_id)
         return row is not None and row["status"] in FINISHED
 
     def counts(self) -> dict[str, int]:
         """Jobs queued and running, all tenants (the health route's figures)."""
-        return {s: len(self._queue.with_status(s)) for s in ("queued", "running")}
+        return {s: len(self.manager.ids_with_status(s)) for s in ("queued", "running")}
 
     # ---- analytics and listings --------------------------------------------------------------
     def analytics(self, tenant: str, *, agent: str | None = None,
@@ -869,7 +828,7 @@ class ServiceJobs:
                 start += len(page)
                 if not page or start >= count:
                     break
-            rows = self._queue.rows(ids)
+            rows = self.manager.summaries(ids)
             for job_id in reversed(ids):  # oldest first
                 row = rows.get(job_id)
                 if row is None or row["status"] != "done":
@@ -930,7 +889,6 @@ class ServiceJobs:
         """Stop the workers (a running job goes back to the queue and resumes from its
         journal when a ServiceJobs on this home runs it again) and close the queue."""
         self.manager.close()
-        self._queue.close()
 
     def __enter__(self) -> ServiceJobs:
         return self

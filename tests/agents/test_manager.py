@@ -155,6 +155,27 @@ def test_jobs_of_an_unregistered_agent_wait_in_the_queue(tmp_path):
     assert [j.status for j in mgr.run_pending()] == ["done"]
 
 
+def test_summaries_statuses_and_results_are_read_without_the_specs(tmp_path):
+    mgr = OptimizationManager(tmp_path)
+    mgr.register("qa", fake())
+    done = mgr.schedule("qa", {"rows": ["x"] * 3})
+    mgr.run_pending()
+    waiting = mgr.schedule("later", {})
+    got = mgr.summaries([done.id, waiting.id, "j-unknown"])
+    assert set(got) == {done.id, waiting.id} and "spec" not in got[done.id]
+    assert got[done.id]["status"] == "done" and got[waiting.id]["status"] == "queued"
+    assert got[done.id]["sittings"] == 1 and got[done.id]["finished"] >= got[done.id]["created"]
+    assert mgr.ids_with_status("queued") == {waiting.id}
+    assert mgr.result(done.id) == mgr.status(done.id).result is not None
+    assert mgr.result(waiting.id) is None
+    with pytest.raises(UnknownJobError, match="j-unknown"):
+        mgr.result("j-unknown")
+    with pytest.raises(ConfigError, match="unknown job status 'lost'"):
+        mgr.ids_with_status("lost")  # type: ignore[arg-type]
+    many = [mgr.schedule("later", {}).id for _ in range(600)]  # past one IN (...) chunk
+    assert set(mgr.summaries(many)) == set(many)
+
+
 def test_a_runner_that_raises_fails_its_job_and_the_worker_goes_on(tmp_path):
     finished: list[dict] = []
     mgr = OptimizationManager(tmp_path, on_event=finished.append)
