@@ -37,6 +37,7 @@ from starlette.routing import Match
 
 from evo.data import DataError
 from evo.errors import ConfigError, DamagedFileError, EvoError, StorageError
+from evo.integrations.ray import RayExecutor
 from evo.service.jobs import ServiceError, ServiceJobs
 from evo.service.specs import (
     AlgorithmRequest,
@@ -87,8 +88,6 @@ class Service:
         try:
             executor = None
             if config.ray is not None:
-                from evo.integrations.ray import RayExecutor
-
                 executor = RayExecutor(address=None if config.ray == "local" else config.ray)
             self.jobs = ServiceJobs(home, self.store, lm=lm, reflection_lm=reflection_lm,
                                     workers=config.workers, cache=cache, executor=executor,

@@ -255,10 +255,13 @@ class ServiceJobs:
                  start: bool = True) -> None:
         self.home, self.store = Path(home), store
         # a backend, not a session: each job opens its own session (one journal per run)
-        self.lm = lm.lm if isinstance(lm, LMSession) else lm
+        backend = lm.lm if isinstance(lm, LMSession) else lm
+        # wrapped once: every job's calls go to the same Ray workers (a wrap per job would start
+        # new actors for each)
+        self.lm = on_executor(backend, executor)
         self.reflection_lm = (reflection_lm.lm if isinstance(reflection_lm, LMSession)
                               else reflection_lm)
-        self.cache = session_for(self.lm, cache).cache  # one cache for every job
+        self.cache = session_for(backend, cache).cache  # one cache for every job
         self.executor, self.mlflow_uri = executor, mlflow_uri
         self._mlflow_experiment = _mlflow_experiment(mlflow_uri) if mlflow_uri else ""
         self.manager = OptimizationManager(self.home / "jobs", workers=workers)
@@ -594,8 +597,7 @@ class ServiceJobs:
                      if self.mlflow_uri else [])
         result = run(base, train, val, lm=self.lm, optimizer=optimizer,
                      reflection_lm=self.reflection_lm, seed=spec["seed"], cache=self.cache,
-                     run_dir=run_dir, on_event=self._hook(job, on_event), callbacks=callbacks,
-                     executor=self.executor)
+                     run_dir=run_dir, on_event=self._hook(job, on_event), callbacks=callbacks)
         usage = result.usage.to_dict()
         curve = [[e["metric_calls"], e["val_score"]] for e in result.events
                  if e.get("event") == "new_best" and _num(e.get("val_score")) is not None]
@@ -621,7 +623,7 @@ class ServiceJobs:
         spec = job.spec
         a, b = (program_from_dict(spec[k], f"job {job.id}'s spec", None) for k in ("a", "b"))
         examples = [Example.model_validate(r) for r in spec["examples"]]
-        session = session_for(on_executor(self.lm, self.executor), self.cache)
+        session = session_for(self.lm, self.cache)
         run_spec = {"experiment": 1, "a": spec["a"], "b": spec["b"],
                     "examples": data_digest(examples), "model": session.model_id,
                     "seed": spec["seed"]}
@@ -887,8 +889,14 @@ class ServiceJobs:
 
     def close(self) -> None:
         """Stop the workers (a running job goes back to the queue and resumes from its
-        journal when a ServiceJobs on this home runs it again) and close the queue."""
-        self.manager.close()
+        journal when a ServiceJobs on this home runs it again), close the queue and stop the
+        executor's workers."""
+        try:
+            self.manager.close()
+        finally:
+            stop = getattr(self.executor, "shutdown", None)  # (not in the Executor protocol)
+            if stop is not None:
+                stop()
 
     def __enter__(self) -> ServiceJobs:
         return self

@@ -24,6 +24,8 @@ from evo.lm.base import (
     Message,
 )
 from evo.lm.local import LocalLM
+from evo.service import Service, ServiceConfig
+from evo.service.specs import OptimizeRequest
 from evo.testing import HASHED, assert_same_run, hashed_respond
 
 ray = pytest.importorskip("ray")
@@ -161,3 +163,30 @@ def test_workers_that_cannot_be_placed_fail_up_front(cluster):
     executor = RayExecutor(num_workers=1, actor_options={"num_cpus": 64}, start_timeout_s=1)
     with pytest.raises(LMUnavailableError, match="did not start in 1 s"):
         executor.wrap(ScriptedLM(hashed_respond))
+
+
+def _service_result(home: Path, ray_address: str | None) -> dict:
+    """One optimization through the service, its LM calls on Ray workers or in this process."""
+    program = HASHED.program()
+    rows = {k: [{"inputs": e.inputs, "outputs": e.outputs} for e in split]
+            for k, split in (("trainset", HASHED.train), ("valset", HASHED.val))}
+    request = OptimizeRequest(
+        program={"signature": str(program.signature), "labels": list(program.labels or [])},
+        data=rows, optimizer="evolution", params={"encoder": "hashing"}, budget=40)
+    with Service(ServiceConfig(home=home, workers=1, ray=ray_address),
+                 lm=ScriptedLM(hashed_respond), cache=False) as service:
+        key = service.store.create_key(tenant="acme", role="operator")[0]
+        job = service.jobs.submit(key, request)["id"]
+        service.jobs.manager.wait(job, timeout=120)
+        result = service.jobs.result("acme", job)
+        ray_lm = service.jobs.lm
+    return {"result": {k: result[k] for k in ("best_program", "best_score", "metric_calls",
+                                              "candidates", "curve")},
+            "through": type(ray_lm).__name__}
+
+
+def test_the_service_runs_its_jobs_lm_calls_on_ray_workers(cluster, tmp_path):
+    serial = _service_result(tmp_path / "serial", None)
+    through_ray = _service_result(tmp_path / "ray", "local")
+    assert (serial["through"], through_ray["through"]) == ("ScriptedLM", "RayLM")
+    assert through_ray["result"] == serial["result"]
