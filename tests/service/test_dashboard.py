@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,12 +24,14 @@ pytest.importorskip("uvicorn")
 from websockets.sync.client import connect  # noqa: E402
 
 import evo.testing as T  # noqa: E402
+from evo.lm import ScriptedLM  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WAIT_S = 30.0  # the bound of every wait for the page (a job here takes about a second)
 # Users' text goes into instructions and demos: the page must show it as text, never as markup.
 INSTRUCTION = "Label the <b>text</b> & say pos or neg."
 NAME = "<b>sentiment</b> & co"
+
 
 
 # ---- the browser -------------------------------------------------------------------------------
@@ -144,6 +147,22 @@ def body(name: str, budget: int, start: int) -> dict[str, Any]:
             "budget": budget, "name": name}
 
 
+@pytest.fixture
+def scripted_lm(gate: threading.Event) -> ScriptedLM:
+    """The scripted model; while the gate is closed, every call but the session's preflight and
+    the seed program's answers waits: a job held there has shown its seed's score, and has more
+    to come."""
+
+    def respond(request: Any) -> str:
+        seed = (request.purpose == "task" and len(request.messages) == 2
+                and INSTRUCTION in request.messages[0].content)
+        if not (seed or request.purpose == "preflight"):
+            gate.wait(WAIT_S)
+        return T.respond(request)
+
+    return ScriptedLM(respond, max_concurrency=4)
+
+
 def submit(api: Any, payload: dict[str, Any], path: str = "/api/v1/optimize") -> str:
     r = api.post(path, json=payload)
     assert r.status_code == 202, r.text
@@ -245,22 +264,32 @@ def test_a_finished_job_and_an_experiment_as_a_person_sees_them(
     assert len({tuple(px) for px in chart.reshape(-1, 3)}) >= 3, "the chart region is blank"
 
 
-def test_a_running_job_moves_live(api: Any, gate: Any, browser: Browser) -> None:
+def test_a_running_job_moves_live(api: Any, gate: threading.Event, browser: Browser) -> None:
     browser.goto(f"{api.url}/#key={api.keys['viewer']}")
     browser.wait("document.querySelector('#jobs tbody tr.empty')", "the empty jobs table")
-    gate.clear()  # every LM call waits: the job is held at its start
+    gate.clear()  # the job is held after its seed's validation
     job = submit(api, body("live", 60, 1000))
-    assert api.wait_running(job)["status"] == "running"
     row = _jobs_row(job)
     browser.wait(f"{row} && {row}.innerText.includes('running')", f"job {job} running")
     browser.eval(f"{row}.click()")
-    browser.wait("document.querySelector('#ws-state').textContent === 'live'", "live events")
-    before = len(browser.texts("#events li"))
-    progress = browser.eval(f"+{row}.querySelector('.progress').dataset.value")
+    # its first events arrive over the WebSocket, and the chart starts from them
+    browser.wait("[...document.querySelectorAll('#events li')]"
+                 ".some(li => li.textContent.includes('new_best'))", "the seed's new_best")
+    browser.wait("document.querySelector('#chart svg path.best')", "the live chart")
+    assert browser.eval("document.querySelector('#best-instruction').textContent") == ""
+    before = browser.texts("#events li")
+    progress = browser.wait(f"+{row}.querySelector('.progress').dataset.value",
+                            "the seed's calls in the progress bar")
     assert progress < 1
+    # the connection drops: the page reconnects after the last event it saw
+    browser.eval("state.detail.ws.close()")
+    browser.wait("state.detail.connects === 2 && state.detail.ws.readyState === 1"
+                 " && document.querySelector('#ws-state').textContent === 'live'",
+                 "the events reconnected")
+    assert browser.texts("#events li") == before
     gate.set()
-    # the events come over the open WebSocket, and the bar moves
-    browser.wait(f"document.querySelectorAll('#events li').length > {before}", "new events")
+    browser.wait(f"document.querySelectorAll('#events li').length > {len(before)}",
+                 "new events")
     browser.wait(f"+{row}.querySelector('.progress').dataset.value > {progress}",
                  "the progress bar moving")
     browser.wait(f"{row}.innerText.includes('done')", "the job done")

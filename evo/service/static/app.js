@@ -276,7 +276,7 @@ async function refreshExperiments() {
 
 function newDetail(id) {
   return {
-    id, seq: 0, ws: null, retry: 0, ended: false, finished: false, status: null,
+    id, seq: 0, ws: null, connects: 0, retry: 0, ended: false, finished: false, status: null,
     budget: null, calls: 0,
     best: [],                     // [[metric_calls, best score]] : the best-so-far steps
     scores: [],                   // [[metric_calls, val score]] : each fully validated candidate
@@ -432,6 +432,7 @@ function connect(d) {
   url.searchParams.set("after", d.seq);
   const ws = new WebSocket(url);
   d.ws = ws;
+  d.connects += 1;
   let got = false;
   $("#ws-state").textContent = "connecting…";
   ws.onopen = () => {
