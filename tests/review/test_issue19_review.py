@@ -352,8 +352,16 @@ def restart_home(config: Any, gate: threading.Event) -> Iterator[tuple[Any, Scri
     """A Service (no HTTP) on the config's home, its model held by the gate."""
     from evo.service.app import Service
 
-    lm = ScriptedLM(lambda r: (gate.wait(HOLD_S) if r.purpose != "preflight" else None,
-                               T.respond(r))[1], max_concurrency=4)
+    entered = [0]  # paid calls that reached the model (ScriptedLM records them on return)
+
+    def respond(request: Any) -> str:
+        if request.purpose != "preflight":
+            entered[0] += 1
+            gate.wait(HOLD_S)
+        return T.respond(request)
+
+    lm = ScriptedLM(respond, max_concurrency=4)
+    lm.entered = entered  # type: ignore[attr-defined]
     service = Service(dataclasses.replace(config, workers=1), lm=lm, cache=False)
     try:
         yield service, lm
@@ -385,15 +393,12 @@ def test_a_service_closed_mid_job_resumes_it_when_reopened_paying_nothing_twice(
     gate.clear()
     job = first.jobs.submit(key, request)["id"]
     deadline = time.monotonic() + 30
-    while paid(first_lm) < 3:  # a few calls answered, then the service closes mid-job
+    while first_lm.entered[0] < 3:  # calls in flight: the service closes mid-job
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    closer = threading.Thread(target=first.close)
-    closer.start()
-    time.sleep(0.2)  # the close has begun: the call in flight is the job's last this sitting
+    first.jobs.manager.stop(wait=False)  # the close begins: the job stops at its next event
     gate.set()
-    closer.join(timeout=60)
-    assert not closer.is_alive()
+    first.close()
 
     lm = ScriptedLM(T.respond)
     with Service(dataclasses.replace(config, workers=1), lm=lm, cache=False,
@@ -415,3 +420,89 @@ def test_a_service_closed_mid_job_resumes_it_when_reopened_paying_nothing_twice(
         assert again["last_event_seq"] == len(third.jobs.events("a", job))
         listed = third.jobs.list("a")
         assert listed["total"] == 1 and listed["items"][0]["id"] == job
+
+
+def test_an_experiment_cut_by_a_close_resumes_paying_nothing_twice(tmp_path, config,
+                                                                   restart_home, gate):
+    from evo.service.app import Service
+    from evo.service.specs import ExperimentRequest
+
+    a = {"signature": "text -> label", "labels": ["pos", "neg"]}
+    request = ExperimentRequest.model_validate({
+        "a": a, "b": {**a, "instruction": "It says good: pos"},
+        "data": {"rows": [{"inputs": e.inputs, "outputs": e.outputs} for e in T.TRAIN[:30]]}})
+    ref_lm = ScriptedLM(T.respond)
+    with Service(dataclasses.replace(config, home=tmp_path / "ref", workers=1), lm=ref_lm,
+                 cache=False) as ref:
+        ref_key = ref.store.create_key(tenant="a", role="operator")[0]
+        ref_job = ref.jobs.submit_experiment(ref_key, request)["id"]
+        ref.jobs.manager.wait(ref_job, timeout=60)
+        expected = ref.jobs.result("a", ref_job)
+
+    first, first_lm = restart_home
+    key = first.store.create_key(tenant="a", role="operator")[0]
+    gate.clear()
+    job = first.jobs.submit_experiment(key, request)["id"]
+    deadline = time.monotonic() + 30
+    while first_lm.entered[0] < 1:  # a call in flight (an experiment asks one at a time)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    first.jobs.manager.stop(wait=False)  # the close begins: the job stops at its next event
+    gate.set()
+    first.close()
+    assert 0 < paid(first_lm) < paid(ref_lm)
+
+    lm = ScriptedLM(T.respond)
+    with Service(dataclasses.replace(config, workers=1), lm=lm, cache=False) as second:
+        second.jobs.manager.wait(job, timeout=60)
+        assert second.jobs.status("a", job)["status"] == "done"
+        result = second.jobs.result("a", job)
+    assert paid(first_lm) + paid(lm) == paid(ref_lm)
+    assert {k: result[k] for k in ("a", "b", "diff", "ci", "p_value", "n", "decision")} == {
+        k: expected[k] for k in ("a", "b", "diff", "ci", "p_value", "n", "decision")}
+
+
+def test_a_resumed_job_continues_its_one_mlflow_run(tmp_path, config, gate):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from evo.service.app import Service
+    from evo.service.specs import OptimizeRequest
+
+    uri = (tmp_path / "mlruns").as_uri()
+    cfg = dataclasses.replace(config, workers=1, mlflow_uri=uri)
+    entered = [0]
+
+    def respond(request: Any) -> str:
+        if request.purpose != "preflight":
+            entered[0] += 1
+            gate.wait(HOLD_S)
+        return T.respond(request)
+
+    request = OptimizeRequest.model_validate({
+        "program": {"signature": "text -> label", "labels": ["pos", "neg"]},
+        "data": {"rows": [{"inputs": e.inputs, "outputs": e.outputs} for e in T.TRAIN[:24]]},
+        "budget": 40, "params": FAST})
+    first = Service(cfg, lm=ScriptedLM(respond, max_concurrency=4), cache=False)
+    try:
+        key = first.store.create_key(tenant="a", role="operator")[0]
+        gate.clear()
+        job = first.jobs.submit(key, request)["id"]
+        deadline = time.monotonic() + 30
+        while entered[0] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        first.jobs.manager.stop(wait=False)
+    finally:
+        gate.set()
+        first.close()
+    with Service(cfg, lm=ScriptedLM(T.respond), cache=False) as second:
+        second.jobs.manager.wait(job, timeout=60)
+        status = second.jobs.status("a", job)
+    assert status["status"] == "done" and status["sittings"] == 2
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("evo-service")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`evo.job` = '{job}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "best_val")]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no step logged twice
