@@ -188,6 +188,9 @@ class OptimizationManager:
                 raise StorageError(f"{self.home / sub}: cannot create the folder "
                                    f"({exc.strerror or exc})") from exc
         self._conn = self._connect()
+        # per thread, a read-only connection (WAL readers neither wait for nor block the
+        # writer); those of threads that ended are closed when the next one is opened
+        self._readers: dict[threading.Thread, sqlite3.Connection] = {}
         self.recover()
 
     # ---- the store ---------------------------------------------------------------------------
@@ -228,6 +231,21 @@ class OptimizationManager:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """A read on this thread's own read-only connection: polls (status pages, listings)
+        from many threads run side by side and never wait for a worker's transaction."""
+        me = threading.current_thread()
+        conn = self._readers.get(me)
+        with self._errors():
+            if conn is None:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30,
+                                       isolation_level=None, check_same_thread=False)
+                with self._lock:
+                    for thread in [t for t in self._readers if not t.is_alive()]:
+                        self._readers.pop(thread).close()
+                    self._readers[me] = conn
+            return conn.execute(sql, args).fetchall()
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock, self._errors():
@@ -377,7 +395,7 @@ class OptimizationManager:
         out: dict[str, dict[str, Any]] = {}
         for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = tuple(ids[i:i + 500])
-            rows = self._query(f"SELECT {', '.join(_SUMMARY)} FROM jobs WHERE id IN "
+            rows = self._read(f"SELECT {', '.join(_SUMMARY)} FROM jobs WHERE id IN "
                                f"({', '.join('?' * len(chunk))})", chunk)
             out.update({row[0]: dict(zip(_SUMMARY, row, strict=True)) for row in rows})
         return out
@@ -387,12 +405,12 @@ class OptimizationManager:
         if status not in ("queued", "running", *FINISHED):
             raise ConfigError(f"unknown job status {status!r} (queued, running, done, failed, "
                               "cancelled)")
-        return {row[0] for row in self._query("SELECT id FROM jobs WHERE status = ?",
+        return {row[0] for row in self._read("SELECT id FROM jobs WHERE status = ?",
                                               (status,))}
 
     def result(self, job_id: str) -> dict[str, Any] | None:
         """A done job's result (None before), without its spec."""
-        rows = self._query("SELECT result FROM jobs WHERE id = ?", (job_id,))
+        rows = self._read("SELECT result FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise UnknownJobError(f"no job {job_id!r} in the job queue {self.path}")
         return _loads(rows[0][0], "result", self.path, job_id)
@@ -704,6 +722,9 @@ class OptimizationManager:
         self.stop()
         with self._lock:
             self._conn.close()
+            for conn in self._readers.values():
+                conn.close()
+            self._readers.clear()
 
     def __enter__(self) -> OptimizationManager:
         return self
