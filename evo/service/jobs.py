@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +64,7 @@ from evo.search.engine import SearchConfig
 from evo.search.evaluate import Budget, evaluate_program, unique_examples
 from evo.search.events import CandidateEvaluated, NewBest, SearchCompleted, SearchStarted
 from evo.service.specs import (
+    NAME,
     AlgorithmRequest,
     DatasetRequest,
     DataSpec,
@@ -328,24 +330,29 @@ class ServiceJobs:
         except ConfigError:
             raise ServiceError(422, f"unknown base optimizer {request.base!r}: choose one of "
                                f"{', '.join(optimizer_names())}", where="body.base") from None
+        _check_finite(request.params, "body.params")
         doc = {"base": cls.name, "params": dict(request.params),
                "operators": dict(request.operators), "description": request.description}
         self._build({"name": cls.name, "params": doc["params"], "operators": doc["operators"]},
                     1, where="body")
-        try:
-            self.store.put("algorithm", key.tenant, request.name, doc)
-        except ConfigError as exc:
-            raise ServiceError(409, str(exc), where="body.name") from None
+        self._put(key.tenant, "algorithm", request.name, doc)
         return {"name": request.name, **doc}
+
+    def _put(self, tenant: str, kind: Any, name: str, doc: dict[str, Any]) -> None:
+        """Store a new named document: 409 only when the tenant has one of that name, any
+        other refusal of the store a 422."""
+        try:
+            self.store.put(kind, tenant, name, doc)
+        except ConfigError as exc:
+            if self.store.get(kind, tenant, name) is not None:
+                raise ServiceError(409, str(exc), where="body.name") from None
+            raise ServiceError(422, str(exc), where="body") from None
 
     def register_dataset(self, key: ApiKey, request: DatasetRequest) -> dict[str, Any]:
         """Store the tenant's dataset: 409 if the tenant has one of that name."""
         rows = [r.model_dump() for r in request.rows]
-        try:
-            self.store.put("dataset", key.tenant, request.name,
-                           {"rows": rows, "description": request.description})
-        except ConfigError as exc:
-            raise ServiceError(409, str(exc), where="body.name") from None
+        self._put(key.tenant, "dataset", request.name,
+                  {"rows": rows, "description": request.description})
         return {"name": request.name, "rows": len(rows), "description": request.description}
 
     # ---- resolving ---------------------------------------------------------------------------
@@ -383,9 +390,25 @@ class ServiceJobs:
                                where=f"{where}.job")
         return program_from_dict(job.result["best_program"], f"job {ref.job}", None)
 
+    def _agent_names(self, tenant: str) -> list[str]:
+        """The names of ``tenant``'s agents (those :meth:`_agent_home` finds)."""
+        root = (self.home / "agents" / tenant).resolve()
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if re.fullmatch(NAME, p.name)
+                      and p.resolve().parent == root and (p / AGENT_FILE).is_file())
+
     def _agent_home(self, tenant: str, name: str, where: str) -> Path:
-        home = self.home / "agents" / tenant / name
-        if not (home / AGENT_FILE).is_file():
+        """The home of ``tenant``'s agent ``name``: 422 unless ``name`` is a plain name (no
+        path: it is joined to the tenant's folder), 404 unless that agent exists there."""
+        if not isinstance(name, str) or not re.fullmatch(NAME, name):
+            raise ServiceError(422, f"bad agent name {str(name)[:80]!r}: a name is 1-64 "
+                               "letters, digits, '_', '.' or '-', starting with a letter or "
+                               "digit", where=where)
+        root = (self.home / "agents" / tenant).resolve()
+        home = (root / name).resolve()
+        # a link in the tenant's folder must not lead out of it either
+        if home.parent != root or not (home / AGENT_FILE).is_file():
             raise ServiceError(404, f"no agent {name!r}", where=where)
         return home
 
@@ -532,6 +555,7 @@ class ServiceJobs:
         if "budget" in params:
             raise ServiceError(422, "params.budget: the budget is the request's 'budget'",
                                where="body.params.budget")
+        _check_finite(params, "body.params")
         merged = {**fixed, **params}
         if "cost" in objectives and "objectives" not in merged:
             merged["objectives"] = ["accuracy", "cost"]
@@ -546,17 +570,23 @@ class ServiceJobs:
         unregistered operator is a 422 naming it."""
         cls = optimizer_class(spec["name"])
         params = dict(spec["params"])
-        ops = {**spec.get("operators", {}), **params.pop("operators", {})}
+        given = params.pop("operators", {})
+        if not isinstance(given, dict):
+            raise ServiceError(422, "params.operators: an object of operator names to "
+                               f"probabilities (got {type(given).__name__})",
+                               where=f"{where}.params.operators")
+        ops = {**spec.get("operators", {}), **given}
         if ops:
             if "operators" not in cls.model_fields:
+                at = f"{where}.params.operators" if given else f"{where}.operators"
                 raise ServiceError(422, f"optimizer {cls.name!r} takes no operators (only "
-                                   "Evolution-based ones do)", where=f"{where}.operators")
+                                   "Evolution-based ones do)", where=at)
             for op in ops:
+                at = f"params.operators.{op}" if op in given else f"operators.{op}"
                 try:
                     operator(op)
                 except ConfigError as exc:
-                    raise ServiceError(422, f"operators.{op}: {exc}",
-                                       where=f"{where}.operators.{op}") from None
+                    raise ServiceError(422, f"{at}: {exc}", where=f"{where}.{at}") from None
             params["operators"] = ops
         try:
             return cls(budget=Budget(metric_calls=budget), **params)
@@ -841,10 +871,7 @@ class ServiceJobs:
                      "baseline_score": final["baseline_score"],
                      "metric_calls": final["metric_calls"]})
         agents = {}
-        root = self.home / "agents" / tenant
-        names = [agent] if agent is not None else (
-            sorted(p.name for p in root.iterdir() if (p / AGENT_FILE).is_file())
-            if root.is_dir() else [])
+        names = [agent] if agent is not None else self._agent_names(tenant)
         if name is None or agent is not None:
             for a in names:
                 agents[a] = self._agent_analytics(tenant, a, buckets)
@@ -919,6 +946,21 @@ def _ref(ref: BaseModel) -> dict[str, Any]:
     if isinstance(ref, ProgramSpec):
         return {"agent": ref.agent} if ref.agent else {"signature": ref.signature}
     return ref.model_dump()
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """422 at the first number in ``value`` that is NaN or infinite (JSON has none: a job's
+    spec could not be stored, nor a parameter compared). Iterative: a body nested as deep as
+    the JSON decoder allows is walked without recursion."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ServiceError(422, f"{at[5:]}: {item} is not a finite number", where=at)
+        if isinstance(item, dict):
+            stack += [(v, f"{at}.{k}") for k, v in reversed(item.items())]
+        elif isinstance(item, list | tuple):
+            stack += [(v, f"{at}[{i}]") for i, v in reversed(list(enumerate(item)))]
 
 
 def _first_error(exc: Exception) -> str:

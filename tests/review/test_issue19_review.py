@@ -77,9 +77,6 @@ def raw_post(api: Any, path: str, content: bytes, who: str = "operator",
 # Defects (xfail strict: they pass while the defect is there)
 # =============================================================================================
 
-@pytest.mark.xfail(strict=True, reason="GET /analytics/performance?agent= is joined to the "
-                   "tenant's agents folder unchecked: '../b/bot' or an absolute path reads "
-                   "another tenant's agent (jobs.py _agent_home)")
 def test_analytics_agent_cannot_reach_another_tenants_agent(api):
     home = Path(api.service.config.home)
     theirs = T.sentiment_agent(home / "agents" / "b" / "bot", trigger=None)
@@ -129,17 +126,12 @@ def test_a_huge_paging_number_is_a_4xx(api, path, who, params):
     assert 400 <= r.status_code < 500, r.text
 
 
-@pytest.mark.xfail(strict=True, reason="params.operators that is not an object (a list) raises "
-                   "TypeError outside the try in ServiceJobs._build: 500, not 422")
 def test_params_operators_of_the_wrong_type_is_422(api):
     r = api.post(f"{V1}/optimize", json=body(api, params={**FAST, "operators": ["mutate"]}))
     assert r.status_code == 422, r.text
     assert r.json()["where"].startswith("body.params")
 
 
-@pytest.mark.xfail(strict=True, reason="a non-finite number (NaN) in a custom algorithm's "
-                   "params is answered 409 'where: body.name' (every store ConfigError is "
-                   "taken for a name clash), not 422 naming the parameter")
 def test_a_nan_algorithm_param_is_422_naming_it(api):
     r = raw_post(api, f"{V1}/algorithms/custom",
                  b'{"name": "nan-alg", "base": "gepa", "params": {"perfect_score": NaN}}',

@@ -144,7 +144,11 @@ def test_an_agents_graded_traces_are_data_and_its_deployed_program_a_program(tmp
     ({"params": {"population_size": 0}}, 422, "body.params.population_size", "greater"),
     ({"params": {"no_such": 1}}, 422, "body.params.no_such", "Extra"),
     ({"params": {"budget": 5}}, 422, "body.params.budget", "budget"),
-    ({"params": {"operators": {"nope": 0.5}}}, 422, "body.operators.nope", "no operator"),
+    ({"params": {"operators": {"nope": 0.5}}}, 422, "body.params.operators.nope",
+     "no operator"),
+    ({"params": {"operators": ["nope"]}}, 422, "body.params.operators", "an object"),
+    ({"params": {"race_z": float("inf")}}, 422, "body.params.race_z", "not a finite"),
+    ({"params": {"x": [1.0, {"y": float("nan")}]}}, 422, "body.params.x[1].y", "not a finite"),
     ({"data": {"rows": [{"inputs": {"question": "x"}, "outputs": {"label": "pos"}}] * 2}},
      422, "body.data.rows[0].inputs.text", "no input 'text'"),
     ({"data": {"rows": [{"inputs": {"text": "x"}, "outputs": {"label": "maybe"}}] * 2}},
@@ -163,6 +167,32 @@ def test_every_refusal_names_its_field(jobs, key, body, status, where, says):
     assert (err.status, err.where) == (status, where)
     assert says in err.message
     assert jobs.list("acme")["total"] == 0  # nothing was queued
+
+
+def test_an_agent_name_never_leads_out_of_the_tenants_agents(tmp_path, jobs, key):
+    theirs = T.sentiment_agent(tmp_path / "agents" / "other" / "bot", trigger=None)
+    T.serve(theirs, T.TRAIN[:6])
+    theirs.close()
+    assert jobs.analytics("other", agent="bot")["agents"]["bot"]["series"]
+    for name in ("../other/bot", str(tmp_path / "agents" / "other" / "bot"), "..", ""):
+        err = refused(lambda n: jobs.analytics("acme", agent=n), name)
+        assert (err.status, err.where) == (422, "query.agent")
+    # a link in the tenant's folder that leads out of it is no agent of the tenant
+    (tmp_path / "agents" / "acme").mkdir(parents=True)
+    (tmp_path / "agents" / "acme" / "bot").symlink_to(tmp_path / "agents" / "other" / "bot")
+    assert refused(lambda: jobs.analytics("acme", agent="bot")).status == 404
+    assert jobs.analytics("acme")["agents"] == {}
+
+
+def test_a_non_finite_algorithm_param_is_422_and_only_a_taken_name_409(jobs, key):
+    err = refused(jobs.register_algorithm, key, AlgorithmRequest.model_validate(
+        {"name": "mine", "base": "gepa", "params": {"perfect_score": float("nan")}}))
+    assert (err.status, err.where) == (422, "body.params.perfect_score")
+    jobs.register_algorithm(key, AlgorithmRequest.model_validate({"name": "mine",
+                                                                  "base": "gepa"}))
+    err = refused(jobs.register_algorithm, key, AlgorithmRequest.model_validate(
+        {"name": "mine", "base": "gepa"}))
+    assert (err.status, err.where) == (409, "body.name")
 
 
 def test_bodies_out_of_bounds_are_validation_errors():
