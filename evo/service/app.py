@@ -33,6 +33,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from evo.data import DataError
@@ -56,8 +57,16 @@ STATIC = Path(__file__).parent / "static"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 POLL_S = 0.1  # how often a job's hub reads its new events
 WS_KEY_WAIT_S = 10.0  # how long a WebSocket may take to send its {"key": ...} message
+# the largest paging number (offset, seq) a query may give: SQLite's integers are 64-bit, and a
+# larger one would be an OverflowError in the store instead of a 422
+MAX_INT = 2**62
+WS_REKEY_S = 2.0  # a quiet stream checks its key this often (a busy one before each batch)
 # where a request's outcome is left for the audit (the ASGI scope's "state" dict)
 _KEY, _TARGET, _DETAIL = "evo_key", "evo_target", "evo_detail"
+_RATED = "evo_rated"  # the guard took the key's token already: the route takes none
+# the dashboard is never framed by another site (clickjacking)
+FRAME_HEADERS = ((b"x-frame-options", b"DENY"),
+                 (b"content-security-policy", b"frame-ancestors 'none'"))
 
 
 @dataclass
@@ -263,6 +272,28 @@ def _error(request: Request, status: int, message: str, *, where: str | None = N
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _http_message(request: Request, exc: StarletteHTTPException) -> str:
+    """The message of an HTTP error raised by the framework: an unknown route or method, or a
+    body it could not decode (the cause named)."""
+    method, path = request.method, request.url.path
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return f"no route {method} {path} (the API is listed at /docs)"
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        return f"method {method} is not allowed on {path}" + (f" (allowed: {allow})"
+                                                                if allow else "")
+    cause = exc.__cause__
+    if exc.status_code == 400 and cause is not None:
+        if isinstance(cause, UnicodeDecodeError):
+            why = "it is not UTF-8 text (a compressed body? Content-Encoding is not supported)"
+        elif isinstance(cause, RecursionError):
+            why = "it is nested too deeply"
+        else:
+            why = f"{type(cause).__name__}: {str(cause)[:200]}"
+        return f"the request body could not be read as JSON: {why}"
+    return str(exc.detail)
+
+
 def _evo_status(exc: EvoError) -> int:
     if isinstance(exc, ServiceError):
         return int(exc.status)
@@ -291,6 +322,11 @@ def _install_errors(app: FastAPI) -> None:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return _error(request, 422, f"{where}: {first.get('msg', 'invalid')}{more}",
                       where=where)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, _http_message(request, exc),
+                      headers=dict(exc.headers or {}))
 
     @app.exception_handler(EvoError)
     async def evo_error(request: Request, exc: EvoError) -> JSONResponse:
@@ -329,13 +365,20 @@ class GuardMiddleware:
         mutating = scope["method"] in MUTATING
         started: list[int] = []
 
+        dashboard = scope["path"] == "/" or scope["path"].startswith("/static/")
+
         async def audited_send(message: Message) -> None:
             if message["type"] == "http.response.start" and not started:
                 started.append(message["status"])
                 if mutating:
                     await self._audit(scope, message["status"])
+                if dashboard:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      *FRAME_HEADERS]}
             await send(message)
 
+        if mutating and await self._over_rate(scope, audited_send):
+            return
         refusal = self._too_big(scope)
         body = b""
         if refusal is None and mutating:
@@ -355,6 +398,27 @@ class GuardMiddleware:
             state[_DETAIL] = "internal error"
             await _send_json(audited_send, 500,
                              {"error": "internal error: the server log has the details"})
+
+    async def _over_rate(self, scope: Scope, send: Send) -> bool:
+        """For a mutating request with a valid key: take one of the key's tokens before its
+        body is read, so a body refused later (malformed, too big) counts against the rate;
+        answer 429 and return True when the key has none left."""
+        secret = secret_of(Headers(scope=scope))
+        if not secret:
+            return False
+        key = await anyio.to_thread.run_sync(self.service.store.authenticate, secret)
+        if key is None:
+            return False  # the route answers 401 (or the body's own error first)
+        state = scope["state"]
+        state[_KEY], state[_RATED] = key, True
+        try:
+            check_rate(self.service, key)
+        except Refused as exc:
+            state[_DETAIL] = str(exc)
+            await _send_json(send, exc.status, {"error": str(exc)}, close=True,
+                             headers=exc.headers)
+            return True
+        return False
 
     def _too_big(self, scope: Scope) -> str | None:
         for name, value in scope["headers"]:
@@ -384,13 +448,7 @@ class GuardMiddleware:
 
     async def _audit(self, scope: Scope, status: int) -> None:
         state = scope["state"]
-        key: ApiKey | None = state.get(_KEY)
-        if key is None and status in (400, 413):
-            # refused before the route's auth ran (malformed JSON, too big): still name the key
-            # that sent it, if it is a valid one
-            secret = secret_of(Headers(scope=scope))
-            if secret:
-                key = await anyio.to_thread.run_sync(self.service.store.authenticate, secret)
+        key: ApiKey | None = state.get(_KEY)  # the guard's, or the route's
         params = scope.get("path_params") or {}
         target = state.get(_TARGET) or params.get("job_id") or params.get("key_id")
         client = scope.get("client")
@@ -428,12 +486,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any], *,
-                     close: bool = False) -> None:
+                     close: bool = False, headers: dict[str, str] | None = None) -> None:
     data = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    headers_ = [(b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())]
     if close:  # the unread rest of the body is not read: the connection cannot be reused
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        headers_.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers_})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -481,9 +541,12 @@ def _require(service: Service, role: Role) -> Callable[..., ApiKey]:
     def dependency(request: Request,
                    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
                    header: Annotated[str | None, Depends(_header)]) -> ApiKey:
-        key = identify(service, bearer.credentials if bearer is not None else header)
-        setattr(request.state, _KEY, key)  # the audit names the key of a refused request too
-        check_rate(service, key)
+        key = getattr(request.state, _KEY, None)
+        if key is None or not getattr(request.state, _RATED, False):
+            key = identify(service, bearer.credentials if bearer is not None else header)
+            setattr(request.state, _KEY, key)  # the audit names the key of a refused request
+            check_rate(service, key)
+        # else the guard authenticated this (mutating) request's key and took its token
         if not allows(key.role, role):
             raise Refused(403, f"key {key.id} has role {key.role!r}; this needs {role!r}")
         return key
@@ -542,7 +605,7 @@ def create_app(service: Service) -> FastAPI:
              summary="The tenant's jobs, newest first, filtered and paged")
     def optimizations(key: ApiKey = viewer, status: str | None = None, kind: str | None = None,
                       name: str | None = None, limit: int = Query(50, ge=1, le=500),
-                      offset: int = Query(0, ge=0)) -> dict[str, Any]:
+                      offset: int = Query(0, ge=0, le=MAX_INT)) -> dict[str, Any]:
         return jobs.list(key.tenant, status=status, kind=kind, name=name, limit=limit,
                          offset=offset)
 
@@ -558,7 +621,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get(f"{API}/optimizations/{{job_id}}/events", tags=["optimizations"],
              summary="A job's events after seq `after` (the same as the WebSocket's)")
-    def job_events(job_id: str, key: ApiKey = viewer, after: int = Query(0, ge=0)
+    def job_events(job_id: str, key: ApiKey = viewer, after: int = Query(0, ge=0, le=MAX_INT)
                    ) -> dict[str, Any]:
         items = jobs.events(key.tenant, job_id, after=after)
         return {"items": items, "last_seq": items[-1]["seq"] if items else after,
@@ -580,10 +643,14 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get(f"{API}/experiments", tags=["experiments"], summary="The tenant's experiments")
     def experiments(key: ApiKey = viewer, status: str | None = None, name: str | None = None,
-                    limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
+                    limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_INT)
                     ) -> dict[str, Any]:
-        return jobs.list(key.tenant, status=status, kind="experiment", name=name, limit=limit,
+        page = jobs.list(key.tenant, status=status, kind="experiment", name=name, limit=limit,
                          offset=offset)
+        # each item as GET /experiments/{id} has it: a done one with its result
+        page["items"] = [{**item, "result": jobs.result(key.tenant, item["id"])
+                          if item["status"] == "done" else None} for item in page["items"]]
+        return page
 
     @app.get(f"{API}/experiments/{{job_id}}", tags=["experiments"],
              summary="An experiment's status, and its result once done")
@@ -626,7 +693,7 @@ def create_app(service: Service) -> FastAPI:
         return {"items": service.store.names("dataset", key.tenant)}
 
     @app.get(f"{API}/audit", tags=["access"], summary="The tenant's audit log, oldest first")
-    def audit(key: ApiKey = admin, after: int = Query(0, ge=0),
+    def audit(key: ApiKey = admin, after: int = Query(0, ge=0, le=MAX_INT),
               limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         entries = service.store.audit_log(tenant=key.tenant, after=after, limit=limit)
         return {"items": [e.to_dict() for e in entries]}
@@ -634,6 +701,11 @@ def create_app(service: Service) -> FastAPI:
     @app.post(f"{API}/keys", status_code=201, tags=["access"],
               summary="Create an API key of the tenant (its secret is shown once)")
     def create_key(body: KeyRequest, request: Request, key: ApiKey = admin) -> dict[str, Any]:
+        limit = service.config.rate_per_min
+        if body.rate_per_min is not None and body.rate_per_min > limit:
+            # a tenant's admin may lower a key's rate, never raise it above the server's
+            raise Refused(422, f"rate_per_min {body.rate_per_min} is over the server's limit "
+                          f"of {limit} requests per minute", where="body.rate_per_min")
         new, secret = service.store.create_key(tenant=key.tenant, role=body.role,
                                                name=body.name, rate_per_min=body.rate_per_min)
         setattr(request.state, _TARGET, new.id)
@@ -682,6 +754,14 @@ async def _ws_key(service: Service, websocket: WebSocket) -> ApiKey:
     return await anyio.to_thread.run_sync(authenticate, service, secret)
 
 
+def _key_live(service: Service, key_id: str) -> bool:
+    """Whether key ``key_id`` is still known and not revoked (a streaming WebSocket asks)."""
+    try:
+        return service.store.key(key_id).revoked is None
+    except UnknownKeyError:
+        return False
+
+
 async def _stream(service: Service, websocket: WebSocket, job_id: str, after: int) -> None:
     await websocket.accept()
     try:
@@ -695,12 +775,23 @@ async def _stream(service: Service, websocket: WebSocket, job_id: str, after: in
         return
     queue, unsubscribe = service.hub.subscribe(key.tenant, job_id, max(0, after))
 
-    async def pump() -> None:
+    async def pump() -> int:
+        """Send the queue's events, each batch only while the key is live; the close code."""
         while True:
-            event = await queue.get()
-            await websocket.send_text(json.dumps(event, default=str))
-            if event.get("event") == _END and "seq" not in event:
-                return
+            try:
+                batch = [await asyncio.wait_for(queue.get(), WS_REKEY_S)]
+            except TimeoutError:  # a quiet job: its stream is still checked every few seconds
+                batch = []
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            # revoked (here or by another process): not one more event, and the socket closes
+            if (not batch or any("seq" in e for e in batch)) and not await anyio.to_thread.run_sync(
+                    _key_live, service, key.id):
+                return 4401
+            for event in batch:
+                await websocket.send_text(json.dumps(event, default=str))
+                if event.get("event") == _END and "seq" not in event:
+                    return 1000
 
     async def until_disconnect() -> None:
         with contextlib.suppress(WebSocketDisconnect):
@@ -719,5 +810,7 @@ async def _stream(service: Service, websocket: WebSocket, job_id: str, after: in
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
     if sender.done() and not sender.cancelled() and sender.exception() is None:
+        code = sender.result()
+        reason = "the API key was revoked" if code == 4401 else ""
         with contextlib.suppress(Exception):
-            await websocket.close(code=1000)
+            await websocket.close(code=code, reason=reason)

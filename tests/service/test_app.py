@@ -80,6 +80,12 @@ def test_the_dashboard_is_served(api):
     r = api.client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "<html" in r.text.lower()
+    # neither the page nor its files may be framed by another site
+    for got in (r, api.client.get("/static/app.js")):
+        assert got.status_code == 200
+        assert got.headers["x-frame-options"] == "DENY"
+        assert got.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert "x-frame-options" not in api.client.get(f"{V1}/health").headers
 
 
 # ---- auth and roles -------------------------------------------------------------------------
@@ -169,7 +175,45 @@ def test_the_rate_limit_answers_429_with_retry_after(api):
     assert entry["status"] == 429 and entry["key_id"] == key.id
 
 
+def test_each_mutating_request_takes_one_token_refused_bodies_included(api):
+    key, secret = api.service.store.create_key(tenant="a", role="operator", rate_per_min=12)
+    headers = {"Authorization": f"Bearer {secret}"}  # a burst of 2
+    too_big = (b"POST /api/v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+               b"\r\nAuthorization: Bearer " + secret.encode() + b"\r\nContent-Length: "
+               + str(api.service.config.max_body_bytes + 1).encode() + b"\r\n\r\n")
+    codes = [api.client.post(f"{V1}/datasets", headers=headers,
+                             json={"name": "d", "rows": api.rows(2)}).status_code,
+             int(_raw(api, too_big, []).split(b" ")[1]),
+             api.client.post(f"{V1}/datasets", headers=headers,
+                             json={"name": "e", "rows": api.rows(2)}).status_code]
+    assert codes == [201, 413, 429]
+    assert api.get(f"{V1}/datasets").json()["items"] == ["d"]
+    entries = [e for e in api.audit() if e["key_id"] == key.id]
+    assert [e["status"] for e in entries] == [201, 413, 429]
+    assert "rate limit" in entries[-1]["detail"]
+
+
+def test_a_key_is_created_at_most_at_the_servers_rate(api):
+    limit = api.service.config.rate_per_min
+    r = api.post(f"{V1}/keys", "admin", json={"role": "viewer", "rate_per_min": limit + 1})
+    assert (r.status_code, r.json()["where"]) == (422, "body.rate_per_min")
+    r = api.post(f"{V1}/keys", "admin", json={"role": "viewer", "rate_per_min": limit})
+    assert r.status_code == 201 and r.json()["rate_per_min"] == limit
+
+
 # ---- refused requests: a clear 4xx, nothing changed, audited ---------------------------------
+def test_an_unknown_route_or_method_is_the_error_shape_and_audited_with_its_key(api):
+    r = api.post(f"{V1}/no-such-thing", json={})
+    assert r.status_code == 404 and "no route POST /api/v1/no-such-thing" in r.json()["error"]
+    r = api.client.put(f"{V1}/optimize", headers=api.h("operator"), json={})
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["error"] == "method PUT is not allowed on /api/v1/optimize (allowed: POST)"
+    entries = api.audit()[-2:]
+    assert [(e["status"], e["key_id"]) for e in entries] == [
+        (404, api.key_ids["operator"]), (405, api.key_ids["operator"])]
+    assert all(e["detail"] for e in entries)
+
+
 def test_malformed_json_is_400(api):
     r = api.client.post(f"{V1}/optimize", content=b'{"program": {',
                         headers={**api.h("operator"), "Content-Type": "application/json"})
@@ -345,7 +389,9 @@ def test_an_experiment_compares_two_programs(api):
     assert got["kind"] == "experiment"
     result = got["result"]
     assert {"diff", "ci", "p_value", "decision"} <= set(result)
-    assert [e["id"] for e in api.get(f"{V1}/experiments").json()["items"]] == [exp]
+    listed = api.get(f"{V1}/experiments").json()["items"]
+    assert [e["id"] for e in listed] == [exp]
+    assert listed[0]["result"] == result  # the list has each done experiment's result
 
 
 # ---- the audit log ---------------------------------------------------------------------------
