@@ -31,11 +31,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from evo.optimizers.registry import operator
+from evo.optimizers.registry import operator, register_operator
 from evo.optimizers.steps import (
     Deferred,
     Race,
@@ -51,6 +51,9 @@ from evo.proposers.reflection import ReflectionStyle
 from evo.search import genome as G
 from evo.search.engine import OMIT_DEFAULT, Candidate, Search, SearchConfig, StopReason
 from evo.search.events import OperatorStats
+
+if TYPE_CHECKING:
+    from evo.optimizers.registry import Operator
 
 __all__ = ["Evolution", "evolve", "reflect", "screen"]
 
@@ -269,6 +272,35 @@ CHEAP = {"mutate_demos": G.mutate_demos, "balance_classes": G.balance_classes,
          "mutate_instruction": G.mutate_instruction}
 
 
+def _usable(op: str, archive: G.Archive, n_demos: int) -> bool:
+    """Whether cheap operator ``op`` can change a genome with ``n_demos`` demos."""
+    return {"mutate_demos": archive.max_demos > 0,
+            "balance_classes": archive.max_demos > 0 and archive.base.labels is not None
+            and n_demos > 1,
+            "reorder_demos": n_demos > 1,
+            "resize_demos": archive.max_demos > 0,
+            "mutate_knn": bool(archive.knn),
+            "mutate_settings": bool(archive.settings_options),
+            "mutate_instruction": len(archive.instructions) > 1}[op]
+
+
+def _by_name(op: str) -> Operator:
+    """Cheap operator ``op`` as a registered operator: ``Evolution(operators={op: p})`` (and a
+    service's declarative algorithm) tries it with probability ``p`` before the built-in mix;
+    it proposes nothing (None) where it cannot change the parent."""
+    def apply(parent: Candidate, search: Search) -> G.Genome | None:
+        if not _usable(op, search.archive, parent.genome[G.N_DEMOS]):
+            return None
+        return CHEAP[op](parent.genome, search.archive, search.rng)
+
+    apply.__name__ = apply.__qualname__ = op
+    return apply
+
+
+for _op in CHEAP:
+    register_operator(_op)(_by_name(_op))
+
+
 def _operators(parent: Candidate, search: Search, config: Evolution,
                failures: list) -> dict[str, float]:
     """The variation operators that can change ``parent``, each with its prior rate: reflection
@@ -277,17 +309,9 @@ def _operators(parent: Candidate, search: Search, config: Evolution,
     n_demos = parent.genome[G.N_DEMOS]
     ops = {"reflection": config.reflection_rate if failures else 0.0,
            "crossover": config.crossover_rate if len(search.population) > 1 else 0.0}
-    cheap = [name for name, usable in (
-        ("mutate_demos", archive.max_demos > 0),
-        ("swap_for_neighbour", archive.max_demos > 0 and bool(failures)),
-        ("balance_classes", archive.max_demos > 0 and archive.base.labels is not None
-         and n_demos > 1),
-        ("reorder_demos", n_demos > 1),
-        ("resize_demos", archive.max_demos > 0),
-        ("mutate_knn", archive.knn),
-        ("mutate_settings", bool(archive.settings_options)),
-        ("mutate_instruction", len(archive.instructions) > 1),
-    ) if usable]
+    cheap = [name for name in ("mutate_demos", "swap_for_neighbour", *list(CHEAP)[1:])
+             if (archive.max_demos > 0 and bool(failures) if name == "swap_for_neighbour"
+                 else _usable(name, archive, n_demos))]
     rest = max(0.0, 1.0 - ops["reflection"] - ops["crossover"])
     ops.update({name: rest / len(cheap) for name in cheap})
     ops = {name: w for name, w in ops.items() if w > 0}

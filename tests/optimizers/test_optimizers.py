@@ -281,6 +281,21 @@ def test_user_registered_optimizer_and_operator():
     assert seen and any(c.op == "two_demos" and c.accepted for c in result.candidates)
 
 
+def test_the_cheap_operators_are_registered_by_the_names_their_children_carry():
+    from evo.optimizers.registry import operator
+
+    for name in ("mutate_demos", "balance_classes", "reorder_demos", "resize_demos",
+                 "mutate_knn", "mutate_settings", "mutate_instruction"):
+        assert operator(name).__name__ == name
+    result, _ = run("evolution", knn=False, operators={"resize_demos": 0.9})
+    ops = [c.op for c in result.candidates]
+    # chosen first 9 times in 10: most children are resized demo sets
+    assert ops.count("resize_demos") > len(ops) / 2
+    # an operator that cannot change the parent proposes nothing: knn is off, so never KNN
+    result, _ = run("evolution", knn=False, operators={"mutate_knn": 1.0})
+    assert "mutate_knn" not in [c.op for c in result.candidates]
+
+
 def test_cli_builds_any_optimizer_with_set_parameters():
     from evo.cli import build_optimizer, build_parser
 
