@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from pydantic import ValidationError
 
@@ -70,6 +71,18 @@ def add_concurrency_args(p: argparse.ArgumentParser) -> None:
                         "cluster ('auto', ray://HOST:10001); needs pip install 'evo[ray]'")
     p.add_argument("--ray-workers", type=positive(int), default=2, metavar="N",
                    help="Ray workers, each with its own client or model replica (default 2)")
+
+
+def dollars_per_mtok(text: str) -> tuple[float, float]:
+    """``--price IN,OUT``: dollars per million prompt and completion tokens."""
+    try:
+        price = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        price = ()
+    if len(price) != 2 or not all(0 <= x < math.inf for x in price):
+        raise ConfigError(f"--price {text!r}: write IN,OUT in dollars per million "
+                          "prompt and completion tokens (numbers >= 0), e.g. --price 0.15,0.6")
+    return price
 
 
 def lm(args: argparse.Namespace, spec: str | None = None):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from evo.analysis.report import write_report
-from evo.errors import ConfigError
+from evo.cli.common import dollars_per_mtok
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,19 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=cmd_report)
 
 
-def _price(text: str) -> tuple[float, float]:
-    try:
-        price = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        price = ()
-    if len(price) != 2 or not all(0 <= x < math.inf for x in price):
-        raise ConfigError(f"--price {text!r}: write IN,OUT in dollars per million "
-                          "prompt and completion tokens (numbers >= 0), e.g. --price 0.15,0.6")
-    return price
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    price = _price(args.price) if args.price else None
+    price = dollars_per_mtok(args.price) if args.price else None
     path = write_report(args.run, args.out, price=price)
     print(f"report: {path}")
     return 0

@@ -2,7 +2,8 @@
 docs at ``/docs``), and its keys and audit log from the shell.
 
     evo serve [--home DIR] [--host 127.0.0.1] [--port 8000] [--workers N] [--rate N]
-              [--max-body-mb N] [--mlflow URI] [--ray [ADDRESS]] [--model M --api-base URL ...]
+              [--max-body-mb N] [--mlflow URI] [--ray [ADDRESS]] [--price IN,OUT]
+              [--model M --api-base URL ...]
     evo serve keys create --tenant T --role viewer|operator|admin [--name N] [--rate N]
     evo serve keys list [--tenant T] / evo serve keys revoke ID
     evo serve audit [--verify] [--tenant T] [--after SEQ] [--limit N]
@@ -20,7 +21,7 @@ import datetime
 import json
 from pathlib import Path
 
-from evo.cli.common import add_lm_args, cache, lm, positive
+from evo.cli.common import add_lm_args, cache, dollars_per_mtok, lm, positive
 from evo.errors import ConfigError
 from evo.paths import cache_root
 from evo.service.store import ROLES, ServiceStore
@@ -45,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "tracking URI")
     sv.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                     help="run the LM calls on Ray workers: a local Ray (no ADDRESS) or a cluster")
+    sv.add_argument("--price", metavar="IN,OUT",
+                    help="dollars per million prompt and completion tokens: each job's status "
+                         "and result then say what it cost (cost_usd)")
     add_lm_args(sv)
     cmds = sv.add_subparsers(dest="serve_command", required=False)
     keys = cmds.add_parser("keys", help="API keys: create, list, revoke")
@@ -156,7 +160,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     config = ServiceConfig(home=home, host=args.host, port=args.port, workers=args.workers,
                            rate_per_min=args.rate,
                            max_body_bytes=int(args.max_body_mb * 2**20),
-                           mlflow_uri=args.mlflow, ray=args.ray)
+                           mlflow_uri=args.mlflow, ray=args.ray,
+                           price=dollars_per_mtok(args.price) if args.price else None)
     backend = lm(args)
     secret = first_key(home)
     if secret is not None:

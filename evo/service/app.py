@@ -81,6 +81,7 @@ class ServiceConfig:
     max_body_bytes: int = 10 * 2**20
     mlflow_uri: str | None = None
     ray: str | None = None  # None: threads in this process; "local" or an address: Ray
+    price: tuple[float, float] | None = None  # $ per million prompt, completion tokens
 
 
 class Service:
@@ -100,7 +101,8 @@ class Service:
                 executor = RayExecutor(address=None if config.ray == "local" else config.ray)
             self.jobs = ServiceJobs(home, self.store, lm=lm, reflection_lm=reflection_lm,
                                     workers=config.workers, cache=cache, executor=executor,
-                                    mlflow_uri=config.mlflow_uri, start=start)
+                                    mlflow_uri=config.mlflow_uri, price=config.price,
+                                    start=start)
         except BaseException:
             self.store.close()
             raise

@@ -109,6 +109,8 @@ class _Progress:
     best_score: float | None = None
     baseline_score: float | None = None
     tokens: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     events: int = 0  # events seen: the seq of the last one
     curve: list[list[float]] = field(default_factory=list)
     started: float | None = None  # monotonic time of this sitting's first event
@@ -132,14 +134,28 @@ class _Progress:
             self.best_score = _num(event.get("best_val"), self.best_score)
             self.baseline_score = _num(event.get("baseline_val"), self.baseline_score)
             usage = event.get("usage") or {}
-            self.tokens = int(usage.get("prompt_tokens", 0)) + int(
-                usage.get("completion_tokens", 0)) if usage else self.tokens
+            if usage:
+                self.prompt_tokens = int(usage.get("prompt_tokens", 0))
+                self.completion_tokens = int(usage.get("completion_tokens", 0))
+                self.tokens = self.prompt_tokens + self.completion_tokens
 
     def snapshot(self) -> dict[str, Any]:
         return {"budget": self.budget, "metric_calls": self.metric_calls,
                 "lm_calls": self.lm_calls, "best_score": self.best_score,
                 "baseline_score": self.baseline_score, "tokens": self.tokens,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "events": self.events}
+
+
+_FIGURES = ("metric_calls", "best_score", "baseline_score", "lm_calls", "tokens",
+            "prompt_tokens", "completion_tokens")
+
+
+def _tokens(usage: dict[str, Any]) -> dict[str, int]:
+    """A run's token counts for its result: prompt, completion and their sum."""
+    prompt, completion = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+    return {"tokens": prompt + completion, "prompt_tokens": prompt,
+            "completion_tokens": completion}
 
 
 def _int(value: Any) -> int | None:
@@ -248,13 +264,14 @@ class ServiceJobs:
     ``home / "jobs"`` (``workers`` threads run it; ``start=False`` leaves it idle). ``lm`` (and
     ``reflection_lm``) answer every job, each job in its own session over one response cache
     (``cache``); ``executor`` runs the LM calls elsewhere (a Ray executor); with
-    ``mlflow_uri`` each optimization is logged to MLflow."""
+    ``mlflow_uri`` each optimization is logged to MLflow; with ``price`` (dollars per million
+    prompt and completion tokens) a job's status and result say what it cost."""
 
     def __init__(self, home: Path, store: ServiceStore, *, lm: LM | LMSession,
                  reflection_lm: LM | LMSession | None = None, workers: int = 2,
                  cache: ResponseCache | str | Path | bool | None = True,
                  executor: Executor | None = None, mlflow_uri: str | None = None,
-                 start: bool = True) -> None:
+                 price: tuple[float, float] | None = None, start: bool = True) -> None:
         self.home, self.store = Path(home), store
         # a backend, not a session: each job opens its own session (one journal per run)
         backend = lm.lm if isinstance(lm, LMSession) else lm
@@ -265,6 +282,7 @@ class ServiceJobs:
                               else reflection_lm)
         self.cache = session_for(backend, cache).cache  # one cache for every job
         self.executor, self.mlflow_uri = executor, mlflow_uri
+        self.price = price  # dollars per million prompt and completion tokens, for cost_usd
         self._mlflow_experiment = _mlflow_experiment(mlflow_uri) if mlflow_uri else ""
         self.manager = OptimizationManager(self.home / "jobs", workers=workers)
         self._lock = threading.Lock()
@@ -633,8 +651,7 @@ class ServiceJobs:
                  if e.get("event") == "new_best" and _num(e.get("val_score")) is not None]
         out = {"metric_calls": result.metric_calls, "best_score": _num(result.best_val),
                "baseline_score": _num(result.baseline_val), "lm_calls": int(usage["calls"]),
-               "tokens": int(usage["prompt_tokens"]) + int(usage["completion_tokens"]),
-               "best_program": program_dict(result.best),
+               **_tokens(usage), "best_program": program_dict(result.best),
                "candidates": [{"id": c.id, "parents": list(c.parents), "operator": c.op,
                                "val_score": _num(c.val_score)} for c in result.candidates],
                "curve": curve, "stop_reason": str(result.stop_reason),
@@ -696,8 +713,7 @@ class ServiceJobs:
                 "diff": decision.difference, "ci": [decision.ci_low, decision.ci_high],
                 "p_value": decision.p_value, "n": decision.n, "alpha": spec["alpha"],
                 "decision": verdict, "lm_calls": int(usage["calls"]),
-                "tokens": int(usage["prompt_tokens"]) + int(usage["completion_tokens"]),
-                "refs": spec["refs"], "source": spec["source"]["what"]}
+                **_tokens(usage), "refs": spec["refs"], "source": spec["source"]["what"]}
 
     # ---- reading -----------------------------------------------------------------------------
     def _own(self, tenant: str, job_id: str, *, where: str | None = None) -> None:
@@ -734,8 +750,7 @@ class ServiceJobs:
             final = self._final.get(job_id)
         if final is None:
             result = self.manager.result(job_id) or {}
-            final = {k: result.get(k) for k in ("metric_calls", "best_score", "baseline_score",
-                                                "lm_calls", "tokens")}
+            final = {k: result.get(k) for k in _FIGURES}
             if "diff" in result:  # an experiment: b's mean is its "best", a's the baseline
                 final.update(best_score=result.get("b"), baseline_score=result.get("a"))
             with self._lock:
@@ -749,8 +764,7 @@ class ServiceJobs:
             p = progress.snapshot()
             started_mono = progress.started
         budget = row["budget"] or meta["budget"]
-        figures = {k: p[k] for k in ("metric_calls", "best_score", "baseline_score",
-                                     "lm_calls", "tokens")}
+        figures = {k: p[k] for k in _FIGURES}
         if row["status"] == "done":
             figures.update({k: v for k, v in self._final_of(job_id).items() if v is not None})
         frac = 1.0 if row["status"] == "done" else (
@@ -763,8 +777,16 @@ class ServiceJobs:
         return {"id": job_id, "kind": meta["kind"], "name": meta["name"],
                 "status": row["status"], "created": row["created"], "started": row["started"],
                 "finished": row["finished"], "progress": frac, "budget": budget, **figures,
-                "cost_usd": None, "eta_s": eta, "error": row["error"],
+                "cost_usd": self._cost(figures), "eta_s": eta, "error": row["error"],
                 "sittings": row["sittings"], "last_event_seq": p["events"]}
+
+    def _cost(self, figures: dict[str, Any]) -> float | None:
+        """Dollars for the job's tokens at the service's ``price`` (None without a price, or
+        before the job's usage is known: it is counted when the search completes)."""
+        if self.price is None or figures.get("prompt_tokens") is None:
+            return None
+        return (figures["prompt_tokens"] * self.price[0]
+                + (figures.get("completion_tokens") or 0) * self.price[1]) / 1e6
 
     def _row(self, job_id: str) -> dict[str, Any]:
         row = self.manager.summaries([job_id]).get(job_id)
@@ -784,7 +806,8 @@ class ServiceJobs:
         if row["status"] != "done":
             why = f": {row['error']}" if row["error"] else ""
             raise ServiceError(409, f"job {job_id} is {row['status']}{why}: no result")
-        return self.manager.result(job_id) or {}
+        result = self.manager.result(job_id) or {}
+        return {**result, "cost_usd": self._cost(result)}
 
     def cancel(self, tenant: str, job_id: str) -> dict[str, Any]:
         """Cancel a queued job at once, a running one at its next event; 409 once finished."""

@@ -99,6 +99,20 @@ def test_inline_rows_run_to_a_result_with_lineage_curve_and_figures(jobs, key):
     assert jobs.finished(job["id"])
 
 
+def test_with_a_price_status_and_result_say_what_a_job_cost(tmp_path, store, key):
+    with ServiceJobs(tmp_path, store, lm=ScriptedLM(T.respond), cache=False,
+                     price=(0.15, 0.6)) as priced:
+        job = priced.submit(key, optimize())["id"]
+        status = wait(priced, job)
+        result = priced.result("acme", job)
+    assert result["prompt_tokens"] > 0 and result["tokens"] == (
+        result["prompt_tokens"] + result["completion_tokens"])
+    cost = (result["prompt_tokens"] * 0.15 + result["completion_tokens"] * 0.6) / 1e6
+    assert status["cost_usd"] == result["cost_usd"] == pytest.approx(cost) and cost > 0
+    with ServiceJobs(tmp_path, store, lm=ScriptedLM(T.respond), cache=False) as unpriced:
+        assert unpriced.status("acme", job)["cost_usd"] is None  # no price: not guessed
+
+
 def test_a_public_dataset_and_a_registered_one(jobs, key, monkeypatch):
     fake = Dataset("trec", tuple(T.TRAIN + T.VAL + T.TEST), ("text",), ("label",),
                    labels=T.LABELS)
