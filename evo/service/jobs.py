@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import threading
@@ -168,17 +169,15 @@ def _num(value: Any, default: float | None = None) -> float | None:
     return default
 
 
-# ---- the queue's light columns -----------------------------------------------------------------
-
 # ---- MLflow: one run per job, by its tag -------------------------------------------------------
 
 def _mlflow_client(uri: str) -> Any:
-    import os
-
-    from mlflow.tracking import MlflowClient  # an optional dependency (the service extra)
+    # deferred: heavy optional dependency (mlflow, only with --mlflow)
+    from mlflow.tracking import MlflowClient
 
     if "://" not in uri or uri.startswith("file:"):
-        # MLflow >= 3.7 refuses a file store unless told it is wanted: asking for one is
+        # MLflow >= 3.7 refuses a file store unless told it is wanted: asking for one by its
+        # URI is saying so
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MlflowClient(tracking_uri=uri)
 
