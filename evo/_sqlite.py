@@ -1,11 +1,13 @@
 """How evo's SQLite stores open a file and report its failures, in one place.
 
-The run journal, the version registry, the trace store and the job queue each keep their state
-in one SQLite file (WAL, shared by threads and processes). Each checks what the file holds
-before writing anything to it (switching to WAL writes the header), so a damaged file or another
-program's database is left exactly as it was found; and each turns SQLite's errors into evo's,
-naming the file: a damaged file is a :class:`~evo.errors.DamagedFileError` (with the store's
-hint: what the file holds, how to recover), a full disk a :class:`~evo.errors.StorageError`.
+The run journal, the embedding cache, the version registry, the trace store, the job queue and
+the service store each keep their state in one SQLite file (WAL, shared by threads and
+processes). Each checks what the file holds before writing anything to it (switching to WAL
+writes the header), so a damaged file or another program's database is left exactly as it was
+found; each turns SQLite's errors into evo's, naming the file: a damaged file is a
+:class:`~evo.errors.DamagedFileError` (with the store's hint: what the file holds, how to
+recover), a full disk a :class:`~evo.errors.StorageError`; and each writes in
+:func:`immediate` transactions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from evo.errors import ConfigError, DamagedFileError, StorageError
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on ``conn`` (opened with ``isolation_level=None``), begun
+    IMMEDIATE: the write lock is taken at once, so a read-then-write decision cannot be
+    overtaken by another process and two writers queue instead of deadlocking. Committed at the
+    end of the block; rolled back if it raises (unless SQLite already did, as on a full disk)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def refuse_links(path: Path, *, doing: str, advice: str = "") -> None:

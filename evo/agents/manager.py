@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from evo._sqlite import check_store, store_errors
+from evo._sqlite import check_store, immediate, store_errors
 from evo.agents.events import AgentCallback, JobFinished, JobScheduled
 from evo.errors import ConfigError, DamagedFileError, EvoError, StorageError
 from evo.paths import cache_root
@@ -221,16 +221,8 @@ class OptimizationManager:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One transaction (BEGIN IMMEDIATE: the write lock at once, so a read-then-write
         decision cannot be overtaken by another process)."""
-        with self._lock, self._errors():
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, self._errors(), immediate(self._conn) as conn:
+            yield conn
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """A read on this thread's own read-only connection: polls (status pages, listings)

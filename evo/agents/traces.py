@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from evo._io import write_text
-from evo._sqlite import check_store, refuse_links, store_errors
+from evo._sqlite import check_store, immediate, refuse_links, store_errors
 from evo.agents.crypto import TextCipher, new_salt
 from evo.agents.redact import PIIRedactor
 from evo.data import DataError, Example
@@ -310,14 +310,8 @@ class TraceStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (taken at once, so two writers queue instead of deadlocking)."""
-        with self._lock, self._errors():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, self._errors(), immediate(self._conn) as conn:
+            yield conn
 
     # ---- texts in and out ------------------------------------------------------------------
     def _seal(self, text: str | None) -> str | None:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from evo._sqlite import check_store, refuse_links, store_errors
+from evo._sqlite import check_store, immediate, refuse_links, store_errors
 from evo.analysis.compare import format_p, paired
 from evo.errors import ConfigError, DamagedFileError, EvoError
 from evo.program import (
@@ -217,14 +217,8 @@ class VersionRegistry:
                 if not write:
                     yield conn
                     return
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(conn):
                     yield conn
-                except BaseException:
-                    if conn.in_transaction:  # (SQLite may have rolled it back itself)
-                        conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
 
     # ---- reading -----------------------------------------------------------------------------
     def _version(self, row: Sequence[Any]) -> Version:

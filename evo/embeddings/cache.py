@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evo._sqlite import immediate
 from evo.paths import cache_root
 
 _CHUNK = 500  # keys per SELECT ... IN (...) (SQLite's variable limit is >= 999)
@@ -85,18 +86,9 @@ class EmbeddingCache:
         dim = int(vecs.shape[1])
         rows = [(model_id, text_key(t), dim, np.ascontiguousarray(v).tobytes())
                 for t, v in zip(texts, vecs)]
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO embeddings (model_id, key, dim, vec) "
-                    "VALUES (?, ?, ?, ?)",
-                    rows,
-                )
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, immediate(self._conn) as conn:
+            conn.executemany("INSERT OR REPLACE INTO embeddings (model_id, key, dim, vec) "
+                             "VALUES (?, ?, ?, ?)", rows)
 
     def __len__(self) -> int:
         with self._lock:

@@ -28,7 +28,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal
 
-from evo._sqlite import check_store, store_errors
+from evo._sqlite import check_store, immediate, store_errors
 from evo.errors import DamagedFileError
 from evo.lm.base import LMError, LMRequestError, LMResponse
 from evo.lm.cache import logprobs_from_json, logprobs_to_json
@@ -159,24 +159,16 @@ class Journal:
     def _insert(self, key: str, source: str, text: str | None, error: str | None,
                 prompt: int, completion: int, reused: int, seconds: float,
                 kind: str | None = None, scores: str | None = None) -> None:
-        with self._lock, self._errors():
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Only a transient failure gives way; any other row for the key makes the INSERT
-                # fail (IntegrityError): nothing is paid twice in one run.
-                conn.execute("DELETE FROM answers WHERE key = ? AND kind = 'transient'", (key,))
-                conn.execute(
-                    "INSERT INTO answers (key, source, sitting, phase, text, error, "
-                    "prompt_tokens, completion_tokens, reused_prompt_tokens, seconds, created, "
-                    "kind, choice_logprobs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, source, self.sitting, self.phase, text, error, prompt, completion,
-                     reused, seconds, time.time(), kind, scores))
-            except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled back already (disk full)
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, self._errors(), immediate(self._conn) as conn:
+            # Only a transient failure gives way; any other row for the key makes the INSERT
+            # fail (IntegrityError): nothing is paid twice in one run.
+            conn.execute("DELETE FROM answers WHERE key = ? AND kind = 'transient'", (key,))
+            conn.execute(
+                "INSERT INTO answers (key, source, sitting, phase, text, error, "
+                "prompt_tokens, completion_tokens, reused_prompt_tokens, seconds, created, "
+                "kind, choice_logprobs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, source, self.sitting, self.phase, text, error, prompt, completion,
+                 reused, seconds, time.time(), kind, scores))
 
     def forget(self, keys: list[str]) -> None:
         """Drop the failures of ``keys`` (an outage's): a resumed run asks them again."""

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from evo._sqlite import check_store, refuse_links, store_errors
+from evo._sqlite import check_store, immediate, refuse_links, store_errors
 from evo.errors import ConfigError, DamagedFileError, EvoError, StorageError
 
 __all__ = ["ROLES", "ApiKey", "AuditEntry", "RateLimiter", "Role", "ServiceStore",
@@ -261,16 +261,8 @@ class ServiceStore:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One transaction, BEGIN IMMEDIATE: the write lock at once, so a read-then-write (the
         audit chain's last hash, a name's existence) cannot be overtaken by another process."""
-        with self._lock, self._errors():
-            conn = self._live()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, self._errors(), immediate(self._live()) as conn:
+            yield conn
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock, self._errors():
