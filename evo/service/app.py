@@ -574,6 +574,12 @@ over `WS /ws/optimizations/{id}?after=SEQ` (key by header, `?key=`, or a first m
 `{"key": ...}`)."""
 
 
+def _accepted(request: Request, job: dict[str, Any], location: str) -> JSONResponse:
+    """202 for a queued job, with where to follow it; the job is the audit entry's target."""
+    setattr(request.state, _TARGET, job["id"])
+    return JSONResponse(job, status_code=202, headers={"Location": location})
+
+
 def create_app(service: Service) -> FastAPI:
     """The FastAPI application of ``service``: the REST routes, the WebSocket, the dashboard."""
 
@@ -599,9 +605,7 @@ def create_app(service: Service) -> FastAPI:
     def optimize(body: OptimizeRequest, request: Request, key: ApiKey = operator
                  ) -> JSONResponse:
         out = jobs.submit(key, body)
-        setattr(request.state, _TARGET, out["id"])
-        return JSONResponse(out, status_code=202,
-                            headers={"Location": f"{API}/optimizations/{out['id']}/status"})
+        return _accepted(request, out, f"{API}/optimizations/{out['id']}/status")
 
     @app.get(f"{API}/optimizations", tags=["optimizations"],
              summary="The tenant's jobs, newest first, filtered and paged")
@@ -639,9 +643,7 @@ def create_app(service: Service) -> FastAPI:
     def experiment(body: ExperimentRequest, request: Request, key: ApiKey = operator
                    ) -> JSONResponse:
         out = jobs.submit_experiment(key, body)
-        setattr(request.state, _TARGET, out["id"])
-        return JSONResponse(out, status_code=202,
-                            headers={"Location": f"{API}/experiments/{out['id']}"})
+        return _accepted(request, out, f"{API}/experiments/{out['id']}")
 
     @app.get(f"{API}/experiments", tags=["experiments"], summary="The tenant's experiments")
     def experiments(key: ApiKey = viewer, status: str | None = None, name: str | None = None,
