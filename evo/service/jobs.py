@@ -63,7 +63,14 @@ from evo.runs.runner import run
 from evo.runs.store import RunStore, data_digest
 from evo.search.engine import SearchConfig
 from evo.search.evaluate import Budget, evaluate_program, unique_examples
-from evo.search.events import CandidateEvaluated, NewBest, SearchCompleted, SearchStarted
+from evo.search.events import (
+    CandidateEvaluated,
+    Event,
+    NewBest,
+    SearchCompleted,
+    SearchStarted,
+)
+from evo.service.events import ExperimentCompleted, ExperimentProgress, ExperimentStarted
 from evo.service.specs import (
     NAME,
     AlgorithmRequest,
@@ -678,15 +685,15 @@ class ServiceJobs:
         max_tokens = SearchConfig.model_fields["max_tokens"].default
         done = 0
 
-        def emit(kind: str, **data: Any) -> None:
-            event = {"event": kind, "t": time.time(), "iteration": 0, "metric_calls": done,
-                     "lm_calls": session.usage.calls, **data}
+        def emit(kind: type[Event], **data: Any) -> None:
+            event = kind(t=time.time(), metric_calls=done, lm_calls=session.usage.calls,
+                         **data).to_dict()
             store.record(event)
             hook(event)
 
         store.attach(session)
         try:
-            emit("experiment_start", budget=2 * len(examples), n=len(examples))
+            emit(ExperimentStarted, budget=2 * len(examples), n=len(examples))
             scores: dict[str, list[float]] = {"a": [], "b": []}
             step = max(1, math.ceil(len(examples) / _CHUNKS))
             for name, program in (("a", a), ("b", b)):
@@ -695,11 +702,11 @@ class ServiceJobs:
                                                exact_match, max_tokens=max_tokens)
                     scores[name] += part.tolist()
                     done += len(part)
-                    emit("experiment_progress", program=name)
+                    emit(ExperimentProgress, program=name)
             decision = paired_decision(scores["a"], scores["b"], [e.id for e in examples],
                                        alpha=spec["alpha"], seed=spec["seed"])
             usage = session.usage.to_dict()
-            emit("experiment_complete", best_val=decision.candidate_mean,
+            emit(ExperimentCompleted, best_val=decision.candidate_mean,
                  baseline_val=decision.deployed_mean, usage=usage)
         finally:
             store.detach(session)

@@ -331,9 +331,10 @@ def test_every_emitted_event_kind_round_trips_through_its_class():
     events = _events_of_every_optimizer()
     seen = {e["event"] for e in events}
     # every kind a search emits has a class, and every search class is emitted by something
-    # (an agent's own kinds, evo.agents.events, are emitted by agents: tests/agents)
+    # (an agent's own kinds, evo.agents.events, are emitted by agents: tests/agents; the
+    # service's, evo.service.events, by its experiments: tests/service)
     search_kinds = {k for k, cls in Event.kinds.items()
-                    if not cls.__module__.startswith("evo.agents")}
+                    if not cls.__module__.startswith(("evo.agents", "evo.service"))}
     assert seen == search_kinds, (seen ^ search_kinds)
     for raw in events:
         typed = Event.from_dict(raw)

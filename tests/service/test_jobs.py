@@ -18,6 +18,7 @@ from evo.data import Dataset
 from evo.lm import ScriptedLM
 from evo.lm.base import LMRequest
 from evo.optimizers import register_operator
+from evo.search.events import Event
 from evo.service.jobs import ServiceError, ServiceJobs
 from evo.service.specs import (
     AlgorithmRequest,
@@ -373,6 +374,14 @@ def test_an_experiment_on_a_dataset_compares_a_job_with_a_program(jobs, key):
     assert result["diff"] == 0.5 and result["ci"][0] > 0
     assert result["p_value"] < 0.05 and result["decision"] == "b better"
     assert jobs.list("acme", kind="experiment")["total"] == 1
+    # its events are the service's typed kinds, each the same dict back through its class
+    events = jobs.events("acme", exp["id"])
+    assert [e["event"] for e in events][::len(events) - 1] == ["experiment_start",
+                                                               "experiment_complete"]
+    for raw in events:
+        raw = {k: v for k, v in raw.items() if k != "seq"}
+        typed = Event.from_dict(raw)
+        assert type(typed) is Event.kinds[raw["event"]] and typed.to_dict() == raw
     # a running or foreign job is no program
     err = refused(jobs.submit_experiment, key, ExperimentRequest.model_validate(
         {"a": SIG, "b": {"job": exp["id"]}, "data": {"dataset": "held"}}))
