@@ -2,7 +2,7 @@
 latency (evo.testing.latency_server in its own process). Every phase is bounded in count and
 time and stops by itself; the servers are killed at the end whatever happens.
 
-    python benchmarks/service_load.py                     # every phase (~10 min on 2 cores)
+    python benchmarks/service_load.py                     # every phase (~3 min on 2 cores)
     python benchmarks/service_load.py --phases submit,status --jobs 200
 
 Phases (each prints one line and goes into the JSON written to --out):

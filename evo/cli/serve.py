@@ -104,7 +104,7 @@ def _keys(args: argparse.Namespace, home: Path) -> int:
         if args.keys_command == "create":
             key, secret = store.create_key(tenant=args.tenant, role=args.role, name=args.name,
                                            rate_per_min=args.rate)
-            store.audit(action="key.create", status=201, target=key.id,
+            store.audit(action="key.create", status=201, target=key.id, tenant=key.tenant,
                         detail=f"from the shell: tenant {key.tenant}, role {key.role}")
             print(f"created key {key.id} (tenant {key.tenant}, role {key.role}); its secret, "
                   "shown once:")
@@ -114,7 +114,7 @@ def _keys(args: argparse.Namespace, home: Path) -> int:
                 print(json.dumps(key.to_dict()))
         else:
             key = store.revoke_key(args.key_id)
-            store.audit(action="key.revoke", status=200, target=key.id,
+            store.audit(action="key.revoke", status=200, target=key.id, tenant=key.tenant,
                         detail="from the shell")
             print(f"revoked key {key.id} (tenant {key.tenant}, role {key.role})")
     return 0
@@ -147,7 +147,7 @@ def first_key(home: Path) -> str | None:
         if store.keys():
             return None
         key, secret = store.create_key(tenant="default", role="admin", name="first-start")
-        store.audit(action="key.create", status=201, target=key.id,
+        store.audit(action="key.create", status=201, target=key.id, tenant=key.tenant,
                     detail="first start: the admin key of tenant default")
         return secret
 

@@ -7,9 +7,11 @@ fans a job's events out to its WebSocket subscribers.
 
 Every route but ``/api/v1/health``, the dashboard and the docs asks for a key
 (``Authorization: Bearer <secret>`` or ``X-API-Key``) of a role at least the route's. One
-ASGI middleware in front of the routes refuses a body over the limit before reading it (413) and
-writes one audit entry for every mutating request (POST, PUT, PATCH, DELETE) with its final
-status, refused ones included. Errors are ``{"error": message, "where": optional}``.
+ASGI middleware in front of the routes takes a mutating request's rate token before its body is
+read (429: malformed or oversized bodies count too), refuses a body over the limit before
+reading it (413) and writes one audit entry for every mutating request (POST, PUT, PATCH,
+DELETE) with its final status, refused ones included. Errors are ``{"error": message, "where":
+optional}``.
 """
 
 from __future__ import annotations
@@ -346,8 +348,10 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class GuardMiddleware:
-    """Refuses a body over ``max_body_bytes`` (413, from Content-Length before reading any of
-    it, or by counting a chunked body's bytes as they come) and writes one audit entry for each
+    """Takes a mutating request's rate token, when it carries a valid key, before its body is
+    read (429 with Retry-After: malformed or oversized bodies count against the rate too);
+    refuses a body over ``max_body_bytes`` (413, from Content-Length before reading any of
+    it, or by counting a chunked body's bytes as they come); and writes one audit entry for each
     mutating request with its final status, the key that authenticated (if any), the id acted
     on and the error message (never the body, never a secret). An exception no handler knew is
     logged and answered 500 with a generic message."""

@@ -100,9 +100,6 @@ class ServiceError(EvoError):
         super().__init__(message)
         self.status, self.message, self.where = status, message, where
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"error": self.message, **({"where": self.where} if self.where else {})}
-
 
 # ---- progress, kept in memory per job ----------------------------------------------------------
 

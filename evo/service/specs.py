@@ -43,7 +43,6 @@ MAX_BUDGET = 100_000     # metric calls of one optimization
 MAX_DEMOS = 50           # demos of one program
 MAX_FIELDS = 20          # fields on each side of a row
 MAX_LABELS = 200         # labels of one program
-MAX_NAME = 64            # characters of a name (dataset, agent, label)
 
 # names that become folder names or store keys: no path separators, no leading dot
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

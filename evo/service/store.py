@@ -8,7 +8,7 @@ One SQLite file (``DIR/service.sqlite``, WAL, shared by threads and processes) h
             :meth:`ServiceStore.verify_audit`
     jobs    every job the service scheduled, with its tenant (tenant isolation: a job id of
             another tenant is as unknown as one that never existed)
-    docs    a tenant's named JSON documents: datasets, custom algorithms, experiments
+    docs    a tenant's named JSON documents: datasets, custom algorithms
 
 A secret is ``evo_<key id>_<43 url-safe characters>`` (256 random bits): the id inside it finds
 the row and ``hmac.compare_digest`` compares the hashes. A slow password hash adds nothing for
@@ -41,7 +41,7 @@ __all__ = ["ROLES", "ApiKey", "AuditEntry", "RateLimiter", "Role", "ServiceStore
 
 Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")  # each can do what the one before can
-DocKind = Literal["dataset", "algorithm", "experiment"]
+DocKind = Literal["dataset", "algorithm"]
 DOC_KINDS: tuple[str, ...] = get_args(DocKind)
 TENANT_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
 MAX_DETAIL = 500  # characters of an audit entry's detail (the rest is cut)

@@ -49,6 +49,8 @@ def test_keys_create_list_revoke_and_the_audit_verifies(tmp_path, capsys):
     entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["action"], e["target"]) for e in entries] == [("key.create", key_id),
                                                            ("key.revoke", key_id)]
+    # the key's tenant sees them in its own log (GET /api/v1/audit)
+    assert {e["tenant"] for e in entries} == {"team-a"}
     assert secret not in json.dumps(entries)
     assert main(serve("--home", home, "audit", "--verify")) == 0
     assert "2 entries" in capsys.readouterr().out

@@ -293,7 +293,7 @@ def test_docs_put_get_replace(store: ServiceStore) -> None:
     assert store.get("dataset", "acme", "math") == doc
     assert store.get("algorithm", "acme", "math") == {"base": "evolution"}
     assert store.get("dataset", "beta", "math") is None  # another tenant's is invisible
-    assert store.get("experiment", "acme", "math") is None
+    assert store.get("algorithm", "acme", "arith") is None  # kinds are apart
     assert store.names("dataset", "acme") == ["arith", "math"]
     assert store.names("dataset", "beta") == []
     with pytest.raises(ConfigError, match="dataset 'math' already exists for tenant 'acme'"):
@@ -305,16 +305,16 @@ def test_docs_put_get_replace(store: ServiceStore) -> None:
     assert store.get("dataset", "acme", "math") == {"rows": [1]}
     for bad in ({"x": {1, 2}}, {"x": float("nan")}, {"x": object()}):
         with pytest.raises(ConfigError, match="not JSON-able"):
-            store.put("experiment", "acme", "bad", bad)
+            store.put("algorithm", "acme", "bad", bad)
     with pytest.raises(ConfigError, match="JSON object"):
-        store.put("experiment", "acme", "bad", [1, 2])  # type: ignore[arg-type]
+        store.put("algorithm", "acme", "bad", [1, 2])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown kind of document 'program'"):
         store.put("program", "acme", "p", {})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="bad tenant"):
         store.get("dataset", "ACME", "math")
     with pytest.raises(ConfigError, match="name"):
         store.put("dataset", "acme", "", {})
-    assert store.names("experiment", "acme") == []
+    assert store.names("algorithm", "acme") == ["math"]
 
 
 # ---- the file --------------------------------------------------------------------------------
