@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 import urllib.request
@@ -66,22 +65,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 @contextlib.contextmanager
 def server(*extra: str) -> Iterator[str]:
     """A latency server in its own process for the block; yields its base URL."""
-    cmd = [sys.executable, "-m", "evo.testing.latency_server", "--latency", str(LATENCY),
-           "--whole-prompt", *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    try:
-        url = (proc.stdout.readline() if proc.stdout else "").strip()
-        if not url.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"latency server did not start (printed {url!r})")
+    from evo.testing.latency_server import spawned
+
+    with spawned("--latency", str(LATENCY), "--whole-prompt", *extra) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _http(url: str, method: str = "GET") -> dict:

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,35 +43,18 @@ import httpx
 import websockets
 
 from evo.lm.journal import Journal
+from evo.testing.latency_server import free_port, spawned
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = re.compile(r"evo_k-[0-9a-f]+_[A-Za-z0-9_-]+")
 LABELS = ("pos", "neg", "neutral")  # the fake LM's default label set
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def fake_lm(latency: float) -> Iterator[str]:
     """The fixed-latency fake LM in its own process; yields its API base."""
-    proc = subprocess.Popen([sys.executable, "-m", "evo.testing.latency_server", "--latency",
-                             str(latency), "--max-seconds", "3000"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        base = proc.stdout.readline().strip()
-        if not base.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"the fake LM did not start: {proc.stderr.read()}")
+    with spawned("--latency", str(latency), "--max-seconds", "3000") as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def lm_stats(base: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import random
 import re
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -380,6 +381,35 @@ def serving(**kwargs: Any) -> Iterator[LatencyServer]:
     finally:
         srv.close()
         thread.join(timeout=5)
+
+
+@contextmanager
+def spawned(*args: str) -> Iterator[str]:
+    """``python -m evo.testing.latency_server ARGS`` in its own process for the block (its CPU
+    is then not the client's); yields its base URL, then terminates it (killed if it lingers)."""
+    proc = subprocess.Popen([sys.executable, "-m", "evo.testing.latency_server", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = (proc.stdout.readline() if proc.stdout else "").strip()
+        if not url.startswith("http://127.0.0.1:"):
+            proc.kill()
+            raise RuntimeError(f"the latency server did not start (printed {url!r}): "
+                               f"{proc.communicate()[1][-2000:]}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server started in another process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

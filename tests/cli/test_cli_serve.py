@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from evo.cli import main
 from evo.service.store import ServiceStore
+from evo.testing.latency_server import free_port
 
 START_S = 60.0  # the longest a server subprocess may take to start or stop
 
@@ -66,14 +66,8 @@ def test_an_unknown_key_or_a_missing_home_is_one_clear_error(tmp_path, capsys):
     assert "k-000000000000" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "evo.cli", "serve", "--home", str(home), "--port", str(port),
          "--model", "openai/fake", "--api-base", "http://127.0.0.1:9/v1", "--no-cache"],

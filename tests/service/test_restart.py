@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 
 from evo.testing import make
-from evo.testing.latency_server import make_respond, serving
+from evo.testing.latency_server import free_port, make_respond, serving
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -66,17 +65,11 @@ class Recorder:
         self.open.set()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``evo serve`` in a subprocess, its output in files."""
 
     def __init__(self, home: Path, base: str, tmp: Path, n: int) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.out = tmp / f"serve-{n}.out"
         self.err = tmp / f"serve-{n}.err"
         env = {**os.environ, "EVO_CACHE_DIR": str(tmp / "cache")}
