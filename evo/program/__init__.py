@@ -68,6 +68,16 @@ class Signature(BaseModel):
         return f"{side(self.inputs)} -> {side(self.outputs)}"
 
 
+class ExampleMismatch(ValueError):
+    """An example that does not fit a program (:meth:`Program.check_example`): ``side`` is
+    "inputs" or "outputs" and ``field`` the field at fault; ``gold`` is the gold label that is
+    not one of the program's labels (None when the field is missing)."""
+
+    def __init__(self, message: str, *, side: str, field: str, gold: str | None = None) -> None:
+        super().__init__(message)
+        self.side, self.field, self.gold = side, field, gold
+
+
 @dataclass(frozen=True)
 class Prediction:
     """A parsed reply. ``outputs`` is None when the reply could not be parsed (see ``error``)."""
@@ -254,19 +264,25 @@ class Program(BaseModel):
             self.knn.retrieve(examples)
 
     def check_example(self, example: Example, *, outputs: bool = False) -> None:
-        """Raise ValueError if ``example`` lacks a field this program reads (its inputs, and with
-        ``outputs`` its gold outputs, which must be one of ``labels`` when there are labels)."""
-        fields = list(self.signature.inputs) + (list(self.signature.outputs) if outputs else [])
-        have = {**example.inputs, **(example.outputs if outputs else {})}
-        missing = [f.name for f in fields if f.name not in have]
+        """Raise :class:`ExampleMismatch` (a ValueError) if ``example`` lacks a field this
+        program reads (its inputs, and with ``outputs`` its gold outputs, which must be one of
+        ``labels`` when there are labels); it names the first field at fault."""
+        sides = [("inputs", self.signature.inputs, example.inputs)] + (
+            [("outputs", self.signature.outputs, example.outputs)] if outputs else [])
+        missing = [(side, f.name) for side, specs, have in sides for f in specs
+                   if f.name not in have]
         if missing:
-            raise ValueError(f"example {example.id} lacks field(s) {missing} required by "
-                             f"signature '{self.signature}'")
+            side, name = missing[0]
+            raise ExampleMismatch(f"example {example.id} lacks field(s) "
+                                  f"{[n for _, n in missing]} required by signature "
+                                  f"'{self.signature}'", side=side, field=name)
         if outputs and self.labels is not None:
-            gold = example.outputs[self.signature.outputs[0].name]
+            name = self.signature.outputs[0].name
+            gold = example.outputs[name]
             if gold not in self.labels:
-                raise ValueError(f"example {example.id}: gold label {gold!r} is not one of "
-                                 f"{list(self.labels)}")
+                raise ExampleMismatch(f"example {example.id}: gold label {gold!r} is not one of "
+                                      f"{list(self.labels)}", side="outputs", field=name,
+                                      gold=gold)
 
     def check_labels(self, gold: Iterable[str], *, source: str = "the data") -> None:
         """Raise :class:`ConfigError` when a gold label of ``source`` is not one of this

@@ -56,7 +56,7 @@ from evo.metrics import exact_match
 from evo.optimizers import names as optimizer_names
 from evo.optimizers import optimizer_class
 from evo.optimizers.registry import operator
-from evo.program import Program
+from evo.program import ExampleMismatch, Program
 from evo.program.ensemble import EnsembleProgram
 from evo.runs.events import Callback
 from evo.runs.runner import run
@@ -540,22 +540,24 @@ class ServiceJobs:
     def _check_rows(program: AnyProgram, examples: Sequence[Example], where: str,
                     what: str) -> None:
         """Each example has every field the program reads and answers, and a gold label of
-        the program's labels: the first that has not is a 422 naming row and field."""
-        sig = _signature(program)
-        labels = program.labels if isinstance(program, Program) else program.members[0].labels
-        ins, outs = [f.name for f in sig.inputs], [f.name for f in sig.outputs]
+        the program's labels (:meth:`Program.check_example`): the first that has not is a 422
+        naming row and field."""
         for i, ex in enumerate(examples):
-            for side, names, have in (("input", ins, ex.inputs), ("output", outs, ex.outputs)):
-                for name in names:
-                    if name not in have:
-                        raise ServiceError(
-                            422, f"{what}[{i}]: no {side} {name!r} (the program '{sig}' "
-                            f"{'reads' if side == 'input' else 'answers'} {names})",
-                            where=f"{where}[{i}].{side}s.{name}")
-            if labels is not None and ex.outputs[outs[0]] not in labels:
-                raise ServiceError(422, f"{what}[{i}]: gold label {ex.outputs[outs[0]]!r} is "
-                                   f"not one of the program's labels {list(labels)}",
-                                   where=f"{where}[{i}].outputs.{outs[0]}")
+            try:
+                program.check_example(ex, outputs=True)
+            except ExampleMismatch as exc:
+                at = f"{where}[{i}].{exc.side}.{exc.field}"
+                if exc.gold is not None:
+                    labels = list(program.labels or ()) if isinstance(program, Program) \
+                        else list(program.members[0].labels or ())
+                    raise ServiceError(422, f"{what}[{i}]: gold label {exc.gold!r} is not one "
+                                       f"of the program's labels {labels}", where=at) from None
+                sig = _signature(program)
+                specs = sig.inputs if exc.side == "inputs" else sig.outputs
+                raise ServiceError(
+                    422, f"{what}[{i}]: no {exc.side[:-1]} {exc.field!r} (the program '{sig}' "
+                    f"{'reads' if exc.side == 'inputs' else 'answers'} "
+                    f"{[f.name for f in specs]})", where=at) from None
 
     def _optimizer(self, tenant: str, name: str, params: dict[str, Any], budget: int,
                    objectives: Sequence[str]) -> dict[str, Any]:

@@ -217,3 +217,22 @@ def test_float_forms(reply, value):
 def test_huge_integer_reply_is_parsed_not_raised():
     pred = Program(signature="q -> n: int").parse("n: " + "9" * 400)
     assert pred.ok and pred.outputs["n"] == "9" * 400
+
+
+def test_check_example_names_the_side_and_field_at_fault():
+    from evo.program import ExampleMismatch
+
+    program = Program(signature="question, context -> label", labels=["yes", "no"])
+    with pytest.raises(ExampleMismatch, match=r"lacks field\(s\) \['context', 'label'\]") as info:
+        program.check_example(Example(inputs={"question": "q"}, outputs={"answer": "yes"}),
+                              outputs=True)
+    assert (info.value.side, info.value.field, info.value.gold) == ("inputs", "context", None)
+    with pytest.raises(ExampleMismatch) as info:
+        program.check_example(Example(inputs={"question": "q", "context": "c"},
+                                      outputs={"answer": "yes"}), outputs=True)
+    assert (info.value.side, info.value.field) == ("outputs", "label")
+    with pytest.raises(ExampleMismatch, match="gold label 'maybe'") as info:
+        program.check_example(Example(inputs={"question": "q", "context": "c"},
+                                      outputs={"label": "maybe"}), outputs=True)
+    assert (info.value.side, info.value.field, info.value.gold) == ("outputs", "label", "maybe")
+    assert isinstance(info.value, ValueError)  # what callers caught before
